@@ -1,0 +1,1 @@
+"""Subcommands of `telemetry`, one module per area; registered lazily by `collector.cli`."""

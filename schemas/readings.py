@@ -1,0 +1,312 @@
+"""Validation of readings against the kind registry, compiled into pydantic v2 validators.
+
+A wire reading is the array `[sensor, kind, ts, value, unit, tags]`. Every (kind, unit) pair
+compiles to one strict pydantic tuple type carrying that unit's bounds; a callable
+discriminator picks the member from the reading's kind and unit, so a batch is validated by
+one `TypeAdapter(list[...])` call in pydantic-core (no model object per reading). Object
+kinds (gps, acceleration, user-defined) validate their value as a TypedDict that forbids
+extra keys.
+
+`ReadingValidator.validate_batch` returns the valid readings plus one `Reject` per invalid
+reading (index, code, field path, message). The common all-valid batch costs one pass; a
+batch with rejects costs a second pass over its valid readings.
+
+No I/O in this module; collector-side only (the agent never imports pydantic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import (
+    Annotated,
+    Any,
+    Final,
+    Literal,
+    NotRequired,
+    Required,
+    TypeAlias,
+    Union,
+)
+
+from pydantic import (
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+from typing_extensions import TypedDict
+
+from schemas.kinds import BUILTIN_KINDS, MAX_TEXT_CHARS, Bounds, FieldSpec, KindSpec, merge_kinds
+from schemas.wire import MAX_INT64, Reject
+
+# Sensor names are path-like: "greenhouse/air-temp", "pump-3/flow".
+SENSOR_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_./:-]{0,127}$"
+TAG_KEY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+MAX_TAG_VALUE_CHARS: Final = 256
+MAX_TAGS: Final = 16
+MAX_FREE_UNIT_CHARS: Final = 16
+
+# Field positions in the wire reading, and their names for error paths.
+FIELD_NAMES: Final = ("sensor", "kind", "ts", "value", "unit", "tags")
+
+Scalar: TypeAlias = int | float | bool | str
+Value: TypeAlias = Scalar | dict[str, Scalar]
+ValidReading: TypeAlias = tuple[str, str, int, Value, str | None, dict[str, str] | None]
+"""A validated reading: (sensor, kind, ts_ns, value, unit or None, tags or None)."""
+
+# Reject codes (ACK rejects and the dead-letter table). See docs/protocol.md §6.
+NOT_A_READING: Final = "not_a_reading"
+UNKNOWN_KIND: Final = "unknown_kind"
+BAD_UNIT: Final = "bad_unit"
+WRONG_TYPE: Final = "wrong_type"
+OUT_OF_RANGE: Final = "out_of_range"
+NOT_FINITE: Final = "not_finite"
+BAD_TIMESTAMP: Final = "bad_timestamp"
+BAD_SENSOR: Final = "bad_sensor"
+BAD_TAGS: Final = "bad_tags"
+MISSING_FIELD: Final = "missing_field"
+UNKNOWN_FIELD: Final = "unknown_field"
+TOO_LONG: Final = "too_long"
+INVALID: Final = "invalid"
+
+_Sensor = Annotated[str, Field(strict=True, pattern=SENSOR_PATTERN)]
+_Ts = Annotated[int, Field(strict=True, ge=0, le=MAX_INT64)]
+_Tags = (
+    Annotated[
+        dict[
+            Annotated[str, Field(strict=True, pattern=TAG_KEY_PATTERN)],
+            Annotated[str, Field(strict=True, max_length=MAX_TAG_VALUE_CHARS)],
+        ],
+        Field(max_length=MAX_TAGS),
+    ]
+    | None
+)
+_SHAPE_TAG: Final = "\x00shape"
+
+
+def _scalar_type(vtype: str, bounds: Bounds) -> object:
+    if vtype == "number":
+        return Annotated[
+            float, Field(strict=True, allow_inf_nan=False, ge=bounds.min, le=bounds.max)
+        ]
+    if vtype == "integer":
+        lo = -MAX_INT64 - 1 if bounds.min is None else int(bounds.min)
+        hi = MAX_INT64 if bounds.max is None else int(bounds.max)
+        return Annotated[StrictInt, Field(ge=lo, le=hi)]
+    if vtype == "bool":
+        return StrictBool
+    if vtype == "text":
+        return Annotated[str, Field(strict=True, max_length=MAX_TEXT_CHARS)]
+    raise ValueError(f"not a scalar type: {vtype}")
+
+
+def _object_type(spec: KindSpec) -> object:
+    fields: dict[str, object] = {}
+    for f in spec.fields:
+        t = _scalar_type(f.type, f.bounds)
+        fields[f.name] = Required[t] if f.required else NotRequired[t]
+    td: Any = TypedDict(f"{spec.name.title()}Value", fields)  # type: ignore[misc]  # dynamic TypedDict
+    # pydantic reads this attribute from any TypedDict; mypy does not know it.
+    setattr(td, "__pydantic_config__", ConfigDict(extra="forbid"))  # noqa: B010
+    return td
+
+
+def _value_type(spec: KindSpec, bounds: Bounds) -> object:
+    if spec.type == "object":
+        return _object_type(spec)
+    merged = Bounds(
+        bounds.min if bounds.min is not None else spec.bounds.min,
+        bounds.max if bounds.max is not None else spec.bounds.max,
+    )
+    return _scalar_type(spec.type, merged)
+
+
+def _member(kind: str, value_t: object, unit_t: object) -> object:
+    return tuple[_Sensor, Literal[kind], _Ts, value_t, unit_t, _Tags]  # type: ignore[valid-type]  # built at run time
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Outcome of validating one batch: valid readings in order, and one reject per bad one."""
+
+    valid: list[ValidReading]
+    valid_index: list[int]
+    rejects: list[Reject]
+
+
+class ReadingValidator:
+    """Validates batches of wire readings against a kind registry (built-ins plus extras)."""
+
+    def __init__(self, extra_kinds: Iterable[KindSpec] = ()) -> None:
+        self.kinds: dict[str, KindSpec] = merge_kinds(BUILTIN_KINDS, extra_kinds)
+        members: list[object] = []
+        # kind -> {unit or None -> tag}; "*" is the fallback member for any other unit.
+        self._tags: dict[str, dict[object, str]] = {}
+        for spec in self.kinds.values():
+            tags: dict[object, str] = {}
+            if spec.units:
+                for unit, bounds in spec.units.items():
+                    tag = f"{spec.name}|{unit}"
+                    members.append(
+                        Annotated[
+                            _member(spec.name, _value_type(spec, bounds), Literal[unit]), Tag(tag)
+                        ]
+                    )
+                    tags[unit] = tag
+                if spec.default_unit is not None:
+                    tags[None] = tag = f"{spec.name}|"
+                    bounds = spec.units[spec.default_unit]
+                    members.append(
+                        Annotated[_member(spec.name, _value_type(spec, bounds), None), Tag(tag)]
+                    )
+                # Any other unit: the Literal of accepted units reports the error.
+                allowed: object = Literal[tuple(spec.units)]
+                if spec.default_unit is not None:
+                    allowed = allowed | None  # type: ignore[operator]  # typing special form
+                tags["*"] = tag = f"{spec.name}|*"
+                members.append(
+                    Annotated[_member(spec.name, _value_type(spec, Bounds()), allowed), Tag(tag)]
+                )
+            else:
+                unit_t: object = (
+                    Annotated[str, Field(strict=True, max_length=MAX_FREE_UNIT_CHARS)] | None
+                    if spec.free_unit
+                    else None
+                )
+                tags["*"] = tag = f"{spec.name}|*"
+                members.append(
+                    Annotated[_member(spec.name, _value_type(spec, Bounds()), unit_t), Tag(tag)]
+                )
+            self._tags[spec.name] = tags
+        # A reading of the wrong shape validates against the generic tuple to say why.
+        members.append(
+            Annotated[
+                tuple[_Sensor, str, _Ts, object, str | None, _Tags],
+                Tag(_SHAPE_TAG),
+            ]
+        )
+        union = Annotated[  # type: ignore[valid-type]  # a Union built at run time
+            Union[tuple(members)],  # noqa: UP007  # X | Y cannot unpack a run-time tuple
+            Discriminator(
+                self._discriminate,
+                custom_error_type=UNKNOWN_KIND,
+                custom_error_message="unknown sensor kind",
+            ),
+        ]
+        self._adapter: TypeAdapter[list[ValidReading]] = TypeAdapter(list[union])  # type: ignore[valid-type]
+
+    def _discriminate(self, v: object) -> str | None:
+        if type(v) is not list or len(v) != 6:
+            return _SHAPE_TAG
+        kind = v[1]
+        if type(kind) is not str:
+            return _SHAPE_TAG
+        tags = self._tags.get(kind)
+        if tags is None:
+            return None  # -> unknown_kind
+        unit = v[4]
+        if type(unit) is str or unit is None:
+            return tags.get(unit) or tags["*"]
+        return tags["*"]
+
+    def validate_batch(self, readings: Sequence[object]) -> BatchResult:
+        """Validate a batch as a whole; never raises for bad readings, only reports them."""
+        try:
+            valid = self._adapter.validate_python(readings)
+        except ValidationError as exc:
+            return self._split(readings, exc)
+        return BatchResult(valid, list(range(len(valid))), [])
+
+    def _split(self, readings: Sequence[object], exc: ValidationError) -> BatchResult:
+        first: dict[int, Reject] = {}
+        for err in exc.errors(include_url=False, include_input=False, include_context=False):
+            loc = err["loc"]
+            idx = loc[0] if loc and isinstance(loc[0], int) else -1
+            if idx < 0 or idx in first:
+                continue
+            first[idx] = _reject(idx, readings[idx], err["type"], loc[1:], err["msg"])
+        good = [i for i in range(len(readings)) if i not in first]
+        valid = self._adapter.validate_python([readings[i] for i in good]) if good else []
+        return BatchResult(valid, good, [first[i] for i in sorted(first)])
+
+
+def _reject(
+    index: int, reading: object, etype: str, loc: tuple[int | str, ...], msg: str
+) -> Reject:
+    if etype == UNKNOWN_KIND:
+        kind = reading[1] if isinstance(reading, list) and len(reading) > 1 else None
+        return Reject(index, UNKNOWN_KIND, "kind", f"unknown sensor kind {kind!r:.64}")
+    if not isinstance(reading, list) or len(reading) != 6:
+        got = f"an array of {len(reading)}" if isinstance(reading, list) else type(reading).__name__
+        return Reject(
+            index,
+            NOT_A_READING,
+            "",
+            f"a reading must be an array of 6 elements [sensor, kind, ts, value, unit, tags], "
+            f"got {got}",
+        )
+    # loc: (member tag, position, *nested keys) for union members.
+    if loc and isinstance(loc[0], str) and ("|" in loc[0] or loc[0] == _SHAPE_TAG):
+        loc = loc[1:]
+    if not loc:
+        return Reject(index, INVALID, "", msg)
+    pos = loc[0]
+    name = FIELD_NAMES[pos] if isinstance(pos, int) and 0 <= pos < 6 else str(pos)
+    path = ".".join([name, *(str(p) for p in loc[1:])])
+    return Reject(index, _code(name, etype), path, msg)
+
+
+def _code(field: str, etype: str) -> str:
+    if etype in ("finite_number",):
+        return NOT_FINITE
+    if field == "ts":
+        return BAD_TIMESTAMP
+    if field == "sensor":
+        return BAD_SENSOR
+    if field == "tags":
+        return BAD_TAGS
+    if field == "unit":
+        return BAD_UNIT
+    if etype in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return OUT_OF_RANGE
+    if etype == "missing":
+        return MISSING_FIELD
+    if etype == "extra_forbidden":
+        return UNKNOWN_FIELD
+    if etype in ("string_too_long", "too_long"):
+        return TOO_LONG
+    if etype.endswith(("_type", "_parsing")) or etype == "literal_error":
+        return WRONG_TYPE
+    return INVALID
+
+
+def kinds_summary(kinds: Mapping[str, KindSpec]) -> list[dict[str, object]]:
+    """A JSON-able description of each kind (for `--help`, docs and the HTTP API)."""
+    out: list[dict[str, object]] = []
+    for spec in kinds.values():
+        out.append(
+            {
+                "kind": spec.name,
+                "type": spec.type,
+                "units": list(spec.units) or ("any" if spec.free_unit else None),
+                "default_unit": spec.default_unit,
+                "fields": [_field_summary(f) for f in spec.fields],
+                "description": spec.description,
+            }
+        )
+    return out
+
+
+def _field_summary(f: FieldSpec) -> dict[str, object]:
+    return {
+        "name": f.name,
+        "type": f.type,
+        "min": f.bounds.min,
+        "max": f.bounds.max,
+        "required": f.required,
+    }

@@ -1,0 +1,622 @@
+"""Wire protocol v1, sans-IO: frames, codec and the connection state machine.
+
+The full specification, with byte layouts and worked examples, is `docs/protocol.md`;
+this docstring is its summary. This module imports only the standard library and msgpack:
+no sockets, no asyncio, no logging, no clock, no pydantic. Both the agent and the
+collector drive a `Connection` and move bytes in and out of it themselves.
+
+Framing: every frame is a 4-byte unsigned big-endian length N, then N bytes holding exactly
+one msgpack value: an array whose first element is the message type.
+
+    type  name     direction            fields after the type code
+    1     HELLO    agent -> collector   version, device_id, token, agent, agent_version, dropped
+    2     WELCOME  collector -> agent   version, last_seq, max_frame_bytes, max_batch_readings,
+                                        heartbeat_ms
+    3     BATCH    agent -> collector   seq, readings
+    4     ACK      collector -> agent   seq, accepted, duplicate, rejects
+    5     RETRY    collector -> agent   seq, reason, retry_after_ms
+    6     PING     either               nonce
+    7     PONG     either               nonce
+    8     ERROR    either               code, message, fatal
+    9     BYE      either               reason
+
+A reading is an array `[sensor, kind, ts, value, unit, tags]`: ts is int nanoseconds since
+the Unix epoch (UTC; the msgpack Timestamp extension is accepted too), unit and tags may be
+nil. Readings stay undecoded `object`s here: the collector validates them against
+`schemas.readings`.
+
+State machine (both roles):  AWAIT_HELLO --HELLO--> AWAIT_WELCOME --WELCOME--> READY;
+any state --BYE or fatal ERROR--> CLOSED. Receivers ignore extra trailing message fields, so
+fields can be added within v1; a breaking change bumps PROTOCOL_VERSION.
+
+Errors: `LocalProtocolError` for misuse of this API, `RemoteProtocolError` for anything the
+peer sent; a frame that fails to decode costs that frame only (the stream stays in sync)
+until the bad-frame budget is spent.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+import msgpack
+
+from schemas import errors
+from schemas.errors import LocalProtocolError, RemoteProtocolError
+
+PROTOCOL_VERSION: Final = 1
+
+# 4-byte big-endian unsigned length prefix: any language reads a frame with two reads.
+FRAME_HEADER_BYTES: Final = 4
+_HEADER: Final = struct.Struct(">I")
+
+# 1 MiB bounds the memory one connection can make us hold and still fits ~10k readings.
+MAX_FRAME_BYTES: Final = 1 << 20
+# Bounds the validation and commit work one frame can cause (~25 ms of collector CPU).
+MAX_BATCH_READINGS: Final = 10_000
+# Longest msgpack string accepted anywhere; event/text readings need 1 KiB of UTF-8 at most,
+# and a few KiB leave room for error messages and tokens.
+MAX_STR_BYTES: Final = 4096
+# Widest map accepted anywhere: composite values and tags are small by design.
+MAX_MAP_ENTRIES: Final = 64
+# Readings never carry binary data; refusing bin keeps a size bomb from hiding there.
+MAX_BIN_BYTES: Final = 0
+# Largest ext payload: the msgpack Timestamp ext is at most 12 bytes.
+MAX_EXT_BYTES: Final = 12
+# Deepest nesting a valid frame has: message > readings > reading > value map. Deeper frames
+# never validate; msgpack's own decoder stack (1,024 levels) bounds what decoding costs.
+MAX_NESTING_DEPTH: Final = 4
+# Frames from one peer that may fail to decode before the connection is closed: enough to
+# survive a buggy field in one message type, not enough to let a fuzzer churn forever.
+BAD_FRAME_BUDGET: Final = 16
+# Heartbeat period the collector announces; a link silent for 3 periods is dead.
+HEARTBEAT_MS: Final = 15_000
+IDLE_TIMEOUT_S: Final = 3 * HEARTBEAT_MS / 1000
+# The agent must send HELLO this soon after connecting.
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+# Largest integer on the wire for seq, counts and timestamps: int64, what every language
+# and SQLite store natively.
+MAX_INT64: Final = (1 << 63) - 1
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    BATCH = 3
+    ACK = 4
+    RETRY = 5
+    PING = 6
+    PONG = 7
+    ERROR = 8
+    BYE = 9
+
+
+class Role(enum.Enum):
+    AGENT = "agent"
+    COLLECTOR = "collector"
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await_hello"
+    AWAIT_WELCOME = "await_welcome"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+# ---------------------------------------------------------------------------- readings
+
+WireValue: TypeAlias = "int | float | bool | str | Mapping[str, int | float | bool | str]"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One reading as an agent builds it; `to_wire()` gives the v1 array."""
+
+    sensor: str
+    kind: str
+    ts_ns: int
+    value: WireValue
+    unit: str | None = None
+    tags: Mapping[str, str] | None = None
+
+    def to_wire(self) -> list[object]:
+        """The reading as the 6-element wire array."""
+        return [
+            self.sensor,
+            self.kind,
+            self.ts_ns,
+            dict(self.value) if isinstance(self.value, Mapping) else self.value,
+            self.unit,
+            dict(self.tags) if self.tags is not None else None,
+        ]
+
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    device_id: str
+    token: str
+    agent: str = ""
+    agent_version: str = ""
+    # Readings the agent's spool dropped (full) since it last said so; reported, not fatal.
+    dropped: int = 0
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    last_seq: int
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_batch_readings: int = MAX_BATCH_READINGS
+    heartbeat_ms: int = HEARTBEAT_MS
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    seq: int
+    # Wire arrays (see `Reading.to_wire`); received readings are undecoded `object`s.
+    readings: Sequence[object]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    index: int
+    code: str
+    path: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+    accepted: int
+    duplicate: int
+    rejects: tuple[Reject, ...] = ()
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    seq: int
+    reason: str
+    retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    fatal: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the stream cleanly at a frame boundary."""
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""Returned by `Connection.next_event` when no complete frame is buffered."""
+
+Event: TypeAlias = Hello | Welcome | Batch | Ack | Retry | Ping | Pong | Error | Bye
+
+# ---------------------------------------------------------------------------- codec
+
+_UNPACK_OPTS: Final[dict[str, object]] = {
+    "raw": False,
+    "strict_map_key": True,
+    "use_list": True,
+    "timestamp": 2,  # msgpack Timestamp ext (-1) decodes straight to int nanoseconds
+    "max_str_len": MAX_STR_BYTES,
+    "max_bin_len": MAX_BIN_BYTES,
+    "max_array_len": MAX_BATCH_READINGS,
+    "max_map_len": MAX_MAP_ENTRIES,
+    "max_ext_len": MAX_EXT_BYTES,
+}
+
+
+def encode_body(event: Event) -> bytes:
+    """Encode one event as a msgpack body (no length prefix)."""
+    return msgpack.packb(_to_array(event), use_bin_type=True)
+
+
+def encode(event: Event) -> bytes:
+    """Encode one event as a complete frame: length prefix plus body."""
+    body = encode_body(event)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> Event:
+    """Decode one frame body into an event.
+
+    Raises RemoteProtocolError (non-fatal) when the body is not valid msgpack or not a
+    well-formed v1 message.
+    """
+    try:
+        value = msgpack.unpackb(body, **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(
+            errors.MALFORMED_FRAME, f"frame body is not valid msgpack: {exc}", fatal=False
+        ) from None
+    return parse_message(value)
+
+
+def _to_array(event: Event) -> list[object]:
+    match event:
+        case Hello():
+            return [
+                MessageType.HELLO,
+                event.version,
+                event.device_id,
+                event.token,
+                event.agent,
+                event.agent_version,
+                event.dropped,
+            ]
+        case Welcome():
+            return [
+                MessageType.WELCOME,
+                event.version,
+                event.last_seq,
+                event.max_frame_bytes,
+                event.max_batch_readings,
+                event.heartbeat_ms,
+            ]
+        case Batch():
+            readings = [r.to_wire() if isinstance(r, Reading) else r for r in event.readings]
+            return [MessageType.BATCH, event.seq, readings]
+        case Ack():
+            rejects = [[r.index, r.code, r.path, r.message] for r in event.rejects]
+            return [MessageType.ACK, event.seq, event.accepted, event.duplicate, rejects]
+        case Retry():
+            return [MessageType.RETRY, event.seq, event.reason, event.retry_after_ms]
+        case Ping():
+            return [MessageType.PING, event.nonce]
+        case Pong():
+            return [MessageType.PONG, event.nonce]
+        case Error():
+            return [MessageType.ERROR, event.code, event.message, event.fatal]
+        case Bye():
+            return [MessageType.BYE, event.reason]
+    raise LocalProtocolError(f"not a protocol event: {event!r}")
+
+
+def _bad(msg: str) -> RemoteProtocolError:
+    return RemoteProtocolError(errors.BAD_MESSAGE, msg, fatal=False)
+
+
+class _Fields:
+    """Typed access to the positional fields of one decoded message array."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name: str, values: list[object]) -> None:
+        self._name = name
+        self._values = values
+
+    def _get(self, i: int, what: str, default: object) -> object:
+        if i < len(self._values):
+            return self._values[i]
+        if default is _REQUIRED:
+            raise _bad(f"{self._name}: missing field {i} ({what})")
+        return default
+
+    def uint(self, i: int, what: str, default: object = None) -> int:
+        v = self._get(i, what, _REQUIRED if default is None else default)
+        if type(v) is not int or not 0 <= v <= MAX_INT64:
+            raise _bad(f"{self._name}.{what} must be an integer in 0..2^63-1, got {v!r:.40}")
+        return v
+
+    def str_(self, i: int, what: str, default: object = None) -> str:
+        v = self._get(i, what, _REQUIRED if default is None else default)
+        if type(v) is not str:
+            raise _bad(f"{self._name}.{what} must be a string, got {type(v).__name__}")
+        return v
+
+    def bool_(self, i: int, what: str, default: object = None) -> bool:
+        v = self._get(i, what, _REQUIRED if default is None else default)
+        if type(v) is not bool:
+            raise _bad(f"{self._name}.{what} must be a boolean, got {type(v).__name__}")
+        return v
+
+    def array(self, i: int, what: str) -> list[object]:
+        v = self._get(i, what, _REQUIRED)
+        if type(v) is not list:
+            raise _bad(f"{self._name}.{what} must be an array, got {type(v).__name__}")
+        return v
+
+
+_REQUIRED: Final = object()
+
+
+def parse_message(value: object) -> Event:
+    """Turn one decoded msgpack value into an event, checking every field's type.
+
+    Raises RemoteProtocolError (non-fatal) for anything that is not a v1 message.
+    """
+    if type(value) is not list or not value:
+        raise _bad(f"a message must be a non-empty array, got {type(value).__name__}")
+    code = value[0]
+    if type(code) is not int:
+        raise _bad("the first element of a message must be its integer type code")
+    try:
+        mtype = MessageType(code)
+    except ValueError:
+        raise _bad(f"unknown message type {code}") from None
+    f = _Fields(mtype.name, value)
+    match mtype:
+        case MessageType.BATCH:
+            return Batch(seq=f.uint(1, "seq"), readings=f.array(2, "readings"))
+        case MessageType.ACK:
+            rejects = []
+            for i, r in enumerate(f.array(4, "rejects")):
+                if type(r) is not list:
+                    raise _bad(f"ACK.rejects[{i}] must be an array")
+                rf = _Fields(f"ACK.rejects[{i}]", r)
+                rejects.append(
+                    Reject(
+                        rf.uint(0, "index"),
+                        rf.str_(1, "code"),
+                        rf.str_(2, "path"),
+                        rf.str_(3, "message"),
+                    )
+                )
+            return Ack(
+                f.uint(1, "seq"), f.uint(2, "accepted"), f.uint(3, "duplicate"), tuple(rejects)
+            )
+        case MessageType.HELLO:
+            return Hello(
+                version=f.uint(1, "version"),
+                device_id=f.str_(2, "device_id"),
+                token=f.str_(3, "token"),
+                agent=f.str_(4, "agent", ""),
+                agent_version=f.str_(5, "agent_version", ""),
+                dropped=f.uint(6, "dropped", 0),
+            )
+        case MessageType.WELCOME:
+            return Welcome(
+                version=f.uint(1, "version"),
+                last_seq=f.uint(2, "last_seq"),
+                max_frame_bytes=f.uint(3, "max_frame_bytes", MAX_FRAME_BYTES),
+                max_batch_readings=f.uint(4, "max_batch_readings", MAX_BATCH_READINGS),
+                heartbeat_ms=f.uint(5, "heartbeat_ms", HEARTBEAT_MS),
+            )
+        case MessageType.RETRY:
+            return Retry(f.uint(1, "seq"), f.str_(2, "reason"), f.uint(3, "retry_after_ms"))
+        case MessageType.PING:
+            return Ping(f.uint(1, "nonce", 0))
+        case MessageType.PONG:
+            return Pong(f.uint(1, "nonce", 0))
+        case MessageType.ERROR:
+            return Error(f.str_(1, "code"), f.str_(2, "message", ""), f.bool_(3, "fatal", True))
+        case MessageType.BYE:
+            return Bye(f.str_(1, "reason", ""))
+    raise AssertionError(f"unhandled message type {mtype}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------- connection
+
+# What each role may send / receive in each state. Keys are (role, state).
+_AGENT_SENDS: Final = {
+    State.AWAIT_HELLO: (Hello, Bye, Error),
+    State.AWAIT_WELCOME: (Bye, Error, Ping, Pong),
+    State.READY: (Batch, Ping, Pong, Bye, Error),
+}
+_COLLECTOR_SENDS: Final = {
+    State.AWAIT_HELLO: (Error, Bye),
+    State.AWAIT_WELCOME: (Welcome, Error, Bye),
+    State.READY: (Ack, Retry, Ping, Pong, Error, Bye),
+}
+
+
+class Connection:
+    """One side of one TCP connection, without the I/O.
+
+    Feed received bytes with `receive_data` (b"" for EOF), pull events with `next_event`
+    until it returns NEED_DATA, and turn outgoing events into bytes with `send`.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        bad_frame_budget: int = BAD_FRAME_BUDGET,
+    ) -> None:
+        self.role = role
+        self.state = State.AWAIT_HELLO
+        self.max_frame_bytes = max_frame_bytes
+        self.bad_frame_budget = bad_frame_budget
+        self.bad_frames = 0
+        self.bytes_received = 0
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._sends = _AGENT_SENDS if role is Role.AGENT else _COLLECTOR_SENDS
+
+    # -- receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the peer; b"" means the peer closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if self.state is State.CLOSED:
+            return  # nothing more is read from a closed connection
+        self.bytes_received += len(data)
+        if self._pos and self._pos > len(self._buf) // 2:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Event | ConnectionClosed | _NeedData:
+        """Return the next event, NEED_DATA, or ConnectionClosed at a clean EOF.
+
+        Raises RemoteProtocolError for a bad frame; when `.fatal` the state is now CLOSED.
+        """
+        if self.state is State.CLOSED:
+            return ConnectionClosed()
+        avail = len(self._buf) - self._pos
+        if avail < FRAME_HEADER_BYTES:
+            if self._eof:
+                if avail:
+                    self._fail(errors.TRUNCATED_FRAME, "connection closed inside a frame header")
+                self.state = State.CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        (length,) = _HEADER.unpack_from(self._buf, self._pos)
+        if length > self.max_frame_bytes:
+            # Refused from the header alone: the body is never buffered.
+            self._fail(
+                errors.FRAME_TOO_LARGE,
+                f"declared frame length {length} exceeds the limit of {self.max_frame_bytes} bytes",
+            )
+        if avail < FRAME_HEADER_BYTES + length:
+            if self._eof:
+                self._fail(
+                    errors.TRUNCATED_FRAME,
+                    f"connection closed after {avail - FRAME_HEADER_BYTES} of {length} body bytes",
+                )
+            return NEED_DATA
+        start = self._pos + FRAME_HEADER_BYTES
+        self._pos = start + length
+        if length == 0:
+            return self._bad_frame(errors.MALFORMED_FRAME, "empty frame body")
+        try:
+            event = decode_body(memoryview(self._buf)[start : start + length])
+        except RemoteProtocolError as exc:
+            return self._bad_frame(exc.code, exc.message)
+        self._check_receive(event)
+        return event
+
+    def _fail(self, code: str, message: str) -> None:
+        self.state = State.CLOSED
+        self._buf.clear()
+        self._pos = 0
+        raise RemoteProtocolError(code, message, fatal=True)
+
+    def _bad_frame(self, code: str, message: str) -> _NeedData:
+        self.bad_frames += 1
+        if self.bad_frames > self.bad_frame_budget:
+            self._fail(
+                errors.TOO_MANY_BAD_FRAMES,
+                f"{message} (bad-frame budget of {self.bad_frame_budget} spent)",
+            )
+        raise RemoteProtocolError(code, message, fatal=False)
+
+    def _check_receive(self, event: Event) -> None:
+        peer = Role.COLLECTOR if self.role is Role.AGENT else Role.AGENT
+        allowed = (_AGENT_SENDS if peer is Role.AGENT else _COLLECTOR_SENDS)[self.state]
+        if not isinstance(event, allowed):
+            name = type(event).__name__.upper()
+            if self.state is not State.READY:
+                self._fail(
+                    errors.UNEXPECTED_MESSAGE,
+                    f"{name} is not allowed in state {self.state.value}",
+                )
+            self._bad_frame(
+                errors.UNEXPECTED_MESSAGE, f"{name} is not allowed from the {peer.value}"
+            )
+        self._advance(event, sent=False)
+
+    # -- sending
+
+    def send(self, event: Event) -> bytes:
+        """Encode an event as a frame, checking that this role may send it now.
+
+        Raises LocalProtocolError when the event is not allowed in the current state.
+        """
+        if self.state is State.CLOSED:
+            # A final ERROR/BYE may still be written after the peer broke the protocol.
+            if isinstance(event, Error | Bye):
+                return encode(event)
+            raise LocalProtocolError(f"cannot send {type(event).__name__}: connection closed")
+        if not isinstance(event, self._sends[self.state]):
+            raise LocalProtocolError(
+                f"the {self.role.value} cannot send {type(event).__name__} in state "
+                f"{self.state.value}"
+            )
+        data = encode(event)
+        if len(data) - FRAME_HEADER_BYTES > self.max_frame_bytes:
+            raise LocalProtocolError(
+                f"{type(event).__name__} frame of {len(data)} bytes exceeds the limit of "
+                f"{self.max_frame_bytes}"
+            )
+        self._advance(event, sent=True)
+        return data
+
+    def _advance(self, event: Event, *, sent: bool) -> None:
+        if isinstance(event, Hello):
+            self.state = State.AWAIT_WELCOME
+        elif isinstance(event, Welcome):
+            self.state = State.READY
+        elif isinstance(event, Bye) or (isinstance(event, Error) and event.fatal):
+            self.state = State.CLOSED
+
+
+__all__ = [
+    "BAD_FRAME_BUDGET",
+    "FRAME_HEADER_BYTES",
+    "HANDSHAKE_TIMEOUT_S",
+    "HEARTBEAT_MS",
+    "IDLE_TIMEOUT_S",
+    "MAX_BATCH_READINGS",
+    "MAX_FRAME_BYTES",
+    "MAX_INT64",
+    "MAX_MAP_ENTRIES",
+    "MAX_NESTING_DEPTH",
+    "MAX_STR_BYTES",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "Bye",
+    "Connection",
+    "ConnectionClosed",
+    "Error",
+    "Event",
+    "Hello",
+    "MessageType",
+    "Ping",
+    "Pong",
+    "Reading",
+    "Reject",
+    "Retry",
+    "Role",
+    "State",
+    "Welcome",
+    "decode_body",
+    "encode",
+    "encode_body",
+    "parse_message",
+]
