@@ -16,6 +16,7 @@ No I/O in this module; collector-side only (the agent never imports pydantic).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import (
@@ -95,8 +96,9 @@ def _scalar_type(vtype: str, bounds: Bounds) -> object:
             float, Field(strict=True, allow_inf_nan=False, ge=bounds.min, le=bounds.max)
         ]
     if vtype == "integer":
-        lo = -MAX_INT64 - 1 if bounds.min is None else int(bounds.min)
-        hi = MAX_INT64 if bounds.max is None else int(bounds.max)
+        # Round inward: min 0.5 admits 1, not 0. Always within int64.
+        lo = -MAX_INT64 - 1 if bounds.min is None else max(-MAX_INT64 - 1, math.ceil(bounds.min))
+        hi = MAX_INT64 if bounds.max is None else min(MAX_INT64, math.floor(bounds.max))
         return Annotated[StrictInt, Field(ge=lo, le=hi)]
     if vtype == "bool":
         return StrictBool
@@ -201,7 +203,11 @@ class ReadingValidator:
         self._adapter: TypeAdapter[list[ValidReading]] = TypeAdapter(list[union])  # type: ignore[valid-type]
 
     def _discriminate(self, v: object) -> str | None:
-        if type(v) is not list or len(v) != 6:
+        if type(v) is not list:
+            # Not a decoded msgpack array: rejected as not_a_reading by `_reject`. It must not
+            # reach the shape member, whose lax tuple would accept a tuple of any value.
+            return None
+        if len(v) != 6:
             return _SHAPE_TAG
         kind = v[1]
         if type(kind) is not str:
@@ -238,10 +244,7 @@ class ReadingValidator:
 def _reject(
     index: int, reading: object, etype: str, loc: tuple[int | str, ...], msg: str
 ) -> Reject:
-    if etype == UNKNOWN_KIND:
-        kind = reading[1] if isinstance(reading, list) and len(reading) > 1 else None
-        return Reject(index, UNKNOWN_KIND, "kind", f"unknown sensor kind {kind!r:.64}")
-    if not isinstance(reading, list) or len(reading) != 6:
+    if type(reading) is not list or len(reading) != 6:
         got = f"an array of {len(reading)}" if isinstance(reading, list) else type(reading).__name__
         return Reject(
             index,
@@ -250,6 +253,8 @@ def _reject(
             f"a reading must be an array of 6 elements [sensor, kind, ts, value, unit, tags], "
             f"got {got}",
         )
+    if etype == UNKNOWN_KIND:
+        return Reject(index, UNKNOWN_KIND, "kind", f"unknown sensor kind {reading[1]!r:.64}")
     # loc: (member tag, position, *nested keys) for union members.
     if loc and isinstance(loc[0], str) and ("|" in loc[0] or loc[0] == _SHAPE_TAG):
         loc = loc[1:]

@@ -37,6 +37,7 @@ until the bad-frame budget is spent.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,9 +67,19 @@ MAX_MAP_ENTRIES: Final = 64
 MAX_BIN_BYTES: Final = 0
 # Largest ext payload: the msgpack Timestamp ext is at most 12 bytes.
 MAX_EXT_BYTES: Final = 12
-# Deepest nesting a valid frame has: message > readings > reading > value map. Deeper frames
-# never validate; msgpack's own decoder stack (1,024 levels) bounds what decoding costs.
+# Deepest nesting a valid frame has: message > readings > reading > value map. Deeper values
+# never validate (every message field has a fixed scalar type; readings are checked by
+# `schemas.readings`), and msgpack's own decoder refuses more than MSGPACK_MAX_DEPTH levels
+# outright, so nesting costs at most that many small containers per frame.
 MAX_NESTING_DEPTH: Final = 4
+MSGPACK_MAX_DEPTH: Final = 1024
+# Fields in one message: v1 messages have at most 7; the rest is room for additive fields.
+MAX_MESSAGE_FIELDS: Final = 32
+# Longest array anywhere except the two top-level lists (BATCH readings, ACK rejects): a
+# reading has 6 elements and a reject 4. The decoder preallocates a declared array, so
+# allowing MAX_BATCH_READINGS at every level would let 3 KB of nested array headers cost
+# 1,024 x 10,000 slots (80 MB); with this bound a frame costs at most ~0.5 MB of slots.
+MAX_INNER_ARRAY_LEN: Final = 64
 # Frames from one peer that may fail to decode before the connection is closed: enough to
 # survive a buggy field in one message type, not enough to let a fuzzer churn forever.
 BAD_FRAME_BUDGET: Final = 16
@@ -232,6 +243,8 @@ Event: TypeAlias = Hello | Welcome | Batch | Ack | Retry | Ping | Pong | Error |
 
 # ---------------------------------------------------------------------------- codec
 
+# Options for every msgpack decode. `max_array_len` bounds every array except the two
+# top-level lists, which `_unpack_message` reads element by element (no preallocation).
 _UNPACK_OPTS: Final[dict[str, object]] = {
     "raw": False,
     "strict_map_key": True,
@@ -239,10 +252,13 @@ _UNPACK_OPTS: Final[dict[str, object]] = {
     "timestamp": 2,  # msgpack Timestamp ext (-1) decodes straight to int nanoseconds
     "max_str_len": MAX_STR_BYTES,
     "max_bin_len": MAX_BIN_BYTES,
-    "max_array_len": MAX_BATCH_READINGS,
+    "max_array_len": MAX_INNER_ARRAY_LEN,
     "max_map_len": MAX_MAP_ENTRIES,
     "max_ext_len": MAX_EXT_BYTES,
 }
+# Exceptions msgpack raises for bytes that are not one valid, in-limit msgpack value.
+# RecursionError: the pure-Python fallback decoder recurses once per nesting level.
+_DECODE_ERRORS: Final = (ValueError, TypeError, RecursionError, msgpack.UnpackException)
 
 
 def encode_body(event: Event) -> bytes:
@@ -259,16 +275,70 @@ def encode(event: Event) -> bytes:
 def decode_body(body: bytes | bytearray | memoryview) -> Event:
     """Decode one frame body into an event.
 
-    Raises RemoteProtocolError (non-fatal) when the body is not valid msgpack or not a
-    well-formed v1 message.
+    Raises RemoteProtocolError (non-fatal): `malformed_frame` when the body is not exactly one
+    valid msgpack value within the limits, `bad_message` when it is not a well-formed v1
+    message.
     """
     try:
-        value = msgpack.unpackb(body, **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RemoteProtocolError(
-            errors.MALFORMED_FRAME, f"frame body is not valid msgpack: {exc}", fatal=False
-        ) from None
+        value = _unpack_message(body)
+    except _NotAnArray:
+        # A field that must be an array is not: decode the whole body (every array is bounded
+        # by MAX_INNER_ARRAY_LEN here) so `parse_message` can say which field is wrong.
+        try:
+            value = msgpack.unpackb(body, **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
+        except _DECODE_ERRORS as exc:
+            raise _malformed(exc) from None
+    except _DECODE_ERRORS as exc:
+        raise _malformed(exc) from None
     return parse_message(value)
+
+
+class _NotAnArray(Exception):
+    """The next value in the body is not an array header (or not valid msgpack at all)."""
+
+
+def _malformed(exc: BaseException) -> RemoteProtocolError:
+    detail = str(exc) or type(exc).__name__
+    return RemoteProtocolError(
+        errors.MALFORMED_FRAME, f"frame body is not valid msgpack: {detail:.200}", fatal=False
+    )
+
+
+# Position of the one long list in the messages that carry one.
+_LIST_FIELD: Final = {int(MessageType.BATCH): 2, int(MessageType.ACK): 4}
+
+
+def _unpack_message(body: bytes | bytearray | memoryview) -> list[object]:
+    """Decode a body that must be one msgpack array, reading the message's long list (BATCH
+    readings, ACK rejects) element by element so its declared length is never preallocated.
+    """
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), 1), **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
+    unpacker.feed(body)
+    try:
+        nfields = unpacker.read_array_header()
+    except ValueError:
+        raise _NotAnArray from None
+    if nfields > MAX_MESSAGE_FIELDS:
+        raise ValueError(f"message of {nfields} fields exceeds the limit of {MAX_MESSAGE_FIELDS}")
+    value: list[object] = []
+    for i in range(nfields):
+        code = value[0] if value else None
+        if i and type(code) is int and _LIST_FIELD.get(code) == i:
+            try:
+                n = unpacker.read_array_header()
+            except ValueError:
+                raise _NotAnArray from None
+            if n > MAX_BATCH_READINGS:
+                raise ValueError(f"list of {n} exceeds the limit of {MAX_BATCH_READINGS}")
+            items = list(itertools.islice(unpacker, n))
+            if len(items) != n:
+                raise ValueError(f"list declares {n} elements, the body holds {len(items)}")
+            value.append(items)
+        else:
+            value.append(unpacker.unpack())
+    if unpacker.tell() != len(body):
+        raise ValueError(f"{len(body) - unpacker.tell()} trailing bytes after the message")
+    return value
 
 
 def _to_array(event: Event) -> list[object]:
@@ -513,7 +583,9 @@ class Connection:
         if length == 0:
             return self._bad_frame(errors.MALFORMED_FRAME, "empty frame body")
         try:
-            event = decode_body(memoryview(self._buf)[start : start + length])
+            # A copy, not a memoryview: an exception kept by the caller would otherwise pin an
+            # export of the buffer and make the next `receive_data` fail with BufferError.
+            event = decode_body(self._buf[start : start + length])
         except RemoteProtocolError as exc:
             return self._bad_frame(exc.code, exc.message)
         self._check_receive(event)
@@ -592,10 +664,13 @@ __all__ = [
     "IDLE_TIMEOUT_S",
     "MAX_BATCH_READINGS",
     "MAX_FRAME_BYTES",
+    "MAX_INNER_ARRAY_LEN",
     "MAX_INT64",
     "MAX_MAP_ENTRIES",
+    "MAX_MESSAGE_FIELDS",
     "MAX_NESTING_DEPTH",
     "MAX_STR_BYTES",
+    "MSGPACK_MAX_DEPTH",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Ack",
