@@ -1,0 +1,263 @@
+"""The block codec: one series' readings in one time window, packed into bytes and back.
+
+A block holds the sorted, de-duplicated timestamps and values of one (series, window).
+Format (docs/storage.md has the byte-by-byte description):
+
+    byte 0      FORMAT_VERSION (1)
+    byte 1      value codec: INT_DELTA, FLOAT_DECIMAL, FLOAT_XOR or GENERIC
+    byte 2      decimal scale k (FLOAT_DECIMAL only, else 0)
+    varint      n, the number of readings (LEB128, unsigned)
+    rest        raw DEFLATE (RFC 1951) of the timestamp column followed by the value column
+
+The timestamp column is n little-endian int64 words [t0, t1 - t0, dod2, dod3, ...]
+(delta-of-delta, Gorilla-style), byte-shuffled: all first bytes, then all second bytes,
+and so on, so the mostly-zero high bytes form long runs DEFLATE squeezes to almost nothing.
+Value columns:
+    INT_DELTA      n int64 words [v0, v1 - v0, ...], byte-shuffled (integers, bools as 0/1)
+    FLOAT_DECIMAL  as INT_DELTA over round(v * 10**k); decoding is (n / 10**k), checked
+                   bit-for-bit at encode time, so sensor values with a few decimals round-trip
+                   exactly and cost about one byte each
+    FLOAT_XOR      n uint64 words [bits(v0), bits(v1) ^ bits(v0), ...], byte-shuffled
+    GENERIC        a msgpack array of the values (text, None, or mixed types)
+
+Everything per value runs in C (array, map, itertools, zlib, slicing): the pure-Python
+Gorilla bit stream measured tens of times slower to decode, for a few percent less space
+(docs/benchmarks.md, "Storage engine").
+
+Pure: no I/O, no SQL, no logging.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sys
+import zlib
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import accumulate
+from typing import Final, TypeAlias
+
+import msgpack
+
+Value: TypeAlias = int | float | str | None
+
+FORMAT_VERSION: Final = 1
+INT_DELTA: Final = 0
+FLOAT_DECIMAL: Final = 1
+FLOAT_XOR: Final = 2
+GENERIC: Final = 3
+
+# Largest decimal scale tried: 10**12 keeps |n| < 2**63 for values up to ~9.2e6.
+MAX_DECIMAL_SCALE: Final = 12
+# How many leading values pick the decimal scale before the whole column is checked.
+_SCALE_SAMPLE: Final = 32
+# DEFLATE level: 6 measured within 2% of 9 on sensor data at half the cost.
+DEFLATE_LEVEL: Final = 6
+_WORD_BYTES: Final = 8
+_LITTLE: Final = sys.byteorder == "little"
+
+
+class BlockFormatError(ValueError):
+    """The bytes are not a block this version can read (corrupt or from a newer version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What sits beside a block's bytes so aggregates need not decode them.
+
+    min, max and sum are None when any value is not numeric (text, None): such blocks are
+    always decoded by aggregates.
+    """
+
+    count: int
+    first_ts: int
+    last_ts: int
+    first_value: Value
+    last_value: Value
+    min: int | float | None
+    max: int | float | None
+    sum: int | float | None
+
+
+def summarize(ts: Sequence[int], values: Sequence[Value]) -> Summary:
+    """Count, first/last and (numeric blocks only) min/max/sum of sorted readings."""
+    if not ts:
+        raise ValueError("an empty block has no summary")
+    numeric = all(type(v) is int or type(v) is float for v in values)
+    lo: int | float | None = None
+    hi: int | float | None = None
+    total: int | float | None = None
+    if numeric:
+        nums: Sequence[int | float] = values  # type: ignore[assignment]  # checked just above
+        lo, hi = min(nums), max(nums)
+        total = sum(nums)
+        # SQLite integers are 64-bit: a larger exact sum is stored as a float.
+        if type(total) is int and not -(2**63) <= total < 2**63:
+            total = float(total)
+    return Summary(len(ts), ts[0], ts[-1], values[0], values[-1], lo, hi, total)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = 0
+    n = 0
+    while True:
+        if pos >= len(data):
+            raise BlockFormatError("truncated varint")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+        if shift > 63:
+            raise BlockFormatError("varint too long")
+
+
+def _shuffle(words: array[int]) -> bytes:
+    if not _LITTLE:
+        words = array(words.typecode, words)
+        words.byteswap()
+    raw = words.tobytes()
+    return b"".join(raw[i::_WORD_BYTES] for i in range(_WORD_BYTES))
+
+
+def _unshuffle(raw: bytes, n: int, typecode: str) -> array[int]:
+    out = bytearray(n * _WORD_BYTES)
+    for i in range(_WORD_BYTES):
+        out[i::_WORD_BYTES] = raw[i * n : (i + 1) * n]
+    words = array(typecode)
+    words.frombytes(bytes(out))
+    if not _LITTLE:
+        words.byteswap()
+    return words
+
+
+def _deltas(xs: Sequence[int]) -> list[int]:
+    return [xs[0], *map(operator.sub, xs[1:], xs[:-1])]
+
+
+def _ts_column(ts: Sequence[int]) -> bytes:
+    if len(ts) < 2:
+        return _shuffle(array("q", ts))
+    d = list(map(operator.sub, ts[1:], ts[:-1]))
+    return _shuffle(array("q", [ts[0], d[0], *map(operator.sub, d[1:], d[:-1])]))
+
+
+def _decode_ts(words: array[int]) -> list[int]:
+    if len(words) < 2:
+        return list(words)
+    deltas = accumulate(words[1:])
+    return list(accumulate(deltas, initial=words[0]))
+
+
+def _decimal_scale(values: Sequence[float]) -> int | None:
+    k = 0
+    for v in values[:_SCALE_SAMPLE]:
+        if not math.isfinite(v):
+            return None
+        exp = Decimal(repr(v)).as_tuple().exponent
+        if not isinstance(exp, int):
+            return None
+        k = max(k, -exp)
+    return k if k <= MAX_DECIMAL_SCALE else None
+
+
+def _encode_values(values: Sequence[Value]) -> tuple[int, int, bytes]:
+    if all(type(v) is int for v in values):
+        try:
+            return INT_DELTA, 0, _shuffle(array("q", _deltas(values)))  # type: ignore[arg-type]  # all ints
+        except OverflowError:
+            pass  # deltas beyond int64: GENERIC below keeps them exact
+    elif all(type(v) is float for v in values):
+        floats: Sequence[float] = values  # type: ignore[assignment]  # all floats
+        k = _decimal_scale(floats)
+        if k is not None:
+            m = 10**k
+            try:
+                scaled = [round(v * m) for v in floats]
+                if _same_bits([n / m for n in scaled], floats):
+                    return FLOAT_DECIMAL, k, _shuffle(array("q", _deltas(scaled)))
+            except (OverflowError, ValueError):
+                pass  # too large for the scale: FLOAT_XOR below is exact for any double
+        bits = array("q")
+        bits.frombytes(array("d", floats).tobytes())
+        return FLOAT_XOR, 0, _shuffle(array("q", [bits[0], *map(operator.xor, bits[1:], bits)]))
+    return GENERIC, 0, msgpack.packb(list(values), use_bin_type=True)
+
+
+def _same_bits(a: list[float], b: Sequence[float]) -> bool:
+    # == treats 0.0 and -0.0 as equal; the stored bits must match exactly.
+    return array("d", a).tobytes() == array("d", b).tobytes()
+
+
+def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes:
+    """Pack sorted, unique timestamps and their values into a block.
+
+    Raises ValueError if the lengths differ, the block is empty or timestamps are not
+    strictly increasing.
+    """
+    n = len(ts)
+    if n == 0 or n != len(values):
+        raise ValueError(f"need as many values as timestamps, at least one: {n} != {len(values)}")
+    if any(map(operator.ge, ts[:-1], ts[1:])):
+        raise ValueError("timestamps must be strictly increasing")
+    codec, scale, vbytes = _encode_values(values)
+    body = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    payload = body.compress(_ts_column(ts)) + body.compress(vbytes) + body.flush()
+    return bytes((FORMAT_VERSION, codec, scale)) + _varint(n) + payload
+
+
+def decode(data: bytes) -> tuple[list[int], list[Value]]:
+    """Unpack a block into (timestamps, values), both in timestamp order.
+
+    Raises BlockFormatError on bytes that are not a version-1 block.
+    """
+    if len(data) < 4 or data[0] != FORMAT_VERSION:
+        raise BlockFormatError(f"unknown block version {data[:1]!r}")
+    codec, scale = data[1], data[2]
+    n, pos = _read_varint(data, 3)
+    try:
+        raw = zlib.decompress(data[pos:], -15)
+    except zlib.error as exc:
+        raise BlockFormatError(f"corrupt block payload: {exc}") from exc
+    tlen = n * _WORD_BYTES
+    if len(raw) < tlen:
+        raise BlockFormatError("truncated timestamp column")
+    ts = _decode_ts(_unshuffle(raw[:tlen], n, "q"))
+    vraw = raw[tlen:]
+    values: list[Value]
+    if codec == GENERIC:
+        unpacked = msgpack.unpackb(vraw, raw=False)
+        if not isinstance(unpacked, list) or len(unpacked) != n:
+            raise BlockFormatError("value column does not match the timestamp count")
+        values = unpacked
+    elif len(vraw) != tlen:
+        raise BlockFormatError("value column does not match the timestamp count")
+    elif codec == INT_DELTA:
+        values = list(accumulate(_unshuffle(vraw, n, "q")))
+    elif codec == FLOAT_DECIMAL:
+        m = 10**scale
+        values = [v / m for v in accumulate(_unshuffle(vraw, n, "q"))]
+    elif codec == FLOAT_XOR:
+        bits = array("q", accumulate(_unshuffle(vraw, n, "q"), operator.xor))
+        floats = array("d")
+        floats.frombytes(bits.tobytes())
+        values = list(floats)
+    else:
+        raise BlockFormatError(f"unknown value codec {codec}")
+    return ts, values
