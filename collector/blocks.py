@@ -50,6 +50,9 @@ FLOAT_DECIMAL: Final = 1
 FLOAT_XOR: Final = 2
 GENERIC: Final = 3
 
+# No block spans more than this: readers look this far before `since` for blocks that
+# straddle it, and the compactor refuses larger windows.
+MAX_WINDOW_NS: Final = 86_400 * 10**9
 # Largest decimal scale tried: 10**12 keeps |n| < 2**63 for values up to ~9.2e6.
 MAX_DECIMAL_SCALE: Final = 12
 # How many leading values pick the decimal scale before the whole column is checked.

@@ -10,6 +10,10 @@ Tables (docs/storage.md has the full description):
     readings_head   recent readings, keyed (ts, series_id) WITHOUT ROWID: appends at the
                     right edge of the B-tree, so ingest stays flat as the file grows
     rejected        the dead-letter table: every rejected reading as received, with why
+    blocks          compacted readings: one row per (series, window), packed by
+                    collector.blocks, with count/first/last/min/max/sum beside the bytes
+    readings_recent view over the head with readable times and series names (Datasette,
+                    Grafana's SQLite source); blocks_summary: the same for block summaries
 
 This module opens connections and creates tables; it does not insert readings (that is
 `collector.writer`, the one writer) and does not query them (`collector.query`).
@@ -27,6 +31,9 @@ DEVICES: Final = "devices"
 SERIES: Final = "series"
 HEAD: Final = "readings_head"
 REJECTED: Final = "rejected"
+BLOCKS: Final = "blocks"
+RECENT_VIEW: Final = "readings_recent"
+BLOCKS_VIEW: Final = "blocks_summary"
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -95,6 +102,72 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m0002_blocks(db: sqlite_utils.Database) -> None:
+    # Compacted storage (collector.compactor writes it, collector.scan reads it): one row per
+    # (series, window) holding that window's readings packed by collector.blocks, with the
+    # summaries aggregates use without decoding. Series-first key: one series' history is a
+    # contiguous range. The (start_ns) index serves retention and the compactor's merges.
+    # Summary columns have no declared type (no affinity): a value is stored exactly as
+    # given, where `ANY` in a non-STRICT table would mean NUMERIC affinity.
+    db.executescript(
+        f"""
+        CREATE TABLE {BLOCKS} (
+            series_id INTEGER NOT NULL,
+            start_ns INTEGER NOT NULL,
+            end_ns INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL,
+            first_value,
+            last_value,
+            min,
+            max,
+            sum,
+            data BLOB NOT NULL,
+            PRIMARY KEY (series_id, start_ns)
+        ) WITHOUT ROWID;
+        CREATE INDEX blocks_by_start ON {BLOCKS}(start_ns);
+        CREATE VIEW {RECENT_VIEW} AS
+            SELECT
+                strftime('%Y-%m-%dT%H:%M:%f', h.ts / 1000000000.0, 'unixepoch') || 'Z' AS time,
+                h.ts AS ts,
+                h.series_id AS series_id,
+                d.name AS device,
+                s.sensor AS sensor,
+                s.field AS field,
+                s.kind AS kind,
+                s.unit AS unit,
+                s.tags AS tags,
+                h.value AS value
+            FROM {HEAD} AS h
+            JOIN {SERIES} AS s ON s.id = h.series_id
+            JOIN {DEVICES} AS d ON d.id = s.device_id;
+        CREATE VIEW {BLOCKS_VIEW} AS
+            SELECT
+                strftime('%Y-%m-%dT%H:%M:%f', b.start_ns / 1000000000.0, 'unixepoch') || 'Z'
+                    AS window_start,
+                strftime('%Y-%m-%dT%H:%M:%f', b.end_ns / 1000000000.0, 'unixepoch') || 'Z'
+                    AS window_end,
+                b.series_id AS series_id,
+                d.name AS device,
+                s.sensor AS sensor,
+                s.field AS field,
+                s.unit AS unit,
+                b.count AS count,
+                b.min AS min,
+                b.max AS max,
+                CASE WHEN b.sum IS NULL THEN NULL ELSE 1.0 * b.sum / b.count END AS avg,
+                b.first_value AS first,
+                b.last_value AS last,
+                length(b.data) AS bytes
+            FROM {BLOCKS} AS b
+            JOIN {SERIES} AS s ON s.id = b.series_id
+            JOIN {DEVICES} AS d ON d.id = s.device_id;
+        """
+    )
+
+
 def connect(
     path: str | Path,
     *,
@@ -113,9 +186,7 @@ def connect(
             uri, uri=True, isolation_level=None, check_same_thread=check_same_thread
         )
     else:
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=check_same_thread
-        )
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     if not readonly:
