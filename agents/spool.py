@@ -106,12 +106,12 @@ class Spool:
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value)
                 )
-        (self._pending,) = self._db.execute(
+        self._pending: int = self._db.execute(
             "SELECT count(*) FROM readings WHERE seq IS NULL"
-        ).fetchone()
-        (self._sealed,) = self._db.execute(
+        ).fetchone()[0]
+        self._sealed: int = self._db.execute(
             "SELECT count(*) FROM readings WHERE seq IS NOT NULL"
-        ).fetchone()
+        ).fetchone()[0]
         # Monotonic time the oldest pending reading arrived; readings found on disk at
         # start-up are old by definition, so they are due at once.
         self._oldest_pending_at: float | None = 0.0 if self._pending else None
@@ -185,8 +185,10 @@ class Spool:
     def wait_for_space(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the spool has room; False on timeout."""
         with self._space:
-            return self._space.wait_for(
-                lambda: self._pending + self._sealed < self.max_readings, timeout
+            return bool(
+                self._space.wait_for(
+                    lambda: self._pending + self._sealed < self.max_readings, timeout
+                )
             )
 
     def add_space_listener(self, callback: Callable[[], None]) -> None:
@@ -320,7 +322,7 @@ class Spool:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._pending + self._sealed
+            return int(self._pending + self._sealed)
 
     def close(self) -> None:
         with self._lock:
