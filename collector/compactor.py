@@ -140,12 +140,12 @@ def _write_blocks(
     conn: sqlite3.Connection, start: int, end: int, rows: list[tuple[int, int, codec.Value]]
 ) -> None:
     per_series: dict[int, tuple[list[int], list[codec.Value]]] = {}
-    for sid, ts, value in rows:  # head order is (ts, series_id): each list is sorted
+    for sid, t, value in rows:  # head order is (ts, series_id): each list is sorted
         entry = per_series.get(sid)
         if entry is None:
-            per_series[sid] = ([ts], [value])
+            per_series[sid] = ([t], [value])
         else:
-            entry[0].append(ts)
+            entry[0].append(t)
             entry[1].append(value)
     existing = dict(
         conn.execute(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -14,13 +16,13 @@ INT64 = st.integers(-(2**63), 2**63 - 1)
 TS = st.integers(0, 2**63 - 1)
 
 
-def _bits(values: list[object]) -> list[object]:
+def _bits(values: Sequence[object]) -> list[object]:
     # Floats compared by their bits: -0.0 and 0.0 must not be confused.
     return [(type(v), struct.pack("<d", v)) if type(v) is float else (type(v), v) for v in values]
 
 
 @st.composite
-def columns(draw: st.DrawFn, values: st.SearchStrategy[object]) -> tuple[list[int], list[object]]:
+def columns(draw: st.DrawFn, values: st.SearchStrategy[object]) -> tuple[list[int], list[Any]]:
     ts = sorted(draw(st.sets(TS, min_size=1, max_size=60)))
     vals = draw(st.lists(values, min_size=len(ts), max_size=len(ts)))
     return ts, vals
@@ -63,7 +65,7 @@ def test_nan_and_negative_zero_round_trip() -> None:
         ([True, False, True, True], blocks.GENERIC),  # kept as bools, not 0/1
     ],
 )
-def test_codec_choice(values: list[object], codec: int) -> None:
+def test_codec_choice(values: list[Any], codec: int) -> None:
     ts = [10, 20, 30, 45]
     packed = blocks.encode(ts, values)
     assert packed[1] == codec
