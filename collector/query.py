@@ -1,0 +1,725 @@
+"""Read-side queries shared by the CLI (`collector.commands.query`) and the HTTP API.
+
+Owns: parsing of query arguments (times, durations, tags) into int nanoseconds and filters,
+resolving filters to series ids through the `series` and `devices` tables, turning what
+`collector.scan` yields into plain row dicts, device/series/rejected listings, the live tail
+cursor, and the replay of stored rejects.
+
+Must not: read `readings_head` or the block tables directly (every reading goes through
+`collector.scan`, which knows where readings live), open sockets, or write anything except in
+`replay_rejected` (the one write path here; see its docstring).
+
+Every row is a `dict[str, object]` whose keys are the column names of the listing, so the
+CLI formats (`collector.formats`) and the HTTP API (`collector.http_api`) print the same data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, Literal
+
+import msgpack
+
+from collector import scan, store
+from collector.errors import ConfigError
+from schemas.kinds import BUILTIN_KINDS, KindSpec
+
+if TYPE_CHECKING:
+    from collector.ingest import Ingest, PreparedBatch
+
+Row = dict[str, object]
+Order = Literal["asc", "desc"]
+
+NS_PER_S: Final = 1_000_000_000
+MAX_TS_NS: Final = (1 << 63) - 1
+AGGS: Final = ("avg", "min", "max", "sum", "count", "first", "last")
+ORDERS: Final = ("asc", "desc")
+
+# Relative times and durations: `15m`, `2h`, `7d`, `500ms`, `1w`.
+_UNIT_NS: Final[dict[str, int]] = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": NS_PER_S,
+    "m": 60 * NS_PER_S,
+    "h": 3_600 * NS_PER_S,
+    "d": 86_400 * NS_PER_S,
+    "w": 7 * 86_400 * NS_PER_S,
+}
+_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d|w)\s*$")
+# RFC 3339 / ISO 8601: date, optional time with up to 9 fractional digits, optional offset.
+# A time without an offset is UTC (documented in docs/api.md).
+_ISO_RE: Final = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?$"
+)
+_TAG_RE: Final = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,63})=(.*)$")
+
+# Column names of each listing, in display order.
+READING_COLUMNS: Final = ("ts", "device", "sensor", "field", "kind", "value", "unit", "tags")
+AGGREGATE_COLUMNS: Final = (
+    "ts",
+    "device",
+    "sensor",
+    "field",
+    "kind",
+    "agg",
+    "value",
+    "unit",
+    "tags",
+)
+SERIES_COLUMNS: Final = (
+    "id",
+    "device",
+    "sensor",
+    "field",
+    "kind",
+    "unit",
+    "tags",
+    "first",
+    "last",
+    "count",
+)
+DEVICE_COLUMNS: Final = ("device", "last_seen", "connected", "readings", "series", "revoked")
+REJECTED_COLUMNS: Final = (
+    "id",
+    "received",
+    "device",
+    "seq",
+    "idx",
+    "code",
+    "path",
+    "message",
+    "reading",
+    "replayed",
+)
+
+
+# ---------------------------------------------------------------- argument parsing (pure)
+
+
+def parse_duration(text: str, *, option: str) -> int:
+    """`15m`, `2h`, `7d`, `500ms` -> a positive number of nanoseconds.
+
+    Raises ConfigError naming `option`.
+    """
+    m = _DURATION_RE.match(text)
+    if m is None:
+        raise ConfigError(
+            f"{option}: {text!r} is not a duration (a number and a unit: ns, us, ms, s, m, h, "
+            "d or w, e.g. 15m)"
+        )
+    ns = round(float(m.group(1)) * _UNIT_NS[m.group(2)])
+    if ns <= 0:
+        raise ConfigError(f"{option}: duration must be positive, got {text!r}")
+    return ns
+
+
+def parse_time(text: str, *, option: str, now_ns: int) -> int:
+    """A point in time -> int ns since the epoch (UTC).
+
+    Accepts `now`, a duration meaning that long before now (`15m`, `2h`, `7d`, with an
+    optional leading `-`), RFC 3339 / ISO 8601 (`2026-11-25T10:00:00Z`, `2026-11-25`, up to
+    nanosecond fractions; no offset means UTC), or `@<int ns>`.
+    Raises ConfigError naming `option`.
+    """
+    t = text.strip()
+    if t.lower() == "now":
+        return now_ns
+    if t.startswith("@") and t[1:].isdigit():
+        return _check_range(int(t[1:]), text, option)
+    rel = t[1:] if t.startswith("-") else t
+    if _DURATION_RE.match(rel):
+        return _check_range(now_ns - parse_duration(rel, option=option), text, option)
+    m = _ISO_RE.match(t)
+    if m is None:
+        raise ConfigError(
+            f"{option}: {text!r} is not a time (use e.g. 15m, 2h, 7d, now, "
+            "2026-11-25T10:00:00Z or 2026-11-25)"
+        )
+    year, month, day, hh, mm, ss, frac, tz = m.groups()
+    try:
+        dt = datetime(
+            int(year), int(month), int(day), int(hh or 0), int(mm or 0), int(ss or 0), tzinfo=UTC
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {text!r} is not a valid date/time: {exc}") from None
+    offset_s = 0
+    if tz and tz not in "Zz":
+        sign = -1 if tz[0] == "-" else 1
+        digits = tz[1:].replace(":", "")
+        offset_s = sign * (int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60)
+    seconds = int(dt.timestamp()) - offset_s
+    frac_ns = int((frac or "").ljust(9, "0")) if frac else 0
+    return _check_range(seconds * NS_PER_S + frac_ns, text, option)
+
+
+def _check_range(ns: int, text: str, option: str) -> int:
+    if not 0 <= ns <= MAX_TS_NS:
+        raise ConfigError(f"{option}: {text!r} is outside 1970..2262")
+    return ns
+
+
+def format_ts(ns: int) -> str:
+    """int ns -> RFC 3339 in UTC with nanoseconds, e.g. `2026-11-25T10:00:00.000000001Z`."""
+    seconds, frac = divmod(ns, NS_PER_S)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
+
+
+def parse_tag(text: str, *, option: str = "--tag") -> tuple[str, str]:
+    """`key=value` -> (key, value). Raises ConfigError naming `option`."""
+    m = _TAG_RE.match(text)
+    if m is None:
+        raise ConfigError(f"{option}: {text!r} is not key=value with a valid tag key")
+    return m.group(1), m.group(2)
+
+
+def parse_order(text: str, *, option: str = "--order") -> Order:
+    """`asc` or `desc`. Raises ConfigError naming `option`."""
+    if text == "asc":
+        return "asc"
+    if text == "desc":
+        return "desc"
+    raise ConfigError(f"{option}: must be asc or desc, got {text!r}")
+
+
+def parse_agg(text: str, *, option: str = "--agg") -> str:
+    """One of AGGS. Raises ConfigError naming `option`."""
+    if text not in AGGS:
+        raise ConfigError(f"{option}: must be one of {', '.join(AGGS)}, got {text!r}")
+    return text
+
+
+def parse_limit(text: str | int, *, option: str = "--limit") -> int:
+    """A positive integer. Raises ConfigError naming `option`."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"{option}: must be a positive integer, got {text!r}") from None
+    if n <= 0:
+        raise ConfigError(f"{option}: must be a positive integer, got {text!r}")
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which series a query covers; empty tuples mean "any". Globs use SQLite GLOB syntax."""
+
+    devices: tuple[str, ...] = ()
+    sensors: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+def series_where(f: Filters) -> tuple[str, list[object]]:
+    """Filters -> (SQL condition over `s` = series and `d` = devices, parameters)."""
+    clauses: list[str] = []
+    params: list[object] = []
+
+    def any_of(expr: str, values: Sequence[str]) -> None:
+        if values:
+            clauses.append("(" + " OR ".join(expr for _ in values) + ")")
+            params.extend(values)
+
+    any_of("d.name GLOB ?", f.devices)
+    any_of("s.sensor GLOB ?", f.sensors)
+    any_of("s.kind = ?", f.kinds)
+    any_of("s.field = ?", f.fields)
+    for key, value in f.tags:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM json_each(s.tags) AS t WHERE t.key = ? AND t.value = ?)"
+        )
+        params.extend((key, value))
+    return (" AND ".join(clauses) or "1"), params
+
+
+# ---------------------------------------------------------------- series and values
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
+    """One row of the series table joined with its device name."""
+
+    id: int
+    device: str
+    sensor: str
+    field: str
+    kind: str
+    unit: str
+    tags: dict[str, str]
+    first_ts: int | None
+    last_ts: int | None
+    last_value: object
+    count: int
+
+
+_KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}
+
+
+def _is_bool(kind: str, fld: str) -> bool:
+    spec = _KINDS.get(kind)
+    if spec is None:
+        return False
+    if spec.type == "object":
+        return any(f.name == fld and f.type == "bool" for f in spec.fields)
+    return spec.type == "bool"
+
+
+def resolve_series(conn: sqlite3.Connection, f: Filters) -> list[SeriesInfo]:
+    """Series matching the filters, ordered by device, sensor, field, id."""
+    where, params = series_where(f)
+    sql = (
+        "SELECT s.id, d.name, s.sensor, s.field, s.kind, s.unit, s.tags, s.first_ts, "
+        f"s.last_ts, s.last_value, s.count FROM {store.SERIES} AS s "
+        f"JOIN {store.DEVICES} AS d ON d.id = s.device_id WHERE {where} "
+        "ORDER BY d.name, s.sensor, s.field, s.id"
+    )
+    return [
+        SeriesInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), *r[7:])
+        for r in conn.execute(sql, params)
+    ]
+
+
+def _value(s: SeriesInfo, v: object) -> object:
+    return bool(v) if _is_bool(s.kind, s.field) and v is not None else v
+
+
+def _base(s: SeriesInfo, ts: int) -> Row:
+    return {
+        "ts": format_ts(ts),
+        "ts_ns": ts,
+        "device": s.device,
+        "sensor": s.sensor,
+        "field": s.field,
+        "kind": s.kind,
+        "unit": s.unit,
+        "tags": s.tags,
+        "series_id": s.id,
+    }
+
+
+def series_row(s: SeriesInfo) -> Row:
+    """A series as a listing row."""
+    return {
+        "id": s.id,
+        "device": s.device,
+        "sensor": s.sensor,
+        "field": s.field,
+        "kind": s.kind,
+        "unit": s.unit,
+        "tags": s.tags,
+        "first": None if s.first_ts is None else format_ts(s.first_ts),
+        "last": None if s.last_ts is None else format_ts(s.last_ts),
+        "first_ns": s.first_ts,
+        "last_ns": s.last_ts,
+        "count": s.count,
+    }
+
+
+def time_bounds(
+    series: Sequence[SeriesInfo], since_ns: int | None, until_ns: int | None
+) -> tuple[int, int]:
+    """Fill an open range from the series' first/last timestamps (since incl., until excl.)."""
+    if since_ns is None:
+        firsts = [s.first_ts for s in series if s.first_ts is not None]
+        since_ns = min(firsts) if firsts else 0
+    if until_ns is None:
+        lasts = [s.last_ts for s in series if s.last_ts is not None]
+        until_ns = max(lasts) + 1 if lasts else MAX_TS_NS
+    return since_ns, until_ns
+
+
+# Readings one scan.read_range call should cover at most: the scan holds a window's head rows
+# in memory, so an export of any size walks the range in windows of about this many rows.
+ROWS_PER_SCAN: Final = 50_000
+
+
+def _windows(series: Sequence[SeriesInfo], lo: int, hi: int, order: Order) -> list[tuple[int, int]]:
+    """Split [lo, hi) into windows of about ROWS_PER_SCAN readings (from the series' density)."""
+    total = sum(s.count for s in series)
+    firsts = [s.first_ts for s in series if s.first_ts is not None]
+    lasts = [s.last_ts for s in series if s.last_ts is not None]
+    if total <= ROWS_PER_SCAN or not firsts or not lasts or hi - lo <= NS_PER_S:
+        return [(lo, hi)]
+    covered = max(1, max(lasts) - min(firsts))
+    width = max(NS_PER_S, covered * ROWS_PER_SCAN // total)
+    start, stop = max(lo, min(firsts)), min(hi, max(lasts) + 1)
+    if start >= stop:
+        return [(lo, hi)]
+    edges = [*range(start, stop, width), stop]
+    out = list(itertools.pairwise(edges))
+    return out[::-1] if order == "desc" else out
+
+
+def readings(
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since_ns: int | None,
+    until_ns: int | None,
+    *,
+    order: Order = "asc",
+    limit: int | None = None,
+) -> Iterator[Row]:
+    """Readings of the given series in [since, until), ordered by (ts, series id).
+
+    Streamed in time windows (see ROWS_PER_SCAN): memory stays bounded for any range.
+    """
+    if not series:
+        return
+    by_id = {s.id: s for s in series}
+    ids = list(by_id)
+    lo, hi = time_bounds(series, since_ns, until_ns)
+    n = 0
+    for a, b in _windows(series, lo, hi, order):
+        left = None if limit is None else limit - n
+        for sid, ts, value in scan.read_range(conn, ids, a, b, order=order, limit=left):
+            s = by_id[sid]
+            row = _base(s, ts)
+            row["value"] = _value(s, value)
+            yield row
+            n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def aggregates(
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since_ns: int | None,
+    until_ns: int | None,
+    every_ns: int,
+    agg: str,
+    *,
+    order: Order = "asc",
+    limit: int | None = None,
+) -> Iterator[Row]:
+    """Time-bucketed aggregates (buckets at epoch multiples of `every_ns`), via scan.aggregate.
+
+    Rows come ordered by (series id, bucket), series by series as `scan.aggregate` computes
+    them (block summaries answer whole buckets without decoding); `order="desc"` reverses
+    that order (buffered). Empty buckets are left out.
+    """
+    if not series:
+        return
+    by_id = {s.id: s for s in series}
+    lo, hi = time_bounds(series, since_ns, until_ns)
+    out = scan.aggregate(conn, list(by_id), lo, hi, every_ns, _agg(agg))
+    it: Iterable[tuple[int, int, object]] = out
+    if order == "desc":
+        it = sorted(out, key=lambda r: (r[0], r[1]), reverse=True)
+    n = 0
+    for sid, bucket, value in it:
+        if limit is not None and n >= limit:
+            return
+        s = by_id[sid]
+        row = _base(s, bucket)
+        row["agg"] = agg
+        row["value"] = value if agg in ("count", "avg", "sum") else _value(s, value)
+        n += 1
+        yield row
+
+
+def _agg(text: str) -> scan.Agg:
+    for a in scan.AGGREGATES:
+        if a == text:
+            return a
+    raise ConfigError(f"--agg: must be one of {', '.join(AGGS)}, got {text!r}")
+
+
+def latest(
+    conn: sqlite3.Connection,
+    series: Sequence[SeriesInfo],
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+) -> list[Row]:
+    """The last reading of each series (optionally only those whose last reading is in range)."""
+    if not series:
+        return []
+    by_id = {s.id: s for s in series}
+    rows: list[Row] = []
+    for sid, ts, value in scan.latest(conn, list(by_id)):
+        if (since_ns is not None and ts < since_ns) or (until_ns is not None and ts >= until_ns):
+            continue
+        s = by_id[sid]
+        row = _base(s, ts)
+        row["value"] = _value(s, value)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["device"], r["sensor"], r["field"], r["series_id"]))
+    return rows
+
+
+# ---------------------------------------------------------------- devices and rejects
+
+
+def list_devices(conn: sqlite3.Connection, connected: Collection[str] | None = None) -> list[Row]:
+    """Devices with last seen, readings total and series count.
+
+    `connected` is the set of device names the running collector has open connections for;
+    None (reading the file directly) reports `connected` as null: the file cannot know.
+    """
+    sql = (
+        "SELECT d.name, d.last_seen_ns, d.revoked_ns, COALESCE(SUM(s.count), 0), COUNT(s.id) "
+        f"FROM {store.DEVICES} AS d LEFT JOIN {store.SERIES} AS s ON s.device_id = d.id "
+        "GROUP BY d.id ORDER BY d.name"
+    )
+    return [
+        {
+            "device": name,
+            "last_seen": None if seen is None else format_ts(seen),
+            "last_seen_ns": seen,
+            "connected": None if connected is None else name in connected,
+            "readings": total,
+            "series": n_series,
+            "revoked": revoked is not None,
+        }
+        for name, seen, revoked, total, n_series in conn.execute(sql)
+    ]
+
+
+def list_rejected(
+    conn: sqlite3.Connection,
+    *,
+    devices: Sequence[str] = (),
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    codes: Sequence[str] = (),
+    pending_only: bool = False,
+    order: Order = "asc",
+    limit: int | None = None,
+) -> Iterator[Row]:
+    """Rows of the dead-letter table, by receive time; streamed."""
+    f = Filters(devices=tuple(devices))
+    where, params = series_where(f)
+    clauses = [where]
+    if since_ns is not None:
+        clauses.append("r.received_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        clauses.append("r.received_ns < ?")
+        params.append(until_ns)
+    if codes:
+        clauses.append("r.code IN (" + ",".join("?" for _ in codes) + ")")
+        params.extend(codes)
+    if pending_only:
+        clauses.append("r.replayed_ns IS NULL")
+    direction = "DESC" if order == "desc" else "ASC"
+    sql = (
+        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
+        f"r.reading, r.replayed_ns FROM {store.REJECTED} AS r "
+        f"JOIN {store.DEVICES} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
+        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    )
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
+        sql, params
+    ):
+        yield {
+            "id": rid,
+            "received": format_ts(received),
+            "received_ns": received,
+            "device": dev,
+            "seq": seq,
+            "idx": idx,
+            "code": code,
+            "path": path,
+            "message": msg,
+            "reading": reading,
+            "replayed": None if replayed is None else format_ts(replayed),
+        }
+
+
+# ---------------------------------------------------------------- live tail
+
+
+@dataclass(slots=True)
+class Tail:
+    """Cursor over readings committed after it was created.
+
+    At creation it records, for every matching series, the newest timestamp stored
+    (`series.last_ts`); a series created later starts from nothing. Each `poll` re-resolves
+    the filters (new series appear), finds series whose `last_ts` moved past their mark, reads
+    just those through `scan.read_range`, and advances the marks, all in one read
+    transaction. A per-series mark (not one global (ts, series) watermark) keeps a device
+    whose clock lags the others visible. Readings that arrive older than their series' newest
+    stored reading (out-of-order within one series) are not shown.
+    """
+
+    filters: Filters
+    marks: dict[int, int] = field(default_factory=dict)
+    _data_version: int | None = None
+
+    @classmethod
+    def start(cls, conn: sqlite3.Connection, filters: Filters) -> Tail:
+        """Snapshot the current end of every matching series."""
+        t = cls(filters)
+        conn.execute("BEGIN")
+        try:
+            t._data_version = _data_version(conn)
+            for s in resolve_series(conn, filters):
+                t.marks[s.id] = -1 if s.last_ts is None else s.last_ts
+        finally:
+            conn.execute("COMMIT")
+        return t
+
+    def poll(self, conn: sqlite3.Connection) -> list[Row]:
+        """Readings committed since the last poll, ordered by (ts, series id)."""
+        version = _data_version(conn)
+        if version == self._data_version:
+            return []
+        conn.execute("BEGIN")
+        try:
+            self._data_version = _data_version(conn)
+            moved = [
+                s
+                for s in resolve_series(conn, self.filters)
+                if s.last_ts is not None and s.last_ts > self.marks.get(s.id, -1)
+            ]
+            if not moved:
+                return []
+            lo = min(self.marks.get(s.id, -1) for s in moved) + 1
+            hi = max(s.last_ts or 0 for s in moved) + 1
+            rows = [
+                r
+                for r in readings(conn, moved, lo, hi)
+                if isinstance(r["ts_ns"], int)
+                and isinstance(r["series_id"], int)
+                and r["ts_ns"] > self.marks.get(r["series_id"], -1)
+            ]
+            for s in moved:
+                self.marks[s.id] = s.last_ts or -1
+            return rows
+        finally:
+            conn.execute("COMMIT")
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    # Changes whenever another connection commits to the file: an idle poll costs one pragma.
+    v = conn.execute("PRAGMA data_version").fetchone()[0]
+    return int(v)
+
+
+def now_ns() -> int:
+    """Wall-clock now in int ns (for relative times)."""
+    return time.time_ns()
+
+
+# ---------------------------------------------------------------- replay of rejects
+
+# Rejects re-validated per write transaction: short transactions keep the collector's writer
+# waiting at most a few milliseconds (it waits on busy_timeout, it does not fail).
+REPLAY_CHUNK: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What `replay_rejected` did: rejects looked at, moved into the readings, still failing."""
+
+    checked: int
+    replayed: int
+    still_rejected: int
+
+
+def replay_rejected(
+    path: str,
+    ingest: Ingest,
+    *,
+    devices: Sequence[str] = (),
+    now: int | None = None,
+) -> ReplayResult:
+    """Re-validate stored rejects; move the ones that now pass into the readings, exactly once.
+
+    The one write path of this module. It opens its own write connection and works in
+    chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
+    (INSERT OR IGNORE on the readings key, shaped into series rows by `collector.ingest`
+    exactly as live ingest shapes them) and stamps their rejects with `replayed_ns`. A
+    stamped reject is never looked at again, so a second run (or a run interrupted between
+    chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
+    ingests: each side waits on `busy_timeout` for the other's short transaction.
+    """
+    stamp = time.time_ns() if now is None else now
+    checked = replayed = 0
+    after = 0
+    where, params = series_where(Filters(devices=tuple(devices)))
+    conn = store.connect(path)
+    try:
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    f"SELECT r.id, r.device_id, r.received_ns, r.raw FROM {store.REJECTED} AS r "
+                    f"JOIN {store.DEVICES} AS d ON d.id = r.device_id "
+                    f"WHERE r.replayed_ns IS NULL AND r.id > ? AND {where} ORDER BY r.id LIMIT ?",
+                    [after, *params, REPLAY_CHUNK],
+                ).fetchall()
+                if not rows:
+                    conn.execute("COMMIT")
+                    break
+                after = rows[-1][0]
+                moved: list[int] = []
+                for rid, device_id, received, raw in rows:
+                    try:
+                        reading = msgpack.unpackb(raw, raw=False, timestamp=2)
+                    except (ValueError, TypeError, msgpack.UnpackException):
+                        continue  # not even msgpack: it can never pass
+                    prepared = ingest.prepare(0, [reading], received)
+                    if prepared.rejects:
+                        continue
+                    _insert_rows(conn, device_id, prepared)
+                    moved.append(rid)
+                conn.executemany(
+                    f"UPDATE {store.REJECTED} SET replayed_ns = ? WHERE id = ?",
+                    [(stamp, rid) for rid in moved],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            checked += len(rows)
+            replayed += len(moved)
+    finally:
+        conn.close()
+    return ReplayResult(checked, replayed, checked - replayed)
+
+
+def _insert_rows(conn: sqlite3.Connection, device_id: int, prepared: PreparedBatch) -> None:
+    for key, ts, value, lag_ms in zip(
+        prepared.keys, prepared.ts, prepared.values, prepared.lag_ms, strict=True
+    ):
+        sensor, fld, kind, unit, tags = key
+        params = (device_id, sensor, fld, kind, unit, tags)
+        conn.execute(
+            f"INSERT OR IGNORE INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            params,
+        )
+        (sid,) = conn.execute(
+            f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
+            "AND kind = ? AND unit = ? AND tags = ?",
+            params,
+        ).fetchone()
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
+            "VALUES (?, ?, ?, ?)",
+            (ts, sid, value, lag_ms),
+        )
+        if cur.rowcount == 1:
+            conn.execute(
+                f"UPDATE {store.SERIES} SET count = count + 1, "
+                "first_ts = MIN(COALESCE(first_ts, ?1), ?1), "
+                "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
+                "ELSE last_value END, "
+                "last_ts = MAX(COALESCE(last_ts, ?1), ?1) WHERE id = ?3",
+                (ts, value, sid),
+            )
