@@ -28,6 +28,7 @@ COMMANDS: Final[dict[str, str]] = {
     "rejected": "collector.commands.query:rejected",
     "export": "collector.commands.query:export",
     "demo": "collector.commands.demo:demo",
+    "certs": "collector.commands.certs:certs",
 }
 
 

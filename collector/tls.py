@@ -1,0 +1,49 @@
+"""TLS for the ingest listener: the server context and the device identity in a client cert.
+
+Standard library `ssl` only. With `client_ca` set the collector requires a client
+certificate signed by that CA (mutual TLS), and `cert_device_ids` gives the identities it
+names (Common Name and DNS SANs); the server then insists that HELLO's device id is one of
+them, so a stolen token alone is not enough and one device's certificate cannot speak for
+another.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Final
+
+# TLS 1.2 is the oldest version still considered safe; embedded TLS stacks (mbedTLS,
+# wolfSSL) on small devices all speak it.
+MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
+
+
+def server_context(
+    cert_file: str | Path, key_file: str | Path, client_ca: str | Path | None = None
+) -> ssl.SSLContext:
+    """Build the listener's context; `client_ca` turns on mutual TLS.
+
+    Raises OSError / ssl.SSLError when a file is missing or does not match.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = MIN_TLS_VERSION
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(str(client_ca))
+    return ctx
+
+
+def cert_device_ids(peercert: object) -> set[str]:
+    """Identities named by a verified peer certificate (`SSLObject.getpeercert()`)."""
+    ids: set[str] = set()
+    if not isinstance(peercert, dict):
+        return ids
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                ids.add(str(value))
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == "DNS":
+            ids.add(str(value))
+    return ids
