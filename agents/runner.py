@@ -1,0 +1,191 @@
+"""Wire the agent together: sources -> spool -> transport, plus the one-shot dry run.
+
+`Runner.run()` polls every input on its interval (a failing input is logged and retried on
+its next interval and never stops the others), stores each sample in the spool (waiting for
+space under the `block` policy) and nudges the transport, which seals and sends batches.
+All long-lived tasks live in one TaskGroup. `dry_run()` reads every input once and returns the
+readings without touching the spool or the network (`telemetry agent --once --dry-run`).
+
+No sockets here (that is `agents.transport`), no SQL (that is `agents.spool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agents.config import AgentConfig, InputConfig
+from agents.sources import Source, SourceContext, SourceError, build
+from agents.spool import Spool
+from agents.transport import Transport
+from schemas.wire import Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class InputStats:
+    samples: int = 0
+    readings: int = 0
+    errors: int = 0
+    failing: bool = False
+
+
+@dataclass(slots=True)
+class _Input:
+    cfg: InputConfig
+    source: Source
+    stats: InputStats = field(default_factory=InputStats)
+
+
+def build_inputs(
+    cfg: AgentConfig, ctx: SourceContext | None = None
+) -> list[tuple[InputConfig, Source]]:
+    """Construct every configured source; raises AgentConfigError naming the bad table."""
+    return [(inp, build(inp, ctx)) for inp in cfg.inputs]
+
+
+async def dry_run(
+    cfg: AgentConfig, ctx: SourceContext | None = None
+) -> list[tuple[InputConfig, list[Reading] | SourceError]]:
+    """Read every input once: its readings, or the error of its failed read."""
+    out: list[tuple[InputConfig, list[Reading] | SourceError]] = []
+    for inp, src in build_inputs(cfg, ctx):
+        try:
+            out.append((inp, await src.read()))
+        except SourceError as exc:
+            out.append((inp, exc))
+    return out
+
+
+class Runner:
+    """Runs the configured inputs and the transport over one spool."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        spool: Spool | None = None,
+        ctx: SourceContext | None = None,
+        with_inputs: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self._inputs = [_Input(c, s) for c, s in build_inputs(cfg, ctx)] if with_inputs else []
+        self._own_spool = spool is None
+        self.spool = spool
+        self.transport: Transport | None = None
+        self._space = asyncio.Event()
+
+    @property
+    def input_stats(self) -> dict[str, InputStats]:
+        return {i.cfg.label: i.stats for i in self._inputs}
+
+    async def run(self, *, once: bool = False) -> None:
+        """Run until cancelled; with `once`, sample every input once and return when sent."""
+        if self.spool is None:
+            self.spool = await asyncio.to_thread(
+                Spool,
+                self.cfg.spool_path,
+                max_readings=self.cfg.spool_max_readings,
+                policy=self.cfg.spool_policy,
+            )
+        spool = self.spool
+        transport = self.transport = Transport(self.cfg, spool)
+        loop = asyncio.get_running_loop()
+
+        def space_freed() -> None:
+            loop.call_soon_threadsafe(self._space.set)
+
+        spool.add_space_listener(space_freed)
+        log.info(
+            "agent starting device_id=%s inputs=%d spool=%s pending=%d",
+            self.cfg.device_id,
+            len(self._inputs),
+            self.cfg.spool_path,
+            len(spool),
+        )
+        try:
+            if once:
+                await self._run_once(spool, transport)
+                return
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(transport.run())
+                for inp in self._inputs:
+                    tg.create_task(self._poll(inp, spool, transport))
+        finally:
+            spool.remove_space_listener(space_freed)
+            if self._own_spool:
+                await asyncio.to_thread(spool.close)
+
+    async def _run_once(self, spool: Spool, transport: Transport) -> None:
+        for inp in self._inputs:
+            await self._sample(inp, spool, transport)
+        async with asyncio.TaskGroup() as tg:
+            sender = tg.create_task(transport.run())
+            while len(spool):
+                # Polled as well as awaited: progress may land between the check and the wait.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await transport.wait_progress()
+            sender.cancel()
+
+    async def _poll(self, inp: _Input, spool: Spool, transport: Transport) -> None:
+        interval = inp.cfg.interval_s
+        next_at = time.monotonic()
+        while True:
+            await self._sample(inp, spool, transport)
+            if getattr(inp.source, "exhausted", False):
+                log.info("input finished its sample count input=%s", inp.cfg.label)
+                return
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # overran (slow command, suspended host): skip, do not burst
+                next_at = now + interval - (now - next_at) % interval
+            await asyncio.sleep(next_at - now)
+
+    async def _sample(self, inp: _Input, spool: Spool, transport: Transport) -> None:
+        st = inp.stats
+        try:
+            readings = await inp.source.read()
+        except SourceError as exc:
+            self._failed(inp, str(exc))
+            return
+        except Exception as exc:
+            # Issue 4: a failing input never stops the others. A plugin bug is logged with
+            # its traceback and the input is retried on its next interval.
+            log.exception("input raised unexpectedly input=%s", inp.cfg.label)
+            self._failed(inp, repr(exc), logged=True)
+            return
+        if st.failing:
+            log.info("input recovered input=%s after_errors=%d", inp.cfg.label, st.errors)
+            st.failing = False
+        st.samples += 1
+        st.readings += len(readings)
+        if readings:
+            await self.store([r.to_wire() for r in readings], spool, transport)
+
+    def _failed(self, inp: _Input, reason: str, *, logged: bool = False) -> None:
+        st = inp.stats
+        st.errors += 1
+        if not st.failing and not logged:
+            log.warning(
+                "input failed, retrying every interval input=%s error=%s", inp.cfg.label, reason
+            )
+        else:
+            log.debug("input still failing input=%s error=%s", inp.cfg.label, reason)
+        st.failing = True
+
+    async def store(self, wire: Sequence[object], spool: Spool, transport: Transport) -> None:
+        """Put readings in the spool, waiting for space under the block policy."""
+        rest = list(wire)
+        while rest:
+            self._space.clear()
+            n = await asyncio.to_thread(spool.put, rest)
+            rest = rest[n:]
+            transport.notify()
+            if rest:
+                await self._space.wait()

@@ -1,0 +1,418 @@
+"""The agent's TCP client: connect, authenticate, resume, resend, stream; reconnect forever.
+
+One session per TCP connection:
+  1. connect (under `connect_timeout`), send HELLO with the spool's unreported dropped count;
+  2. WELCOME.last_seq: batches with seq <= last_seq are committed, the spool deletes them;
+  3. resend every sealed, unacknowledged batch in seq order, then seal and send new ones;
+  4. ACK deletes the batch (its rejected readings are logged and counted, never resent);
+     RETRY waits retry_after_ms and sends the same batch again.
+One batch is in flight at a time: the collector's idempotency is keyed on seq ("seq <=
+last_seq is a resend"), so commits must happen in seq order; with a window, a RETRYed batch k
+resent after k+1 was committed would be taken for a duplicate and lost.
+
+Heartbeats: a PING every heartbeat period (the smaller of WELCOME.heartbeat_ms and the
+config's); no byte from the collector for 2 periods + 1 s means the link is dead, so a dead
+link is detected within ~2 heartbeat periods. Every network wait is under `asyncio.timeout`.
+Between sessions: jittered exponential backoff from backoff_initial to backoff_max; after
+`auth_failed` straight to backoff_max, with an ERROR log line saying what to fix.
+
+Moves bytes only: all protocol logic is `schemas.wire.Connection`; spool calls that touch the
+disk run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+from agents import AGENT_NAME, agent_version
+from agents.config import AgentConfig
+from agents.spool import SealedBatch, Spool
+from schemas import errors
+from schemas.errors import LocalProtocolError, RemoteProtocolError
+from schemas.wire import (
+    HANDSHAKE_TIMEOUT_S,
+    NEED_DATA,
+    Ack,
+    Batch,
+    Bye,
+    Connection,
+    ConnectionClosed,
+    Error,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Retry,
+    Role,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES: Final = 64 * 1024
+# Rejects described in the log per batch; the rest are only counted.
+MAX_REJECTS_LOGGED: Final = 3
+
+
+class LinkDown(Exception):
+    """The session ended: the connection failed, timed out, or the collector closed it."""
+
+
+class AuthFailed(LinkDown):
+    """The collector refused the device id or token."""
+
+
+@dataclass(slots=True)
+class TransportStats:
+    connects: int = 0
+    disconnects: int = 0
+    auth_failures: int = 0
+    batches_sent: int = 0
+    batches_acked: int = 0
+    resends: int = 0
+    retries: int = 0
+    readings_acked: int = 0
+    readings_rejected: int = 0
+    readings_duplicate: int = 0
+    last_error: str = ""
+
+
+class _Link:
+    """The live parts of one session."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: Connection,
+        heartbeat_s: float,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = conn
+        self.heartbeat_s = heartbeat_s
+        self.responses: asyncio.Queue[Ack | Retry] = asyncio.Queue()
+        self.nonce = 0
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return 2 * self.heartbeat_s + 1.0
+
+    async def send(self, event: Event) -> None:
+        try:
+            self.writer.write(self.conn.send(event))
+            async with asyncio.timeout(self.idle_timeout_s):
+                await self.writer.drain()
+        except TimeoutError:
+            raise LinkDown(f"write stalled for {self.idle_timeout_s:g} s") from None
+        except OSError as exc:
+            raise LinkDown(f"write failed: {exc}") from None
+
+
+class Transport:
+    """Keeps one device's spool flowing to the collector, forever."""
+
+    def __init__(self, cfg: AgentConfig, spool: Spool, *, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.stats = TransportStats()
+        self.connected = False
+        self._rng = rng or random.Random()
+        self._attempt = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- signals from producers
+
+    def notify(self) -> None:
+        """New readings are in the spool (call from the event loop's thread)."""
+        self._wake.set()
+
+    def notify_threadsafe(self) -> None:
+        """New readings are in the spool (call from any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def wait_progress(self) -> None:
+        """Return after the next ACK or resume changed the spool."""
+        self._progress.clear()
+        await self._progress.wait()
+
+    # -- the reconnect loop
+
+    def backoff_s(self) -> float:
+        """The next reconnect delay: exponential in the attempt number, jittered, capped."""
+        base = min(
+            self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2.0 ** min(self._attempt, 30)
+        )
+        return base / 2 + self._rng.uniform(0, base / 2)
+
+    async def run(self) -> None:
+        """Connect, stream, and reconnect with backoff until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        target = f"{self.cfg.host}:{self.cfg.port}"
+        while True:
+            try:
+                await self._session()
+            except* AuthFailed as eg:
+                self.stats.auth_failures += 1
+                self._attempt = 1 << 10  # straight to the cap: retrying fast will not help
+                self._note_down(eg.exceptions[0])
+                log.error(
+                    "collector refused this device, check device_id and token "
+                    "device_id=%s collector=%s reason=%s",
+                    self.cfg.device_id,
+                    target,
+                    eg.exceptions[0],
+                )
+            except* (LinkDown, OSError, TimeoutError, RemoteProtocolError) as eg:
+                self._note_down(eg.exceptions[0])
+                log.warning(
+                    "collector link down collector=%s reason=%s", target, _reason(eg.exceptions[0])
+                )
+            delay = self.backoff_s()
+            self._attempt += 1
+            log.info("reconnecting in %.1f s collector=%s", delay, target)
+            await asyncio.sleep(delay)
+
+    def _note_down(self, exc: BaseException) -> None:
+        if self.connected:
+            self.stats.disconnects += 1
+        self.connected = False
+        self.stats.last_error = _reason(exc)
+
+    async def _session(self) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(self.cfg.host, self.cfg.port)
+        except TimeoutError:
+            raise LinkDown(f"connect timed out after {self.cfg.connect_timeout_s:g} s") from None
+        try:
+            conn = Connection(Role.AGENT)
+            welcome, dropped = await self._handshake(reader, writer, conn)
+            hb_ms = welcome.heartbeat_ms
+            if self.cfg.heartbeat_ms:
+                hb_ms = min(hb_ms, self.cfg.heartbeat_ms)
+            link = _Link(reader, writer, conn, max(hb_ms, 50) / 1000)
+            await asyncio.to_thread(self.spool.mark_dropped_reported, dropped)
+            committed = await asyncio.to_thread(self.spool.resume, welcome.last_seq)
+            self._attempt = 0
+            self.connected = True
+            self.stats.connects += 1
+            self._progress.set()
+            log.info(
+                "connected collector=%s:%d device_id=%s last_seq=%d already_committed=%d "
+                "reported_dropped=%d",
+                self.cfg.host,
+                self.cfg.port,
+                self.cfg.device_id,
+                welcome.last_seq,
+                committed,
+                dropped,
+            )
+            max_batch = min(self.cfg.batch_max_readings, welcome.max_batch_readings)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_loop(link))
+                tg.create_task(self._send_loop(link, max_batch))
+                tg.create_task(self._heartbeat_loop(link))
+        finally:
+            writer.close()
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    ) -> tuple[Welcome, int]:
+        dropped = await asyncio.to_thread(self.spool.take_unreported_dropped)
+        hello = Hello(
+            device_id=self.cfg.device_id,
+            token=self.cfg.token,
+            agent=AGENT_NAME,
+            agent_version=agent_version(),
+            dropped=dropped,
+        )
+        writer.write(conn.send(hello))
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await writer.drain()
+                while True:
+                    for event in _events(conn):
+                        match event:
+                            case Welcome():
+                                return event, dropped
+                            case Error(code=errors.AUTH_FAILED):
+                                raise AuthFailed(f"{event.code}: {event.message}")
+                            case Error() | Bye():
+                                raise LinkDown(f"refused: {event!r}")
+                            case Ping():
+                                writer.write(conn.send(Pong(event.nonce)))
+                    data = await reader.read(READ_CHUNK_BYTES)
+                    conn.receive_data(data)
+        except TimeoutError:
+            raise LinkDown(f"no WELCOME within {HANDSHAKE_TIMEOUT_S:g} s") from None
+
+    async def _read_loop(self, link: _Link) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(link.idle_timeout_s):
+                    data = await link.reader.read(READ_CHUNK_BYTES)
+            except TimeoutError:
+                raise LinkDown(
+                    f"no data from the collector for {link.idle_timeout_s:g} s (dead link)"
+                ) from None
+            link.conn.receive_data(data)
+            for event in _events(link.conn):
+                match event:
+                    case Ack() | Retry():
+                        link.responses.put_nowait(event)
+                    case Ping():
+                        await link.send(Pong(event.nonce))
+                    case Pong():
+                        pass
+                    case Error(code=errors.AUTH_FAILED):
+                        raise AuthFailed(f"{event.code}: {event.message}")
+                    case Error(fatal=True):
+                        raise LinkDown(f"collector error {event.code}: {event.message}")
+                    case Error():
+                        log.warning("collector error code=%s message=%s", event.code, event.message)
+                    case Bye():
+                        raise LinkDown(f"collector said goodbye: {event.reason}")
+
+    async def _heartbeat_loop(self, link: _Link) -> None:
+        while True:
+            await asyncio.sleep(link.heartbeat_s)
+            link.nonce += 1
+            await link.send(Ping(link.nonce))
+
+    async def _send_loop(self, link: _Link, max_batch: int) -> None:
+        pending = await asyncio.to_thread(self.spool.sealed_batches)
+        if pending:
+            log.info(
+                "resending unacknowledged batches count=%d first_seq=%d",
+                len(pending),
+                pending[0].seq,
+            )
+        for batch in pending:
+            self.stats.resends += 1
+            await self._deliver(link, batch)
+        while True:
+            batch = await self._next_batch(max_batch)
+            await self._deliver(link, batch)
+
+    async def _next_batch(self, max_batch: int) -> SealedBatch:
+        while True:
+            self._wake.clear()
+            # `due` only reads in-memory state: safe on the loop.
+            wait = self.spool.due(max_batch, self.cfg.batch_max_delay_s)
+            if wait == 0.0:
+                batch = await asyncio.to_thread(self.spool.seal, max_batch)
+                if batch is not None:
+                    return batch
+                continue
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass  # the oldest pending reading is now due
+
+    async def _deliver(self, link: _Link, batch: SealedBatch) -> None:
+        ack_timeout_s = 3 * link.heartbeat_s + 1.0
+        while True:
+            try:
+                await link.send(Batch(batch.seq, batch.readings))
+            except LocalProtocolError as exc:
+                # A batch the protocol cannot carry can never be sent; dropping it silently
+                # would hide data loss, so the session ends loudly and the operator sees it.
+                raise LinkDown(f"cannot send batch seq={batch.seq}: {exc}") from None
+            self.stats.batches_sent += 1
+            resp = await self._response(link, batch.seq, ack_timeout_s)
+            if isinstance(resp, Retry):
+                self.stats.retries += 1
+                log.debug(
+                    "collector asked to retry seq=%d reason=%s after_ms=%d",
+                    resp.seq,
+                    resp.reason,
+                    resp.retry_after_ms,
+                )
+                await asyncio.sleep(resp.retry_after_ms / 1000)
+                continue
+            self._on_ack(batch, resp)
+            await asyncio.to_thread(self.spool.ack, batch.seq, len(resp.rejects))
+            self._progress.set()
+            return
+
+    async def _response(self, link: _Link, seq: int, timeout_s: float) -> Ack | Retry:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    resp = await link.responses.get()
+                    if resp.seq == seq:
+                        return resp
+                    log.warning("ignoring response for another batch seq=%d want=%d", resp.seq, seq)
+        except TimeoutError:
+            raise LinkDown(f"no ACK for seq={seq} within {timeout_s:g} s") from None
+
+    def _on_ack(self, batch: SealedBatch, ack: Ack) -> None:
+        self.stats.batches_acked += 1
+        self.stats.readings_acked += ack.accepted
+        self.stats.readings_duplicate += ack.duplicate
+        self.stats.readings_rejected += len(ack.rejects)
+        if ack.rejects:
+            shown = "; ".join(
+                f"#{r.index} {_sensor_of(batch.readings, r.index)} {r.code} {r.path}: {r.message}"
+                for r in ack.rejects[:MAX_REJECTS_LOGGED]
+            )
+            log.warning(
+                "collector rejected readings, not resending seq=%d rejected=%d first=%s",
+                batch.seq,
+                len(ack.rejects),
+                shown,
+            )
+        log.debug(
+            "acked seq=%d accepted=%d duplicate=%d rejected=%d",
+            ack.seq,
+            ack.accepted,
+            ack.duplicate,
+            len(ack.rejects),
+        )
+
+
+def _events(conn: Connection) -> list[Event]:
+    """Drain every complete event from the connection; a fatal protocol error ends the link."""
+    out: list[Event] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except RemoteProtocolError as exc:
+            if exc.fatal:
+                raise LinkDown(
+                    f"protocol error from collector: {exc.code}: {exc.message}"
+                ) from None
+            log.warning(
+                "skipping bad frame from collector code=%s message=%s", exc.code, exc.message
+            )
+            continue
+        if event is NEED_DATA:
+            return out
+        if isinstance(event, ConnectionClosed):
+            if out:
+                return out  # deliver what arrived before the close; the next call raises
+            raise LinkDown("collector closed the connection")
+        out.append(cast(Event, event))
+
+
+def _sensor_of(readings: Sequence[object], index: int) -> str:
+    if 0 <= index < len(readings):
+        r = readings[index]
+        if isinstance(r, list) and r and isinstance(r[0], str):
+            return r[0]
+    return "?"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, LinkDown) else f"{type(exc).__name__}: {text}"
