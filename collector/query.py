@@ -266,13 +266,13 @@ class SeriesInfo:
 _KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}
 
 
-def _is_bool(kind: str, fld: str) -> bool:
+def _value_type(kind: str, fld: str) -> str | None:
     spec = _KINDS.get(kind)
     if spec is None:
-        return False
+        return None  # a user-defined kind: shown as stored
     if spec.type == "object":
-        return any(f.name == fld and f.type == "bool" for f in spec.fields)
-    return spec.type == "bool"
+        return next((f.type for f in spec.fields if f.name == fld), None)
+    return spec.type
 
 
 def resolve_series(conn: sqlite3.Connection, f: Filters) -> list[SeriesInfo]:
@@ -291,7 +291,16 @@ def resolve_series(conn: sqlite3.Connection, f: Filters) -> list[SeriesInfo]:
 
 
 def _value(s: SeriesInfo, v: object) -> object:
-    return bool(v) if _is_bool(s.kind, s.field) and v is not None else v
+    # Storage gives back what SQLite kept: bools as 0/1, and whole floats as integers (the
+    # value column has NUMERIC affinity). The kind says what the reading was.
+    if v is None or isinstance(v, str | bytes):
+        return v
+    vtype = _value_type(s.kind, s.field)
+    if vtype == "bool":
+        return bool(v)
+    if vtype == "number" and isinstance(v, int):
+        return float(v)
+    return v
 
 
 def _base(s: SeriesInfo, ts: int) -> Row:
@@ -424,7 +433,11 @@ def aggregates(
         s = by_id[sid]
         row = _base(s, bucket)
         row["agg"] = agg
-        row["value"] = value if agg in ("count", "avg", "sum") else _value(s, value)
+        if agg in ("avg", "sum"):
+            number = _value_type(s.kind, s.field) == "number"
+            row["value"] = float(value) if number and isinstance(value, int) else value
+        else:
+            row["value"] = value if agg == "count" else _value(s, value)
         n += 1
         yield row
 

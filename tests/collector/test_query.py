@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_query_support import MIN, T0, Db, S, readonly, standard_db
+from test_query_support import (  # type: ignore[import-not-found]  # beside this file; pytest puts it on sys.path
+    MIN,
+    T0,
+    Db,
+    S,
+    readonly,
+    standard_db,
+)
 
 from collector import query
 from collector.errors import ConfigError
@@ -46,7 +54,7 @@ def test_parse_time_forms(text: str, expected: int) -> None:
     "text", ["garbage", "15x", "2025-13-01", "2025-11-24T25:00:00Z", "", "m", "1e5"]
 )
 def test_parse_time_rejects_garbage_naming_the_option(text: str) -> None:
-    with pytest.raises(ConfigError, match="^--until: "):
+    with pytest.raises(ConfigError, match=r"^--until: "):
         query.parse_time(text, option="--until", now_ns=NOW)
 
 
@@ -54,17 +62,17 @@ def test_parse_duration_and_friends() -> None:
     assert query.parse_duration("5m", option="--every") == 5 * MIN
     assert query.parse_duration("250ms", option="--every") == 250_000_000
     for bad in ("0s", "5", "five minutes", "-5m"):
-        with pytest.raises(ConfigError, match="^--every: "):
+        with pytest.raises(ConfigError, match=r"^--every: "):
             query.parse_duration(bad, option="--every")
     assert query.parse_tag("zone=z1") == ("zone", "z1")
     assert query.parse_tag("site=a=b") == ("site", "a=b")
-    with pytest.raises(ConfigError, match="^--tag: "):
+    with pytest.raises(ConfigError, match=r"^--tag: "):
         query.parse_tag("novalue")
-    with pytest.raises(ConfigError, match="^--agg: "):
+    with pytest.raises(ConfigError, match=r"^--agg: "):
         query.parse_agg("median")
-    with pytest.raises(ConfigError, match="^--order: "):
+    with pytest.raises(ConfigError, match=r"^--order: "):
         query.parse_order("up")
-    with pytest.raises(ConfigError, match="^--limit: "):
+    with pytest.raises(ConfigError, match=r"^--limit: "):
         query.parse_limit(0)
 
 
@@ -86,7 +94,7 @@ def test_series_where_builds_parameterised_sql() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Db:
+def db(tmp_path: Path) -> Iterator[Db]:
     d = standard_db(tmp_path / "t.db")
     yield d
     d.close()

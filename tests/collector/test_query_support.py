@@ -184,9 +184,7 @@ def serve_api(db_path: Path, *, token: str | None = None) -> Iterator[str]:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         base.append(f"http://127.0.0.1:{port}")
         ready.set()
         try:

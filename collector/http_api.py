@@ -1,0 +1,450 @@
+"""Read-only JSON HTTP API over `collector.query` (aiohttp routes under /api/v1).
+
+    GET /api/v1/devices     devices: last seen, connected, readings total
+    GET /api/v1/series      series matching the filters
+    GET /api/v1/readings    readings in a range, paginated by an opaque cursor
+    GET /api/v1/aggregate   time-bucketed aggregates (every + agg), paginated
+    GET /api/v1/latest      the last reading of each matching series
+    GET /api/v1/rejected    the dead-letter table
+    GET /api/v1/stream      Server-Sent Events: readings committed after the request
+
+docs/api.md is the reference. The collector's HTTP server calls `register(app, db_path)`;
+this module owns only these routes. Every database call runs in a worker thread on its own
+read-only connection (never on the event loop, never taking the write lock). Bad parameters
+answer 400 `{"error": ..., "param": ...}`; with a read token, a request without
+`Authorization: Bearer <token>` answers 401.
+
+Must not: write to the database, log per request or per reading, or hold a connection
+between requests (except a stream's own connection, closed when the stream ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from collector import query, store
+from collector.errors import ConfigError
+from collector.formats import dumps_row, json_default
+
+log = logging.getLogger(__name__)
+
+PREFIX: Final = "/api/v1"
+# Page size when the request gives no limit, and the largest page one request may ask for:
+# a page is built in memory, so the cap bounds what one request costs.
+DEFAULT_PAGE_ROWS: Final = 1_000
+MAX_PAGE_ROWS: Final = 10_000
+# How often a stream looks for new commits (one PRAGMA when idle), and how often it sends a
+# comment line so proxies and clients see the connection alive.
+STREAM_POLL_S: Final = 0.2
+STREAM_KEEPALIVE_S: Final = 15.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    db_path: str
+    token: str | None
+    connected: Callable[[], Collection[str]] | None
+    stopping: asyncio.Event
+
+
+_CONFIG: Final = web.AppKey("telemetry_query_api", _Config)
+
+
+class BadParam(Exception):
+    """A query parameter is invalid; answered with 400 naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_token(host: str, token: str | None) -> None:
+    """Refuse to serve readings on a non-loopback address without a read token.
+
+    Raises ConfigError (for the collector's start-up checks).
+    """
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"the HTTP API is bound to {host}, reachable from other machines: "
+            "set a read token (or bind to 127.0.0.1)"
+        )
+
+
+def register(
+    app: web.Application,
+    db_path: str,
+    *,
+    token: str | None = None,
+    connected: Callable[[], Collection[str]] | None = None,
+) -> None:
+    """Add the /api/v1 routes to `app`, reading the database file at `db_path`.
+
+    `token`: when set, every route requires `Authorization: Bearer <token>`.
+    `connected`: returns the names of devices connected right now (for /devices).
+    """
+    app[_CONFIG] = _Config(db_path, token, connected, asyncio.Event())
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[_CONFIG].stopping.set()  # ends open streams so shutdown does not wait on them
+
+    app.on_shutdown.append(on_shutdown)
+    routes = {
+        "devices": _devices,
+        "series": _series,
+        "readings": _readings,
+        "aggregate": _aggregate,
+        "latest": _latest,
+        "rejected": _rejected,
+        "stream": _stream,
+    }
+    for name, handler in routes.items():
+        app.router.add_get(f"{PREFIX}/{name}", _guard(handler))
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        cfg = request.app[_CONFIG]
+        if cfg.token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {cfg.token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return _error(401, "a valid read token is required", "Authorization")
+        try:
+            return await handler(request)
+        except BadParam as exc:
+            return _error(400, exc.message, exc.param)
+
+    return wrapped
+
+
+def _error(status: int, message: str, param: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response(
+        {"error": message, "param": param}, status=status, headers=headers, dumps=_dumps
+    )
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=json_default)
+
+
+def _json_rows(key: str, rows: list[query.Row], extra: Mapping[str, object]) -> web.Response:
+    body = (
+        "{"
+        + f'"{key}":['
+        + ",".join(dumps_row(r) for r in rows)
+        + "]"
+        + "".join(f",{json.dumps(k)}:{_dumps(v)}" for k, v in extra.items())
+        + "}"
+    )
+    return web.Response(text=body, content_type="application/json")
+
+
+async def _in_db(request: web.Request, fn: Callable[[sqlite3.Connection], T]) -> T:
+    path = request.app[_CONFIG].db_path
+
+    def run() -> T:
+        conn = store.connect(path, readonly=True)
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(run)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def _parse(param: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ConfigError as exc:
+        raise BadParam(param, exc.format_message()) from None
+
+
+def _one(q: MultiMapping[str], name: str) -> str | None:
+    values = q.getall(name, [])
+    if len(values) > 1:
+        raise BadParam(name, f"{name}: give at most one value")
+    return values[0] if values else None
+
+
+def _filters(q: MultiMapping[str]) -> query.Filters:
+    tags: list[tuple[str, str]] = []
+    for text in q.getall("tag", []):
+        try:
+            tags.append(query.parse_tag(text, option="tag"))
+        except ConfigError as exc:
+            raise BadParam("tag", exc.format_message()) from None
+    return query.Filters(
+        devices=tuple(q.getall("device", [])),
+        sensors=tuple(q.getall("sensor", [])),
+        kinds=tuple(q.getall("kind", [])),
+        fields=tuple(q.getall("field", [])),
+        tags=tuple(tags),
+    )
+
+
+def _time(q: MultiMapping[str], name: str, now: int) -> int | None:
+    text = _one(q, name)
+    if text is None:
+        return None
+    return _parse(name, lambda: query.parse_time(text, option=name, now_ns=now))
+
+
+def _range(q: MultiMapping[str]) -> tuple[int | None, int | None]:
+    now = query.now_ns()
+    since, until = _time(q, "since", now), _time(q, "until", now)
+    if since is not None and until is not None and since >= until:
+        raise BadParam("until", "until: must be after since")
+    return since, until
+
+
+def _limit(q: MultiMapping[str], default: int | None, cap: int | None) -> int | None:
+    text = _one(q, "limit")
+    if text is None:
+        return default
+    n = _parse("limit", lambda: query.parse_limit(text, option="limit"))
+    if cap is not None and n > cap:
+        raise BadParam("limit", f"limit: at most {cap} per page (use the cursor for more)")
+    return n
+
+
+def _order(q: MultiMapping[str]) -> query.Order:
+    text = _one(q, "order")
+    return (
+        "asc" if text is None else _parse("order", lambda: query.parse_order(text, option="order"))
+    )
+
+
+def _cursor(q: MultiMapping[str]) -> tuple[int, int] | None:
+    text = _one(q, "cursor")
+    if text is None:
+        return None
+    ts, _, sid = text.partition(".")
+    if not (ts.isdigit() and sid.isdigit()):
+        raise BadParam("cursor", "cursor: not a cursor returned by this API")
+    return int(ts), int(sid)
+
+
+def _check_known(q: MultiMapping[str], allowed: Collection[str]) -> None:
+    for name in q:
+        if name not in allowed:
+            raise BadParam(
+                name, f"{name}: unknown parameter (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+_FILTER_PARAMS: Final = frozenset({"device", "sensor", "kind", "field", "tag"})
+_RANGE_PARAMS: Final = _FILTER_PARAMS | {"since", "until", "order", "limit", "cursor"}
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def _devices(request: web.Request) -> web.Response:
+    _check_known(request.query, ())
+    cb = request.app[_CONFIG].connected
+    connected = None if cb is None else set(cb())
+    rows = await _in_db(request, lambda c: query.list_devices(c, connected))
+    return _json_rows("devices", rows, {})
+
+
+async def _series(request: web.Request) -> web.Response:
+    _check_known(request.query, _FILTER_PARAMS)
+    f = _filters(request.query)
+    rows = await _in_db(
+        request, lambda c: [query.series_row(s) for s in query.resolve_series(c, f)]
+    )
+    return _json_rows("series", rows, {})
+
+
+async def _latest(request: web.Request) -> web.Response:
+    _check_known(request.query, _FILTER_PARAMS | {"since", "until"})
+    f = _filters(request.query)
+    since, until = _range(request.query)
+    rows = await _in_db(
+        request, lambda c: query.latest(c, query.resolve_series(c, f), since, until)
+    )
+    return _json_rows("readings", rows, {})
+
+
+def _paged(
+    rows: Iterator[query.Row],
+    key: Callable[[query.Row], tuple[int, int]],
+    cursor: tuple[int, int] | None,
+    order: query.Order,
+    limit: int,
+) -> tuple[list[query.Row], str | None]:
+    """One page of `rows` after `cursor` (a key in iteration order), plus the next cursor."""
+    out: list[query.Row] = []
+    for r in rows:
+        k = key(r)
+        if cursor is not None and (k <= cursor if order == "asc" else k >= cursor):
+            continue
+        out.append(r)
+        if len(out) > limit:
+            break
+    if len(out) > limit:
+        del out[limit:]
+        a, b = key(out[-1])
+        return out, f"{a}.{b}"
+    return out, None
+
+
+def _ts_key(r: query.Row) -> tuple[int, int]:
+    ts, sid = r["ts_ns"], r["series_id"]
+    assert isinstance(ts, int) and isinstance(sid, int)
+    return ts, sid
+
+
+def _series_key(r: query.Row) -> tuple[int, int]:
+    ts, sid = _ts_key(r)
+    return sid, ts
+
+
+def _after_cursor(
+    since: int | None, until: int | None, cursor: tuple[int, int] | None, order: query.Order
+) -> tuple[int | None, int | None]:
+    if cursor is None:
+        return since, until
+    if order == "asc":
+        return (cursor[0] if since is None else max(since, cursor[0])), until
+    return since, (cursor[0] + 1 if until is None else min(until, cursor[0] + 1))
+
+
+async def _readings(request: web.Request) -> web.Response:
+    q = request.query
+    _check_known(q, _RANGE_PARAMS)
+    f, (since, until), order = _filters(q), _range(q), _order(q)
+    limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS) or DEFAULT_PAGE_ROWS
+    cursor = _cursor(q)
+    lo, hi = _after_cursor(since, until, cursor, order)
+
+    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+        series = query.resolve_series(c, f)
+        # At most one row per series shares the cursor's timestamp: that many may be skipped.
+        it = query.readings(c, series, lo, hi, order=order, limit=limit + len(series) + 1)
+        return _paged(it, _ts_key, cursor, order, limit)
+
+    rows, nxt = await _in_db(request, run)
+    return _json_rows("readings", rows, {"next": nxt})
+
+
+async def _aggregate(request: web.Request) -> web.Response:
+    q = request.query
+    _check_known(q, _RANGE_PARAMS | {"every", "agg"})
+    f, (since, until), order = _filters(q), _range(q), _order(q)
+    every_text, agg_text = _one(q, "every"), _one(q, "agg")
+    if every_text is None:
+        raise BadParam("every", "every: required (a bucket width such as 5m)")
+    every = _parse("every", lambda: query.parse_duration(every_text, option="every"))
+    agg = _parse("agg", lambda: query.parse_agg(agg_text or "", option="agg"))
+    limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS) or DEFAULT_PAGE_ROWS
+    cursor = _cursor(q)
+
+    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+        series = query.resolve_series(c, f)
+        if cursor is not None:  # rows come by (series id, bucket): skip finished series
+            first = cursor[0]
+            series = [s for s in series if (s.id >= first if order == "asc" else s.id <= first)]
+        it = query.aggregates(c, series, since, until, every, agg, order=order)
+        return _paged(it, _series_key, cursor, order, limit)
+
+    rows, nxt = await _in_db(request, run)
+    return _json_rows("aggregates", rows, {"next": nxt, "every_ns": every, "agg": agg})
+
+
+async def _rejected(request: web.Request) -> web.Response:
+    q = request.query
+    _check_known(q, {"device", "since", "until", "code", "pending", "order", "limit"})
+    since, until = _range(q)
+    order = _order(q)
+    limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)
+    pending = _one(q, "pending")
+    if pending not in (None, "true", "false", "1", "0"):
+        raise BadParam("pending", "pending: must be true or false")
+    devices, codes = tuple(q.getall("device", [])), tuple(q.getall("code", []))
+    rows = await _in_db(
+        request,
+        lambda c: list(
+            query.list_rejected(
+                c,
+                devices=devices,
+                since_ns=since,
+                until_ns=until,
+                codes=codes,
+                pending_only=pending in ("true", "1"),
+                order=order,
+                limit=limit,
+            )
+        ),
+    )
+    return _json_rows("rejected", rows, {})
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    _check_known(request.query, _FILTER_PARAMS)
+    f = _filters(request.query)
+    cfg = request.app[_CONFIG]
+    conn = await asyncio.to_thread(
+        store.connect, cfg.db_path, readonly=True, check_same_thread=False
+    )
+    try:
+        tail = await asyncio.to_thread(query.Tail.start, conn, f)
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        # Tells the client the cursor is set: everything after this line is new.
+        await resp.write(b": ready\n\n")
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        while not cfg.stopping.is_set():
+            rows = await asyncio.to_thread(tail.poll, conn)
+            if rows:
+                chunk = "".join(
+                    f"id: {r['ts_ns']}.{r['series_id']}\nevent: reading\ndata: {dumps_row(r)}\n\n"
+                    for r in rows
+                )
+                await resp.write(chunk.encode())
+                last_sent = loop.time()
+            elif loop.time() - last_sent >= STREAM_KEEPALIVE_S:
+                await resp.write(b": keepalive\n\n")
+                last_sent = loop.time()
+            try:
+                await asyncio.wait_for(cfg.stopping.wait(), STREAM_POLL_S)
+            except TimeoutError:
+                pass
+        return resp
+    except ConnectionResetError:
+        log.debug("stream client went away peer=%s", request.remote)
+        raise
+    finally:
+        await asyncio.to_thread(conn.close)
