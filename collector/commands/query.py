@@ -1,0 +1,665 @@
+"""The read-side commands: `telemetry query`, `series`, `tail`, `rejected` and `export`.
+
+Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
+or a running collector's HTTP API (`--url`, via `collector.commands.remote`-style calls in
+`_Remote` below), and prints through `collector.formats`. Argument parsing is
+`collector.query`'s, so the CLI and the HTTP API accept the same forms and fail the same way.
+
+Must not: hold the write lock (only `rejected --replay` writes, through
+`ql.replay_rejected`), or buffer a whole export in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO, TypeVar
+
+import click
+
+from collector import formats, store
+from collector import query as ql
+from collector.errors import ConfigError
+
+DEFAULT_DB: Final = "./telemetry.db"
+# How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
+TAIL_POLL_S: Final = 0.25
+# Rows per HTTP page when a command reads through --url.
+REMOTE_PAGE_ROWS: Final = 5_000
+# Seconds to wait for the collector's HTTP API to answer one request.
+REMOTE_TIMEOUT_S: Final = 30.0
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+# ---------------------------------------------------------------- shared options
+
+
+def _source_options(fn: F) -> F:
+    fn = click.option(
+        "--token",
+        envvar="TELEMETRY_TOKEN",
+        help="Read token for --url (env TELEMETRY_TOKEN).",
+    )(fn)
+    fn = click.option(
+        "--url",
+        metavar="URL",
+        help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:8080) instead of --db.",
+    )(fn)
+    fn = click.option(
+        "--db",
+        "db",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="PATH",
+        envvar="TELEMETRY_DB",
+        help="Database file to read (env TELEMETRY_DB).",
+    )(fn)
+    return fn
+
+
+def _format_option(
+    choices: Sequence[str] = formats.FORMATS, default: str | None = None
+) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        return click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(list(choices)),
+            default=default,
+            help="Output format (default: table on a terminal, jsonl otherwise)."
+            if default is None
+            else f"Output format (default: {default}).",
+        )(fn)
+
+    return deco
+
+
+def _filter_options(fn: F) -> F:
+    fn = click.option(
+        "--field",
+        "fields",
+        multiple=True,
+        metavar="NAME",
+        help="Field of a composite kind (gps: lat, lon, alt). Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--tag",
+        "tags",
+        multiple=True,
+        metavar="K=V",
+        help="Only series with this tag. Repeatable (all must match).",
+    )(fn)
+    fn = click.option(
+        "--kind",
+        "kinds",
+        multiple=True,
+        metavar="KIND",
+        help="Sensor kind (temperature, gps, ...). Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--sensor",
+        "sensors",
+        multiple=True,
+        metavar="GLOB",
+        help="Sensor name glob, e.g. 'air-*'. Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--device",
+        "devices",
+        multiple=True,
+        metavar="GLOB",
+        help="Device name glob, e.g. 'greenhouse-*'. Repeatable.",
+    )(fn)
+    return fn
+
+
+def _range_options(fn: F) -> F:
+    fn = click.option(
+        "--until", metavar="TIME", help="End of the range, exclusive (same forms as --since)."
+    )(fn)
+    fn = click.option(
+        "--since",
+        metavar="TIME",
+        help="Start of the range, inclusive: 15m, 2h, 7d (ago), now, "
+        "2026-11-25T10:00:00Z, 2026-11-25 (UTC unless an offset is given).",
+    )(fn)
+    return fn
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    since: int | None
+    until: int | None
+
+
+def _filters(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+) -> ql.Filters:
+    return ql.Filters(
+        devices=devices,
+        sensors=sensors,
+        kinds=kinds,
+        fields=fields,
+        tags=tuple(ql.parse_tag(t) for t in tags),
+    )
+
+
+def _range(since: str | None, until: str | None) -> _Range:
+    now = ql.now_ns()
+    lo = None if since is None else ql.parse_time(since, option="--since", now_ns=now)
+    hi = None if until is None else ql.parse_time(until, option="--until", now_ns=now)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError("--until: must be after --since")
+    return _Range(lo, hi)
+
+
+def _open(db: str) -> sqlite3.Connection:
+    if not Path(db).is_file():
+        raise ConfigError(f"--db: no database at {db} (give --db PATH or --url)")
+    try:
+        return store.connect(db, readonly=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"--db: cannot open {db}: {exc}") from None
+
+
+def _out_format(fmt: str | None, out: TextIO) -> str:
+    return fmt if fmt is not None else formats.default_format(out)
+
+
+# ---------------------------------------------------------------- HTTP client (--url)
+
+
+class _Remote:
+    """The few GETs the commands need from a collector's HTTP API."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"--url: {url!r} is not an http:// or https:// URL")
+        self.base = url.rstrip("/")
+        self.token = token
+
+    def _open(self, path: str, params: Sequence[tuple[str, str]], timeout: float | None) -> object:
+        qs = urllib.parse.urlencode(list(params))
+        req = urllib.request.Request(f"{self.base}/api/v1/{path}" + (f"?{qs}" if qs else ""))
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            return urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read() or b"{}")
+                msg = body.get("error") if isinstance(body, dict) else None
+            except ValueError:
+                msg = None
+            raise click.ClickException(
+                f"{self.base}: HTTP {exc.code}: {msg or exc.reason}"
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise click.ClickException(f"--url: cannot reach {self.base}: {reason}") from None
+
+    def get(self, path: str, params: Sequence[tuple[str, str]]) -> dict[str, object]:
+        resp = self._open(path, params, REMOTE_TIMEOUT_S)
+        with resp:  # type: ignore[attr-defined]  # an http.client.HTTPResponse
+            data = json.loads(resp.read())  # type: ignore[attr-defined]
+        assert isinstance(data, dict)
+        return data
+
+    def rows(
+        self, path: str, key: str, params: Sequence[tuple[str, str]], limit: int | None
+    ) -> Iterator[ql.Row]:
+        """Follow `next` cursors; stops after `limit` rows."""
+        n = 0
+        cursor: str | None = None
+        while True:
+            page = REMOTE_PAGE_ROWS if limit is None else min(REMOTE_PAGE_ROWS, limit - n)
+            p = [*params, ("limit", str(page))] + ([("cursor", cursor)] if cursor else [])
+            data = self.get(path, p)
+            batch = data.get(key)
+            assert isinstance(batch, list)
+            for row in batch:
+                yield row
+                n += 1
+            nxt = data.get("next")
+            if not isinstance(nxt, str) or (limit is not None and n >= limit):
+                return
+            cursor = nxt
+
+    def stream(self, params: Sequence[tuple[str, str]], timeout: float | None) -> Iterator[ql.Row]:
+        """Readings from /stream (Server-Sent Events), as they arrive."""
+        resp = self._open("stream", params, timeout)
+        with resp:  # type: ignore[attr-defined]
+            for raw in resp:  # type: ignore[attr-defined]
+                line = raw.decode().rstrip("\r\n")
+                if line == ": ready":
+                    click.echo(f"tail: following {self.base}", err=True)
+                elif line.startswith("data: "):
+                    row = json.loads(line[6:])
+                    assert isinstance(row, dict)
+                    yield row
+
+
+def _filter_params(f: ql.Filters) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    p += [("device", d) for d in f.devices]
+    p += [("sensor", s) for s in f.sensors]
+    p += [("kind", k) for k in f.kinds]
+    p += [("field", x) for x in f.fields]
+    p += [("tag", f"{k}={v}") for k, v in f.tags]
+    return p
+
+
+def _range_params(r: _Range) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    if r.since is not None:
+        p.append(("since", f"@{r.since}"))
+    if r.until is not None:
+        p.append(("until", f"@{r.until}"))
+    return p
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.command("query")
+@_filter_options
+@_range_options
+@click.option("--latest", is_flag=True, help="Only the last reading of each series.")
+@click.option(
+    "--every", metavar="DURATION", help="Bucket width for aggregates, e.g. 5m (needs --agg)."
+)
+@click.option(
+    "--agg", metavar="FUNC", help=f"Aggregate per bucket: {', '.join(ql.AGGS)} (needs --every)."
+)
+@click.option("--limit", type=int, metavar="N", help="At most N rows.")
+@click.option("--order", default="asc", show_default=True, metavar="asc|desc", help="Time order.")
+@_format_option()
+@_source_options
+def query(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    latest: bool,
+    every: str | None,
+    agg: str | None,
+    limit: int | None,
+    order: str,
+    fmt: str | None,
+    db: str,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Print stored readings, latest values or time-bucketed aggregates.
+
+    \b
+    Examples:
+      telemetry query --device 'greenhouse-*' --sensor air-temp --since 2h
+      telemetry query --latest --kind temperature
+      telemetry query --sensor air-temp --since 7d --every 1h --agg avg
+      telemetry query --kind gps --field lat --since 15m --format csv
+    """
+    f = _filters(devices, sensors, kinds, tags, fields)
+    r = _range(since, until)
+    ordr = ql.parse_order(order)
+    if limit is not None:
+        ql.parse_limit(limit)
+    if every is not None and agg is None:
+        raise ConfigError("--every: needs --agg (one of " + ", ".join(ql.AGGS) + ")")
+    if agg is not None and every is None:
+        raise ConfigError("--agg: needs --every (a bucket width such as 5m)")
+    every_ns = None if every is None else ql.parse_duration(every, option="--every")
+    aggf = None if agg is None else ql.parse_agg(agg)
+    if latest and every_ns is not None:
+        raise ConfigError("--latest: cannot be combined with --every/--agg")
+    out = sys.stdout
+    fmt = _out_format(fmt, out)
+    columns = ql.AGGREGATE_COLUMNS if aggf else ql.READING_COLUMNS
+    if url is not None:
+        remote = _Remote(url, token)
+        params = _filter_params(f) + _range_params(r)
+        if latest:
+            data = remote.get("latest", params)
+            rows_l = data.get("readings")
+            assert isinstance(rows_l, list)
+            formats.write_rows(rows_l[:limit] if limit else rows_l, columns, fmt, out)
+            return
+        params.append(("order", ordr))
+        if every_ns is not None and aggf is not None:
+            params += [("every", f"{every_ns}ns"), ("agg", aggf)]
+            formats.write_rows(
+                remote.rows("aggregate", "aggregates", params, limit), columns, fmt, out
+            )
+        else:
+            formats.write_rows(
+                remote.rows("readings", "readings", params, limit), columns, fmt, out
+            )
+        return
+    conn = _open(db)
+    try:
+        series = ql.resolve_series(conn, f)
+        if latest:
+            rows_latest = ql.latest(conn, series, r.since, r.until)
+            formats.write_rows(rows_latest[:limit] if limit else rows_latest, columns, fmt, out)
+        elif every_ns is not None and aggf is not None:
+            formats.write_rows(
+                ql.aggregates(
+                    conn, series, r.since, r.until, every_ns, aggf, order=ordr, limit=limit
+                ),
+                columns,
+                fmt,
+                out,
+            )
+        else:
+            formats.write_rows(
+                ql.readings(conn, series, r.since, r.until, order=ordr, limit=limit),
+                columns,
+                fmt,
+                out,
+            )
+    finally:
+        conn.close()
+
+
+@click.command()
+@_filter_options
+@_format_option()
+@_source_options
+def series(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+    fmt: str | None,
+    db: str,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """List series: device, sensor, field, kind, unit, tags, first/last timestamp, count."""
+    f = _filters(devices, sensors, kinds, tags, fields)
+    out = sys.stdout
+    fmt = _out_format(fmt, out)
+    if url is not None:
+        data = _Remote(url, token).get("series", _filter_params(f))
+        rows = data.get("series")
+        assert isinstance(rows, list)
+    else:
+        conn = _open(db)
+        try:
+            rows = [ql.series_row(s) for s in ql.resolve_series(conn, f)]
+        finally:
+            conn.close()
+    formats.write_rows(rows, ql.SERIES_COLUMNS, fmt, out)
+
+
+@click.command()
+@_filter_options
+@click.option("--count", "max_rows", type=int, metavar="N", help="Exit after N readings.")
+@click.option("--for", "duration", metavar="DURATION", help="Exit after this long, e.g. 30s.")
+@_format_option()
+@_source_options
+def tail(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+    max_rows: int | None,
+    duration: str | None,
+    fmt: str | None,
+    db: str,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Follow readings live as they are committed (only those committed after it starts).
+
+    Stop with Ctrl-C, --count or --for. Readings that arrive older than their series'
+    newest stored reading (out of order within one series) are not shown.
+    """
+    f = _filters(devices, sensors, kinds, tags, fields)
+    if max_rows is not None:
+        ql.parse_limit(max_rows, option="--count")
+    deadline = None
+    if duration is not None:
+        deadline = time.monotonic() + ql.parse_duration(duration, option="--for") / 1e9
+    out = sys.stdout
+    fmt = _out_format(fmt, out)
+    writer = formats.RowWriter(fmt, ql.READING_COLUMNS, out)
+
+    def emit(rows: Sequence[ql.Row]) -> bool:
+        if max_rows is not None:
+            rows = rows[: max_rows - writer.count]
+        for row in rows:
+            writer.write(row)
+        out.flush()
+        return max_rows is not None and writer.count >= max_rows
+
+    try:
+        if url is not None:
+            _tail_remote(_Remote(url, token), f, emit, deadline)
+        else:
+            _tail_file(db, f, emit, deadline)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+
+
+def _tail_file(
+    db: str, f: ql.Filters, emit: Callable[[Sequence[ql.Row]], bool], deadline: float | None
+) -> None:
+    conn = _open(db)
+    try:
+        cursor = ql.Tail.start(conn, f)
+        # On stderr, so scripts (and tests) know from when on readings count as new.
+        click.echo(f"tail: following {db}", err=True)
+        while True:
+            if emit(cursor.poll(conn)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(TAIL_POLL_S)
+    finally:
+        conn.close()
+
+
+def _tail_remote(
+    remote: _Remote,
+    f: ql.Filters,
+    emit: Callable[[Sequence[ql.Row]], bool],
+    deadline: float | None,
+) -> None:
+    timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+    try:
+        for row in remote.stream(_filter_params(f), timeout=timeout):
+            if emit([row]) or (deadline is not None and time.monotonic() >= deadline):
+                return
+    except TimeoutError:
+        return  # --for elapsed while the stream was quiet
+
+
+@click.command()
+@click.option(
+    "--device", "devices", multiple=True, metavar="GLOB", help="Device name glob. Repeatable."
+)
+@_range_options
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    metavar="CODE",
+    help="Reject code, e.g. out_of_range. Repeatable.",
+)
+@click.option("--pending", is_flag=True, help="Only rejects not replayed yet.")
+@click.option("--limit", type=int, metavar="N", help="At most N rows.")
+@click.option("--order", default="asc", show_default=True, metavar="asc|desc", help="Time order.")
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Re-validate pending rejects and move the ones that now pass into the "
+    "readings, exactly once (writes to --db).",
+)
+@click.option(
+    "--kinds",
+    "kinds_file",
+    metavar="PATH",
+    type=click.Path(dir_okay=False),
+    help="User-defined kinds file to validate against when replaying.",
+)
+@_format_option()
+@_source_options
+def rejected(
+    devices: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    codes: tuple[str, ...],
+    pending: bool,
+    limit: int | None,
+    order: str,
+    replay: bool,
+    kinds_file: str | None,
+    fmt: str | None,
+    db: str,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Browse the dead-letter table of rejected readings, or replay it with --replay."""
+    r = _range(since, until)
+    ordr = ql.parse_order(order)
+    if limit is not None:
+        ql.parse_limit(limit)
+    out = sys.stdout
+    if replay:
+        if url is not None:
+            raise ConfigError("--replay: writes to the database file; use --db, not --url")
+        _open(db).close()
+        from collector.ingest import Ingest
+        from schemas.kinds import KindFileError, load_kinds_file
+
+        try:
+            extra = load_kinds_file(kinds_file) if kinds_file else ()
+        except KindFileError as exc:
+            raise ConfigError(f"--kinds: {exc}") from None
+        result = ql.replay_rejected(db, Ingest.from_kinds(extra), devices=devices)
+        click.echo(
+            f"replayed {result.replayed} of {result.checked} pending rejects; "
+            f"{result.still_rejected} still rejected"
+        )
+        return
+    fmt = _out_format(fmt, out)
+    if url is not None:
+        p = [("device", d) for d in devices] + _range_params(r) + [("code", c) for c in codes]
+        p += [("order", ordr)] + ([("pending", "true")] if pending else [])
+        if limit is not None:
+            p.append(("limit", str(limit)))
+        data = _Remote(url, token).get("rejected", p)
+        rows = data.get("rejected")
+        assert isinstance(rows, list)
+        formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
+        return
+    conn = _open(db)
+    try:
+        formats.write_rows(
+            ql.list_rejected(
+                conn,
+                devices=devices,
+                since_ns=r.since,
+                until_ns=r.until,
+                codes=codes,
+                pending_only=pending,
+                order=ordr,
+                limit=limit,
+            ),
+            ql.REJECTED_COLUMNS,
+            fmt,
+            out,
+        )
+    finally:
+        conn.close()
+
+
+@click.command()
+@_filter_options
+@_range_options
+@click.option(
+    "--every", metavar="DURATION", help="Export aggregates in buckets this wide (needs --agg)."
+)
+@click.option("--agg", metavar="FUNC", help=f"Aggregate per bucket: {', '.join(ql.AGGS)}.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write to FILE instead of standard output.",
+)
+@_format_option(("csv", "jsonl"), default="jsonl")
+@_source_options
+def export(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    every: str | None,
+    agg: str | None,
+    output: str | None,
+    fmt: str,
+    db: str,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Stream a filtered range as CSV or JSON Lines (constant memory for any size)."""
+    f = _filters(devices, sensors, kinds, tags, fields)
+    r = _range(since, until)
+    if (every is None) != (agg is None):
+        raise ConfigError("--every: and --agg go together" if every else "--agg: needs --every")
+    every_ns = None if every is None else ql.parse_duration(every, option="--every")
+    aggf = None if agg is None else ql.parse_agg(agg)
+    out: TextIO = sys.stdout if output is None else open(output, "w", encoding="utf-8", newline="")
+    try:
+        columns = ql.AGGREGATE_COLUMNS if aggf else ql.READING_COLUMNS
+        if url is not None:
+            remote = _Remote(url, token)
+            params = _filter_params(f) + _range_params(r)
+            if every_ns is not None and aggf is not None:
+                params += [("every", f"{every_ns}ns"), ("agg", aggf)]
+                rows = remote.rows("aggregate", "aggregates", params, None)
+            else:
+                rows = remote.rows("readings", "readings", params, None)
+            formats.write_rows(rows, columns, fmt, out)
+            return
+        conn = _open(db)
+        try:
+            series_l = ql.resolve_series(conn, f)
+            if every_ns is not None and aggf is not None:
+                it = ql.aggregates(conn, series_l, r.since, r.until, every_ns, aggf)
+            else:
+                it = ql.readings(conn, series_l, r.since, r.until)
+            formats.write_rows(it, columns, fmt, out)
+        finally:
+            conn.close()
+    finally:
+        if output is not None:
+            out.close()
+        else:
+            out.flush()
