@@ -1,0 +1,176 @@
+"""The device registry: names, hashed tokens, revocation, and HELLO authentication.
+
+Tokens are random (`secrets`), shown once when a device is added, and stored only as their
+SHA-256 hex digest; a HELLO's token is hashed and compared with `hmac.compare_digest`, and
+an unknown device costs the same comparison as a known one, so timing tells nothing.
+
+Every function takes an open `sqlite3.Connection` and does its own small transaction where
+it writes; this module opens no connections and never touches readings. The daemon calls
+`authenticate` from the writer thread; the `telemetry devices` commands call the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Final
+
+from collector.store import DEVICES
+
+# Device names appear in logs, metrics labels and URLs: keep them short and plain.
+DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+# 32 random bytes: far beyond guessing, and short enough to paste into a config file.
+TOKEN_BYTES: Final = 32
+_DUMMY_HASH: Final = hashlib.sha256(b"no such device").hexdigest()
+
+
+class DeviceError(Exception):
+    """A registry operation failed: bad name, duplicate, unknown device."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: int
+    name: str
+    created_ns: int
+    revoked_ns: int | None
+    last_seq: int
+    last_seen_ns: int | None
+    spool_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """Outcome of a HELLO: the device (when accepted) or the reason it was refused."""
+
+    device: Device | None
+    reason: str = ""
+    registered: bool = False
+
+
+def new_token() -> str:
+    """A fresh random token (URL-safe text)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: SHA-256 hex digest of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_name(name: str) -> None:
+    """Raises DeviceError when `name` is not a valid device name."""
+    if not DEVICE_NAME_RE.match(name):
+        raise DeviceError(
+            f"invalid device name {name!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
+        )
+
+
+_COLUMNS: Final = "id, name, created_ns, revoked_ns, last_seq, last_seen_ns, spool_dropped"
+
+
+def _row(r: tuple[object, ...]) -> Device:
+    return Device(*r)  # type: ignore[arg-type]  # column order matches _COLUMNS
+
+
+def get_device(conn: sqlite3.Connection, name: str) -> Device | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM {DEVICES} WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _row(row)
+
+
+def list_devices(conn: sqlite3.Connection) -> list[Device]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM {DEVICES} ORDER BY name").fetchall()
+    return [_row(r) for r in rows]
+
+
+def add_device(
+    conn: sqlite3.Connection, name: str, now_ns: int, *, token: str | None = None
+) -> tuple[Device, str]:
+    """Register a device; returns it and its token (the only time the token is known).
+
+    Raises DeviceError for a bad or duplicate name.
+    """
+    check_name(name)
+    token = token if token is not None else new_token()
+    try:
+        with _txn(conn):
+            conn.execute(
+                f"INSERT INTO {DEVICES} (name, token_hash, created_ns) VALUES (?, ?, ?)",
+                (name, hash_token(token), now_ns),
+            )
+    except sqlite3.IntegrityError:
+        raise DeviceError(f"device {name!r} already exists") from None
+    device = get_device(conn, name)
+    assert device is not None
+    return device, token
+
+
+def revoke_device(conn: sqlite3.Connection, name: str, now_ns: int) -> Device:
+    """Revoke a device's token (its stored readings stay). Raises DeviceError if unknown."""
+    with _txn(conn):
+        cur = conn.execute(
+            f"UPDATE {DEVICES} SET revoked_ns = coalesce(revoked_ns, ?) WHERE name = ?",
+            (now_ns, name),
+        )
+    if cur.rowcount != 1:
+        raise DeviceError(f"no device named {name!r}")
+    device = get_device(conn, name)
+    assert device is not None
+    return device
+
+
+def authenticate(
+    conn: sqlite3.Connection,
+    name: str,
+    token: str,
+    now_ns: int,
+    *,
+    allow_unknown: bool = False,
+) -> AuthResult:
+    """Check a HELLO's device name and token against the registry.
+
+    With `allow_unknown`, a device name never seen before is registered on the spot with the
+    token it presented (demo mode). A revoked device is always refused.
+    """
+    device = get_device(conn, name) if DEVICE_NAME_RE.match(name) else None
+    if device is None:
+        stored = _DUMMY_HASH
+    else:
+        row = conn.execute(
+            f"SELECT token_hash FROM {DEVICES} WHERE id = ?", (device.id,)
+        ).fetchone()
+        stored = str(row[0])
+    ok = hmac.compare_digest(hash_token(token), stored)
+    if device is None:
+        if allow_unknown and DEVICE_NAME_RE.match(name) and token:
+            try:
+                new, _ = add_device(conn, name, now_ns, token=token)
+            except DeviceError:
+                return AuthResult(None, "device registration raced; retry")
+            return AuthResult(new, registered=True)
+        return AuthResult(None, "unknown device or wrong token")
+    if not ok:
+        return AuthResult(None, "unknown device or wrong token")
+    if device.revoked_ns is not None:
+        return AuthResult(None, "device revoked")
+    return AuthResult(device)
+
+
+class _txn:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection; ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

@@ -1,0 +1,561 @@
+"""The single SQLite writer: one thread owns the write connection and group-commits batches.
+
+Connection handlers (on the event loop) call `Writer.submit`, which waits for queue credits
+(backpressure: a handler that cannot get credits stops reading its socket) and returns a
+future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
+ONE transaction: series ids resolved from an in-memory cache (new series inserted in the same
+transaction), `INSERT OR IGNORE` into the head with `executemany`, dead-letter rows, series
+stats and `devices.last_seq`. Only after COMMIT returns are the futures resolved, on the loop,
+via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
+
+A batch whose seq is <= the device's last committed seq is a resend: it stores nothing and is
+answered accepted=0, duplicate=<valid readings>, with the same rejects. A sqlite3 error
+(disk full, I/O error, lock timeout) rolls the transaction back and answers every batch of
+the group with RETRY; the next group tries again, so ingest resumes by itself once the fault
+clears. HELLO authentication runs here too, so it sees the committed `last_seq`.
+
+This module owns the write connection; it does no socket I/O and no validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from collector import devices, store
+from collector.ingest import PreparedBatch, SeriesKey
+from schemas.wire import Reject
+
+log = logging.getLogger(__name__)
+
+Maintenance = Callable[[sqlite3.Connection, int], None]
+"""Called as (write connection, now_ns) in the writer thread inside its own transaction.
+
+It must not delete or renumber series rows nor change devices.last_seq: the writer caches
+both."""
+
+# Default bound on rows waiting for the writer: ~1 s of ingest at the target rate, a few
+# tens of MB of Python objects at most.
+QUEUE_ROWS: Final = 200_000
+# Rows per group commit: beyond ~10k rows a bigger transaction gains <10% (PERFORMANCE.md)
+# while ACK latency keeps growing.
+TXN_MAX_ROWS: Final = 20_000
+# What a RETRY asks the agent to wait when storage failed.
+RETRY_AFTER_MS: Final = 1_000
+# The maintenance hook runs when the queue is idle, at most this often ...
+MAINTENANCE_INTERVAL_MS: Final = 1_000
+# ... and, under sustained load that never leaves the queue idle, after this long anyway.
+MAINTENANCE_MAX_DELAY_MS: Final = 10_000
+STORAGE_UNAVAILABLE: Final = "storage_unavailable"
+
+_INSERT_HEAD: Final = (
+    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
+)
+_INSERT_REJECTED: Final = (
+    f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
+    "path, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# ?N parameters are reused: 1 first_ts, 2 last_ts, 3 last_value, 4 count, 5 id. The right-hand
+# sides see the old row, so last_value is compared against the old last_ts.
+_UPDATE_SERIES: Final = (
+    f"UPDATE {store.SERIES} SET first_ts = min(coalesce(first_ts, ?1), ?1), "
+    "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
+    "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
+)
+_UPDATE_DEVICE: Final = (
+    f"UPDATE {store.DEVICES} SET last_seq = max(last_seq, ?1), last_seen_ns = ?2 WHERE id = ?3"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """The answer to one submitted batch: an ACK's counts, or a RETRY when retry_after_ms."""
+
+    seq: int
+    accepted: int
+    duplicate: int
+    rejects: tuple[Reject, ...]
+    retry_after_ms: int | None = None
+    resend: bool = False
+    commit_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOutcome:
+    auth: devices.AuthResult
+    last_seq: int = 0
+    storage_error: bool = False
+
+
+@dataclass(slots=True)
+class _BatchItem:
+    device_id: int
+    batch: PreparedBatch
+    future: asyncio.Future[BatchOutcome]
+    weight: int
+
+
+@dataclass(slots=True)
+class _HelloItem:
+    name: str
+    token: str
+    dropped: int
+    future: asyncio.Future[HelloOutcome]
+
+
+_STOP: Final = object()
+_Item = _BatchItem | _HelloItem
+
+
+class Writer:
+    """Owns the write connection; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: store.Synchronous = "FULL",
+        queue_rows: int = QUEUE_ROWS,
+        txn_max_rows: int = TXN_MAX_ROWS,
+        allow_unknown_devices: bool = False,
+        maintenance: Maintenance | None = None,
+        maintenance_interval_ms: int = MAINTENANCE_INTERVAL_MS,
+        retry_after_ms: int = RETRY_AFTER_MS,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous: store.Synchronous = synchronous
+        self.txn_max_rows = txn_max_rows
+        self.allow_unknown_devices = allow_unknown_devices
+        self.maintenance = maintenance
+        self.maintenance_interval_s = maintenance_interval_ms / 1000
+        self.retry_after_ms = retry_after_ms
+        self.on_commit = on_commit
+        self.credits = _Credits(queue_rows)
+        # Unbounded as a container, bounded in effect: every batch item holds credits and
+        # every HELLO item belongs to one of at most max_connections handlers.
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queued = 0
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self.crashed: asyncio.Event | None = None
+        # Writer-thread state: caches of what is committed.
+        self._series: dict[int, dict[SeriesKey, int]] = {}
+        self._last_seq: dict[int, int] = {}
+        self._failing = False
+
+    # ---------------------------------------------------------------- loop side
+
+    async def start(self) -> None:
+        """Open the write connection in the writer thread. Raises sqlite3.Error on failure."""
+        self._loop = asyncio.get_running_loop()
+        self.crashed = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait)
+        if self._start_error is not None:
+            raise self._start_error
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def queue_depth(self) -> int:
+        return self._queued
+
+    async def hello(self, name: str, token: str, dropped: int = 0) -> HelloOutcome:
+        """Authenticate a HELLO in the writer thread (it may register the device)."""
+        fut: asyncio.Future[HelloOutcome] = self._get_loop().create_future()
+        self._put(_HelloItem(name, token, dropped, fut))
+        return await fut
+
+    async def submit(self, device_id: int, batch: PreparedBatch) -> asyncio.Future[BatchOutcome]:
+        """Queue a batch once credits allow (this await is the backpressure point).
+
+        Returns the future of its outcome, resolved after the commit that holds it.
+        """
+        weight = await self.credits.acquire(max(1, batch.row_count + len(batch.dead_letters)))
+        fut: asyncio.Future[BatchOutcome] = self._get_loop().create_future()
+        fut.add_done_callback(lambda _f: self.credits.release(weight))
+        self._put(_BatchItem(device_id, batch, fut, weight))
+        return fut
+
+    async def close(self) -> None:
+        """Commit everything queued, then close the connection and join the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    def _put(self, item: _Item) -> None:
+        if not self.running:
+            raise RuntimeError("the writer is not running")
+        self._queued += 1
+        self._queue.put(item)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "Writer.start() was not called"
+        return self._loop
+
+    def _resolve(self, fut: asyncio.Future[Any], value: object) -> None:
+        self._queued -= 1
+        if not fut.done():
+            fut.set_result(value)
+
+    def _fail(self, fut: asyncio.Future[Any], exc: BaseException) -> None:
+        self._queued -= 1
+        if not fut.done():
+            fut.set_exception(exc)
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        try:
+            conn = store.connect(self.path, synchronous=self.synchronous, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        log.info("writer started db=%s synchronous=%s", self.path, self.synchronous)
+        try:
+            self._loop_forever(conn)
+        except BaseException as exc:
+            log.exception("writer crashed")
+            self._drain_with_error(exc)
+            loop = self._get_loop()
+            if self.crashed is not None:
+                try:
+                    loop.call_soon_threadsafe(self.crashed.set)
+                except RuntimeError:  # the loop is already closed
+                    pass
+            raise
+        finally:
+            conn.close()
+        log.info("writer stopped")
+
+    def _loop_forever(self, conn: sqlite3.Connection) -> None:
+        interval = self.maintenance_interval_s
+        next_maintenance = time.monotonic() + interval
+        while True:
+            timeout = None
+            if self.maintenance is not None:
+                timeout = max(0.0, next_maintenance - time.monotonic())
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                self._maintain(conn)
+                next_maintenance = time.monotonic() + interval
+                continue
+            stop = first is _STOP
+            group: list[_Item] = [] if stop else [first]  # type: ignore[list-item]  # not _STOP
+            rows = 0 if stop else _weight(first)
+            while not stop and rows < self.txn_max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                group.append(item)  # type: ignore[arg-type]  # not _STOP
+                rows += _weight(item)
+            self._process(conn, group)
+            now = time.monotonic()
+            if self.maintenance is not None and now > next_maintenance + (
+                MAINTENANCE_MAX_DELAY_MS / 1000
+            ):
+                self._maintain(conn)
+                next_maintenance = now + interval
+            if stop:
+                return
+
+    def _process(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        batches: list[_BatchItem] = []
+        for item in group:
+            if isinstance(item, _HelloItem):
+                self._deliver(item.future, self._hello(conn, item))
+            else:
+                batches.append(item)
+        if batches:
+            for item, outcome in zip(batches, self._commit(conn, batches), strict=True):
+                self._deliver(item.future, outcome)
+
+    def _deliver(
+        self, fut: asyncio.Future[BatchOutcome] | asyncio.Future[HelloOutcome], value: object
+    ) -> None:
+        try:
+            self._get_loop().call_soon_threadsafe(self._resolve, fut, value)
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    def _drain_with_error(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _BatchItem | _HelloItem):
+                try:
+                    self._get_loop().call_soon_threadsafe(self._fail, item.future, exc)
+                except RuntimeError:
+                    return
+
+    def _hello(self, conn: sqlite3.Connection, item: _HelloItem) -> HelloOutcome:
+        try:
+            auth = devices.authenticate(
+                conn,
+                item.name,
+                item.token,
+                time.time_ns(),
+                allow_unknown=self.allow_unknown_devices,
+            )
+            if auth.device is None:
+                return HelloOutcome(auth)
+            dev = auth.device
+            if item.dropped:
+                conn.execute(
+                    f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? WHERE id = ?",
+                    (item.dropped, dev.id),
+                )
+            # The registry row is committed state; the cache only ever runs ahead of it
+            # inside a transaction that is then committed.
+            self._last_seq[dev.id] = dev.last_seq
+            return HelloOutcome(auth, dev.last_seq)
+        except sqlite3.Error as exc:
+            log.warning("device lookup failed device=%s error=%s", item.name, exc)
+            return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
+
+    def _commit(self, conn: sqlite3.Connection, items: list[_BatchItem]) -> list[BatchOutcome]:
+        t0 = time.perf_counter()
+        new_series: list[tuple[int, SeriesKey]] = []
+        pending_seq: dict[int, int] = {}
+        outcomes: list[BatchOutcome] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            stats: dict[int, list[object]] = {}
+            dev_rows: dict[int, tuple[int, int]] = {}
+            dead: list[tuple[object, ...]] = []
+            for item in items:
+                b = item.batch
+                dev = item.device_id
+                last = pending_seq.get(dev)
+                if last is None:
+                    last = self._device_seq(conn, dev)
+                if b.seq <= last:
+                    outcomes.append(BatchOutcome(b.seq, 0, b.valid_count, b.rejects, resend=True))
+                    continue
+                accepted = self._insert(conn, dev, b, stats, new_series)
+                pending_seq[dev] = b.seq
+                dev_rows[dev] = (b.seq, b.received_ns)
+                dead.extend(
+                    (
+                        dev,
+                        b.received_ns,
+                        b.seq,
+                        d.index,
+                        d.raw,
+                        d.reading,
+                        d.code,
+                        d.path,
+                        d.message,
+                    )
+                    for d in b.dead_letters
+                )
+                outcomes.append(BatchOutcome(b.seq, accepted, b.valid_count - accepted, b.rejects))
+            if stats:
+                conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
+            if dev_rows:
+                conn.executemany(_UPDATE_DEVICE, [(s, t, d) for d, (s, t) in dev_rows.items()])
+            if dead:
+                conn.executemany(_INSERT_REJECTED, dead)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            for dev, key in new_series:
+                self._series.get(dev, {}).pop(key, None)
+            if not self._failing:
+                log.error("commit failed, answering RETRY until storage recovers error=%s", exc)
+            self._failing = True
+            return [
+                BatchOutcome(it.batch.seq, 0, 0, (), retry_after_ms=self.retry_after_ms)
+                for it in items
+            ]
+        if self._failing:
+            log.warning("storage recovered, commits succeed again")
+            self._failing = False
+        self._last_seq.update(pending_seq)
+        elapsed = time.perf_counter() - t0
+        if self.on_commit is not None:
+            self.on_commit(elapsed)
+        return [
+            BatchOutcome(o.seq, o.accepted, o.duplicate, o.rejects, None, o.resend, elapsed)
+            for o in outcomes
+        ]
+
+    def _device_seq(self, conn: sqlite3.Connection, dev: int) -> int:
+        seq = self._last_seq.get(dev)
+        if seq is None:
+            row = conn.execute(
+                f"SELECT last_seq FROM {store.DEVICES} WHERE id = ?", (dev,)
+            ).fetchone()
+            seq = int(row[0]) if row else 0
+            self._last_seq[dev] = seq
+        return seq
+
+    def _insert(
+        self,
+        conn: sqlite3.Connection,
+        dev: int,
+        b: PreparedBatch,
+        stats: dict[int, list[object]],
+        new_series: list[tuple[int, SeriesKey]],
+    ) -> int:
+        """Insert one batch's rows; returns how many of its valid readings were new."""
+        if not b.ts:
+            return 0
+        sids = self._series_ids(conn, dev, b.keys, new_series)
+        rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
+        conn.execute("SAVEPOINT batch")
+        inserted = conn.executemany(_INSERT_HEAD, rows).rowcount
+        mask: list[bool] | None = None
+        if inserted != len(rows):
+            # Some rows were already stored (readings re-batched after a reconnect): redo
+            # this batch row by row to learn exactly which ones are new.
+            conn.execute("ROLLBACK TO batch")
+            mask = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in rows]
+        conn.execute("RELEASE batch")
+        _accumulate(stats, sids, b.ts, b.values, mask)
+        if mask is None:
+            return b.valid_count
+        n = b.scalar_rows
+        accepted = sum(mask[:n])
+        for size in b.composite_sizes:
+            accepted += any(mask[n : n + size])
+            n += size
+        return accepted
+
+    def _series_ids(
+        self,
+        conn: sqlite3.Connection,
+        dev: int,
+        keys: list[SeriesKey],
+        new_series: list[tuple[int, SeriesKey]],
+    ) -> list[int]:
+        cache = self._series.get(dev)
+        if cache is None:
+            cache = self._series[dev] = {}
+        try:
+            return [cache[k] for k in keys]
+        except KeyError:
+            pass
+        for key in dict.fromkeys(k for k in keys if k not in cache):
+            row = conn.execute(
+                f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
+                "AND kind = ? AND unit = ? AND tags = ?",
+                (dev, *key),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    f"INSERT INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
+                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    (dev, *key),
+                ).fetchone()
+                new_series.append((dev, key))
+            cache[key] = int(row[0])
+        return [cache[k] for k in keys]
+
+    def _maintain(self, conn: sqlite3.Connection) -> None:
+        if self.maintenance is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self.maintenance(conn, time.time_ns())
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            log.warning("maintenance failed error=%s", exc)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("rollback failed error=%s", exc)
+
+
+def _weight(item: object) -> int:
+    return item.weight if isinstance(item, _BatchItem) else 1
+
+
+def _accumulate(
+    stats: dict[int, list[object]],
+    sids: list[int],
+    tss: list[int],
+    values: Sequence[object],
+    mask: list[bool] | None,
+) -> None:
+    """Fold rows into per-series [first_ts, last_ts, last_value, count]."""
+    for i, (sid, ts, value) in enumerate(zip(sids, tss, values, strict=True)):
+        if mask is not None and not mask[i]:
+            continue
+        s = stats.get(sid)
+        if s is None:
+            stats[sid] = [ts, ts, value, 1]
+            continue
+        if ts < s[0]:  # type: ignore[operator]  # ints by construction
+            s[0] = ts
+        if ts >= s[1]:  # type: ignore[operator]  # ints by construction
+            s[1] = ts
+            s[2] = value
+        s[3] += 1  # type: ignore[operator]  # int by construction
+
+
+class _Credits:
+    """A FIFO, weighted semaphore on the event loop: bounds rows waiting for the writer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.available = self.capacity
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.capacity)
+        if not self._waiters and self.available >= n:
+            self.available -= n
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as we were cancelled: give it back
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.available += n
+        while self._waiters:
+            need, fut = self._waiters[0]
+            if fut.cancelled():
+                self._waiters.popleft()
+                continue
+            if need > self.available:
+                break
+            self._waiters.popleft()
+            self.available -= need
+            fut.set_result(None)

@@ -1,0 +1,272 @@
+"""collector.writer against a real SQLite file: ack-after-commit, idempotency, group commit,
+storage failures answered with RETRY, backpressure credits and the maintenance hook."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from collector import devices, store
+from collector.ingest import Ingest
+from collector.writer import Writer, _Credits
+
+ING = Ingest.from_kinds()
+
+
+def _db(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "t.db"
+    store.migrate(path)
+    conn = store.connect(path)
+    _, token = devices.add_device(conn, "dev-1", time.time_ns())
+    conn.close()
+    return path, token
+
+
+def _temps(seq: int, n: int, base: int = 0) -> list[object]:
+    return [[f"s{i % 4}", "temperature", base + i + 1, float(i), None, None] for i in range(n)]
+
+
+def _count(path: Path, sql: str = f"SELECT count(*) FROM {store.HEAD}") -> int:
+    conn = store.connect(path, readonly=True)
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_hello_checks_token_and_revocation(tmp_path):
+    path, token = _db(tmp_path)
+
+    async def main():
+        w = Writer(path)
+        await w.start()
+        try:
+            ok = await w.hello("dev-1", token)
+            wrong = await w.hello("dev-1", token + "x")
+            unknown = await w.hello("nobody", token)
+            conn = store.connect(path)
+            devices.revoke_device(conn, "dev-1", time.time_ns())
+            conn.close()
+            revoked = await w.hello("dev-1", token)
+        finally:
+            await w.close()
+        return ok, wrong, unknown, revoked
+
+    ok, wrong, unknown, revoked = run(main())
+    assert ok.auth.device is not None and ok.auth.device.name == "dev-1" and ok.last_seq == 0
+    assert wrong.auth.device is None
+    assert unknown.auth.device is None
+    assert revoked.auth.device is None and revoked.auth.reason == "device revoked"
+
+
+def test_allow_unknown_registers_with_presented_token(tmp_path):
+    path, _ = _db(tmp_path)
+
+    async def main():
+        w = Writer(path, allow_unknown_devices=True)
+        await w.start()
+        try:
+            first = await w.hello("new-dev", "secret-1")
+            again = await w.hello("new-dev", "secret-1")
+            other = await w.hello("new-dev", "secret-2")
+        finally:
+            await w.close()
+        return first, again, other
+
+    first, again, other = run(main())
+    assert first.auth.registered and again.auth.device is not None
+    assert other.auth.device is None
+
+
+def test_ack_only_after_rows_are_committed_and_visible(tmp_path):
+    path, token = _db(tmp_path)
+    seen: list[int] = []
+
+    async def main():
+        w = Writer(path)
+        await w.start()
+        try:
+            dev = (await w.hello("dev-1", token)).auth.device
+            fut = await w.submit(dev.id, ING.prepare(1, _temps(1, 100), time.time_ns()))
+            fut.add_done_callback(lambda _: seen.append(_count(path)))
+            out = await fut
+        finally:
+            await w.close()
+        return out
+
+    out = run(main())
+    assert (out.accepted, out.duplicate, out.rejects, out.retry_after_ms) == (100, 0, (), None)
+    assert seen == [100]  # a separate read connection saw the rows when the ACK was due
+    conn = store.connect(path, readonly=True)
+    assert conn.execute(f"SELECT last_seq FROM {store.DEVICES}").fetchone()[0] == 1
+    rows = conn.execute(
+        f"SELECT sensor, first_ts, last_ts, last_value, count FROM {store.SERIES} ORDER BY sensor"
+    ).fetchall()
+    conn.close()
+    assert rows[0] == ("s0", 1, 97, 96.0, 25)
+
+
+def test_resend_and_rebatched_readings_are_duplicates(tmp_path):
+    path, token = _db(tmp_path)
+    mixed = [*_temps(1, 10), ["x", "humidity", 1, 101.0, None, None]]
+    gps = [["p", "gps", 5, {"lat": 1.0, "lon": 2.0}, None, None]]
+
+    async def main():
+        w = Writer(path)
+        await w.start()
+        try:
+            dev = (await w.hello("dev-1", token)).auth.device
+            outs = []
+            for seq, readings in [
+                (1, mixed),
+                (1, mixed),  # the same batch again
+                (2, mixed[:5] + _temps(2, 3, base=1000)),  # re-batched + 3 new
+                (3, gps),
+                (4, gps + [["p", "gps", 6, {"lat": 1.0, "lon": 2.0}, None, None]]),
+            ]:
+                fut = await w.submit(dev.id, ING.prepare(seq, readings, time.time_ns()))
+                outs.append(await fut)
+            last = (await w.hello("dev-1", token)).last_seq
+        finally:
+            await w.close()
+        return outs, last
+
+    outs, last = run(main())
+    assert [(o.accepted, o.duplicate, len(o.rejects), o.resend) for o in outs] == [
+        (10, 0, 1, False),
+        (0, 10, 1, True),
+        (3, 5, 0, False),
+        (1, 0, 0, False),
+        (1, 1, 0, False),
+    ]
+    assert outs[1].rejects == outs[0].rejects
+    assert last == 4
+    assert _count(path) == 13 + 2 * 2
+    assert _count(path, f"SELECT count(*) FROM {store.REJECTED}") == 1  # not stored twice
+    assert _count(path, f"SELECT sum(count) FROM {store.SERIES}") == 17
+
+
+def test_group_commit_coalesces_queued_batches(tmp_path):
+    path, token = _db(tmp_path)
+    commits: list[float] = []
+
+    async def main():
+        w = Writer(path, on_commit=commits.append)
+        await w.start()
+        try:
+            dev = (await w.hello("dev-1", token)).auth.device
+            futs = [
+                await w.submit(dev.id, ING.prepare(s, _temps(s, 50, base=s * 100), 0))
+                for s in range(1, 201)
+            ]
+            outs = await asyncio.gather(*futs)
+        finally:
+            await w.close()
+        return outs
+
+    outs = run(main())
+    assert sum(o.accepted for o in outs) == 200 * 50
+    assert _count(path) == 200 * 50
+    assert len(commits) < 200  # batches queued together shared a transaction
+
+
+def test_storage_failure_answers_retry_then_recovers(tmp_path):
+    path, token = _db(tmp_path)
+    full = threading.Event()
+    applied = threading.Event()
+
+    def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
+        # Stands in for a full disk: the writer's connection may not grow the file.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages if full.is_set() else 1 << 30}")
+        applied.set()
+
+    async def wait_maintenance():
+        for _ in range(2):  # a run already under way may have read the old state
+            applied.clear()
+            assert await asyncio.to_thread(applied.wait, 10)
+
+    async def main():
+        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10, retry_after_ms=250)
+        await w.start()
+        try:
+            dev = (await w.hello("dev-1", token)).auth.device
+            full.set()
+            await wait_maintenance()
+            failed = await (await w.submit(dev.id, ING.prepare(1, _temps(1, 5000), 0)))
+            full.clear()
+            await wait_maintenance()
+            ok = await (await w.submit(dev.id, ING.prepare(1, _temps(1, 5000), 0)))
+        finally:
+            await w.close()
+        return failed, ok
+
+    failed, ok = run(main())
+    assert failed.retry_after_ms == 250 and failed.accepted == 0
+    assert ok.retry_after_ms is None and ok.accepted == 5000 and not ok.resend
+    assert _count(path) == 5000
+
+
+def test_maintenance_hook_runs_in_its_own_transaction(tmp_path):
+    path, _ = _db(tmp_path)
+    calls: list[tuple[bool, int]] = []
+    done = threading.Event()
+
+    def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
+        calls.append((conn.in_transaction, now_ns))
+        conn.execute(f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + 1")
+        done.set()
+
+    async def main():
+        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        await w.start()
+        try:
+            await asyncio.to_thread(done.wait, 10)
+        finally:
+            await w.close()
+
+    run(main())
+    assert calls and calls[0][0] is True and calls[0][1] > 1_700_000_000 * 10**9
+    assert _count(path, f"SELECT spool_dropped FROM {store.DEVICES}") >= 1
+
+
+def test_credits_block_until_released():
+    async def main():
+        c = _Credits(100)
+        assert await c.acquire(80) == 80
+        waiter = asyncio.create_task(c.acquire(50))
+        await asyncio.sleep(0)
+        assert not waiter.done()  # 80 + 50 > 100: the submitter waits (backpressure)
+        c.release(80)
+        assert await asyncio.wait_for(waiter, 5) == 50
+        assert c.available == 50
+
+    run(main())
+
+
+def test_credits_cap_oversized_requests():
+    async def main():
+        c = _Credits(10)
+        assert await c.acquire(1_000) == 10  # a batch bigger than the queue still passes alone
+        c.release(10)
+        assert c.available == 10
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 65])
+def test_device_names_are_checked(tmp_path, bad):
+    path, _ = _db(tmp_path)
+    conn = store.connect(path)
+    with pytest.raises(devices.DeviceError):
+        devices.add_device(conn, bad, 1)
+    conn.close()
