@@ -35,15 +35,16 @@ def _expected(sensor: str, every: int, agg: str) -> list[tuple[int, float | int]
     out: list[tuple[int, float | int]] = []
     for b in sorted(buckets):
         vals = [v for _, v in buckets[b]]
-        result: float | int = {
-            "avg": lambda: sum(vals) / len(vals),  # noqa: B023  # called at once, in this loop
-            "sum": lambda: sum(vals),  # noqa: B023
-            "min": lambda: min(vals),  # noqa: B023
-            "max": lambda: max(vals),  # noqa: B023
-            "count": lambda: len(vals),  # noqa: B023
-            "first": lambda: vals[0],  # noqa: B023
-            "last": lambda: vals[-1],  # noqa: B023
-        }[agg]()
+        results: dict[str, float | int] = {
+            "avg": sum(vals) / len(vals),
+            "sum": sum(vals),
+            "min": min(vals),
+            "max": max(vals),
+            "count": len(vals),
+            "first": vals[0],
+            "last": vals[-1],
+        }
+        result = results[agg]
         out.append((b, result))
     return out
 
