@@ -7,7 +7,9 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from collector.ingest import Ingest
 from collector.writer import Writer, _Credits
 
 ING = Ingest.from_kinds()
+T = TypeVar("T")
 
 
 def _db(tmp_path: Path) -> tuple[Path, str]:
@@ -39,14 +42,20 @@ def _count(path: Path, sql: str = f"SELECT count(*) FROM {store.HEAD}") -> int:
         conn.close()
 
 
-def run(coro):
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+async def _device(w: Writer, token: str) -> devices.Device:
+    dev = await _device(w, token)
+    assert dev is not None
+    return dev
 
 
 def test_hello_checks_token_and_revocation(tmp_path):
     path, token = _db(tmp_path)
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path)
         await w.start()
         try:
@@ -71,7 +80,7 @@ def test_hello_checks_token_and_revocation(tmp_path):
 def test_allow_unknown_registers_with_presented_token(tmp_path):
     path, _ = _db(tmp_path)
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path, allow_unknown_devices=True)
         await w.start()
         try:
@@ -91,11 +100,11 @@ def test_ack_only_after_rows_are_committed_and_visible(tmp_path):
     path, token = _db(tmp_path)
     seen: list[int] = []
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path)
         await w.start()
         try:
-            dev = (await w.hello("dev-1", token)).auth.device
+            dev = await _device(w, token)
             fut = await w.submit(dev.id, ING.prepare(1, _temps(1, 100), time.time_ns()))
             fut.add_done_callback(lambda _: seen.append(_count(path)))
             out = await fut
@@ -117,22 +126,23 @@ def test_ack_only_after_rows_are_committed_and_visible(tmp_path):
 
 def test_resend_and_rebatched_readings_are_duplicates(tmp_path):
     path, token = _db(tmp_path)
-    mixed = [*_temps(1, 10), ["x", "humidity", 1, 101.0, None, None]]
-    gps = [["p", "gps", 5, {"lat": 1.0, "lon": 2.0}, None, None]]
+    mixed: list[object] = [*_temps(1, 10), ["x", "humidity", 1, 101.0, None, None]]
+    gps: list[object] = [["p", "gps", 5, {"lat": 1.0, "lon": 2.0}, None, None]]
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path)
         await w.start()
         try:
-            dev = (await w.hello("dev-1", token)).auth.device
+            dev = await _device(w, token)
             outs = []
-            for seq, readings in [
+            steps: list[tuple[int, list[object]]] = [
                 (1, mixed),
                 (1, mixed),  # the same batch again
                 (2, mixed[:5] + _temps(2, 3, base=1000)),  # re-batched + 3 new
                 (3, gps),
-                (4, gps + [["p", "gps", 6, {"lat": 1.0, "lon": 2.0}, None, None]]),
-            ]:
+                (4, [*gps, ["p", "gps", 6, {"lat": 1.0, "lon": 2.0}, None, None]]),
+            ]
+            for seq, readings in steps:
                 fut = await w.submit(dev.id, ING.prepare(seq, readings, time.time_ns()))
                 outs.append(await fut)
             last = (await w.hello("dev-1", token)).last_seq
@@ -159,11 +169,11 @@ def test_group_commit_coalesces_queued_batches(tmp_path):
     path, token = _db(tmp_path)
     commits: list[float] = []
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path, on_commit=commits.append)
         await w.start()
         try:
-            dev = (await w.hello("dev-1", token)).auth.device
+            dev = await _device(w, token)
             futs = [
                 await w.submit(dev.id, ING.prepare(s, _temps(s, 50, base=s * 100), 0))
                 for s in range(1, 201)
@@ -190,16 +200,16 @@ def test_storage_failure_answers_retry_then_recovers(tmp_path):
         conn.execute(f"PRAGMA max_page_count = {pages if full.is_set() else 1 << 30}")
         applied.set()
 
-    async def wait_maintenance():
+    async def wait_maintenance() -> None:
         for _ in range(2):  # a run already under way may have read the old state
             applied.clear()
             assert await asyncio.to_thread(applied.wait, 10)
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10, retry_after_ms=250)
         await w.start()
         try:
-            dev = (await w.hello("dev-1", token)).auth.device
+            dev = await _device(w, token)
             full.set()
             await wait_maintenance()
             failed = await (await w.submit(dev.id, ING.prepare(1, _temps(1, 5000), 0)))
@@ -226,7 +236,7 @@ def test_maintenance_hook_runs_in_its_own_transaction(tmp_path):
         conn.execute(f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + 1")
         done.set()
 
-    async def main():
+    async def main() -> Any:
         w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         try:
@@ -240,7 +250,7 @@ def test_maintenance_hook_runs_in_its_own_transaction(tmp_path):
 
 
 def test_credits_block_until_released():
-    async def main():
+    async def main() -> Any:
         c = _Credits(100)
         assert await c.acquire(80) == 80
         waiter = asyncio.create_task(c.acquire(50))
@@ -254,7 +264,7 @@ def test_credits_block_until_released():
 
 
 def test_credits_cap_oversized_requests():
-    async def main():
+    async def main() -> Any:
         c = _Credits(10)
         assert await c.acquire(1_000) == 10  # a batch bigger than the queue still passes alone
         c.release(10)
