@@ -47,7 +47,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def _device(w: Writer, token: str) -> devices.Device:
-    dev = await _device(w, token)
+    dev = (await w.hello("dev-1", token)).auth.device
     assert dev is not None
     return dev
 
