@@ -141,7 +141,8 @@ class _Table:
     """Typed, error-naming access to one TOML table; tracks which keys were used."""
 
     def __init__(self, source: str, name: str, data: object) -> None:
-        self.where = f"{source}: [{name}]"
+        # Top-level tables print as "[agent]"; input tables as "inputs.file[0]".
+        self.where = f"{source}: {name if name.startswith('inputs.') else f'[{name}]'}"
         if not isinstance(data, dict):
             raise AgentConfigError(f"{self.where}: must be a table")
         self.data: dict[str, object] = data

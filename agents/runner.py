@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agents.config import AgentConfig, InputConfig
 from agents.sources import Source, SourceContext, SourceError, build
@@ -46,7 +47,10 @@ def build_inputs(
     cfg: AgentConfig, ctx: SourceContext | None = None
 ) -> list[tuple[InputConfig, Source]]:
     """Construct every configured source; raises AgentConfigError naming the bad table."""
-    return [(inp, build(inp, ctx)) for inp in cfg.inputs]
+    if ctx is None:
+        base = cfg.source_file.parent if cfg.source_file is not None else Path()
+        ctx = SourceContext(base_dir=base)
+    return [(inp, build(inp, ctx, file=cfg.source_file)) for inp in cfg.inputs]
 
 
 async def dry_run(

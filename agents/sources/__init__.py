@@ -48,12 +48,14 @@ class SourceContext:
 
     clock_ns: Callable[[], int] = time.time_ns
     root: Path = Path("/")
+    # Relative paths in options are relative to the config file's directory.
+    base_dir: Path = Path()
     extras: Mapping[str, object] = field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
-        """An absolute config path under this context's filesystem root."""
+        """A config path: absolute ones under the filesystem root, relative ones in base_dir."""
         p = Path(path)
-        return self.root / p.relative_to("/") if p.is_absolute() else p
+        return self.root / p.relative_to("/") if p.is_absolute() else self.base_dir / p
 
 
 class Source(Protocol):
@@ -89,17 +91,20 @@ def source_names() -> frozenset[str]:
     return frozenset(_REGISTRY)
 
 
-def build(cfg: InputConfig, ctx: SourceContext | None = None) -> Source:
-    """Construct the source for one input table.
+def build(
+    cfg: InputConfig, ctx: SourceContext | None = None, *, file: str | Path | None = None
+) -> Source:
+    """Construct the source for one input table (`file`: the config file, for errors).
 
-    Raises AgentConfigError naming the table and key when the options are invalid.
+    Raises AgentConfigError naming the file, table and key when the options are invalid.
     """
     load_builtins()
     factory = _REGISTRY.get(cfg.source)
+    prefix = f"{file}: " if file is not None else ""
     if factory is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise AgentConfigError(f"[[inputs.{cfg.source}]]: unknown source (known: {known})")
-    where = _where(cfg)
+        raise AgentConfigError(f"{prefix}[[inputs.{cfg.source}]]: unknown source (known: {known})")
+    where = f"{prefix}{cfg.label}"
     if cfg.kind is not None and not KIND_NAME_RE.match(cfg.kind):
         raise AgentConfigError(f"{where}, key 'kind': {cfg.kind!r} is not a kind name")
     try:
@@ -108,16 +113,11 @@ def build(cfg: InputConfig, ctx: SourceContext | None = None) -> Source:
         raise AgentConfigError(f"{where}, {exc}") from None
 
 
-def _where(cfg: InputConfig) -> str:
-    prefix = f"{cfg.options.get('_file')}: " if "_file" in cfg.options else ""
-    return f"{prefix}[{cfg.label}]"
-
-
 class Options:
     """Typed access to a source's own options; unknown keys are an error."""
 
     def __init__(self, cfg: InputConfig, allowed: set[str]) -> None:
-        self._data = {k: v for k, v in cfg.options.items() if not k.startswith("_")}
+        self._data = dict(cfg.options)
         extra = sorted(set(self._data) - allowed)
         if extra:
             raise SourceConfigError(f"key '{extra[0]}': unknown option for this source")

@@ -39,7 +39,7 @@ def test_registry_knows_the_builtin_sources():
 def test_unknown_source_and_bad_option_name_the_table_and_key():
     with pytest.raises(AgentConfigError, match=r"inputs\.nosuch"):
         build(_inp("nosuch"))
-    with pytest.raises(AgentConfigError, match=r"\[inputs\.file\[0\]\], key 'colour'"):
+    with pytest.raises(AgentConfigError, match=r"inputs\.file\[0\], key 'colour'"):
         build(_inp("file", path="/x", colour="red"), CTX)
     with pytest.raises(AgentConfigError, match=r"key 'path': required"):
         build(_inp("file"), CTX)

@@ -1,0 +1,133 @@
+"""`telemetry agent` (and `python -m agents`): run, test or check a device agent.
+
+The only agent module that imports click. Bad arguments and bad config raise
+`click.UsageError` with one line naming the file, table and key (exit code 2 through
+`collector.cli.main` or `agents.__main__`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from agents.config import AgentConfig, AgentConfigError, InputConfig, load_config
+from agents.runner import Runner, build_inputs, dry_run
+from agents.sources import SourceError, source_names
+from schemas.wire import Reading
+
+log = logging.getLogger(__name__)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@click.command("agent", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="agent.toml",
+    show_default=True,
+    envvar="TELEMETRY_AGENT_CONFIG",
+    help="Agent TOML file (see deploy/agent.example.toml).",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Sample every input once, send, and exit when the collector has ACKed it all.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the readings each input produces now; no spool, no connection (implies --once).",
+)
+@click.option(
+    "--check-config", is_flag=True, help="Validate the config and every input, then exit."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Log verbosity (logs go to stderr).",
+)
+def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_level: str) -> None:
+    """Run a device agent: read inputs, spool readings on disk, stream them to a collector.
+
+    \b
+    Examples:
+      telemetry agent --config agent.toml              run until stopped (SIGTERM/Ctrl-C)
+      telemetry agent --config agent.toml --once --dry-run   show what each input reads
+      telemetry agent --config agent.toml --check-config     validate and exit
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    cfg = _load(config_path)
+    if check_config:
+        click.echo(
+            f"{config_path}: ok: device_id={cfg.device_id} collector={cfg.host}:{cfg.port} "
+            f"inputs={len(cfg.inputs)} spool={cfg.spool_path}"
+        )
+        return
+    if dry_run:
+        sys.exit(_dry_run(cfg))
+    runner = Runner(cfg)
+    try:
+        asyncio.run(_serve(runner, once=once))
+    except asyncio.CancelledError:
+        log.info("agent stopped")
+    except KeyboardInterrupt:
+        log.info("agent interrupted")
+
+
+def _load(path: Path) -> AgentConfig:
+    """Load the config and build every input once, so option errors surface now."""
+    try:
+        cfg = load_config(path, known_sources=source_names())
+        build_inputs(cfg)
+    except AgentConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return cfg
+
+
+async def _serve(runner: Runner, *, once: bool) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    await runner.run(once=once)
+
+
+def _dry_run(cfg: AgentConfig) -> int:
+    failed = 0
+    for inp, result in asyncio.run(dry_run(cfg)):
+        if isinstance(result, SourceError):
+            failed += 1
+            click.echo(f"{inp.label}: error: {result}", err=True)
+            continue
+        for r in result:
+            click.echo(format_reading(inp, r))
+    return 1 if failed else 0
+
+
+def format_reading(inp: InputConfig, r: Reading) -> str:
+    """One reading as a dry-run line: `> sensor kind=... value=... unit=... tags=... ts=...`."""
+    ts = datetime.fromtimestamp(r.ts_ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+    value = json.dumps(
+        dict(r.value) if not isinstance(r.value, int | float | bool | str) else r.value
+    )
+    tags = ",".join(f"{k}={v}" for k, v in sorted((r.tags or {}).items())) or "-"
+    return (
+        f"> {r.sensor} kind={r.kind} value={value} unit={r.unit or '-'} tags={tags} "
+        f"ts={ts.replace('+00:00', 'Z')} input={inp.label}"
+    )
