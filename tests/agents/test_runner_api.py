@@ -58,7 +58,10 @@ def test_inputs_flow_to_the_collector_and_a_failing_input_does_not_stop_the_othe
         cfg = _cfg(tmp_path, await fake.start(), *inputs)
         runner = Runner(cfg, ctx=SourceContext(root=FIXTURES))
         task = asyncio.create_task(runner.run())
-        by_sensor = lambda name: [r for r in fake.stored if r[0] == name]  # noqa: E731
+
+        def by_sensor(name: str) -> list[list[object]]:
+            return [r for r in fake.stored if r[0] == name]
+
         await until(
             lambda: len(by_sensor("a")) == 20 and len(by_sensor("b")) == 12, what="all samples"
         )
@@ -84,7 +87,7 @@ def test_once_mode_sends_one_sample_per_input_and_returns(tmp_path):
         fake = FakeCollector()
         cfg = _cfg(tmp_path, await fake.start(), _sim(0, "a", 100), _sim(1, "b", 100))
         await asyncio.wait_for(Runner(cfg).run(once=True), 30)
-        assert sorted(r[0] for r in fake.stored) == ["a", "b"]
+        assert sorted(str(r[0]) for r in fake.stored) == ["a", "b"]
         await fake.stop()
 
     asyncio.run(main())
