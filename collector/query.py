@@ -171,7 +171,8 @@ def _check_range(ns: int, text: str, option: str) -> int:
 def format_ts(ns: int) -> str:
     """int ns -> RFC 3339 in UTC with nanoseconds, e.g. `2026-11-25T10:00:00.000000001Z`."""
     seconds, frac = divmod(ns, NS_PER_S)
-    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # time.strftime(gmtime): a third of the cost of datetime.strftime; runs once per row.
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
 
 
@@ -246,9 +247,13 @@ def series_where(f: Filters) -> tuple[str, list[object]]:
 # ---------------------------------------------------------------- series and values
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SeriesInfo:
-    """One row of the series table joined with its device name."""
+    """One row of the series table joined with its device name (treat as read-only).
+
+    Not frozen: a frozen dataclass's __init__ costs 3x more, and a latest-per-series query
+    builds one per series.
+    """
 
     id: int
     device: str
@@ -261,6 +266,7 @@ class SeriesInfo:
     last_ts: int | None
     last_value: object
     count: int
+    vtype: str | None = None  # the value type of this kind/field, for output conversion
 
 
 _KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}
@@ -284,10 +290,18 @@ def resolve_series(conn: sqlite3.Connection, f: Filters) -> list[SeriesInfo]:
         f"JOIN {store.DEVICES} AS d ON d.id = s.device_id WHERE {where} "
         "ORDER BY d.name, s.sensor, s.field, s.id"
     )
-    return [
-        SeriesInfo(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), *r[7:])
-        for r in conn.execute(sql, params)
-    ]
+    tags: dict[str, dict[str, str]] = {}  # most series share a few tag sets: parse each once
+    out: list[SeriesInfo] = []
+    for sid, dev, sensor, fld, kind, unit, tag_json, first, last, last_value, count in conn.execute(
+        sql, params
+    ):
+        t = tags.get(tag_json)
+        if t is None:
+            t = tags[tag_json] = json.loads(tag_json)
+        info = SeriesInfo(sid, dev, sensor, fld, kind, unit, t, first, last, last_value, count)
+        info.vtype = _value_type(kind, fld)
+        out.append(info)
+    return out
 
 
 def _value(s: SeriesInfo, v: object) -> object:
@@ -295,10 +309,9 @@ def _value(s: SeriesInfo, v: object) -> object:
     # value column has NUMERIC affinity). The kind says what the reading was.
     if v is None or isinstance(v, str | bytes):
         return v
-    vtype = _value_type(s.kind, s.field)
-    if vtype == "bool":
+    if s.vtype == "bool":
         return bool(v)
-    if vtype == "number" and isinstance(v, int):
+    if s.vtype == "number" and isinstance(v, int):
         return float(v)
     return v
 
@@ -434,7 +447,7 @@ def aggregates(
         row = _base(s, bucket)
         row["agg"] = agg
         if agg in ("avg", "sum"):
-            number = _value_type(s.kind, s.field) == "number"
+            number = s.vtype == "number"
             row["value"] = float(value) if number and isinstance(value, int) else value
         else:
             row["value"] = value if agg == "count" else _value(s, value)
