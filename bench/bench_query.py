@@ -35,6 +35,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -232,7 +233,7 @@ def main() -> None:
             ),
         ]
         for name, url in http_cases:
-            first, med, result = timed(lambda url=url: get(url), args.runs)
+            first, med, result = timed(partial(get, url), args.runs)
             assert isinstance(result, dict)
             n = len(next(v for v in result.values() if isinstance(v, list)))
             print(f"| {name} | {n} | {first:.1f} | {med:.1f} |")
