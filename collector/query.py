@@ -614,20 +614,40 @@ class Tail:
             ]
             if not moved:
                 return []
-            lo = min(self.marks.get(s.id, -1) for s in moved) + 1
-            hi = max(s.last_ts or 0 for s in moved) + 1
-            rows = [
-                r
-                for r in readings(conn, moved, lo, hi)
-                if isinstance(r["ts_ns"], int)
-                and isinstance(r["series_id"], int)
-                and r["ts_ns"] > self.marks.get(r["series_id"], -1)
-            ]
+            rows: list[Row] = []
+            for group, lo in self._groups(moved):
+                hi = max(s.last_ts or 0 for s in group) + 1
+                rows += (
+                    r
+                    for r in readings(conn, group, lo, hi)
+                    if isinstance(r["ts_ns"], int)
+                    and isinstance(r["series_id"], int)
+                    and r["ts_ns"] > self.marks.get(r["series_id"], -1)
+                )
+            rows.sort(key=lambda r: (r["ts_ns"], r["series_id"]))
             for s in moved:
                 self.marks[s.id] = s.last_ts or -1
             return rows
         finally:
             conn.execute("COMMIT")
+
+    def _groups(self, moved: list[SeriesInfo]) -> list[tuple[list[SeriesInfo], int]]:
+        """Series to read together, with the range start of each read.
+
+        Series whose new readings start close together are read in one scan; one that was
+        silent for long (its mark far back) is read alone, so it does not drag every other
+        series' scan back to its old mark.
+        """
+        starts = {s.id: max(self.marks.get(s.id, -1) + 1, s.first_ts or 0) for s in moved}
+        newest = max(starts.values())
+        together = [s for s in moved if starts[s.id] >= newest - TAIL_GROUP_SPAN_NS]
+        groups = [(together, min(starts[s.id] for s in together))]
+        groups += [([s], starts[s.id]) for s in moved if starts[s.id] < newest - TAIL_GROUP_SPAN_NS]
+        return groups
+
+
+# Series whose unseen readings start within this span of each other are read in one scan.
+TAIL_GROUP_SPAN_NS: Final = 60 * NS_PER_S
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

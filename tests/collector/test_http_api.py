@@ -221,3 +221,22 @@ def test_stream_delivers_only_new_readings(api: str, db: Db) -> None:
     ]
     t.join(20)
     assert not t.is_alive()
+
+
+def test_open_stream_does_not_hold_up_shutdown(db: Db) -> None:
+    lines: queue.Queue[str] = queue.Queue()
+    done = threading.Event()
+
+    def reader(url: str) -> None:
+        with urllib.request.urlopen(url, timeout=20) as resp:
+            for raw in resp:
+                lines.put(raw.decode().rstrip("\n"))
+        done.set()  # the server ended the stream cleanly
+
+    with serve_api(db.path) as base:
+        threading.Thread(target=reader, args=(base + "/api/v1/stream",), daemon=True).start()
+        assert _next_line(lines, lambda s: s == ": ready", time.monotonic() + 20)
+        started = time.monotonic()
+    # serve_api's exit ran the app's shutdown (and waited for its thread) with a client attached
+    assert done.wait(20)
+    assert time.monotonic() - started < 20
