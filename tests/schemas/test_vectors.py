@@ -31,7 +31,9 @@ TYPES: dict[str, type[Event]] = {
     "BYE": wire.Bye,
 }
 REJECT_CODES = {
-    v for k, v in vars(readings).items() if k.isupper() and isinstance(v, str) and v.islower()
+    v
+    for k, v in vars(readings).items()
+    if k.isupper() and not k.startswith("_") and isinstance(v, str) and v.islower()
 }
 
 
