@@ -1,8 +1,8 @@
 """The read-side commands: `telemetry query`, `series`, `tail`, `rejected` and `export`.
 
 Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
-or a running collector's HTTP API (`--url`, via `collector.commands.remote`-style calls in
-`_Remote` below), and prints through `collector.formats`. Argument parsing is
+or a running collector's HTTP API (`--url`, through the small urllib client `_Remote` below),
+and prints through `collector.formats`. Argument parsing is
 `collector.query`'s, so the CLI and the HTTP API accept the same forms and fail the same way.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
