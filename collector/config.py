@@ -1,0 +1,220 @@
+"""Collector settings: defaults < TOML file < TELEMETRY_* environment < command-line flags.
+
+One frozen `Config` holds every setting with its type and default. `load_config` merges the
+sources and checks each value; a bad one raises `collector.errors.ConfigError` naming the
+setting and where it came from (exit code 2). Setting names are the same everywhere:
+`max_connections` in the file's `[limits]` table, `TELEMETRY_MAX_CONNECTIONS` in the
+environment, `--max-connections` on the command line.
+
+Example file:
+
+    listen = "0.0.0.0:7878"
+    http = "127.0.0.1:7879"          # "off" disables the HTTP side
+    db = "/var/lib/telemetry/telemetry.db"
+    kinds = "/etc/telemetry/kinds.toml"
+    synchronous = "FULL"
+    log_level = "INFO"
+    allow_unknown_devices = false
+
+    [limits]
+    max_connections = 10000
+
+This module reads only the config file it is given; it opens no sockets or databases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from collector.errors import ConfigError
+from schemas import wire
+
+ENV_PREFIX: Final = "TELEMETRY_"
+SYNCHRONOUS_MODES: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LISTEN: Final = "127.0.0.1:7878"
+DEFAULT_HTTP: Final = "127.0.0.1:7879"
+DEFAULT_DB: Final = "./telemetry.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Protective limits of the ingest server (see schemas.wire for the protocol's own)."""
+
+    # A few thousand devices per collector is the design point; each idle connection costs
+    # a few KiB, so 10k stays well inside memory and the default fd limit of servers.
+    max_connections: int = 10_000
+    handshake_timeout_s: float = wire.HANDSHAKE_TIMEOUT_S
+    heartbeat_ms: int = wire.HEARTBEAT_MS
+    idle_timeout_s: float = wire.IDLE_TIMEOUT_S
+    bad_frame_budget: int = wire.BAD_FRAME_BUDGET
+    max_frame_bytes: int = wire.MAX_FRAME_BYTES
+    # Batches one connection may have waiting for their ACK (pipelining depth).
+    max_inflight_batches: int = 32
+    # Rows (readings, fields of composites) waiting for the writer, all connections together.
+    queue_rows: int = 200_000
+    # Rows per group-commit transaction.
+    txn_max_rows: int = 20_000
+    # A peer that does not read its ACKs for this long is cut off.
+    write_timeout_s: float = 30.0
+    # Graceful shutdown budget: systemd's default stop timeout is far above it.
+    shutdown_timeout_s: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    http: str = DEFAULT_HTTP
+    db: str = DEFAULT_DB
+    kinds: str | None = None
+    synchronous: str = "FULL"
+    log_level: str = "INFO"
+    allow_unknown_devices: bool = False
+    limits: Limits = Limits()
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return parse_addr(self.listen, "listen")
+
+    @property
+    def http_addr(self) -> tuple[str, int] | None:
+        return None if self.http.lower() == "off" else parse_addr(self.http, "http")
+
+
+_TOP: Final = {f.name: f for f in dataclasses.fields(Config) if f.name != "limits"}
+_LIMITS: Final = {f.name: f for f in dataclasses.fields(Limits)}
+
+
+def parse_addr(value: str, setting: str) -> tuple[str, int]:
+    """'host:port' (IPv6 as '[::1]:port') -> (host, port). Raises ConfigError."""
+    host, sep, port_s = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(f"setting '{setting}': expected HOST:PORT, got {value!r}")
+    return host, int(port_s)
+
+
+def _coerce(name: str, ftype: object, value: object, source: str) -> object:
+    where = f"setting '{name}' ({source})"
+    t = str(ftype)
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if t == "int":
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+        return value
+    if t == "float":
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ConfigError(f"{where}: expected a positive number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _read_file(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Merge defaults, the TOML file, TELEMETRY_* variables and flags (None = not given).
+
+    Raises ConfigError naming the first bad setting.
+    """
+    env = os.environ if env is None else env
+    top: dict[str, object] = {}
+    limits: dict[str, object] = {}
+    if path is not None:
+        data = _read_file(path)
+        src = f"config file {path}"
+        for key, value in data.items():
+            if key == "limits":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"setting 'limits' ({src}): must be a table")
+                for lk, lv in value.items():
+                    if lk not in _LIMITS:
+                        raise ConfigError(f"setting 'limits.{lk}' ({src}): unknown setting")
+                    limits[lk] = _coerce(f"limits.{lk}", _LIMITS[lk].type, lv, src)
+            elif key in _TOP:
+                top[key] = _coerce(key, _TOP[key].type, value, src)
+            else:
+                raise ConfigError(f"setting '{key}' ({src}): unknown setting")
+    for name, fld in (*_TOP.items(), *_LIMITS.items()):
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            target = limits if name in _LIMITS else top
+            target[name] = _coerce(name, fld.type, env[var], f"environment {var}")
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name in _LIMITS:
+            limits[name] = _coerce(name, _LIMITS[name].type, value, "command line")
+        elif name in _TOP:
+            top[name] = _coerce(name, _TOP[name].type, value, "command line")
+        else:
+            raise ConfigError(f"setting '{name}': unknown setting")
+    cfg = Config(**top, limits=Limits(**limits))  # type: ignore[arg-type]  # coerced per field
+    return _check(cfg)
+
+
+def _check(cfg: Config) -> Config:
+    cfg.listen_addr  # noqa: B018  # parses, raising ConfigError
+    cfg.http_addr  # noqa: B018
+    sync = cfg.synchronous.upper()
+    if sync not in SYNCHRONOUS_MODES:
+        raise ConfigError(
+            f"setting 'synchronous': expected one of {', '.join(SYNCHRONOUS_MODES)}, "
+            f"got {cfg.synchronous!r}"
+        )
+    level = cfg.log_level.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(
+            f"setting 'log_level': expected one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}"
+        )
+    if cfg.kinds is not None and not Path(cfg.kinds).is_file():
+        raise ConfigError(f"setting 'kinds': no such file {cfg.kinds!r}")
+    lim = cfg.limits
+    if lim.max_frame_bytes > wire.MAX_FRAME_BYTES:
+        raise ConfigError(
+            f"setting 'limits.max_frame_bytes': at most {wire.MAX_FRAME_BYTES} (protocol limit)"
+        )
+    if lim.idle_timeout_s * 1000 < lim.heartbeat_ms:
+        raise ConfigError("setting 'limits.idle_timeout_s': must be at least one heartbeat")
+    return dataclasses.replace(cfg, synchronous=sync, log_level=level)

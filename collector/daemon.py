@@ -1,0 +1,187 @@
+"""Run the collector: migrate -> start the writer -> listen (TCP ingest + HTTP) -> serve.
+
+Shutdown on SIGTERM/SIGINT runs the same steps in reverse within `shutdown_timeout_s`: stop
+accepting, let every session answer the batches it already submitted and say BYE, commit
+and close the database, stop HTTP. Under systemd (`NOTIFY_SOCKET` set) READY=1 is sent once
+both listeners are up and STOPPING=1 when shutdown starts; the notification is a single
+datagram, written here with the standard library.
+
+The storage engine's maintenance (compaction, retention) plugs in as the writer's
+maintenance hook: `serve(maintenance=...)`, or automatically `collector.compactor.maintenance`
+when that function exists.
+
+This module wires components together; it owns no protocol, SQL or HTTP handler code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from aiohttp import web
+
+from collector import store
+from collector.config import Config
+from collector.errors import ConfigError
+from collector.http import AppState, RouteRegistrar, create_app
+from collector.ingest import Ingest
+from collector.metrics import Metrics
+from collector.server import Server
+from collector.writer import Maintenance, Writer
+from schemas.kinds import KindFileError, KindSpec, load_kinds_file
+from schemas.readings import ReadingValidator
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(state: str) -> bool:
+    """Send one sd_notify(3) datagram when NOTIFY_SOCKET is set; True if sent."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed socket=%s error=%s", addr, exc)
+        return False
+    return True
+
+
+def load_kinds(cfg: Config) -> tuple[KindSpec, ...]:
+    """The user-defined kinds named by the config. Raises ConfigError."""
+    if cfg.kinds is None:
+        return ()
+    try:
+        kinds = load_kinds_file(cfg.kinds)
+        ReadingValidator(kinds)  # also rejects clashes with built-in kinds
+    except KindFileError as exc:
+        raise ConfigError(f"setting 'kinds': {exc}") from None
+    return kinds
+
+
+def _default_maintenance() -> Maintenance | None:
+    if importlib.util.find_spec("collector.compactor") is None:
+        return None
+    hook = getattr(importlib.import_module("collector.compactor"), "maintenance", None)
+    return cast(Maintenance, hook) if callable(hook) else None
+
+
+async def serve(
+    cfg: Config,
+    *,
+    routes: Sequence[RouteRegistrar] = (),
+    maintenance: Maintenance | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the daemon until `stop` is set or a signal arrives; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    ingest = Ingest(ReadingValidator(load_kinds(cfg)))
+    try:
+        applied = store.migrate(cfg.db)
+    except (sqlite3.Error, OSError) as exc:
+        raise ConfigError(f"setting 'db': cannot open database {cfg.db!r}: {exc}") from None
+    log.info("database ready db=%s migrations_applied=%s", cfg.db, ",".join(applied) or "none")
+    metrics = Metrics()
+    lim = cfg.limits
+    writer = Writer(
+        cfg.db,
+        synchronous=cast(store.Synchronous, cfg.synchronous),
+        queue_rows=lim.queue_rows,
+        txn_max_rows=lim.txn_max_rows,
+        allow_unknown_devices=cfg.allow_unknown_devices,
+        maintenance=maintenance if maintenance is not None else _default_maintenance(),
+        on_commit=lambda s: _call_soon(loop, metrics.commit_seconds.observe, s),
+    )
+    metrics.queue_depth = writer.queue_depth
+    await writer.start()
+    server = Server(writer, ingest, metrics, lim)
+    runner: web.AppRunner | None = None
+    exit_code = 0
+    try:
+        bound: asyncio.Future[tuple[str, int]] = loop.create_future()
+        server_task = asyncio.create_task(
+            server.run(*cfg.listen_addr, bound.set_result), name="ingest-server"
+        )
+        waiting: list[asyncio.Future[Any]] = [bound, server_task]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not bound.done():
+            await server_task  # raises the bind error
+        ingest_host, ingest_port = bound.result()
+        http_desc = "off"
+        if cfg.http_addr is not None:
+            state = AppState(
+                db_path=Path(cfg.db),
+                metrics=metrics,
+                connected=lambda: server.connected,
+                ready=lambda: writer.running and not stop.is_set(),
+            )
+            runner = web.AppRunner(create_app(state, routes), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, *cfg.http_addr)
+            await site.start()
+            h = runner.addresses[0]
+            http_desc = f"{h[0]}:{h[1]}"
+        log.info("listening ingest=%s:%d http=%s", ingest_host, ingest_port, http_desc)
+        sd_notify("READY=1\nSTATUS=listening")
+        assert writer.crashed is not None
+        crashed = asyncio.create_task(writer.crashed.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({crashed, stopping, server_task}, return_when=asyncio.FIRST_COMPLETED)
+        crashed.cancel()
+        stopping.cancel()
+        if writer.crashed.is_set():
+            log.error("writer failed; shutting down")
+            exit_code = 1
+        log.info("shutting down")
+        sd_notify("STOPPING=1")
+        await server.shutdown()
+        try:
+            async with asyncio.timeout(lim.shutdown_timeout_s):
+                await asyncio.shield(server_task)
+        except TimeoutError:
+            log.warning("sessions did not finish in %.1fs; closing them", lim.shutdown_timeout_s)
+            server_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server_task
+    finally:
+        await writer.close()
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopped")
+    return exit_code
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+        loop.call_soon_threadsafe(fn, arg)
+
+
+def run(cfg: Config, *, routes: Sequence[RouteRegistrar] = ()) -> int:
+    """Run the daemon in a fresh event loop (uvloop when installed); returns the exit code."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(serve(cfg, routes=routes))

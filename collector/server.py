@@ -1,0 +1,391 @@
+"""The asyncio ingest server: accept loop and per-connection handler (the only socket code).
+
+Each TCP connection gets one `schemas.wire.Connection` (collector role); this module only
+moves bytes between the socket and it. Per connection:
+
+* handshake: HELLO within `handshake_timeout_s`, authenticated by the writer thread against
+  the device registry; a wrong, unknown or revoked token gets ERROR auth_failed (fatal) and
+  the socket is closed. The device identity is fixed at HELLO for the connection's life.
+* batches are validated (`collector.ingest`), submitted to the writer and answered in order
+  by a second task once their commit returned: ACK, or RETRY when storage failed. Up to
+  `max_inflight_batches` may be pipelined; beyond that, or when the writer's credits are
+  spent, the handler stops reading and TCP pushes back on the agent.
+* every undecodable frame gets an ERROR; the Connection closes the link once its bad-frame
+  budget is spent or a declared length is over the limit (the body is never read).
+* heartbeats: a PING after `heartbeat_ms` of silence, ERROR idle_timeout after
+  `idle_timeout_s`.
+
+Shutdown (`Server.shutdown`): stop accepting, stop reading, answer every batch already
+submitted, send BYE, close. No SQL here: storage is `collector.writer`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from collector.config import Limits
+from collector.ingest import Ingest
+from collector.metrics import Metrics
+from collector.writer import STORAGE_UNAVAILABLE, BatchOutcome, Writer
+from schemas import errors, wire
+from schemas.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+# Bytes asked of the socket per read: a few max-size batches of typical readings.
+READ_BYTES = 256 * 1024
+# Longest reject message kept when a full ACK would not fit in one frame.
+SHORT_REJECT_CHARS = 40
+_nonces = itertools.count(1)
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    """State of one accepted connection."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer: str
+    proto: wire.Connection
+    inflight: asyncio.Semaphore
+    device: str = ""
+    device_id: int = 0
+    stopping: bool = False
+    acks: asyncio.Queue[asyncio.Future[BatchOutcome] | None] = field(default_factory=asyncio.Queue)
+
+    def stop(self) -> None:
+        """Stop reading: the handler finishes what it submitted, says BYE and closes."""
+        self.stopping = True
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self.writer.transport.pause_reading()  # type: ignore[attr-defined]  # selector transports
+        self.reader.feed_eof()
+
+
+class Server:
+    """Accepts agent connections and runs one handler per connection."""
+
+    def __init__(self, writer: Writer, ingest: Ingest, metrics: Metrics, limits: Limits) -> None:
+        self.writer = writer
+        self.ingest = ingest
+        self.metrics = metrics
+        self.limits = limits
+        self.address: tuple[str, int] | None = None
+        self._sessions: set[_Session] = set()
+        self._server: asyncio.Server | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._closing = asyncio.Event()
+
+    @property
+    def connected(self) -> dict[str, int]:
+        """Open connections per device (authenticated sessions only)."""
+        out: dict[str, int] = {}
+        for s in self._sessions:
+            if s.device:
+                out[s.device] = out.get(s.device, 0) + 1
+        return out
+
+    async def run(self, host: str, port: int, bound: Callable[[tuple[str, int]], None]) -> None:
+        """Listen, report the bound address through `bound`, and serve until shutdown()."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            self._server = await asyncio.start_server(
+                self._accept, host, port, limit=READ_BYTES, backlog=4096
+            )
+            sock = self._server.sockets[0].getsockname()
+            self.address = (str(sock[0]), int(sock[1]))
+            bound(self.address)
+            await self._closing.wait()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tg is None or self._closing.is_set():
+            writer.close()
+            return
+        self._tg.create_task(self._handle(reader, writer))
+
+    async def shutdown(self) -> None:
+        """Stop accepting; let each session finish its submitted batches and say BYE."""
+        if self._server is not None:
+            self._server.close()
+        for s in list(self._sessions):
+            s.stop()
+        self._closing.set()
+
+    # ------------------------------------------------------------------ per connection
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        lim = self.limits
+        proto = wire.Connection(
+            wire.Role.COLLECTOR,
+            max_frame_bytes=lim.max_frame_bytes,
+            bad_frame_budget=lim.bad_frame_budget,
+        )
+        s = _Session(reader, writer, peer, proto, asyncio.Semaphore(lim.max_inflight_batches))
+        m = self.metrics
+        if len(self._sessions) >= lim.max_connections:
+            m.refused(errors.SERVER_BUSY)
+            log.warning("connection refused peer=%s reason=max_connections", peer)
+            writer.write(proto.send(wire.Error(errors.SERVER_BUSY, "too many connections")))
+            await self._close(s)
+            return
+        self._sessions.add(s)
+        m.connections_total += 1
+        m.connections_open += 1
+        reason = "closed"
+        try:
+            reason = await self._session(s)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            reason = f"socket error: {exc!r}"
+        except Exception:
+            # A bug met by one connection ends that connection, not the whole server.
+            log.exception("connection handler failed device=%s peer=%s", s.device or "-", peer)
+            reason = "internal error"
+        finally:
+            self._sessions.discard(s)
+            m.connections_open -= 1
+            if s.device:
+                m.device(s.device).connected -= 1
+            await self._close(s)
+            log.info("disconnected device=%s peer=%s reason=%s", s.device or "-", peer, reason)
+
+    async def _close(self, s: _Session) -> None:
+        s.writer.close()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await s.writer.wait_closed()
+
+    async def _session(self, s: _Session) -> str:
+        hello = await self._handshake(s)
+        if isinstance(hello, str):
+            return hello
+        m = self.metrics
+        stats = m.device(s.device)
+        stats.connected += 1
+        stats.peer = s.peer
+        stats.spool_dropped += hello.dropped
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._ack_loop(s))
+            try:
+                reason = await self._read_loop(s)
+            finally:
+                s.acks.put_nowait(None)
+        if s.stopping and s.proto.state is not wire.State.CLOSED:
+            await self._send(s, wire.Bye(errors.SHUTTING_DOWN))
+            return "shutdown"
+        return reason
+
+    async def _handshake(self, s: _Session) -> wire.Hello | str:
+        """Read and authenticate HELLO; returns it, or why the connection ends."""
+        try:
+            async with asyncio.timeout(self.limits.handshake_timeout_s):
+                event = await self._next_event(s)
+                if not isinstance(event, wire.Hello):
+                    return event if isinstance(event, str) else "no hello"
+                if event.version != wire.PROTOCOL_VERSION:
+                    await self._refuse(
+                        s,
+                        errors.UNSUPPORTED_VERSION,
+                        f"protocol version {event.version} is not supported "
+                        f"(this collector speaks {wire.PROTOCOL_VERSION})",
+                    )
+                    return "unsupported version"
+                outcome = await self.writer.hello(event.device_id, event.token, event.dropped)
+        except TimeoutError:
+            await self._refuse(s, errors.HANDSHAKE_TIMEOUT, "no HELLO in time")
+            return "handshake timeout"
+        device = outcome.auth.device
+        if device is None:
+            code = errors.SERVER_BUSY if outcome.storage_error else errors.AUTH_FAILED
+            log.warning(
+                "authentication failed device=%s peer=%s reason=%s",
+                event.device_id[:64],
+                s.peer,
+                outcome.auth.reason,
+            )
+            message = "storage unavailable" if outcome.storage_error else "authentication failed"
+            await self._refuse(s, code, message)
+            return "auth failed"
+        s.device, s.device_id = device.name, device.id
+        lim = self.limits
+        await self._send(
+            s,
+            wire.Welcome(
+                last_seq=outcome.last_seq,
+                max_frame_bytes=lim.max_frame_bytes,
+                max_batch_readings=wire.MAX_BATCH_READINGS,
+                heartbeat_ms=lim.heartbeat_ms,
+            ),
+        )
+        log.info(
+            "connected device=%s peer=%s agent=%s/%s last_seq=%d%s",
+            s.device,
+            s.peer,
+            event.agent or "-",
+            event.agent_version or "-",
+            outcome.last_seq,
+            " registered=yes" if outcome.auth.registered else "",
+        )
+        return event
+
+    async def _refuse(self, s: _Session, code: str, message: str) -> None:
+        self.metrics.refused(code)
+        await self._send(s, wire.Error(code, message, fatal=True))
+
+    async def _next_event(self, s: _Session) -> wire.Event | str:
+        """Next event from the peer (answering bad frames), or why the stream ended."""
+        while True:
+            if s.stopping:
+                return "shutdown"
+            try:
+                event = s.proto.next_event()
+            except RemoteProtocolError as exc:
+                self.metrics.bad_frames += 1
+                await self._send(s, wire.Error(exc.code, exc.message, exc.fatal))
+                if exc.fatal:
+                    log.warning(
+                        "protocol error device=%s peer=%s code=%s message=%s",
+                        s.device or "-",
+                        s.peer,
+                        exc.code,
+                        exc.message,
+                    )
+                    return f"protocol error {exc.code}"
+                continue
+            if isinstance(event, wire.ConnectionClosed):
+                return "peer closed"
+            if event is not wire.NEED_DATA:
+                return event  # type: ignore[return-value]  # narrowed: not NEED_DATA
+            data = await self._read(s)
+            if isinstance(data, str):
+                return data
+            s.proto.receive_data(data)
+
+    async def _read(self, s: _Session) -> bytes | str:
+        """Bytes from the socket (b"" at EOF), with heartbeats; a str says why to stop."""
+        lim = self.limits
+        idle_deadline = time.monotonic() + lim.idle_timeout_s
+        heartbeat_s = lim.heartbeat_ms / 1000
+        while True:
+            wait_s = min(heartbeat_s, idle_deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(max(wait_s, 0.0)):
+                    data = await s.reader.read(READ_BYTES)
+            except TimeoutError:
+                if time.monotonic() >= idle_deadline:
+                    if s.proto.state is wire.State.AWAIT_HELLO:
+                        raise  # the handshake deadline applies
+                    await self._refuse(s, errors.IDLE_TIMEOUT, "no data from the agent")
+                    return "idle timeout"
+                if s.proto.state is wire.State.READY:
+                    await self._send(s, wire.Ping(next(_nonces)))
+                continue
+            if s.stopping:
+                return "shutdown"
+            if data:
+                n = len(data)
+                self.metrics.bytes_in += n
+                if s.device:
+                    self.metrics.device(s.device).bytes_in += n
+            return data
+
+    async def _read_loop(self, s: _Session) -> str:
+        while True:
+            event = await self._next_event(s)
+            if isinstance(event, str):
+                return event
+            if isinstance(event, wire.Batch):
+                await s.inflight.acquire()
+                try:
+                    batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
+                    fut = await self.writer.submit(s.device_id, batch)
+                except BaseException:
+                    s.inflight.release()
+                    raise
+                s.acks.put_nowait(fut)
+            elif isinstance(event, wire.Ping):
+                await self._send(s, wire.Pong(event.nonce))
+            elif isinstance(event, wire.Bye):
+                return f"agent said bye ({event.reason[:64]})"
+            elif isinstance(event, wire.Error):
+                log.warning(
+                    "agent reported error device=%s peer=%s code=%s message=%s",
+                    s.device,
+                    s.peer,
+                    event.code[:64],
+                    event.message[:200],
+                )
+                if event.fatal:
+                    return "agent error"
+
+    async def _ack_loop(self, s: _Session) -> None:
+        m = self.metrics
+        stats = m.device(s.device)
+        while True:
+            fut = await s.acks.get()
+            if fut is None:
+                return
+            try:
+                outcome = await fut
+            finally:
+                s.inflight.release()
+            m.batches += 1
+            stats.batches += 1
+            if outcome.retry_after_ms is not None:
+                m.retries += 1
+                stats.retries += 1
+                await self._send(
+                    s, wire.Retry(outcome.seq, STORAGE_UNAVAILABLE, outcome.retry_after_ms)
+                )
+                continue
+            rejected = len(outcome.rejects)
+            m.accepted += outcome.accepted
+            m.duplicate += outcome.duplicate
+            m.rejected += rejected
+            stats.accepted += outcome.accepted
+            stats.duplicate += outcome.duplicate
+            stats.rejected += rejected
+            log.debug(
+                "batch device=%s seq=%d accepted=%d duplicate=%d rejected=%d",
+                s.device,
+                outcome.seq,
+                outcome.accepted,
+                outcome.duplicate,
+                rejected,
+            )
+            await self._send(
+                s, wire.Ack(outcome.seq, outcome.accepted, outcome.duplicate, outcome.rejects)
+            )
+
+    async def _send(self, s: _Session, event: wire.Event) -> None:
+        """Encode through the Connection and write, with a deadline on a slow reader."""
+        try:
+            data = s.proto.send(event)
+        except LocalProtocolError:
+            if isinstance(event, wire.Ack) and s.proto.state is not wire.State.CLOSED:
+                data = s.proto.send(_shortened(event))
+            elif s.proto.state is wire.State.CLOSED and isinstance(event, wire.Ack | wire.Retry):
+                # The agent said BYE with batches still in flight: answer them anyway.
+                data = wire.encode(event)
+            else:
+                raise
+        if s.writer.is_closing():
+            return
+        s.writer.write(data)
+        async with asyncio.timeout(self.limits.write_timeout_s):
+            await s.writer.drain()
+
+
+def _shortened(ack: wire.Ack) -> wire.Ack:
+    """The same ACK with reject messages cut short, so it fits in one frame."""
+    rejects = tuple(
+        wire.Reject(r.index, r.code, r.path[:SHORT_REJECT_CHARS], r.message[:SHORT_REJECT_CHARS])
+        for r in ack.rejects
+    )
+    return wire.Ack(ack.seq, ack.accepted, ack.duplicate, rejects)
