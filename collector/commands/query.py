@@ -170,9 +170,15 @@ def _open(db: str) -> sqlite3.Connection:
     if not Path(db).is_file():
         raise ConfigError(f"--db: no database at {db} (give --db PATH or --url)")
     try:
-        return store.connect(db, readonly=True)
+        conn = store.connect(db, readonly=True)
     except sqlite3.Error as exc:
         raise ConfigError(f"--db: cannot open {db}: {exc}") from None
+    try:
+        conn.execute(f"SELECT 1 FROM {store.SERIES} LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ConfigError(f"--db: {db} is not a telemetry database ({exc})") from None
+    return conn
 
 
 def _out_format(fmt: str | None, out: TextIO) -> str:

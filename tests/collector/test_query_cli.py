@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -238,6 +239,10 @@ def test_bad_arguments_exit_2_with_one_line(
         capsys, "query", "--db", d, "--latest", "--every", "1m", "--agg", "avg"
     )
     assert "--db" in _bad(capsys, "query", "--db", str(tmp_path / "missing.db"))
+    (tmp_path / "junk.db").write_text("not sqlite")
+    assert "not a database" in _bad(capsys, "series", "--db", str(tmp_path / "junk.db"))
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    assert "not a telemetry database" in _bad(capsys, "series", "--db", str(tmp_path / "other.db"))
     assert "--url" in _bad(capsys, "series", "--url", "ftp://x")
     assert "--format" in _bad(capsys, "export", "--db", d, "--format", "table")
     assert "--replay" in _bad(capsys, "rejected", "--replay", "--url", "http://127.0.0.1:1")
