@@ -38,10 +38,10 @@ from schemas.wire import Reject
 log = logging.getLogger(__name__)
 
 Maintenance = Callable[[sqlite3.Connection, int], None]
-"""Called as (write connection, now_ns) in the writer thread inside its own transaction.
-
-It must not delete or renumber series rows nor change devices.last_seq: the writer caches
-both."""
+"""Called as (write connection, now_ns) in the writer thread, between group commits and
+outside any ingest transaction: it runs its own transaction(s) (a transaction it leaves
+open is committed, a sqlite3 error rolls it back). It must not delete or renumber series
+rows nor change devices.last_seq: the writer caches both."""
 
 # Default bound on rows waiting for the writer: ~1 s of ingest at the target rate, a few
 # tens of MB of Python objects at most.
@@ -481,9 +481,9 @@ class Writer:
         if self.maintenance is None:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
             self.maintenance(conn, time.time_ns())
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
             log.warning("maintenance failed error=%s", exc)

@@ -226,13 +226,14 @@ def test_storage_failure_answers_retry_then_recovers(tmp_path):
     assert _count(path) == 5000
 
 
-def test_maintenance_hook_runs_in_its_own_transaction(tmp_path):
+def test_maintenance_hook_runs_outside_ingest_transactions(tmp_path):
     path, _ = _db(tmp_path)
     calls: list[tuple[bool, int]] = []
     done = threading.Event()
 
     def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
         calls.append((conn.in_transaction, now_ns))
+        conn.execute("BEGIN IMMEDIATE")  # left open: the writer commits it
         conn.execute(f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + 1")
         done.set()
 
@@ -245,7 +246,7 @@ def test_maintenance_hook_runs_in_its_own_transaction(tmp_path):
             await w.close()
 
     run(main())
-    assert calls and calls[0][0] is True and calls[0][1] > 1_700_000_000 * 10**9
+    assert calls and calls[0][0] is False and calls[0][1] > 1_700_000_000 * 10**9
     assert _count(path, f"SELECT spool_dropped FROM {store.DEVICES}") >= 1
 
 
