@@ -1,0 +1,377 @@
+"""Load generator for the collector: many connections streaming batches, durable ACKs.
+
+Starts a real collector subprocess on 127.0.0.1 (port 0, a temporary database unless --db is
+given), opens N agent connections spread over P worker processes, streams BATCH frames for
+--duration seconds and waits for their ACKs. Reports acknowledged readings/s, ACK latency
+p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
+
+    python bench/load.py --connections 100 --processes 2 --batch 500 --duration 20
+    python bench/load.py --connections 1000 --rate 10000 --batch 10 --duration 30
+    python bench/load.py --idle 10000            # hold idle connections, report RSS
+    python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
+
+Devices auto-register (--allow-unknown-devices). Nothing here is used by the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from schemas import wire
+
+LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
+SENSORS = 8
+SENSOR_NAMES = [f"s{i}" for i in range(SENSORS)]
+
+
+@dataclass
+class Result:
+    acked: int = 0
+    batches: int = 0
+    retries: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ----------------------------------------------------------------------------- collector
+
+
+class Collector:
+    def __init__(self, db: Path, extra: list[str]) -> None:
+        cmd = [sys.executable, "-m", "collector", "collector", "--listen", "127.0.0.1:0",
+               "--http", "127.0.0.1:0", "--db", str(db), "--allow-unknown-devices",
+               "--log-level", "WARNING", *extra]  # fmt: skip
+        # The listening line is INFO: ask for it explicitly through the env-free path.
+        cmd[cmd.index("--log-level") + 1] = "INFO"
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.addr: tuple[str, int] | None = None
+        self._ready = threading.Event()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(60):
+            self.proc.kill()
+            raise SystemExit("collector did not start:\n" + "".join(self.log))
+        self.ps = psutil.Process(self.proc.pid)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if len(self.log) < 200:
+                self.log.append(line)
+            m = LISTENING_RE.search(line)
+            if m:
+                self.addr = (m.group(1), int(m.group(2)))
+                self._ready.set()
+
+    def rss_mb(self) -> float:
+        return float(self.ps.memory_info().rss) / 2**20
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+def prefill(db: Path, rows: int) -> None:
+    """Insert `rows` readings straight into the head (time-ordered, 8,000 series)."""
+    from collector import store
+
+    store.migrate(db)
+    conn = store.connect(db, synchronous="OFF")
+    n_series = 8_000
+    conn.execute("BEGIN")
+    conn.execute(
+        f"INSERT INTO {store.DEVICES} (name, token_hash, created_ns) VALUES ('prefill', '', 0)"
+    )
+    conn.executemany(
+        f"INSERT INTO {store.SERIES} (device_id, sensor, kind, unit) "
+        "VALUES (1, ?, 'temperature', 'C')",
+        [(f"p{i}",) for i in range(n_series)],
+    )
+    conn.execute("COMMIT")
+    t0 = time.time_ns() - rows * 1_000  # recent: the current compaction window
+    chunk = 100_000
+    for start in range(0, rows, chunk):
+        conn.execute("BEGIN")
+        conn.executemany(
+            f"INSERT INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+            ((t0 + i * 1_000, i % n_series + 1, 20.5)
+             for i in range(start, min(rows, start + chunk))),
+        )  # fmt: skip
+        conn.execute("COMMIT")
+    conn.close()
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+async def _connection(
+    host: str, port: int, name: str, args: argparse.Namespace, go: float, stop_at: float,
+    res: Result, hold: asyncio.Event | None, connecting: asyncio.Semaphore,
+) -> None:  # fmt: skip
+    await connecting.acquire()  # connect in waves: the accept backlog is finite
+    reader, writer = await asyncio.open_connection(host, port)
+    proto = wire.Connection(wire.Role.AGENT)
+    writer.write(proto.send(wire.Hello(device_id=name, token="bench-token", agent="bench")))
+
+    async def next_event() -> wire.Event | None:
+        while True:
+            ev = proto.next_event()
+            if isinstance(ev, wire.Ping):
+                writer.write(proto.send(wire.Pong(ev.nonce)))
+                continue
+            if isinstance(ev, wire.ConnectionClosed):
+                return None
+            if ev is not wire.NEED_DATA:
+                return ev  # type: ignore[return-value]
+            data = await reader.read(1 << 16)
+            proto.receive_data(data)
+
+    welcome = await next_event()
+    connecting.release()
+    if not isinstance(welcome, wire.Welcome):
+        res.errors.append(f"{name}: {welcome!r}")
+        writer.close()
+        return
+    if hold is not None:  # idle mode: keep the connection open until told
+        reader_task = asyncio.create_task(next_event())
+        await hold.wait()
+        reader_task.cancel()
+        writer.close()
+        return
+    seq = welcome.last_seq
+    sent: dict[int, float] = {}
+    window = asyncio.Semaphore(args.pipeline)
+    interval = args.batch * args.connections / args.rate if args.rate else 0.0
+    ts = 0
+
+    async def receive() -> None:
+        while True:
+            ev = await next_event()
+            if ev is None:
+                return
+            if isinstance(ev, wire.Ack | wire.Retry):
+                t = sent.pop(ev.seq, None)
+                window.release()
+                if t is not None and isinstance(ev, wire.Ack):
+                    res.latencies_ms.append((time.perf_counter() - t) * 1000)
+                    res.acked += ev.accepted + ev.duplicate
+                    res.batches += 1
+                else:
+                    res.retries += 1
+            elif isinstance(ev, wire.Error | wire.Bye):
+                res.errors.append(f"{name}: {ev!r}")
+                return
+
+    rx = asyncio.create_task(receive())
+    await asyncio.sleep(max(0.0, go - time.time()) + (hash(name) % 1000) / 1000 * interval)
+    next_send = time.monotonic()
+    while time.time() < stop_at:
+        if interval:
+            next_send += interval
+            delay = next_send - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await window.acquire()
+        seq += 1
+        # Device clocks read "now": every connection appends near the head's right edge.
+        ts = max(time.time_ns(), ts + args.batch)
+        readings = [
+            [SENSOR_NAMES[i % SENSORS], "temperature", ts + i, 20.0 + (i & 7), "C", None]
+            for i in range(args.batch)
+        ]
+        sent[seq] = time.perf_counter()
+        writer.write(proto.send(wire.Batch(seq, readings)))
+        await writer.drain()
+    try:
+        async with asyncio.timeout(30):
+            for _ in range(args.pipeline):  # every window slot back: nothing in flight
+                await window.acquire()
+    except TimeoutError:
+        res.errors.append(f"{name}: {len(sent)} batches unacked")
+    rx.cancel()
+    writer.write(proto.send(wire.Bye("done")))
+    writer.close()
+
+
+def _worker(
+    idx: int, names: list[str], args: argparse.Namespace, addr: tuple[str, int],
+    ready: Any, go_q: Any, out: Any,
+) -> None:  # fmt: skip
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def main() -> Result:
+        res = Result()
+        hold = asyncio.Event() if args.idle else None
+        go_holder: dict[str, float] = {}
+
+        async def run_all() -> None:
+            sem = asyncio.Semaphore(200)
+            go, stop = go_holder["go"], go_holder["stop"]
+            await asyncio.gather(
+                *(_connection(*addr, n, args, go, stop, res, hold, sem) for n in names)
+            )
+
+        # The parent says when to start (all workers connected) and when to stop.
+        ready.put(idx)
+        go, stop = await asyncio.to_thread(go_q.get)
+        go_holder["go"], go_holder["stop"] = go, stop
+        if hold is not None:
+            task = asyncio.create_task(run_all())
+            await asyncio.to_thread(go_q.get)  # released by the parent after measuring
+            hold.set()
+            await task
+        else:
+            await run_all()
+        return res
+
+    res = asyncio.run(main())
+    lat = res.latencies_ms
+    out.put((res.acked, res.batches, res.retries, res.errors[:5], lat))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--batch", type=int, default=500, help="readings per BATCH")
+    p.add_argument("--pipeline", type=int, default=4, help="unacked batches per connection")
+    p.add_argument("--rate", type=float, default=0, help="total readings/s (0: as fast as acked)")
+    p.add_argument("--duration", type=float, default=15)
+    p.add_argument("--idle", type=int, default=0, help="hold this many idle connections")
+    p.add_argument("--prefill", type=int, default=0, help="rows in the DB before the run")
+    p.add_argument("--db", type=Path, help="database file (default: a temporary one)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", type=Path, help="py-spy the collector; collapsed stacks here")
+    p.add_argument("extra", nargs="*", help="extra collector flags, after --")
+    args = p.parse_args()
+    fd_limit = raise_fd_limit()
+    if args.idle:
+        args.connections = args.idle
+    tmp = tempfile.TemporaryDirectory(prefix="telemetry-bench-")
+    db = args.db or Path(tmp.name) / "bench.db"
+    if args.prefill:
+        t = time.perf_counter()
+        prefill(db, args.prefill)
+        print(f"prefilled {args.prefill} rows in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    col = Collector(db, ["--max-connections", str(args.connections + 100), *args.extra])
+    assert col.addr is not None
+    rss0 = col.rss_mb()
+    ctx = mp.get_context("spawn")
+    ready, go_q, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    names = [f"bench-{i}" for i in range(args.connections)]
+    procs = [
+        ctx.Process(target=_worker,
+                    args=(i, names[i :: args.processes], args, col.addr, ready, go_q, out))
+        for i in range(args.processes)
+    ]  # fmt: skip
+    for pr in procs:
+        pr.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    start = time.time() + 2.0  # time for every connection's HELLO
+    stop = start + args.duration
+    for _ in procs:
+        go_q.put((start, stop))
+    report: dict[str, object] = {
+        "connections": args.connections, "processes": args.processes, "batch": args.batch,
+        "pipeline": args.pipeline, "rate_target": args.rate, "duration_s": args.duration,
+        "prefill": args.prefill, "fd_limit": fd_limit, "rss_start_mb": round(rss0, 1),
+    }  # fmt: skip
+    if args.idle:
+        deadline = time.time() + 120
+        last = -1
+        while time.time() < deadline:  # wait until every connection is authenticated
+            time.sleep(1)
+            n = _connected(col)
+            if n == last and n >= args.connections * 0.99:
+                break
+            last = n
+        report["idle_connections"] = _connected(col)
+        report["rss_mb"] = round(col.rss_mb(), 1)
+        for _ in procs:
+            go_q.put(None)
+        results = [out.get(timeout=120) for _ in procs]
+    else:
+        cpu0 = col.cpu_s()
+        spy = None
+        if args.profile:
+            time.sleep(max(0.0, start - time.time()))
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(col.proc.pid), "--duration",
+                 str(int(args.duration)), "--format", "raw", "--nonblocking", "--threads",
+                 "--output", str(args.profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        results = [out.get(timeout=args.duration + 180) for _ in procs]
+        elapsed = args.duration
+        cpu = col.cpu_s() - cpu0
+        if spy is not None:
+            spy.wait(60)
+        acked = sum(r[0] for r in results)
+        lat = sorted(x for r in results for x in r[4])
+        report.update({
+            "acked_readings": acked, "batches": sum(r[1] for r in results),
+            "retries": sum(r[2] for r in results),
+            "readings_per_s": round(acked / elapsed),
+            "ack_p50_ms": round(statistics.median(lat), 2) if lat else None,
+            "ack_p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2) if lat else None,
+            "collector_cpu_s": round(cpu, 1), "rss_mb": round(col.rss_mb(), 1),
+        })  # fmt: skip
+    errors = [e for r in results for e in r[3]]
+    for pr in procs:
+        pr.join(30)
+    report["collector_exit"] = col.stop()
+    if errors:
+        report["errors"] = errors[:5]
+    conn = sqlite3.connect(db)
+    report["rows_in_db"] = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
+    conn.close()
+    tmp.cleanup()
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+
+
+def _connected(col: Collector) -> int:
+    return len([c for c in col.ps.net_connections(kind="tcp") if c.status == "ESTABLISHED"]) - 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
