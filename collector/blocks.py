@@ -19,6 +19,9 @@ Value columns:
                    exactly and cost about one byte each
     FLOAT_XOR      n uint64 words [bits(v0), bits(v1) ^ bits(v0), ...], byte-shuffled
     GENERIC        a msgpack array of the values (text, None, or mixed types)
+    NUMBER_DECIMAL as FLOAT_DECIMAL, for a column mixing ints and floats (a float kind read
+                   back through NUMERIC affinity gives 20 for 20.0), then n flag bytes,
+                   1 where the value is an int (decoded as n // 10**k)
 
 Everything per value runs in C (array, map, itertools, zlib, slicing): the pure-Python
 Gorilla bit stream measured tens of times slower to decode, for a few percent less space
@@ -29,14 +32,12 @@ Pure: no I/O, no SQL, no logging.
 
 from __future__ import annotations
 
-import math
 import operator
 import sys
 import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from itertools import accumulate
 from typing import Final, TypeAlias
 
@@ -49,6 +50,7 @@ INT_DELTA: Final = 0
 FLOAT_DECIMAL: Final = 1
 FLOAT_XOR: Final = 2
 GENERIC: Final = 3
+NUMBER_DECIMAL: Final = 4
 
 # No block spans more than this: readers look this far before `since` for blocks that
 # straddle it, and the compactor refuses larger windows.
@@ -89,7 +91,7 @@ def summarize(ts: Sequence[int], values: Sequence[Value]) -> Summary:
     """Count, first/last and (numeric blocks only) min/max/sum of sorted readings."""
     if not ts:
         raise ValueError("an empty block has no summary")
-    numeric = all(type(v) is int or type(v) is float for v in values)
+    numeric = set(map(type, values)) <= {int, float}
     lo: int | float | None = None
     hi: int | float | None = None
     total: int | float | None = None
@@ -168,38 +170,66 @@ def _decode_ts(words: array[int]) -> list[int]:
     return list(accumulate(deltas, initial=words[0]))
 
 
-def _decimal_scale(values: Sequence[float]) -> int | None:
-    k = 0
-    for v in values[:_SCALE_SAMPLE]:
-        if not math.isfinite(v):
+def _decimal_scale(values: Sequence[Value], sample: int | None) -> int | None:
+    """Decimals needed by the first `sample` floats (all if None); None if not decimal."""
+    k = seen = 0
+    for v in values:
+        if type(v) is not float:
+            continue
+        r = repr(v)
+        if "e" in r or "n" in r:  # 1e-05, inf, nan: not worth scaling
             return None
-        exp = Decimal(repr(v)).as_tuple().exponent
-        if not isinstance(exp, int):
-            return None
-        k = max(k, -exp)
+        k = max(k, len(r[r.index(".") + 1 :].rstrip("0")))
+        seen += 1
+        if seen == sample:
+            break
     return k if k <= MAX_DECIMAL_SCALE else None
 
 
+def _scaled(values: Sequence[Value], k: int, mixed: bool) -> list[int] | None:
+    """round(v * 10**k) for each value if dividing back gives the same bits, else None."""
+    m = 10**k
+    try:
+        if not mixed:
+            floats: Sequence[float] = values  # type: ignore[assignment]  # all floats
+            scaled = [round(v * m) for v in floats]
+            return scaled if _same_bits([n / m for n in scaled], floats) else None
+        nums: Sequence[int | float] = values  # type: ignore[assignment]  # ints and floats
+        ints = [v * m if type(v) is int else round(v * m) for v in nums]
+        pairs = [(n, v) for n, v in zip(ints, nums, strict=True) if type(v) is float]
+        back = [n / m for n, _ in pairs]
+        return ints if _same_bits(back, [v for _, v in pairs]) else None
+    except (OverflowError, ValueError):  # inf * m, nan
+        return None
+
+
 def _encode_values(values: Sequence[Value]) -> tuple[int, int, bytes]:
-    if all(type(v) is int for v in values):
+    types = set(map(type, values))
+    if types == {int}:
         try:
             return INT_DELTA, 0, _shuffle(array("q", _deltas(values)))  # type: ignore[arg-type]  # all ints
         except OverflowError:
             pass  # deltas beyond int64: GENERIC below keeps them exact
-    elif all(type(v) is float for v in values):
-        floats: Sequence[float] = values  # type: ignore[assignment]  # all floats
-        k = _decimal_scale(floats)
-        if k is not None:
-            m = 10**k
-            try:
-                scaled = [round(v * m) for v in floats]
-                if _same_bits([n / m for n in scaled], floats):
-                    return FLOAT_DECIMAL, k, _shuffle(array("q", _deltas(scaled)))
-            except (OverflowError, ValueError):
-                pass  # too large for the scale: FLOAT_XOR below is exact for any double
-        bits = array("q")
-        bits.frombytes(array("d", floats).tobytes())
-        return FLOAT_XOR, 0, _shuffle(array("q", [bits[0], *map(operator.xor, bits[1:], bits)]))
+    elif types <= {int, float}:
+        mixed = int in types  # float kinds stored under NUMERIC affinity: 20.0 reads back 20
+        for sample in (_SCALE_SAMPLE, None):
+            k = _decimal_scale(values, sample)
+            scaled = None if k is None else _scaled(values, k, mixed)
+            if k is not None and scaled is not None:
+                try:
+                    column = _shuffle(array("q", _deltas(scaled)))
+                except OverflowError:
+                    break
+                if mixed:
+                    flags = bytes([type(v) is int for v in values])
+                    return NUMBER_DECIMAL, k, column + flags
+                return FLOAT_DECIMAL, k, column
+        if not mixed:
+            bits = array("q")
+            floats: Sequence[float] = values  # type: ignore[assignment]  # all floats
+            bits.frombytes(array("d", floats).tobytes())
+            xor = [bits[0], *map(operator.xor, bits[1:], bits)]
+            return FLOAT_XOR, 0, _shuffle(array("q", xor))
     return GENERIC, 0, msgpack.packb(list(values), use_bin_type=True)
 
 
@@ -249,8 +279,13 @@ def decode(data: bytes) -> tuple[list[int], list[Value]]:
         if not isinstance(unpacked, list) or len(unpacked) != n:
             raise BlockFormatError("value column does not match the timestamp count")
         values = unpacked
-    elif len(vraw) != tlen:
+    elif len(vraw) != (tlen + n if codec == NUMBER_DECIMAL else tlen):
         raise BlockFormatError("value column does not match the timestamp count")
+    elif codec == NUMBER_DECIMAL:
+        m = 10**scale
+        flags = vraw[tlen:]
+        scaled = accumulate(_unshuffle(vraw[:tlen], n, "q"))
+        values = [v // m if f else v / m for v, f in zip(scaled, flags, strict=True)]
     elif codec == INT_DELTA:
         values = list(accumulate(_unshuffle(vraw, n, "q")))
     elif codec == FLOAT_DECIMAL:

@@ -25,9 +25,10 @@ This module only moves stored readings; it never inserts new ones and opens no c
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ WINDOW_NS: Final = 3_600 * 10**9
 GRACE_NS: Final = 300 * 10**9
 # Head rows moved per call: bounds how long one call holds the write lock (~0.1-0.2 s).
 MAX_ROWS_PER_CALL: Final = 50_000
+# Time one maintenance call may spend compacting, in units of MAX_ROWS_PER_CALL rows: the
+# writer calls the hook about once a second while idle, so compaction keeps up with ~50%
+# of the writer's time at most and ingest waits at most this long (plus one unit).
+MAINTENANCE_BUDGET_S: Final = 0.5
 # Rows deleted per retention transaction.
 RETENTION_BATCH_ROWS: Final = 10_000
 
@@ -93,65 +98,156 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
-    """The writer's hook: compact at most one bounded unit of closed head readings."""
-    compact_once(conn, now_ns, DEFAULT_CONFIG)
+    """The writer's hook: compact closed head readings for at most MAINTENANCE_BUDGET_S.
+
+    Each unit (at most MAX_ROWS_PER_CALL rows) is its own transaction; the call returns
+    once there is nothing closed left or the time budget is spent.
+    """
+    deadline = time.monotonic() + MAINTENANCE_BUDGET_S
+    while compact_once(conn, now_ns, DEFAULT_CONFIG) and time.monotonic() < deadline:
+        pass
+
+
+_STAGE: Final = "temp.compaction_stage"
+_STATE: Final = "temp.compaction_state"
+# Per-connection work state (temp tables): the stage holds the window being compacted,
+# ordered by series; the state row says which step is next. A new connection (a restart)
+# has neither and simply starts the oldest closed window again: every step is idempotent.
+_TEMP_SCHEMA: Final = (
+    f"CREATE TABLE IF NOT EXISTS {_STAGE} (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, "
+    "value, PRIMARY KEY (series_id, ts)) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {_STATE} (window_start INTEGER NOT NULL, "
+    "step TEXT NOT NULL, cursor INTEGER NOT NULL)",
+)
+
+
+def _chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> int:
+    """Timestamp bound after about `max_rows` head rows from `cursor` (at most `end`)."""
+    row = conn.execute(
+        f"SELECT ts FROM {HEAD} WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+        (cursor, end, max_rows),
+    ).fetchone()
+    if row is None:
+        return end
+    ts: int = row[0]
+    return max(ts, cursor + 1)  # many rows on one timestamp: take them all
 
 
 def compact_once(
     conn: sqlite3.Connection, now_ns: int, config: CompactionConfig = DEFAULT_CONFIG
 ) -> int:
-    """Move up to `config.max_rows` head readings of the oldest closed window into blocks.
+    """Do one bounded step of compacting the oldest closed window; returns rows handled.
 
-    Returns the number of head rows moved (0 when no closed window has head readings).
+    Returns 0 when no closed window has head readings left. Each step is one transaction.
     """
     w = config.window_ns
     closed_before = (now_ns - config.grace_ns) // w * w
+    if not _has_temp_tables(conn):
+        for statement in _TEMP_SCHEMA:
+            conn.execute(statement)  # not executescript: it would commit the caller's work
     with _transaction(conn):
-        first = conn.execute(f"SELECT ts FROM {HEAD} ORDER BY ts LIMIT 1").fetchone()
-        if first is None or first[0] >= closed_before:
-            return 0
-        start = first[0] // w * w
+        state = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
+        if state is None:
+            first = conn.execute(f"SELECT ts FROM {HEAD} ORDER BY ts LIMIT 1").fetchone()
+            if first is None or first[0] >= closed_before:
+                return 0
+            state = (first[0] // w * w, "stage", first[0] // w * w)
+            conn.execute(f"DELETE FROM {_STAGE}")
+            conn.execute(f"INSERT INTO {_STATE} VALUES (?, ?, ?)", state)
+        start, step, cursor = state
         end = start + w
-        rows = conn.execute(
-            f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ? LIMIT ?",
-            (start, end, config.max_rows + 1),
-        ).fetchall()
-        where = "ts >= ? AND ts < ?"
-        params: tuple[int, ...] = (start, end)
-        if len(rows) > config.max_rows:
-            # More than one call's worth: take a slice of series ids sized to the budget.
-            n, lo, hi = conn.execute(
-                f"SELECT count(*), min(series_id), max(series_id) FROM {HEAD} WHERE {where}",
-                params,
-            ).fetchone()
-            span = max(1, (hi - lo + 1) * config.max_rows // n)
-            where += " AND series_id >= ? AND series_id < ?"
-            params = (start, end, lo, lo + span)
-            rows = conn.execute(
-                f"SELECT series_id, ts, value FROM {HEAD} WHERE {where}", params
-            ).fetchall()
+        n: int
+        if step == "stage":
+            n, nxt, done = _stage(conn, cursor, end, config.max_rows)
+        elif step == "pack":
+            n, nxt, done = _pack(conn, start, end, cursor, config.max_rows)
+        else:
+            n, nxt, done = _delete(conn, cursor, end, config.max_rows)
+        if not done:
+            conn.execute(f"UPDATE {_STATE} SET cursor = ?", (nxt,))
+        elif step == "stage":
+            conn.execute(f"UPDATE {_STATE} SET step = 'pack', cursor = ?", (-(2**63),))
+        elif step == "pack":
+            conn.execute(f"UPDATE {_STATE} SET step = 'delete', cursor = ?", (start,))
+        else:
+            conn.execute(f"DELETE FROM {_STATE}")
+            conn.execute(f"DELETE FROM {_STAGE}")
+            log.debug("compacted window start_ns=%d", start)
+    return max(n, 1)
+
+
+def _has_temp_tables(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM temp.sqlite_master WHERE name IN "
+        "('compaction_stage', 'compaction_state')"
+    ).fetchone()
+    return bool(row[0] == 2)
+
+
+def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tuple[int, int, bool]:
+    """Copy the next chunk of the window's head rows into the series-ordered stage."""
+    bound = _chunk_end(conn, cursor, end, max_rows)
+    n = conn.execute(
+        f"INSERT OR IGNORE INTO {_STAGE} SELECT series_id, ts, value FROM {HEAD} "
+        "WHERE ts >= ? AND ts < ?",
+        (cursor, bound),
+    ).rowcount
+    return n, bound, bound >= end
+
+
+def _pack(
+    conn: sqlite3.Connection, start: int, end: int, cursor: int, max_rows: int
+) -> tuple[int, int, bool]:
+    """Write the blocks of the next slice of series (about `max_rows` staged readings)."""
+    row = conn.execute(
+        f"SELECT series_id FROM {_STAGE} WHERE series_id >= ? ORDER BY series_id LIMIT 1 OFFSET ?",
+        (cursor, max_rows),
+    ).fetchone()
+    done = row is None
+    bound = 2**63 - 1 if row is None else max(row[0], cursor + 1)
+    rows = conn.execute(
+        f"SELECT series_id, ts, value FROM {_STAGE} WHERE series_id >= ? AND series_id < ? "
+        "ORDER BY series_id, ts",
+        (cursor, bound),
+    ).fetchall()
+    if rows:
         _write_blocks(conn, start, end, rows)
-        conn.execute(f"DELETE FROM {HEAD} WHERE {where}", params)
-    log.debug("compacted window start_ns=%d rows=%d", start, len(rows))
-    return len(rows)
+    return len(rows), bound, done
+
+
+def _delete(
+    conn: sqlite3.Connection, cursor: int, end: int, max_rows: int
+) -> tuple[int, int, bool]:
+    """Delete the next chunk of the window's head rows that are now in blocks.
+
+    Rows not in the stage arrived late, after their part of the window was staged: they
+    stay in the head and a later call merges them into the block.
+    """
+    bound = _chunk_end(conn, cursor, end, max_rows)
+    n = conn.execute(
+        f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ? AND EXISTS (SELECT 1 FROM {_STAGE} AS s "
+        f"WHERE s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)",
+        (cursor, bound),
+    ).rowcount
+    return n, bound, bound >= end
 
 
 def _write_blocks(
     conn: sqlite3.Connection, start: int, end: int, rows: list[tuple[int, int, codec.Value]]
 ) -> None:
+    # Rows come sorted by (series_id, ts): cut the columns into per-series runs without a
+    # Python step per row (zip, Counter and slicing run in C).
+    sids, tss, vals = zip(*rows, strict=True)
     per_series: dict[int, tuple[list[int], list[codec.Value]]] = {}
-    for sid, t, value in rows:  # head order is (ts, series_id): each list is sorted
-        entry = per_series.get(sid)
-        if entry is None:
-            per_series[sid] = ([t], [value])
-        else:
-            entry[0].append(t)
-            entry[1].append(value)
+    pos = 0
+    for sid, count in Counter(sids).items():
+        per_series[sid] = (list(tss[pos : pos + count]), list(vals[pos : pos + count]))
+        pos += count
     existing = dict(
         conn.execute(
             f"SELECT series_id, data FROM {BLOCKS} WHERE start_ns = ? "
-            "AND series_id IN (SELECT value FROM json_each(?))",
-            (start, json.dumps(sorted(per_series))),
+            "AND series_id >= ? AND series_id <= ?",
+            (start, sids[0], sids[-1]),
         ).fetchall()
     )
     out = []

@@ -106,13 +106,16 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
 def m0002_blocks(db: sqlite_utils.Database) -> None:
     # Compacted storage (collector.compactor writes it, collector.scan reads it): one row per
     # (series, window) holding that window's readings packed by collector.blocks, with the
-    # summaries aggregates use without decoding. Series-first key: one series' history is a
-    # contiguous range. The (start_ns) index serves retention and the compactor's merges.
+    # summaries aggregates use without decoding. A rowid table: the compactor writes a window
+    # at a time, so rows append and pages stay full (a (series_id, start_ns) WITHOUT ROWID
+    # key measured half-empty pages); the small unique index finds one series' blocks and
+    # the (start_ns) index serves retention and the compactor's merges.
     # Summary columns have no declared type (no affinity): a value is stored exactly as
     # given, where `ANY` in a non-STRICT table would mean NUMERIC affinity.
     db.executescript(
         f"""
         CREATE TABLE {BLOCKS} (
+            id INTEGER PRIMARY KEY,
             series_id INTEGER NOT NULL,
             start_ns INTEGER NOT NULL,
             end_ns INTEGER NOT NULL,
@@ -125,9 +128,9 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
             max,
             sum,
             data BLOB NOT NULL,
-            PRIMARY KEY (series_id, start_ns)
-        ) WITHOUT ROWID;
-        CREATE INDEX blocks_by_start ON {BLOCKS}(start_ns);
+            UNIQUE (series_id, start_ns)
+        );
+        CREATE INDEX blocks_by_start ON {BLOCKS}(start_ns, series_id);
         CREATE VIEW {RECENT_VIEW} AS
             SELECT
                 strftime('%Y-%m-%dT%H:%M:%f', h.ts / 1000000000.0, 'unixepoch') || 'Z' AS time,

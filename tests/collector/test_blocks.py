@@ -30,11 +30,12 @@ def columns(draw: st.DrawFn, values: st.SearchStrategy[object]) -> tuple[list[in
 
 @given(st.data())
 def test_round_trip_is_exact(data: st.DataObject) -> None:
-    kind = data.draw(st.sampled_from(["int", "float", "decimal", "text", "mixed"]))
+    kind = data.draw(st.sampled_from(["int", "float", "decimal", "number", "text", "mixed"]))
     value_st = {
         "int": INT64,
         "float": st.floats(allow_nan=False, width=64),
         "decimal": st.integers(-(10**9), 10**9).map(lambda n: n / 1000),
+        "number": st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6)),
         "text": st.text(max_size=20),
         "mixed": st.one_of(INT64, st.floats(allow_nan=False), st.text(max_size=5), st.none()),
     }[kind]
@@ -61,6 +62,8 @@ def test_nan_and_negative_zero_round_trip() -> None:
         ([0.1 + 0.2, 1 / 3, 2.0**-60, 1e300], blocks.FLOAT_XOR),
         (["on", "off", "on", "on"], blocks.GENERIC),
         ([1, 2.5, "x", None], blocks.GENERIC),
+        ([20, 20.5, 21, -3.25], blocks.NUMBER_DECIMAL),
+        ([20, 0.1 + 0.2, 21, 1.0], blocks.GENERIC),  # not decimal: no exact int/float packing
         ([-(2**63), 2**63 - 1, 0, 1], blocks.GENERIC),  # deltas overflow int64
         ([True, False, True, True], blocks.GENERIC),  # kept as bools, not 0/1
     ],

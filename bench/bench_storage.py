@@ -1,0 +1,272 @@
+"""Storage engine benchmark: durable ingest with compaction in the same thread, size, reads.
+
+    .venv/bin/python bench/bench_storage.py                       # 20M readings (or time budget)
+    .venv/bin/python bench/bench_storage.py --readings 3000000 --devices 100 --window-s 1800
+
+Mimics the writer: 1,000-row transactions (WAL, synchronous=FULL) of `executemany`
+INSERT OR IGNORE into the head plus the per-series last_ts/last_value/count update, devices
+interleaved, and `compactor.compact_once` after every commit with "now" = the newest
+timestamp written (the data's clock runs faster than the wall clock). Timed: the SQLite work
+and compaction, not the generation of readings. Then: bytes per reading after the last
+window is compacted, `scan.latest` for 1,000 series, and 24 h of one series in 1-minute
+buckets via `scan.aggregate`. Writes only to a temporary directory (or --dir).
+
+Sensors per device (values quantised as real sensors report them; one full-precision float):
+temperature 0.01, humidity 0.1, pressure 0.1, voltage 0.001, counter (int), door (0/1),
+co2 ppm (int), load (full-precision float).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from collector import compactor, scan, store
+
+S: int = 10**9
+T0_NS: int = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
+INSERT_HEAD = (
+    "INSERT OR IGNORE INTO readings_head (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
+)
+UPDATE_SERIES = (
+    "UPDATE series SET first_ts = coalesce(first_ts, ?1), "
+    "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
+    "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
+)
+SENSORS = ("temperature", "humidity", "pressure", "voltage", "counter", "door", "co2", "load")
+
+
+def readings(
+    devices: int, sensors: int, interval_ns: int, jitter_ns: int, seed: int
+) -> Iterator[tuple[int, int, int | float, int]]:
+    """(ts, series_id, value, lag_ms) forever: every device samples all sensors each tick."""
+    rnd = random.Random(seed)
+    state = [[20.0, 50.0, 1013.0, 3.3, 0, 0, 420, 0.0] for _ in range(devices)]
+    spacing = interval_ns // devices
+    tick = 0
+    while True:
+        base = T0_NS + tick * interval_ns
+        for dev in range(devices):
+            st = state[dev]
+            ts = base + dev * spacing
+            first = dev * sensors + 1
+            for s in range(sensors):
+                r = rnd.random()
+                k = s % 8
+                value: int | float
+                if k == 0:
+                    st[0] += (r - 0.5) * 0.05
+                    value = round(st[0], 2)
+                elif k == 1:
+                    st[1] += (r - 0.5) * 0.3
+                    value = round(st[1], 1)
+                elif k == 2:
+                    st[2] += (r - 0.5) * 0.2
+                    value = round(st[2], 1)
+                elif k == 3:
+                    value = round(3.3 + (r - 0.5) * 0.02, 3)
+                elif k == 4:
+                    st[4] += int(r * 10)
+                    value = int(st[4])
+                elif k == 5:
+                    if r < 0.01:
+                        st[5] = 1 - int(st[5])
+                    value = int(st[5])
+                elif k == 6:
+                    st[6] += int((r - 0.5) * 6)
+                    value = int(st[6])
+                else:
+                    value = r * 4.0
+                t = ts + (rnd.randrange(-jitter_ns, jitter_ns + 1) if jitter_ns else 0)
+                yield t, first + s, value, 5
+        tick += 1
+
+
+def setup_db(path: Path, devices: int, sensors: int) -> sqlite3.Connection:
+    store.migrate(path)
+    conn = store.connect(path)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO devices (id, name, token_hash, created_ns) VALUES (?, ?, 'x', 0)",
+        [(d + 1, f"dev-{d:04d}") for d in range(devices)],
+    )
+    conn.executemany(
+        "INSERT INTO series (id, device_id, sensor, kind, unit) VALUES (?, ?, ?, 'number', '')",
+        [
+            (d * sensors + s + 1, d + 1, SENSORS[s % 8] + ("" if s < 8 else str(s)))
+            for d in range(devices)
+            for s in range(sensors)
+        ],
+    )
+    conn.execute("COMMIT")
+    return conn
+
+
+def write_batch(conn: sqlite3.Connection, rows: list[tuple[int, int, int | float, int]]) -> None:
+    fold: dict[int, list[object]] = {}
+    for ts, sid, value, _ in rows:
+        f = fold.get(sid)
+        if f is None:
+            fold[sid] = [ts, ts, value, 1, sid]
+        else:
+            if ts >= f[1]:  # type: ignore[operator]  # ints
+                f[1], f[2] = ts, value
+            f[3] += 1  # type: ignore[operator]  # int
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(INSERT_HEAD, rows)
+    conn.executemany(UPDATE_SERIES, list(fold.values()))
+    conn.execute("COMMIT")
+
+
+def median_ms(fn: object, runs: int = 15) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()  # type: ignore[operator]  # a callable
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--readings", type=int, default=20_000_000)
+    ap.add_argument("--slice", type=int, default=1_000_000, help="readings per reported slice")
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--sensors", type=int, default=8)
+    ap.add_argument("--interval-s", type=float, default=10.0, help="sampling interval per series")
+    ap.add_argument("--jitter-ms", type=int, default=0, help="random timestamp jitter, +/- ms")
+    ap.add_argument("--window-s", type=int, default=compactor.WINDOW_NS // S)
+    ap.add_argument("--grace-s", type=int, default=compactor.GRACE_NS // S)
+    ap.add_argument("--max-rows", type=int, default=compactor.MAX_ROWS_PER_CALL)
+    ap.add_argument("--txn-rows", type=int, default=1000)
+    ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
+    ap.add_argument("--dir", type=Path, default=None, help="keep the DB here (default: temp)")
+    args = ap.parse_args()
+
+    config = compactor.CompactionConfig(args.window_s * S, args.grace_s * S, args.max_rows)
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+        root = args.dir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "bench.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        run(path, args, config)
+
+
+def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig) -> None:
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.platform()}")
+    print(f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}")
+    print(
+        f"shape: {args.devices} devices x {args.sensors} sensors, interval {args.interval_s}s, "
+        f"jitter {args.jitter_ms} ms, window {args.window_s}s, grace {args.grace_s}s, "
+        f"{args.txn_rows}-row transactions, synchronous=FULL"
+    )
+    conn = setup_db(path, args.devices, args.sensors)
+    gen = readings(
+        args.devices, args.sensors, int(args.interval_s * S), args.jitter_ms * 10**6, seed=1
+    )
+    done = 0
+    slice_t = slice_compact = 0.0
+    total_t = total_compact = 0.0
+    newest = T0_NS
+    started = time.monotonic()
+    print(f"{'slice':>10} {'readings/s':>11} {'compaction share':>17}")
+    while done < args.readings:
+        rows = [next(gen) for _ in range(args.txn_rows)]
+        t = time.perf_counter()
+        write_batch(conn, rows)
+        newest = max(newest, rows[-1][0])
+        t2 = time.perf_counter()
+        compactor.compact_once(conn, newest, config)
+        t3 = time.perf_counter()
+        slice_t += t3 - t
+        slice_compact += t3 - t2
+        done += len(rows)
+        if done % args.slice == 0:
+            m = done // args.slice
+            print(
+                f"{m - 1:>4}-{m:<3}M {args.slice / slice_t:>11,.0f} "
+                f"{slice_compact / slice_t:>16.0%}",
+                flush=True,
+            )
+            total_t += slice_t
+            total_compact += slice_compact
+            slice_t = slice_compact = 0.0
+            if time.monotonic() - started > args.max_seconds:
+                print(f"stopping at {done:,} readings: --max-seconds {args.max_seconds} reached")
+                break
+    print(
+        f"total: {done:,} readings in {total_t:.1f}s = {done / total_t:,.0f} readings/s, "
+        f"compaction {total_compact / total_t:.0%} of it"
+    )
+    head_rows = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
+    print(f"head rows before final compaction: {head_rows:,}")
+    t = time.perf_counter()
+    drained = 0
+    while n := compactor.compact_once(conn, newest + config.window_ns + config.grace_ns, config):
+        drained += n
+    dt = time.perf_counter() - t
+    print(f"final compaction: {drained:,} steps in {dt:.1f}s")
+    report_size(conn, path, done)
+    report_reads(path, args, newest)
+    conn.close()
+
+
+def report_size(conn: sqlite3.Connection, path: Path, done: int) -> None:
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    nblocks, blob = conn.execute("SELECT count(*), sum(length(data)) FROM blocks").fetchone()
+    print(
+        f"file {pages * page / 2**20:,.1f} MiB ({pages * page / done:.2f} B/reading), "
+        f"in use {(pages - free) * page / done:.2f} B/reading, "
+        f"block payloads {blob / done:.2f} B/reading in {nblocks:,} blocks "
+        f"({done / nblocks:.0f} readings/block)"
+    )
+    for codec, n, size, count in conn.execute(
+        "SELECT unicode(substr(data, 2, 1)), count(*), sum(length(data)), sum(count) "
+        "FROM blocks GROUP BY 1"
+    ):
+        print(f"  codec {codec}: {n:,} blocks, {size / count:.2f} B/reading payload")
+    t = time.perf_counter()
+    conn.execute("VACUUM")
+    vac = Path(path).stat().st_size
+    print(
+        f"after VACUUM ({time.perf_counter() - t:.0f}s): {vac / 2**20:,.1f} MiB = "
+        f"{vac / done:.2f} B/reading"
+    )
+
+
+def report_reads(path: Path, args: argparse.Namespace, newest: int) -> None:
+    reader = store.connect(path, readonly=True)
+    ids = list(range(1, min(1000, args.devices * args.sensors) + 1))
+    assert len(scan.latest(reader, ids)) == len(ids)
+    latest_ms = median_ms(lambda: scan.latest(reader, ids))
+    until = newest + 1
+    since = until - 86_400 * S
+    sid = 1
+    buckets = list(scan.aggregate(reader, [sid], since, until, 60 * S, "avg"))
+    agg_ms = median_ms(lambda: list(scan.aggregate(reader, [sid], since, until, 60 * S, "avg")))
+    hour_ms = median_ms(lambda: list(scan.aggregate(reader, [sid], since, until, 3600 * S, "avg")))
+    n_range = len(list(scan.read_range(reader, [sid], since, until)))
+    range_ms = median_ms(lambda: list(scan.read_range(reader, [sid], since, until)))
+    print(f"latest for {len(ids)} series: {latest_ms:.2f} ms (median)")
+    print(
+        f"24 h of one series in 1-minute buckets: {agg_ms:.2f} ms ({len(buckets)} buckets); "
+        f"in 1-hour buckets (summaries): {hour_ms:.2f} ms; raw read_range of {n_range:,} "
+        f"readings: {range_ms:.2f} ms"
+    )
+    reader.close()
+
+
+if __name__ == "__main__":
+    main()
