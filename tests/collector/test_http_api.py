@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_query_support import (  # type: ignore[import-not-found]  # beside this file; pytest puts it on sys.path
+
+from collector import http_api, query
+from collector.errors import ConfigError
+from tests.collector.test_query_support import (
     MIN,
     T0,
     Db,
@@ -22,9 +25,6 @@ from test_query_support import (  # type: ignore[import-not-found]  # beside thi
     serve_api,
     standard_db,
 )
-
-from collector import http_api, query
-from collector.errors import ConfigError
 
 
 @pytest.fixture

@@ -8,7 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_query_support import (  # type: ignore[import-not-found]  # beside this file; pytest puts it on sys.path
+
+from collector import query
+from collector.errors import ConfigError
+from collector.formats import RowWriter, write_rows
+from tests.collector.test_query_support import (
     MIN,
     T0,
     Db,
@@ -16,10 +20,6 @@ from test_query_support import (  # type: ignore[import-not-found]  # beside thi
     readonly,
     standard_db,
 )
-
-from collector import query
-from collector.errors import ConfigError
-from collector.formats import RowWriter, write_rows
 
 NOW = T0 + 3600 * S
 

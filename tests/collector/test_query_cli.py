@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_query_support import (  # type: ignore[import-not-found]  # beside this file; pytest puts it on sys.path
+
+from collector import query
+from collector.cli import cli, main
+from tests.collector.test_query_support import (
     MIN,
     T0,
     Db,
@@ -24,9 +27,6 @@ from test_query_support import (  # type: ignore[import-not-found]  # beside thi
     serve_api,
     standard_db,
 )
-
-from collector import query
-from collector.cli import cli, main
 
 ROOT = Path(__file__).resolve().parents[2]
 

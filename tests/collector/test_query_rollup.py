@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_query_support import (  # type: ignore[import-not-found]  # beside this file; pytest puts it on sys.path
+
+from collector import compactor, query, store
+from collector.cli import cli
+from tests.collector.test_query_support import (
     MIN,
     T0,
     Db,
     S,
     readonly,
 )
-
-from collector import compactor, query, store
-from collector.cli import cli
 
 HOURS = 5
 STEP = 10 * S

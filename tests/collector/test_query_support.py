@@ -14,9 +14,10 @@ import sqlite3
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgpack
 from aiohttp import web
@@ -88,7 +89,7 @@ class Db:
         device: str,
         sensor: str,
         kind: str,
-        points: list[tuple[int, object]],
+        points: Sequence[tuple[int, object]],
         *,
         unit: str | None = None,
         tags: Mapping[str, str] | None = None,
@@ -204,7 +205,7 @@ def serve_api(db_path: Path, *, token: str | None = None) -> Iterator[str]:
         loop.close()
 
 
-def get_json(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
+def get_json(url: str, token: str | None = None) -> tuple[int, Any]:
     req = urllib.request.Request(url)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
