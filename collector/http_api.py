@@ -1,6 +1,5 @@
 """Read-only JSON HTTP API over `collector.query` (aiohttp routes under /api/v1).
 
-    GET /api/v1/devices     devices: last seen, connected, readings total
     GET /api/v1/series      series matching the filters
     GET /api/v1/readings    readings in a range, paginated by an opaque cursor
     GET /api/v1/aggregate   time-bucketed aggregates (every + agg), paginated
@@ -8,11 +7,12 @@
     GET /api/v1/rejected    the dead-letter table
     GET /api/v1/stream      Server-Sent Events: readings committed after the request
 
-docs/api.md is the reference. The collector's HTTP server calls `register(app, db_path)`;
-this module owns only these routes. Every database call runs in a worker thread on its own
-read-only connection (never on the event loop, never taking the write lock). Bad parameters
-answer 400 `{"error": ..., "param": ...}`; with a read token, a request without
-`Authorization: Bearer <token>` answers 401.
+docs/api.md is the reference. The collector's HTTP server (`collector.http`) calls
+`register(app, db_path)` and serves /api/v1/devices itself (it holds the live connection
+state and per-device counters); this module owns only the routes above. Every database
+call runs in a worker thread on its own read-only connection (never on the event loop,
+never taking the write lock). Bad parameters answer 400 `{"error": ..., "param": ...}`;
+with a read token, a request without `Authorization: Bearer <token>` answers 401.
 
 Must not: write to the database, log per request or per reading, or hold a connection
 between requests (except a stream's own connection, closed when the stream ends).
@@ -57,7 +57,6 @@ T = TypeVar("T")
 class _Config:
     db_path: str
     token: str | None
-    connected: Callable[[], Collection[str]] | None
     stopping: asyncio.Event
 
 
@@ -100,21 +99,18 @@ def register(
     db_path: str,
     *,
     token: str | None = None,
-    connected: Callable[[], Collection[str]] | None = None,
 ) -> None:
     """Add the /api/v1 routes to `app`, reading the database file at `db_path`.
 
     `token`: when set, every route requires `Authorization: Bearer <token>`.
-    `connected`: returns the names of devices connected right now (for /devices).
     """
-    app[_CONFIG] = _Config(db_path, token, connected, asyncio.Event())
+    app[_CONFIG] = _Config(db_path, token, asyncio.Event())
 
     async def on_shutdown(app: web.Application) -> None:
         app[_CONFIG].stopping.set()  # ends open streams so shutdown does not wait on them
 
     app.on_shutdown.append(on_shutdown)
     routes = {
-        "devices": _devices,
         "series": _series,
         "readings": _readings,
         "aggregate": _aggregate,
@@ -266,14 +262,6 @@ _RANGE_PARAMS: Final = _FILTER_PARAMS | {"since", "until", "order", "limit", "cu
 
 
 # ---------------------------------------------------------------- handlers
-
-
-async def _devices(request: web.Request) -> web.Response:
-    _check_known(request.query, ())
-    cb = request.app[_CONFIG].connected
-    connected = None if cb is None else set(cb())
-    rows = await _in_db(request, lambda c: query.list_devices(c, connected))
-    return _json_rows("devices", rows, {})
 
 
 async def _series(request: web.Request) -> web.Response:

@@ -77,16 +77,14 @@ def _file_rows(db: Db, f: query.Filters, order: query.Order) -> list[dict[str, o
         conn.close()
 
 
-def test_series_and_devices(api: str, db: Db) -> None:
+def test_series(api: str, db: Db) -> None:
     status, body = get_json(_url(api, "series", device="greenhouse-*", tag="zone=z2"))
     assert status == 200
     assert [(s["device"], s["sensor"], s["count"]) for s in body["series"]] == [
         ("greenhouse-2", "air-temp", 10)
     ]
-    status, body = get_json(_url(api, "devices"))
-    by = {d["device"]: d for d in body["devices"]}
-    assert by["greenhouse-1"]["connected"] is True and by["pump-1"]["connected"] is False
-    assert by["greenhouse-1"]["readings"] == 15
+    status, body = get_json(_url(api, "series", kind="gps", field="lon"))
+    assert [(s["sensor"], s["field"], s["unit"]) for s in body["series"]] == [("gps", "lon", "")]
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])

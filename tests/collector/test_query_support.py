@@ -180,7 +180,7 @@ def serve_api(db_path: Path, *, token: str | None = None) -> Iterator[str]:
         nonlocal stop
         stop = asyncio.Event()
         app = web.Application()
-        http_api.register(app, str(db_path), token=token, connected=lambda: {"greenhouse-1"})
+        http_api.register(app, str(db_path), token=token)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
