@@ -16,13 +16,6 @@ device runs it without the collector's dependencies. It never imports `collector
 from __future__ import annotations
 
 AGENT_NAME = "telemetry-agent"
-
-
-def agent_version() -> str:
-    """The installed package version (looked up on demand: importlib.metadata is heavy)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sensor-telemetry")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
+# Kept equal to pyproject's version by tests/agents/test_footprint.py: importlib.metadata
+# would cost the device ~1 MB of RSS just to say this in HELLO.
+__version__ = "0.1.0"

@@ -7,20 +7,20 @@ The only agent module that imports click. Bad arguments and bad config raise
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agents.config import AgentConfig, AgentConfigError, InputConfig, load_config
-from agents.runner import Runner, build_inputs, dry_run
-from agents.sources import SourceError, source_names
-from schemas.wire import Reading
+
+if TYPE_CHECKING:
+    from agents.runner import Runner
+    from schemas.wire import Reading
 
 log = logging.getLogger(__name__)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -80,6 +80,10 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
         return
     if dry_run:
         sys.exit(_dry_run(cfg))
+    import asyncio
+
+    from agents.runner import Runner
+
     runner = Runner(cfg)
     try:
         asyncio.run(_serve(runner, once=once))
@@ -92,14 +96,33 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
 def _load(path: Path) -> AgentConfig:
     """Load the config and build every input once, so option errors surface now."""
     try:
-        cfg = load_config(path, known_sources=source_names())
+        cfg = load_config(path)
+        if not cfg.tls.enabled:
+            _without_ssl()
+        from agents.runner import build_inputs
+
         build_inputs(cfg)
     except AgentConfigError as exc:
         raise click.UsageError(str(exc)) from None
     return cfg
 
 
+def _without_ssl() -> None:
+    """Keep asyncio from importing ssl when TLS is off.
+
+    asyncio imports ssl at import time only to offer TLS; libssl and libcrypto cost a device
+    ~4.5 MB of RSS (docs/benchmarks.md). With `sys.modules["ssl"] = None` the import raises
+    ImportError, which asyncio handles by going without TLS. Only the CLI does this, before
+    anything has imported asyncio or ssl; the Python API leaves the host program alone.
+    """
+    if "ssl" not in sys.modules and "asyncio" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # the documented import blocker
+
+
 async def _serve(runner: Runner, *, once: bool) -> None:
+    import asyncio
+    import signal
+
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -109,6 +132,11 @@ async def _serve(runner: Runner, *, once: bool) -> None:
 
 
 def _dry_run(cfg: AgentConfig) -> int:
+    import asyncio
+
+    from agents.runner import dry_run
+    from agents.sources import SourceError
+
     failed = 0
     for inp, result in asyncio.run(dry_run(cfg)):
         if isinstance(result, SourceError):

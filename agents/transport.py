@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
-from agents import AGENT_NAME, agent_version
+from agents import AGENT_NAME, __version__
 from agents.config import AgentConfig
 from agents.spool import SealedBatch, Spool
 from schemas import errors
@@ -232,7 +232,7 @@ class Transport:
             device_id=self.cfg.device_id,
             token=self.cfg.token,
             agent=AGENT_NAME,
-            agent_version=agent_version(),
+            agent_version=__version__,
             dropped=dropped,
         )
         writer.write(conn.send(hello))
