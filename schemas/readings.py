@@ -8,8 +8,8 @@ kinds (gps, acceleration, user-defined) validate their value as a TypedDict that
 extra keys.
 
 `ReadingValidator.validate_batch` returns the valid readings plus one `Reject` per invalid
-reading (index, code, field path, message). The common all-valid batch costs one pass; a
-batch with rejects costs a second pass over its valid readings.
+reading (index, code, field path, message). Every batch costs one pass: an invalid reading
+is marked in place, and only the invalid ones are validated again, alone, to learn why.
 
 No I/O in this module; collector-side only (the agent never imports pydantic).
 """
@@ -34,12 +34,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    GetCoreSchemaHandler,
     StrictBool,
     StrictInt,
     Tag,
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import core_schema
 from typing_extensions import TypedDict
 
 from schemas.kinds import BUILTIN_KINDS, MAX_TEXT_CHARS, Bounds, FieldSpec, KindSpec, merge_kinds
@@ -200,7 +202,13 @@ class ReadingValidator:
                 custom_error_message="unknown sensor kind",
             ),
         ]
-        self._adapter: TypeAdapter[list[ValidReading]] = TypeAdapter(list[union])  # type: ignore[valid-type]
+        # The batch validator never raises for an invalid reading: it puts _INVALID in its
+        # place (pydantic-core's on_error="default"), so a batch with rejects costs one pass
+        # plus one small validation per reject to learn why, not a second pass over the batch.
+        self._batch: TypeAdapter[list[ValidReading | _Invalid]] = TypeAdapter(
+            list[Annotated[union, _INVALID]]  # type: ignore[valid-type]  # run-time union
+        )
+        self._one: TypeAdapter[ValidReading] = TypeAdapter(union)  # type: ignore[arg-type]  # run-time union
 
     def _discriminate(self, v: object) -> str | None:
         if type(v) is not list:
@@ -222,23 +230,43 @@ class ReadingValidator:
 
     def validate_batch(self, readings: Sequence[object]) -> BatchResult:
         """Validate a batch as a whole; never raises for bad readings, only reports them."""
-        try:
-            valid = self._adapter.validate_python(readings)
-        except ValidationError as exc:
-            return self._split(readings, exc)
-        return BatchResult(valid, list(range(len(valid))), [])
+        out = self._batch.validate_python(readings)
+        if _INVALID not in out:
+            return BatchResult(out, list(range(len(out))), [])  # type: ignore[arg-type]  # no _INVALID
+        valid: list[ValidReading] = []
+        valid_index: list[int] = []
+        rejects: list[Reject] = []
+        for i, r in enumerate(out):
+            if isinstance(r, _Invalid):
+                rejects.append(self._why(i, readings[i]))
+            else:
+                valid.append(r)
+                valid_index.append(i)
+        return BatchResult(valid, valid_index, rejects)
 
-    def _split(self, readings: Sequence[object], exc: ValidationError) -> BatchResult:
-        first: dict[int, Reject] = {}
-        for err in exc.errors(include_url=False, include_input=False, include_context=False):
-            loc = err["loc"]
-            idx = loc[0] if loc and isinstance(loc[0], int) else -1
-            if idx < 0 or idx in first:
-                continue
-            first[idx] = _reject(idx, readings[idx], err["type"], loc[1:], err["msg"])
-        good = [i for i in range(len(readings)) if i not in first]
-        valid = self._adapter.validate_python([readings[i] for i in good]) if good else []
-        return BatchResult(valid, good, [first[i] for i in sorted(first)])
+    def _why(self, index: int, reading: object) -> Reject:
+        """The reject for one reading the batch validator marked invalid."""
+        try:
+            self._one.validate_python(reading)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+            return _reject(index, reading, err["type"], err["loc"], err["msg"])
+        raise AssertionError(f"reading {index} failed in its batch but validates alone")
+
+
+class _Invalid:
+    """Marks an invalid reading in the batch validator's output."""
+
+    __slots__ = ()
+
+    def __get_pydantic_core_schema__(
+        self, source: object, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_default_schema(handler(source), default=self, on_error="default")
+
+
+# Also the Annotated metadata that means "this item, or _INVALID when it fails".
+_INVALID: Final = _Invalid()
 
 
 def _reject(
