@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE INDEX IF NOT EXISTS readings_by_seq ON readings(seq) WHERE seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Shortest gap between two "spool full" log lines.
+DROP_LOG_INTERVAL_S: Final = 60.0
 _META_DEFAULTS: Final = {
     "next_seq": 1,
     "dropped_total": 0,
@@ -115,6 +117,8 @@ class Spool:
         # Monotonic time the oldest pending reading arrived; readings found on disk at
         # start-up are old by definition, so they are due at once.
         self._oldest_pending_at: float | None = 0.0 if self._pending else None
+        self._drops_unlogged = 0
+        self._last_drop_log = -DROP_LOG_INTERVAL_S
 
     # -- helpers (caller holds the lock)
 
@@ -175,12 +179,22 @@ class Spool:
             if self._oldest_pending_at is None and self._pending:
                 self._oldest_pending_at = time.monotonic()
         if drop_old + drop_own:
+            self._log_drops(drop_old + drop_own)
+        return len(bodies) + drop_own
+
+    def _log_drops(self, n: int) -> None:
+        # One line per DROP_LOG_INTERVAL_S at most: a device offline for days must not fill
+        # its journal with a line per sample. The exact count is persisted either way.
+        self._drops_unlogged += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
             log.warning(
-                "spool full, dropped oldest readings dropped=%d cap=%d",
-                drop_old + drop_own,
+                "spool full, dropped oldest readings dropped=%d cap=%d policy=drop-oldest",
+                self._drops_unlogged,
                 self.max_readings,
             )
-        return len(bodies) + drop_own
+            self._drops_unlogged = 0
+            self._last_drop_log = now
 
     def wait_for_space(self, timeout: float | None = None) -> bool:
         """Block the calling thread until the spool has room; False on timeout."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -139,3 +140,13 @@ def test_spool_uses_wal(tmp_path):
 def test_bad_cap_is_refused(tmp_path):
     with pytest.raises(ValueError, match="max_readings"):
         Spool(tmp_path / "s.db", max_readings=0, policy="block")
+
+
+def test_drops_are_logged_at_most_once_a_minute(tmp_path, caplog):
+    sp = Spool(tmp_path / "s.db", max_readings=2, policy="drop-oldest")
+    with caplog.at_level(logging.WARNING, logger="agents.spool"):
+        for i in range(10):
+            sp.put([_r(i)])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["spool full, dropped oldest readings dropped=1 cap=2 policy=drop-oldest"]
+    assert sp.stats().dropped_total == 8
