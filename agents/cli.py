@@ -1,4 +1,4 @@
-"""`telemetry agent` (and `python -m agents`): run, test or check a device agent.
+"""`telemetry agent` (and `python -m agents` via `main`): run, test or check a device agent.
 
 The only agent module that imports click. Bad arguments and bad config raise
 `click.UsageError` with one line naming the file, table and key (exit code 2 through
@@ -159,3 +159,19 @@ def format_reading(inp: InputConfig, r: Reading) -> str:
         f"> {r.sensor} kind={r.kind} value={value} unit={r.unit or '-'} tags={tags} "
         f"ts={ts.replace('+00:00', 'Z')} input={inp.label}"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m agents`: run the command; click errors become one line and exit code 2."""
+    prog = "python -m agents"
+    try:
+        rv = agent.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"{prog}: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code != 1 else 2)
+    sys.exit(rv if isinstance(rv, int) else 0)
