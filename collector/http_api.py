@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
@@ -35,7 +34,7 @@ from multidict import MultiMapping
 
 from collector import query, store
 from collector.errors import ConfigError
-from collector.formats import dumps_row, json_default
+from collector.formats import dumps_json, dumps_row
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +145,11 @@ def _error(status: int, message: str, param: str) -> web.Response:
 
 
 def _dumps(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=json_default)
+    return dumps_json(obj)
 
 
 def _json_rows(key: str, rows: list[query.Row], extra: Mapping[str, object]) -> web.Response:
-    body = (
-        "{"
-        + f'"{key}":['
-        + ",".join(dumps_row(r) for r in rows)
-        + "]"
-        + "".join(f",{json.dumps(k)}:{_dumps(v)}" for k, v in extra.items())
-        + "}"
-    )
-    return web.Response(text=body, content_type="application/json")
+    return web.Response(text=dumps_json({key: rows, **extra}), content_type="application/json")
 
 
 async def _in_db(request: web.Request, fn: Callable[[sqlite3.Connection], T]) -> T:
