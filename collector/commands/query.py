@@ -52,7 +52,7 @@ def _source_options(fn: F) -> F:
     fn = click.option(
         "--url",
         metavar="URL",
-        help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:8080) instead of --db.",
+        help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:7879) instead of --db.",
     )(fn)
     fn = click.option(
         "--db",
