@@ -180,10 +180,12 @@ def _decimal_scale(values: Sequence[Value], sample: int | None) -> int | None:
         if "e" in r or "n" in r:  # 1e-05, inf, nan: not worth scaling
             return None
         k = max(k, len(r[r.index(".") + 1 :].rstrip("0")))
+        if k > MAX_DECIMAL_SCALE:
+            return None
         seen += 1
         if seen == sample:
             break
-    return k if k <= MAX_DECIMAL_SCALE else None
+    return k
 
 
 def _scaled(values: Sequence[Value], k: int, mixed: bool) -> list[int] | None:
@@ -212,17 +214,19 @@ def _encode_values(values: Sequence[Value]) -> tuple[int, int, bytes]:
             pass  # deltas beyond int64: GENERIC below keeps them exact
     elif types <= {int, float}:
         mixed = int in types  # float kinds stored under NUMERIC affinity: 20.0 reads back 20
-        for sample in (_SCALE_SAMPLE, None):
-            k = _decimal_scale(values, sample)
+        k = _decimal_scale(values, _SCALE_SAMPLE)
+        scaled = None if k is None else _scaled(values, k, mixed)
+        if k is not None and scaled is None:  # the sample had fewer decimals than the rest
+            k = _decimal_scale(values, None)
             scaled = None if k is None else _scaled(values, k, mixed)
-            if k is not None and scaled is not None:
-                try:
-                    column = _shuffle(array("q", _deltas(scaled)))
-                except OverflowError:
-                    break
-                if mixed:
-                    flags = bytes([type(v) is int for v in values])
-                    return NUMBER_DECIMAL, k, column + flags
+        if k is not None and scaled is not None:
+            try:
+                column = _shuffle(array("q", _deltas(scaled)))
+            except OverflowError:
+                column = b""  # scaled deltas beyond int64
+            if column and mixed:
+                return NUMBER_DECIMAL, k, column + bytes([type(v) is int for v in values])
+            if column:
                 return FLOAT_DECIMAL, k, column
         if not mixed:
             bits = array("q")

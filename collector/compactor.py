@@ -110,14 +110,18 @@ def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
 
 _STAGE: Final = "temp.compaction_stage"
 _STATE: Final = "temp.compaction_state"
+_CHUNKS: Final = "temp.compaction_chunks"
 # Per-connection work state (temp tables): the stage holds the window being compacted,
-# ordered by series; the state row says which step is next. A new connection (a restart)
-# has neither and simply starts the oldest closed window again: every step is idempotent.
+# ordered by series; the chunks table how many head rows each staged time range had; the
+# state row says which step is next. A new connection (a restart) has none of them and
+# simply starts the oldest closed window again: every step is idempotent.
 _TEMP_SCHEMA: Final = (
     f"CREATE TABLE IF NOT EXISTS {_STAGE} (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, "
     "value, PRIMARY KEY (series_id, ts)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {_STATE} (window_start INTEGER NOT NULL, "
     "step TEXT NOT NULL, cursor INTEGER NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {_CHUNKS} (lo INTEGER PRIMARY KEY, hi INTEGER NOT NULL, "
+    "n INTEGER NOT NULL)",
 )
 
 
@@ -152,7 +156,7 @@ def compact_once(
             if first is None or first[0] >= closed_before:
                 return 0
             state = (first[0] // w * w, "stage", first[0] // w * w)
-            conn.execute(f"DELETE FROM {_STAGE}")
+            _clear_state(conn)
             conn.execute(f"INSERT INTO {_STATE} VALUES (?, ?, ?)", state)
         start, step, cursor = state
         end = start + w
@@ -162,7 +166,7 @@ def compact_once(
         elif step == "pack":
             n, nxt, done = _pack(conn, start, end, cursor, config.max_rows)
         else:
-            n, nxt, done = _delete(conn, cursor, end, config.max_rows)
+            n, nxt, done = _delete(conn, cursor, end)
         if not done:
             conn.execute(f"UPDATE {_STATE} SET cursor = ?", (nxt,))
         elif step == "stage":
@@ -170,8 +174,7 @@ def compact_once(
         elif step == "pack":
             conn.execute(f"UPDATE {_STATE} SET step = 'delete', cursor = ?", (start,))
         else:
-            conn.execute(f"DELETE FROM {_STATE}")
-            conn.execute(f"DELETE FROM {_STAGE}")
+            _clear_state(conn)
             log.debug("compacted window start_ns=%d", start)
     return max(n, 1)
 
@@ -179,9 +182,14 @@ def compact_once(
 def _has_temp_tables(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
         "SELECT count(*) FROM temp.sqlite_master WHERE name IN "
-        "('compaction_stage', 'compaction_state')"
+        "('compaction_stage', 'compaction_state', 'compaction_chunks')"
     ).fetchone()
-    return bool(row[0] == 2)
+    return bool(row[0] == len(_TEMP_SCHEMA))
+
+
+def _clear_state(conn: sqlite3.Connection) -> None:
+    for table in (_STATE, _STAGE, _CHUNKS):
+        conn.execute(f"DELETE FROM {table}")
 
 
 def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tuple[int, int, bool]:
@@ -192,6 +200,7 @@ def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tu
         "WHERE ts >= ? AND ts < ?",
         (cursor, bound),
     ).rowcount
+    conn.execute(f"INSERT OR REPLACE INTO {_CHUNKS} VALUES (?, ?, ?)", (cursor, bound, n))
     return n, bound, bound >= end
 
 
@@ -215,21 +224,28 @@ def _pack(
     return len(rows), bound, done
 
 
-def _delete(
-    conn: sqlite3.Connection, cursor: int, end: int, max_rows: int
-) -> tuple[int, int, bool]:
+def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, bool]:
     """Delete the next chunk of the window's head rows that are now in blocks.
 
     Rows not in the stage arrived late, after their part of the window was staged: they
-    stay in the head and a later call merges them into the block.
+    stay in the head and a later call merges them into the block. A chunk whose head row
+    count is what was staged has no such rows and is deleted as a plain range.
     """
-    bound = _chunk_end(conn, cursor, end, max_rows)
-    n = conn.execute(
-        f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ? AND EXISTS (SELECT 1 FROM {_STAGE} AS s "
-        f"WHERE s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)",
-        (cursor, bound),
-    ).rowcount
-    return n, bound, bound >= end
+    chunk = conn.execute(
+        f"SELECT lo, hi, n FROM {_CHUNKS} WHERE lo >= ? ORDER BY lo LIMIT 1", (cursor,)
+    ).fetchone()
+    if chunk is None:
+        return 0, end, True
+    lo, hi, staged = chunk
+    where = "ts >= ? AND ts < ?"
+    (now_in_head,) = conn.execute(f"SELECT count(*) FROM {HEAD} WHERE {where}", (lo, hi)).fetchone()
+    if now_in_head != staged:
+        where += (
+            f" AND EXISTS (SELECT 1 FROM {_STAGE} AS s "
+            f"WHERE s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)"
+        )
+    n: int = conn.execute(f"DELETE FROM {HEAD} WHERE {where}", (lo, hi)).rowcount
+    return n, hi, hi >= end
 
 
 def _write_blocks(
@@ -291,8 +307,14 @@ def apply_retention(
 
     Works in transactions of at most `batch_rows` rows each. Returns (blocks dropped, head
     rows deleted). A block holding readings on both sides of the cutoff is kept whole.
+    Run it on the compacting connection (the writer's), between maintenance calls.
     """
     blocks_dropped = head_deleted = 0
+    if _has_temp_tables(conn):
+        # A window part-way through compaction starts again: the delete step's row counts
+        # assume only the writer changed the head since staging.
+        with _transaction(conn):
+            _clear_state(conn)
     while True:
         with _transaction(conn):
             keys = conn.execute(

@@ -1,0 +1,231 @@
+"""Compaction and retention on real files: bounded steps, merges, config, and SIGKILL at
+random points of compaction losing or duplicating nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector import compactor, scan, store
+
+S = 10**9
+WINDOW = 60 * S
+CONFIG = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=5 * S, max_rows=300)
+
+
+def open_db(path: Path, n_series: int) -> sqlite3.Connection:
+    store.migrate(path)
+    conn = store.connect(path)
+    conn.execute("INSERT INTO devices (id, name, token_hash, created_ns) VALUES (1, 'dev', 'x', 0)")
+    conn.executemany(
+        "INSERT INTO series (id, device_id, sensor, kind) VALUES (?, 1, ?, 'number')",
+        [(sid, f"s{sid}") for sid in range(1, n_series + 1)],
+    )
+    return conn
+
+
+def insert(conn: sqlite3.Connection, rows: list[tuple[int, int, Any]]) -> int:
+    conn.execute("BEGIN IMMEDIATE")
+    n = conn.executemany(
+        "INSERT OR IGNORE INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)",
+        [(ts, sid, v) for sid, ts, v in rows],
+    ).rowcount
+    conn.execute("COMMIT")
+    return n
+
+
+def drain(conn: sqlite3.Connection, now: int, config: compactor.CompactionConfig = CONFIG) -> int:
+    steps = 0
+    while compactor.compact_once(conn, now, config):
+        steps += 1
+        assert steps < 100_000
+    return steps
+
+
+def head_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM readings_head").fetchone()[0])
+
+
+def population(n_series: int, minutes: int, seed: int) -> list[tuple[int, int, Any]]:
+    rnd = random.Random(seed)
+    rows = []
+    for sid in range(1, n_series + 1):
+        for i in range(minutes * 6):  # every 10 s
+            ts = i * 10 * S + sid * 1000
+            value: Any = round(rnd.uniform(-50, 50), 2) if sid % 3 else rnd.randrange(1000)
+            rows.append((sid, ts, value))
+    return rows
+
+
+def test_only_closed_windows_move(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 2)
+    insert(conn, population(2, 5, seed=1))  # windows 0..4 minutes
+    now = 3 * WINDOW + 2 * S  # windows 0 and 1 closed; 2 ends within the grace period
+    drain(conn, now)
+    starts = [r[0] for r in conn.execute("SELECT DISTINCT start_ns FROM blocks ORDER BY 1")]
+    assert starts == [0, WINDOW]
+    assert conn.execute("SELECT min(ts) FROM readings_head").fetchone()[0] >= 2 * WINDOW
+    assert head_count(conn) + conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] == 60
+
+
+def test_each_step_is_bounded(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 40)
+    insert(conn, population(40, 10, seed=2))  # 2,400 readings in one 10-minute window
+    config = compactor.CompactionConfig(window_ns=10 * WINDOW, grace_ns=0, max_rows=100)
+    handled = []
+    while n := compactor.compact_once(conn, 100 * WINDOW, config):
+        handled.append(n)
+    assert len(handled) > 3 * 2400 // 100 - 5  # stage, pack and delete, each in ~100s
+    assert max(handled) <= 100 + 40  # one timestamp or one series past the bound at most
+    assert head_count(conn) == 0
+    assert conn.execute("SELECT count(*), sum(count) FROM blocks").fetchone() == (40, 2400)
+
+
+def test_late_reading_during_compaction_is_kept_and_merged(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 3)
+    rows = population(3, 1, seed=3)
+    insert(conn, rows)
+    config = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=0, max_rows=20)
+    for _ in range(3):  # part-way: some of the window staged
+        assert compactor.compact_once(conn, 10 * WINDOW, config)
+    late = [(1, 5, 123.25), (2, 7, "late")]
+    assert insert(conn, late) == 2
+    drain(conn, 10 * WINDOW, config)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, [1, 2, 3], None, None))
+    assert len(got) == len(rows) + 2
+    assert (1, 5, 123.25) in got and (2, 7, "late") in got
+
+
+def test_restart_mid_window_resumes_without_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = open_db(path, 5)
+    rows = population(5, 3, seed=4)
+    insert(conn, rows)
+    config = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=0, max_rows=50)
+    for _ in range(25):  # into the pack or delete step of some window
+        compactor.compact_once(conn, 10 * WINDOW, config)
+    conn.close()  # the per-connection work state is gone
+    conn = store.connect(path)
+    drain(conn, 10 * WINDOW, config)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, range(1, 6), None, None))
+    assert sorted(got) == sorted(rows)
+
+
+def test_maintenance_hook_uses_defaults(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 2)
+    hour = compactor.WINDOW_NS
+    insert(conn, [(1, 10, 1.5), (2, hour + 10, 2)])
+    compactor.maintenance(conn, hour + compactor.GRACE_NS)  # window 0 closed, 1 open
+    assert conn.execute("SELECT series_id, start_ns, count FROM blocks").fetchall() == [(1, 0, 1)]
+    assert head_count(conn) == 1
+    assert not conn.in_transaction
+
+
+def test_compaction_inside_callers_transaction_uses_a_savepoint(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 1)
+    insert(conn, [(1, 10, 1.5)])
+    conn.execute("BEGIN")
+    drain(conn, 10 * WINDOW)
+    assert conn.in_transaction
+    conn.execute("ROLLBACK")
+    assert head_count(conn) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"window_ns": 0}, {"window_ns": 2 * 86_400 * S}, {"grace_ns": -1}, {"max_rows": 0}],
+)
+def test_config_is_checked(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        compactor.CompactionConfig(**kwargs)
+
+
+def test_retention_drops_whole_blocks_and_old_head_rows(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 2)
+    insert(conn, population(2, 5, seed=5))
+    drain(conn, 3 * WINDOW + 5 * S)  # windows 0..2 in blocks, 3..4 in the head
+    cutoff = 3 * WINDOW + 30 * S
+    dropped, deleted = compactor.apply_retention(conn, cutoff, batch_rows=4)
+    assert dropped == 2 * 3  # every block ends before the cutoff
+    assert deleted == 2 * 3  # head rows of the first half of window 3
+    got = list(scan.read_range(conn, [1, 2], None, None))
+    assert min(ts for _, ts, _ in got) >= cutoff
+    assert len(got) == 2 * 5 * 6 - 2 * 3 * 6 - 6
+    # A block straddling the cutoff stays whole.
+    drain(conn, 10 * WINDOW)
+    assert compactor.apply_retention(conn, 4 * WINDOW + S) == (2, 0)  # window 3's blocks
+    assert conn.execute(
+        "SELECT count(*) FROM blocks WHERE start_ns = ?", (4 * WINDOW,)
+    ).fetchone() == (2,)
+
+
+_CHILD = """
+import sys
+from collector import compactor, store
+conn = store.connect(sys.argv[1])
+config = compactor.CompactionConfig(window_ns=int(sys.argv[2]), grace_ns=0, max_rows=60)
+steps = 0
+while compactor.compact_once(conn, 10**18, config):
+    steps += 1
+    print(steps, flush=True)
+print("done", flush=True)
+"""
+
+
+def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = open_db(path, 40)
+    rows = population(40, 20, seed=6)
+    insert(conn, rows[::2])
+    drain(conn, 4 * WINDOW)  # some windows compacted already
+    insert(conn, rows[1::2])  # late readings for compacted windows and fresh ones
+    resent = rows[:200:3]
+    insert(conn, [(sid, ts, "resend wins nothing") for sid, ts, _ in resent])
+    conn.close()
+    rnd = random.Random(7)
+    kills = 0
+    for _ in range(6):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(path), str(WINDOW)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        assert child.stdout is not None
+        target = rnd.randrange(1, 40)
+        deadline = time.monotonic() + 60
+        finished = False
+        for line in child.stdout:  # progress lines pace the kill: no sleeps
+            if line.strip() == "done":
+                finished = True
+                break
+            if int(line) >= target:
+                break
+            assert time.monotonic() < deadline
+        if not finished:
+            child.send_signal(signal.SIGKILL)
+            kills += 1
+        child.wait(timeout=60)
+        child.stdout.close()
+        if finished:
+            break
+    assert kills >= 3
+    conn = store.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    drain(conn, 10**18)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    want = sorted(rows, key=lambda r: (r[1], r[0]))
+    assert got == want
+    assert conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] == len(rows)
