@@ -6,7 +6,7 @@
     metrics = ["cpu", "memory", "disk", "network", "load", "temperature"]
     disk_paths = ["/"]
 
-Sensors: `<p>/cpu` (% busy since the last sample), `<p>/memory` (% used),
+Sensors: `<p>/cpu` (% busy since the last sample; from the second sample on), `<p>/memory` (% used),
 `<p>/memory_available` (B), `<p>/disk` (% used, tag `path`), `<p>/net_sent` and
 `<p>/net_recv` (B, counters), `<p>/load1|5|15`, and `<p>/temp/<chip>_<label>` (C) where the
 OS exposes temperatures. psutil is imported when the source is built, so a device without it
@@ -58,6 +58,7 @@ class SystemSource:
         self.prefix = cfg.name or "system"
         self.cfg = cfg
         self._clock = ctx.clock_ns
+        self._cpu_primed = False
 
     async def read(self) -> list[Reading]:
         return await asyncio.to_thread(self._sample)
@@ -75,7 +76,12 @@ class SystemSource:
         out: list[Reading] = []
         try:
             if "cpu" in self.metrics:
-                out.append(self._r("cpu", "gauge", float(ps.cpu_percent(interval=None)), "%", ts))
+                busy = float(ps.cpu_percent(interval=None))
+                # The first call only starts psutil's measurement window (it returns 0.0), so
+                # the first sample has no cpu reading rather than a false 0 %.
+                if self._cpu_primed:
+                    out.append(self._r("cpu", "gauge", busy, "%", ts))
+                self._cpu_primed = True
             if "memory" in self.metrics:
                 vm = ps.virtual_memory()
                 out.append(self._r("memory", "gauge", float(vm.percent), "%", ts))

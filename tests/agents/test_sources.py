@@ -221,7 +221,9 @@ def _fake_psutil(fail: bool = False) -> types.ModuleType:
 
 def test_system_reports_every_metric_from_psutil():
     ctx = SourceContext(clock_ns=CTX.clock_ns, extras={"psutil": _fake_psutil()})
-    rs = _read(build(_inp("system", name="host", disk_paths=["/data"]), ctx))
+    src = build(_inp("system", name="host", disk_paths=["/data"]), ctx)
+    assert "host/cpu" not in [r.sensor for r in _read(src)]  # primes psutil's cpu window
+    rs = _read(src)
     got = {(r.sensor, r.kind, r.unit): r.value for r in rs}
     assert got == {
         ("host/cpu", "gauge", "%"): 3.0,
@@ -242,7 +244,9 @@ def test_system_reports_every_metric_from_psutil():
 
 def test_system_metric_selection_and_os_errors():
     ctx = SourceContext(extras={"psutil": _fake_psutil(fail=True)})
-    rs = _read(build(_inp("system", metrics=["cpu", "load"]), ctx))
+    src = build(_inp("system", metrics=["cpu", "load"]), ctx)
+    _read(src)
+    rs = _read(src)
     assert [r.sensor for r in rs] == ["system/cpu", "system/load1", "system/load5", "system/load15"]
     with pytest.raises(SourceError, match="psutil failed"):
         _read(build(_inp("system", metrics=["disk"]), ctx))
