@@ -245,14 +245,18 @@ class _Remote:
                 return
             cursor = nxt
 
-    def stream(self, params: Sequence[tuple[str, str]], timeout: float | None) -> Iterator[ql.Row]:
-        """Readings from /stream (Server-Sent Events), as they arrive."""
+    def stream(
+        self, params: Sequence[tuple[str, str]], timeout: float | None
+    ) -> Iterator[ql.Row | None]:
+        """Readings from /stream (Server-Sent Events) as they arrive; None for a keepalive."""
         resp = self._open("stream", params, timeout)
         with resp:  # type: ignore[attr-defined]
             for raw in resp:  # type: ignore[attr-defined]
                 line = raw.decode().rstrip("\r\n")
                 if line == ": ready":
                     click.echo(f"tail: following {self.base}", err=True)
+                elif line.startswith(":"):
+                    yield None  # lets the caller check its deadline on a quiet stream
                 elif line.startswith("data: "):
                     row = json.loads(line[6:])
                     assert isinstance(row, dict)
@@ -493,10 +497,14 @@ def _tail_remote(
     emit: Callable[[Sequence[ql.Row]], bool],
     deadline: float | None,
 ) -> None:
+    # The socket timeout ends a stream that stays silent past --for; on a stream that only
+    # sends keepalives, --for is checked at each one (every 15 s at most).
     timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
     try:
         for row in remote.stream(_filter_params(f), timeout=timeout):
-            if emit([row]) or (deadline is not None and time.monotonic() >= deadline):
+            if row is not None and emit([row]):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
                 return
     except TimeoutError:
         return  # --for elapsed while the stream was quiet

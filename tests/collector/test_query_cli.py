@@ -334,11 +334,12 @@ def test_tail_shows_only_readings_committed_after_it_started(db: Db, via: str) -
         ]
 
 
-def test_tail_for_ends_a_quiet_tail(db: Db) -> None:
-    start = time.monotonic()
-    result = CliRunner().invoke(
-        cli, ["tail", "--db", str(db.path), "--for", "0.3s", "--format", "csv"]
-    )
-    assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [",".join(query.READING_COLUMNS)]  # header, no rows
-    assert time.monotonic() - start < 30
+@pytest.mark.parametrize("via", ["db", "url"])
+def test_tail_for_ends_a_quiet_tail(db: Db, via: str) -> None:
+    with serve_api(db.path) as base:
+        source = ["--db", str(db.path)] if via == "db" else ["--url", base]
+        start = time.monotonic()
+        result = CliRunner().invoke(cli, ["tail", *source, "--for", "0.3s", "--format", "csv"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines() == [",".join(query.READING_COLUMNS)]  # header only
+        assert time.monotonic() - start < 30
