@@ -71,6 +71,7 @@ class Collector:
         cmd[cmd.index("--log-level") + 1] = "INFO"
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         self.addr: tuple[str, int] | None = None
+        self.http: str | None = None
         self._ready = threading.Event()
         self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -87,6 +88,7 @@ class Collector:
             m = LISTENING_RE.search(line)
             if m:
                 self.addr = (m.group(1), int(m.group(2)))
+                self.http = m.group(3)
                 self._ready.set()
 
     def rss_mb(self) -> float:
@@ -95,6 +97,26 @@ class Collector:
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
+
+    def commit_quantiles(self) -> dict[str, float | None]:
+        """Approximate commit-latency p50/p99 (ms, bucket upper bounds) from /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        buckets = [
+            (float(m.group(1)), int(m.group(2)))
+            for m in re.finditer(
+                r'telemetry_commit_seconds_bucket\{le="([0-9.e+-]+)"\} (\d+)', text
+            )
+        ]
+        total_m = re.search(r"telemetry_commit_seconds_count (\d+)", text)
+        total = int(total_m.group(1)) if total_m else 0
+        out: dict[str, float | None] = {"commits": total}
+        for q in (0.5, 0.99):
+            bound = next((b for b, n in buckets if total and n >= q * total), None)
+            out[f"commit_p{int(q * 100)}_ms_le"] = None if bound is None else bound * 1000
+        return out
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -354,6 +376,7 @@ def main() -> None:
             "ack_p50_ms": round(statistics.median(lat), 2) if lat else None,
             "ack_p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2) if lat else None,
             "collector_cpu_s": round(cpu, 1), "rss_mb": round(col.rss_mb(), 1),
+            "load_avg_1m": os.getloadavg()[0], **col.commit_quantiles(),
         })  # fmt: skip
     errors = [e for r in results for e in r[3]]
     for pr in procs:

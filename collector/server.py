@@ -7,7 +7,8 @@ moves bytes between the socket and it. Per connection:
   the device registry; a wrong, unknown or revoked token gets ERROR auth_failed (fatal) and
   the socket is closed. The device identity is fixed at HELLO for the connection's life.
 * batches are validated (`collector.ingest`), submitted to the writer and answered in order
-  by a second task once their commit returned: ACK, or RETRY when storage failed. Up to
+  from the done-callback of each batch's future, once its commit returned: ACK, or RETRY
+  when storage failed. Up to
   `max_inflight_batches` may be pipelined; beyond that, or when the writer's credits are
   spent, the handler stops reading and TCP pushes back on the agent.
 * every undecodable frame gets an ERROR; the Connection closes the link once its bad-frame
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from collector.config import Limits
 from collector.ingest import Ingest
@@ -53,11 +55,16 @@ class _Session:
     writer: asyncio.StreamWriter
     peer: str
     proto: wire.Connection
-    inflight: asyncio.Semaphore
     device: str = ""
     device_id: int = 0
     stopping: bool = False
-    acks: asyncio.Queue[asyncio.Future[BatchOutcome] | None] = field(default_factory=asyncio.Queue)
+    # Batches submitted and not yet answered; the read loop waits on `waiter` for room.
+    pending: int = 0
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     def stop(self) -> None:
         """Stop reading: the handler finishes what it submitted, says BYE and closes."""
@@ -127,7 +134,7 @@ class Server:
             max_frame_bytes=lim.max_frame_bytes,
             bad_frame_budget=lim.bad_frame_budget,
         )
-        s = _Session(reader, writer, peer, proto, asyncio.Semaphore(lim.max_inflight_batches))
+        s = _Session(reader, writer, peer, proto)
         m = self.metrics
         if len(self._sessions) >= lim.max_connections:
             m.refused(errors.SERVER_BUSY)
@@ -165,21 +172,28 @@ class Server:
         hello = await self._handshake(s)
         if isinstance(hello, str):
             return hello
-        m = self.metrics
-        stats = m.device(s.device)
+        stats = self.metrics.device(s.device)
         stats.connected += 1
         stats.peer = s.peer
         stats.spool_dropped += hello.dropped
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._ack_loop(s))
-            try:
-                reason = await self._read_loop(s)
-            finally:
-                s.acks.put_nowait(None)
+        try:
+            reason = await self._read_loop(s)
+        finally:
+            # Every submitted batch is answered before the connection ends (or the daemon's
+            # shutdown deadline cancels this wait).
+            await self._until_pending_below(s, 1)
         if s.stopping and s.proto.state is not wire.State.CLOSED:
             await self._send(s, wire.Bye(errors.SHUTTING_DOWN))
             return "shutdown"
         return reason
+
+    async def _until_pending_below(self, s: _Session, limit: int) -> None:
+        while s.pending >= limit:
+            s.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await s.waiter
+            finally:
+                s.waiter = None
 
     async def _handshake(self, s: _Session) -> wire.Hello | str:
         """Read and authenticate HELLO; returns it, or why the connection ends."""
@@ -301,14 +315,15 @@ class Server:
             if isinstance(event, str):
                 return event
             if isinstance(event, wire.Batch):
-                await s.inflight.acquire()
-                try:
-                    batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
-                    fut = await self.writer.submit(s.device_id, batch)
-                except BaseException:
-                    s.inflight.release()
-                    raise
-                s.acks.put_nowait(fut)
+                await self._until_pending_below(s, self.limits.max_inflight_batches)
+                batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
+                fut = await self.writer.submit(s.device_id, batch)
+                s.pending += 1
+                fut.add_done_callback(functools.partial(self._answer, s))
+                # ACKs are written from the callback; waiting here for the socket's write
+                # buffer keeps a peer that does not read them from growing it.
+                async with asyncio.timeout(self.limits.write_timeout_s):
+                    await s.writer.drain()
             elif isinstance(event, wire.Ping):
                 await self._send(s, wire.Pong(event.nonce))
             elif isinstance(event, wire.Bye):
@@ -324,47 +339,55 @@ class Server:
                 if event.fatal:
                     return "agent error"
 
-    async def _ack_loop(self, s: _Session) -> None:
+    def _answer(self, s: _Session, fut: asyncio.Future[BatchOutcome]) -> None:
+        """Done-callback of a submitted batch: write its ACK or RETRY.
+
+        The writer resolves futures in submission order, so answers leave in BATCH order.
+        """
+        s.pending -= 1
+        s.wake()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("batch failed device=%s peer=%s error=%r", s.device, s.peer, exc)
+            s.writer.close()
+            return
+        outcome = fut.result()
         m = self.metrics
         stats = m.device(s.device)
-        while True:
-            fut = await s.acks.get()
-            if fut is None:
-                return
-            try:
-                outcome = await fut
-            finally:
-                s.inflight.release()
-            m.batches += 1
-            stats.batches += 1
-            if outcome.retry_after_ms is not None:
-                m.retries += 1
-                stats.retries += 1
-                await self._send(
-                    s, wire.Retry(outcome.seq, STORAGE_UNAVAILABLE, outcome.retry_after_ms)
-                )
-                continue
-            rejected = len(outcome.rejects)
-            m.accepted += outcome.accepted
-            m.duplicate += outcome.duplicate
-            m.rejected += rejected
-            stats.accepted += outcome.accepted
-            stats.duplicate += outcome.duplicate
-            stats.rejected += rejected
-            log.debug(
-                "batch device=%s seq=%d accepted=%d duplicate=%d rejected=%d",
-                s.device,
-                outcome.seq,
-                outcome.accepted,
-                outcome.duplicate,
-                rejected,
-            )
-            await self._send(
-                s, wire.Ack(outcome.seq, outcome.accepted, outcome.duplicate, outcome.rejects)
-            )
+        m.batches += 1
+        stats.batches += 1
+        if outcome.retry_after_ms is not None:
+            m.retries += 1
+            stats.retries += 1
+            self._write(s, wire.Retry(outcome.seq, STORAGE_UNAVAILABLE, outcome.retry_after_ms))
+            return
+        rejected = len(outcome.rejects)
+        m.accepted += outcome.accepted
+        m.duplicate += outcome.duplicate
+        m.rejected += rejected
+        stats.accepted += outcome.accepted
+        stats.duplicate += outcome.duplicate
+        stats.rejected += rejected
+        log.debug(
+            "batch device=%s seq=%d accepted=%d duplicate=%d rejected=%d",
+            s.device,
+            outcome.seq,
+            outcome.accepted,
+            outcome.duplicate,
+            rejected,
+        )
+        self._write(s, wire.Ack(outcome.seq, outcome.accepted, outcome.duplicate, outcome.rejects))
 
     async def _send(self, s: _Session, event: wire.Event) -> None:
-        """Encode through the Connection and write, with a deadline on a slow reader."""
+        """Write an event, with a deadline on a peer that does not read."""
+        self._write(s, event)
+        async with asyncio.timeout(self.limits.write_timeout_s):
+            await s.writer.drain()
+
+    def _write(self, s: _Session, event: wire.Event) -> None:
+        """Encode through the Connection and hand the bytes to the transport."""
         try:
             data = s.proto.send(event)
         except LocalProtocolError:
@@ -375,11 +398,8 @@ class Server:
                 data = wire.encode(event)
             else:
                 raise
-        if s.writer.is_closing():
-            return
-        s.writer.write(data)
-        async with asyncio.timeout(self.limits.write_timeout_s):
-            await s.writer.drain()
+        if not s.writer.is_closing():
+            s.writer.write(data)
 
 
 def _shortened(ack: wire.Ack) -> wire.Ack:
