@@ -2,7 +2,7 @@
 
 Layout (see deploy/agent.example.toml):
 
-    [agent]       device_id, token | token_file
+    [agent]       device_id, token | token_file, metrics_interval
     [collector]   address = "host:port", heartbeat_ms, connect_timeout_ms,
                   backoff_initial_ms, backoff_max_ms
     [tls]         enabled, ca_file, cert_file, key_file, server_name (validated; not used yet)
@@ -99,6 +99,8 @@ class AgentConfig:
     spool_max_readings: int = DEFAULT_SPOOL_READINGS
     spool_policy: SpoolPolicy = "drop-oldest"
     inputs: tuple[InputConfig, ...] = ()
+    # Seconds between the agent's own metric readings (`agent/...` sensors); None: off.
+    metrics_interval_s: float | None = None
     source_file: Path | None = None
 
 
@@ -211,7 +213,8 @@ def parse_config(
     if extra:
         raise AgentConfigError(f"{source}: unknown table or key '{extra[0]}'")
     agent = _Table(source, "agent", data.get("agent", {}))
-    agent.check_keys({"device_id", "token", "token_file"})
+    agent.check_keys({"device_id", "token", "token_file", "metrics_interval"})
+    metrics_interval = agent.duration("metrics_interval", 0.0) or None
     device_id = agent.str_("device_id", required=True)
     assert device_id is not None
     token = _token(agent, base_dir)
@@ -247,6 +250,7 @@ def parse_config(
     return AgentConfig(
         device_id=device_id,
         token=token,
+        metrics_interval_s=metrics_interval,
         host=host,
         port=port,
         heartbeat_ms=heartbeat_ms,

@@ -125,6 +125,10 @@ class Runner:
                 tg.create_task(transport.run())
                 for inp in self._inputs:
                     tg.create_task(self._poll(inp, spool, transport))
+                if self.cfg.metrics_interval_s:
+                    tg.create_task(
+                        self._self_metrics(self.cfg.metrics_interval_s, spool, transport)
+                    )
         finally:
             spool.remove_space_listener(space_freed)
             if self._own_spool:
@@ -187,6 +191,38 @@ class Runner:
         else:
             log.debug("input still failing input=%s error=%s", inp.cfg.label, reason)
         st.failing = True
+
+    def metric_readings(self, spool: Spool, transport: Transport) -> list[Reading]:
+        """The agent's own counters as readings: spool depth, drops, rejects, input errors."""
+        ts = time.time_ns()
+        st = spool.stats()
+        ts_ = transport.stats
+        out = [
+            Reading("agent/spool_pending", "gauge", ts, float(st.pending + st.sealed)),
+            Reading("agent/dropped", "counter", ts, st.dropped_total),
+            Reading("agent/rejected", "counter", ts, st.rejected_total),
+            Reading("agent/acked", "counter", ts, st.acked_readings),
+            Reading("agent/reconnects", "counter", ts, ts_.disconnects),
+            Reading("agent/connected", "state", ts, transport.connected),
+        ]
+        for inp in self._inputs:
+            out.append(
+                Reading(
+                    "agent/input_errors",
+                    "counter",
+                    ts,
+                    inp.stats.errors,
+                    None,
+                    {"input": inp.cfg.label},
+                )
+            )
+        return out
+
+    async def _self_metrics(self, interval_s: float, spool: Spool, transport: Transport) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            readings = await asyncio.to_thread(self.metric_readings, spool, transport)
+            await self.store([r.to_wire() for r in readings])
 
     async def store(self, wire: Sequence[object]) -> None:
         """Hand readings to the spool writer; returns once they are on disk."""

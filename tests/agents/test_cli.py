@@ -42,6 +42,7 @@ def test_load_good_config_resolves_paths_and_token_file():
     assert cfg.tls.ca_file == CONFIG_DIR / "ca.pem"
     assert (cfg.batch_max_readings, cfg.batch_max_delay_s) == (100, 0.25)
     assert (cfg.spool_max_readings, cfg.spool_policy, cfg.heartbeat_ms) == (1000, "block", 5000)
+    assert cfg.metrics_interval_s == 30.0
     sim = cfg.inputs[0]
     assert (sim.label, sim.names, sim.interval_s, sim.tags) == (
         "inputs.simulated[0]",

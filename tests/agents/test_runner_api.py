@@ -155,3 +155,31 @@ def test_python_api_keeps_unsent_readings_on_disk(tmp_path):
     sp = Spool(tmp_path / "k.db", max_readings=10, policy="drop-oldest")
     assert len(sp) == 1
     sp.close()
+
+
+def test_self_metrics_report_input_errors_and_spool_counters(tmp_path):
+    gone = InputConfig("file", 0, name="gone", interval_s=0.01, options={"path": "/missing/v"})
+
+    async def main() -> None:
+        fake = FakeCollector()
+        cfg = _cfg(tmp_path, await fake.start(), gone, metrics_interval_s=0.05)
+        task = asyncio.create_task(Runner(cfg).run())
+
+        def latest(sensor: str) -> object:
+            vals = [r[3] for r in fake.stored if r[0] == sensor]
+            return vals[-1] if vals else None
+
+        await until(lambda: (latest("agent/input_errors") or 0) >= 2, what="input errors")  # type: ignore[operator]
+        await until(lambda: latest("agent/connected") is True, what="connected state")
+        assert not fake.rejected  # every self-metric validates
+        tags = next(r[5] for r in fake.stored if r[0] == "agent/input_errors")
+        assert tags == {"input": "inputs.file[0]"}
+        assert {"agent/spool_pending", "agent/dropped", "agent/rejected", "agent/acked"} <= {
+            str(r[0]) for r in fake.stored
+        }
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await fake.stop()
+
+    asyncio.run(main())
