@@ -192,3 +192,14 @@ def test_durations(text, seconds):
 def test_bad_durations(bad):
     with pytest.raises(ValueError, match="duration"):
         parse_duration_s(bad)
+
+
+def test_the_deploy_example_config_is_valid(tmp_path):
+    text = (ROOT / "deploy" / "agent.example.toml").read_text()
+    path = tmp_path / "agent.toml"
+    path.write_text(text.replace('token_file = "/etc/telemetry/agent.token"', 'token = "x"'))
+    from agents.runner import build_inputs
+
+    cfg = load_config(path)
+    assert [i.source for i in cfg.inputs] == ["file", "system", "command", "simulated"]
+    assert len(build_inputs(cfg)) == 4
