@@ -380,3 +380,25 @@ def test_sqlite_file_is_plain(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
     assert time.time() > 0
+
+
+def test_systemd_notify_ready_and_stopping(tmp_path: Path) -> None:
+    import socket
+    import tempfile
+
+    # AF_UNIX paths are short (108 bytes): pytest's tmp_path may be too long.
+    with tempfile.TemporaryDirectory(prefix="tn-") as short:
+        path = str(Path(short) / "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.settimeout(30)
+            d = CollectorProcess(tmp_path / "t.db", env={"NOTIFY_SOCKET": path}).start()
+            try:
+                ready = sock.recv(4096).decode()
+                assert ready.startswith("READY=1")
+                assert d.proc is not None
+                d.proc.send_signal(15)
+                assert sock.recv(4096).decode() == "STOPPING=1"
+                assert d.terminate() == 0
+            finally:
+                d.kill()
