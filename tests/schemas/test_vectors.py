@@ -97,6 +97,13 @@ def test_valid_frame(vector: dict[str, Any]) -> None:
         conn = connection_in(role, state)
         conn.receive_data(data)
         assert conn.next_event() == expected
+        # One byte at a time: nothing before the last byte, the same event after it.
+        conn = connection_in(role, state)
+        for i in range(len(data) - 1):
+            conn.receive_data(data[i : i + 1])
+            assert conn.next_event() is NEED_DATA
+        conn.receive_data(data[-1:])
+        assert conn.next_event() == expected
 
 
 def test_valid_vectors_cover_every_message_type() -> None:
