@@ -83,10 +83,13 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
     import asyncio
 
     from agents.runner import Runner
+    from agents.spool import SpoolError
 
     runner = Runner(cfg)
     try:
         asyncio.run(_serve(runner, once=once))
+    except SpoolError as exc:
+        raise click.ClickException(str(exc)) from None
     except asyncio.CancelledError:
         log.info("agent stopped")
     except KeyboardInterrupt:

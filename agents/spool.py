@@ -69,6 +69,10 @@ _META_DEFAULTS: Final = {
 }
 
 
+class SpoolError(Exception):
+    """The spool file cannot be opened or created (path, permissions, not a database)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SealedBatch:
     seq: int
@@ -98,11 +102,14 @@ class Spool:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._listeners: list[Callable[[], None]] = []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
-            self._db.execute(pragma)
-        self._db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in _PRAGMAS:
+                self._db.execute(pragma)
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from None
         with self._tx():
             for key, value in _META_DEFAULTS.items():
                 self._db.execute(

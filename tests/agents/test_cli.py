@@ -203,3 +203,17 @@ def test_the_deploy_example_config_is_valid(tmp_path):
     cfg = load_config(path)
     assert [i.source for i in cfg.inputs] == ["file", "system", "command", "simulated"]
     assert len(build_inputs(cfg)) == 4
+
+
+def test_unusable_spool_path_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        "[agent]\ndevice_id='d'\ntoken='t'\n"
+        f"[spool]\npath='{tmp_path / 'a-file' / 'spool.db'}'\n"
+        "[[inputs.simulated]]\nname='x'\n"
+    )
+    res = _run("--config", str(path))
+    assert res.returncode == 2
+    assert "error: cannot open spool" in res.stderr
+    assert "Traceback" not in res.stderr
