@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from collector import writer
 from collector.errors import ConfigError
 from schemas import wire
 
@@ -58,9 +59,9 @@ class Limits:
     # Batches one connection may have waiting for their ACK (pipelining depth).
     max_inflight_batches: int = 32
     # Rows (readings, fields of composites) waiting for the writer, all connections together.
-    queue_rows: int = 200_000
+    queue_rows: int = writer.QUEUE_ROWS
     # Rows per group-commit transaction.
-    txn_max_rows: int = 20_000
+    txn_max_rows: int = writer.TXN_MAX_ROWS
     # A peer that does not read its ACKs for this long is cut off.
     write_timeout_s: float = 30.0
     # Graceful shutdown budget: systemd's default stop timeout is far above it.
