@@ -281,9 +281,12 @@ def _value_type(kind: str, fld: str) -> str | None:
     return spec.type
 
 
-def resolve_series(conn: sqlite3.Connection, f: Filters) -> list[SeriesInfo]:
-    """Series matching the filters, ordered by device, sensor, field, id."""
+def resolve_series(conn: sqlite3.Connection, f: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
+    """Series matching the filters (and with id > `after_id`), by device, sensor, field, id."""
     where, params = series_where(f)
+    if after_id:
+        where += " AND s.id > ?"
+        params.append(after_id)
     sql = (
         "SELECT s.id, d.name, s.sensor, s.field, s.kind, s.unit, s.tags, s.first_ts, "
         f"s.last_ts, s.last_value, s.count FROM {store.SERIES} AS s "
@@ -574,16 +577,20 @@ class Tail:
     """Cursor over readings committed after it was created.
 
     At creation it records, for every matching series, the newest timestamp stored
-    (`series.last_ts`); a series created later starts from nothing. Each `poll` re-resolves
-    the filters (new series appear), finds series whose `last_ts` moved past their mark, reads
-    just those through `scan.read_range`, and advances the marks, all in one read
-    transaction. A per-series mark (not one global (ts, series) watermark) keeps a device
-    whose clock lags the others visible. Readings that arrive older than their series' newest
-    stored reading (out-of-order within one series) are not shown.
+    (`series.last_ts`); a series created later starts from nothing. Each `poll` (one read
+    transaction) resolves only series created since the last poll (series ids grow; a
+    series' device, sensor, kind, unit and tags never change, so old ones cannot start or stop
+    matching), reads the current `last_ts` of the matching ones, reads just those whose
+    `last_ts` moved past their mark through `scan.read_range`, and advances the marks. A
+    per-series mark (not one global (ts, series) watermark) keeps a device whose clock lags
+    the others visible. Readings that arrive older than their series' newest stored reading
+    (out-of-order within one series) are not shown.
     """
 
     filters: Filters
     marks: dict[int, int] = field(default_factory=dict)
+    series: dict[int, SeriesInfo] = field(default_factory=dict)
+    max_id: int = 0
     _data_version: int | None = None
 
     @classmethod
@@ -593,7 +600,9 @@ class Tail:
         conn.execute("BEGIN")
         try:
             t._data_version = _data_version(conn)
+            t.max_id = _max_series_id(conn)
             for s in resolve_series(conn, filters):
+                t.series[s.id] = s
                 t.marks[s.id] = -1 if s.last_ts is None else s.last_ts
         finally:
             conn.execute("COMMIT")
@@ -607,11 +616,23 @@ class Tail:
         conn.execute("BEGIN")
         try:
             self._data_version = _data_version(conn)
-            moved = [
-                s
-                for s in resolve_series(conn, self.filters)
-                if s.last_ts is not None and s.last_ts > self.marks.get(s.id, -1)
-            ]
+            top = _max_series_id(conn)
+            if top > self.max_id:
+                for s in resolve_series(conn, self.filters, after_id=self.max_id):
+                    self.series[s.id] = s
+                self.max_id = top
+            if not self.series:
+                return []
+            moved: list[SeriesInfo] = []
+            for sid, first, last, count in conn.execute(
+                f"SELECT id, first_ts, last_ts, count FROM {store.SERIES} "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(self.series)),),
+            ):
+                if last is not None and last > self.marks.get(sid, -1):
+                    s = self.series[sid]
+                    s.first_ts, s.last_ts, s.count = first, last, count
+                    moved.append(s)
             if not moved:
                 return []
             rows: list[Row] = []
@@ -648,6 +669,10 @@ class Tail:
 
 # Series whose unseen readings start within this span of each other are read in one scan.
 TAIL_GROUP_SPAN_NS: Final = 60 * NS_PER_S
+
+
+def _max_series_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {store.SERIES}").fetchone()[0])
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
