@@ -9,7 +9,7 @@ extra keys.
 
 `ReadingValidator.validate_batch` returns the valid readings plus one `Reject` per invalid
 reading (index, code, field path, message). Every batch costs one pass: an invalid reading
-is marked in place, and only the invalid ones are validated again, alone, to learn why.
+is marked in place, and only the invalid ones are validated again to learn why.
 
 No I/O in this module; collector-side only (the agent never imports pydantic).
 """
@@ -204,11 +204,11 @@ class ReadingValidator:
         ]
         # The batch validator never raises for an invalid reading: it puts _INVALID in its
         # place (pydantic-core's on_error="default"), so a batch with rejects costs one pass
-        # plus one small validation per reject to learn why, not a second pass over the batch.
+        # plus one strict pass over its invalid readings only, to learn why.
         self._batch: TypeAdapter[list[ValidReading | _Invalid]] = TypeAdapter(
             list[Annotated[union, _INVALID]]  # type: ignore[valid-type]  # run-time union
         )
-        self._one: TypeAdapter[ValidReading] = TypeAdapter(union)  # type: ignore[arg-type]  # run-time union
+        self._strict: TypeAdapter[list[ValidReading]] = TypeAdapter(list[union])  # type: ignore[valid-type]  # run-time union
 
     def _discriminate(self, v: object) -> str | None:
         if type(v) is not list:
@@ -235,23 +235,30 @@ class ReadingValidator:
             return BatchResult(out, list(range(len(out))), [])  # type: ignore[arg-type]  # no _INVALID
         valid: list[ValidReading] = []
         valid_index: list[int] = []
-        rejects: list[Reject] = []
+        invalid: list[int] = []
         for i, r in enumerate(out):
             if isinstance(r, _Invalid):
-                rejects.append(self._why(i, readings[i]))
+                invalid.append(i)
             else:
                 valid.append(r)
                 valid_index.append(i)
-        return BatchResult(valid, valid_index, rejects)
+        return BatchResult(valid, valid_index, self._why(readings, invalid))
 
-    def _why(self, index: int, reading: object) -> Reject:
-        """The reject for one reading the batch validator marked invalid."""
+    def _why(self, readings: Sequence[object], invalid: list[int]) -> list[Reject]:
+        """One reject per reading the batch validator marked invalid, in index order."""
+        first: dict[int, Reject] = {}
         try:
-            self._one.validate_python(reading)
+            self._strict.validate_python([readings[i] for i in invalid])
         except ValidationError as exc:
-            err = exc.errors(include_url=False, include_input=False, include_context=False)[0]
-            return _reject(index, reading, err["type"], err["loc"], err["msg"])
-        raise AssertionError(f"reading {index} failed in its batch but validates alone")
+            for err in exc.errors(include_url=False, include_input=False, include_context=False):
+                loc = err["loc"]
+                j = loc[0] if loc and isinstance(loc[0], int) else -1
+                if 0 <= j < len(invalid) and j not in first:
+                    i = invalid[j]
+                    first[j] = _reject(i, readings[i], err["type"], loc[1:], err["msg"])
+        if len(first) != len(invalid):
+            raise AssertionError("a reading failed in its batch but validates on its own")
+        return [first[j] for j in range(len(invalid))]
 
 
 class _Invalid:
