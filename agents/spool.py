@@ -25,6 +25,7 @@ never from the event loop. Knows nothing about sockets or the protocol.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import threading
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 import msgpack
 
@@ -104,6 +105,7 @@ class Spool:
         self._listeners: list[Callable[[], None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lockfile = _exclusive_lock(self.path.with_name(self.path.name + ".lock"))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             for pragma in _PRAGMAS:
                 self._db.execute(pragma)
@@ -348,6 +350,7 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._lockfile.close()  # releases the flock
 
     def iter_pending(self) -> Iterable[object]:
         """Pending (unsealed) readings, oldest first; for inspection and tests."""
@@ -356,6 +359,21 @@ class Spool:
                 "SELECT body FROM readings WHERE seq IS NULL ORDER BY id"
             ).fetchall()
         return [msgpack.unpackb(b, raw=False) for (b,) in rows]
+
+
+def _exclusive_lock(path: Path) -> IO[bytes]:
+    """Hold an exclusive flock on `path` for the spool's lifetime.
+
+    Two agents sharing one spool would send the same batches under one device id; the second
+    gets SpoolError instead. The OS drops the lock when the process dies, even on SIGKILL.
+    """
+    f = open(path, "ab")  # held open until close()
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SpoolError(f"spool {path.with_suffix('')} is in use by another agent") from None
+    return f
 
 
 class _Commit:

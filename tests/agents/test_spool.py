@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from agents.spool import Spool
+from agents.spool import Spool, SpoolError
 
 
 def _r(i: int) -> list[object]:
@@ -18,9 +18,9 @@ def _values(readings: list[object]) -> list[float]:
     return [r[3] for r in readings]  # type: ignore[index]
 
 
-def test_seal_ack_and_seq_numbers_survive_reopen(tmp_path):
+def test_seal_ack_and_seq_numbers_survive_reopen(tmp_path, spools):
     path = tmp_path / "spool.db"
-    sp = Spool(path, max_readings=100, policy="drop-oldest")
+    sp = spools(path, max_readings=100, policy="drop-oldest")
     sp.put([_r(i) for i in range(5)])
     b1 = sp.seal(3)
     b2 = sp.seal(3)
@@ -31,7 +31,7 @@ def test_seal_ack_and_seq_numbers_survive_reopen(tmp_path):
     assert sp.ack(1) == 3
     sp.close()
 
-    sp = Spool(path, max_readings=100, policy="drop-oldest")
+    sp = spools(path, max_readings=100, policy="drop-oldest")
     again = sp.sealed_batches()
     assert [(b.seq, _values(b.readings)) for b in again] == [(2, [3.0, 4.0])]
     sp.put([_r(9)])
@@ -41,8 +41,8 @@ def test_seal_ack_and_seq_numbers_survive_reopen(tmp_path):
     assert (st.pending, st.sealed, st.next_seq, st.acked_readings) == (0, 3, 4, 3)
 
 
-def test_drop_oldest_counts_exactly_and_never_drops_sealed(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=10, policy="drop-oldest")
+def test_drop_oldest_counts_exactly_and_never_drops_sealed(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=10, policy="drop-oldest")
     sp.put([_r(i) for i in range(4)])
     sealed = sp.seal(4)
     assert sealed is not None
@@ -56,12 +56,12 @@ def test_drop_oldest_counts_exactly_and_never_drops_sealed(tmp_path):
     assert sp.stats().dropped_total == 11
     assert _values(list(sp.iter_pending()))[0] == 15.0
     sp.close()
-    reopened = Spool(tmp_path / "s.db", max_readings=10, policy="drop-oldest")
+    reopened = spools(tmp_path / "s.db", max_readings=10, policy="drop-oldest")
     assert reopened.stats().dropped_total == 11
 
 
-def test_dropped_report_is_persisted_until_marked(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=2, policy="drop-oldest")
+def test_dropped_report_is_persisted_until_marked(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=2, policy="drop-oldest")
     sp.put([_r(i) for i in range(5)])
     assert sp.take_unreported_dropped() == 3
     sp.mark_dropped_reported(3)
@@ -70,8 +70,8 @@ def test_dropped_report_is_persisted_until_marked(tmp_path):
     assert sp.stats().dropped_total == 4
 
 
-def test_block_policy_stores_what_fits_and_waits_for_space(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=3, policy="block")
+def test_block_policy_stores_what_fits_and_waits_for_space(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=3, policy="block")
     assert sp.put([_r(i) for i in range(5)]) == 3
     assert sp.put([_r(9)]) == 0
     assert sp.wait_for_space(timeout=0.01) is False
@@ -89,8 +89,8 @@ def test_block_policy_stores_what_fits_and_waits_for_space(tmp_path):
     assert sp.stats().dropped_total == 0
 
 
-def test_resume_deletes_committed_batches(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
+def test_resume_deletes_committed_batches(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
     sp.put([_r(i) for i in range(6)])
     for _ in range(3):
         sp.seal(2)
@@ -99,8 +99,8 @@ def test_resume_deletes_committed_batches(tmp_path):
     assert sp.stats().acked_readings == 4
 
 
-def test_resume_renumbers_when_collector_is_ahead_of_a_fresh_spool(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
+def test_resume_renumbers_when_collector_is_ahead_of_a_fresh_spool(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
     sp.put([_r(i) for i in range(4)])
     sp.seal(2)
     sp.seal(2)
@@ -111,8 +111,8 @@ def test_resume_renumbers_when_collector_is_ahead_of_a_fresh_spool(tmp_path):
     assert nxt is not None and nxt.seq == 44
 
 
-def test_due_follows_size_and_delay(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
+def test_due_follows_size_and_delay(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
     assert sp.due(3, 60.0) is None
     sp.put([_r(0)])
     wait = sp.due(3, 60.0)
@@ -121,15 +121,15 @@ def test_due_follows_size_and_delay(tmp_path):
     assert sp.due(3, 60.0) == 0.0
 
 
-def test_reopened_spool_with_pending_readings_is_due_at_once(tmp_path):
-    sp = Spool(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
+def test_reopened_spool_with_pending_readings_is_due_at_once(tmp_path, spools):
+    sp = spools(tmp_path / "s.db", max_readings=100, policy="drop-oldest")
     sp.put([_r(0)])
     sp.close()
-    assert Spool(tmp_path / "s.db", max_readings=100, policy="drop-oldest").due(10, 60.0) == 0.0
+    assert spools(tmp_path / "s.db", max_readings=100).due(10, 60.0) == 0.0
 
 
-def test_spool_uses_wal(tmp_path):
-    Spool(tmp_path / "s.db", max_readings=1, policy="block").close()
+def test_spool_uses_wal(tmp_path, spools):
+    spools(tmp_path / "s.db", max_readings=1, policy="block").close()
     import sqlite3
 
     db = sqlite3.connect(tmp_path / "s.db")
@@ -137,16 +137,30 @@ def test_spool_uses_wal(tmp_path):
     db.close()
 
 
-def test_bad_cap_is_refused(tmp_path):
+def test_bad_cap_is_refused(tmp_path, spools):
     with pytest.raises(ValueError, match="max_readings"):
         Spool(tmp_path / "s.db", max_readings=0, policy="block")
 
 
-def test_drops_are_logged_at_most_once_a_minute(tmp_path, caplog):
-    sp = Spool(tmp_path / "s.db", max_readings=2, policy="drop-oldest")
+def test_drops_are_logged_at_most_once_a_minute(tmp_path, spools, caplog):
+    sp = spools(tmp_path / "s.db", max_readings=2, policy="drop-oldest")
     with caplog.at_level(logging.WARNING, logger="agents.spool"):
         for i in range(10):
             sp.put([_r(i)])
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["spool full, dropped oldest readings dropped=1 cap=2 policy=drop-oldest"]
     assert sp.stats().dropped_total == 8
+
+
+def test_one_agent_per_spool(tmp_path, spools):
+    first = spools(tmp_path / "s.db")
+    with pytest.raises(SpoolError, match="in use by another agent"):
+        Spool(tmp_path / "s.db", max_readings=10, policy="block")
+    first.close()
+    spools(tmp_path / "s.db").put([_r(0)])
+
+
+def test_unusable_path_is_a_spool_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpoolError, match="cannot open spool"):
+        Spool(tmp_path / "file" / "s.db", max_readings=10, policy="block")

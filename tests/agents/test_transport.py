@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from agents.config import AgentConfig
-from agents.spool import Spool
 from agents.transport import Transport
 from tests.agents.fake_collector import FakeCollector, until
 
@@ -54,15 +53,11 @@ async def _running(transport: Transport) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-def _spool(cfg: AgentConfig, cap: int = 1000) -> Spool:
-    return Spool(cfg.spool_path, max_readings=cap, policy="drop-oldest")
-
-
-def test_streams_batches_in_order_and_empties_the_spool(tmp_path):
+def test_streams_batches_in_order_and_empties_the_spool(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector()
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(i) for i in range(7)])
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -80,11 +75,11 @@ def test_streams_batches_in_order_and_empties_the_spool(tmp_path):
     asyncio.run(main())
 
 
-def test_retry_resends_the_same_batch_once(tmp_path):
+def test_retry_resends_the_same_batch_once(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(retry_once={1})
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(i) for i in range(3)])
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -96,11 +91,11 @@ def test_retry_resends_the_same_batch_once(tmp_path):
     asyncio.run(main())
 
 
-def test_rejected_readings_are_counted_and_not_resent(tmp_path, caplog):
+def test_rejected_readings_are_counted_and_not_resent(tmp_path, spools, caplog):
     async def main() -> None:
         fake = FakeCollector()
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(0), _r(1, -500.0), _r(2)])  # -500 C is below absolute zero
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -117,11 +112,11 @@ def test_rejected_readings_are_counted_and_not_resent(tmp_path, caplog):
     assert "rejected readings, not resending seq=1 rejected=1" in caplog.text
 
 
-def test_lost_ack_is_resolved_by_welcome_last_seq_without_duplicates(tmp_path):
+def test_lost_ack_is_resolved_by_welcome_last_seq_without_duplicates(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(lose_ack_once={2})
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(i) for i in range(9)])
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -134,16 +129,16 @@ def test_lost_ack_is_resolved_by_welcome_last_seq_without_duplicates(tmp_path):
     asyncio.run(main())
 
 
-def test_unacked_batches_survive_an_agent_restart_and_are_resent_first(tmp_path):
+def test_unacked_batches_survive_an_agent_restart_and_are_resent_first(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector()
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(i) for i in range(5)])
         sealed = spool.seal(3)  # sealed and "sent" before a crash, never acked
         assert sealed is not None
         spool.close()
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         tr = Transport(cfg, spool)
         async with _running(tr):
             await until(lambda: len(spool) == 0, what="acked")
@@ -155,11 +150,11 @@ def test_unacked_batches_survive_an_agent_restart_and_are_resent_first(tmp_path)
     asyncio.run(main())
 
 
-def test_a_fresh_spool_behind_the_collector_renumbers_instead_of_losing_data(tmp_path):
+def test_a_fresh_spool_behind_the_collector_renumbers_instead_of_losing_data(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(last_seq={"dev-1": 40})
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(i) for i in range(4)])
         spool.seal(3)
         tr = Transport(cfg, spool)
@@ -171,11 +166,11 @@ def test_a_fresh_spool_behind_the_collector_renumbers_instead_of_losing_data(tmp
     asyncio.run(main())
 
 
-def test_dropped_count_goes_in_the_next_hello_once(tmp_path):
+def test_dropped_count_goes_in_the_next_hello_once(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(lose_ack_once={1})
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg, cap=4)
+        spool = spools(cfg.spool_path, max_readings=4)
         spool.put([_r(i) for i in range(10)])  # 6 dropped
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -187,11 +182,11 @@ def test_dropped_count_goes_in_the_next_hello_once(tmp_path):
     asyncio.run(main())
 
 
-def test_auth_failure_is_logged_clearly_and_backed_off(tmp_path, caplog):
+def test_auth_failure_is_logged_clearly_and_backed_off(tmp_path, spools, caplog):
     async def main() -> Transport:
         fake = FakeCollector(token="other")
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         spool.put([_r(0)])
         tr = Transport(cfg, spool)
         async with _running(tr):
@@ -206,11 +201,11 @@ def test_auth_failure_is_logged_clearly_and_backed_off(tmp_path, caplog):
     assert "auth_failed" in caplog.text
 
 
-def test_a_silent_collector_is_detected_as_a_dead_link(tmp_path):
+def test_a_silent_collector_is_detected_as_a_dead_link(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(silent=True, heartbeat_ms=100)
         cfg = _cfg(tmp_path, await fake.start())
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         tr = Transport(cfg, spool)
         async with _running(tr):
             await until(lambda: tr.stats.disconnects >= 1, within=10, what="dead link")
@@ -221,12 +216,12 @@ def test_a_silent_collector_is_detected_as_a_dead_link(tmp_path):
     asyncio.run(main())
 
 
-def test_collector_restart_delivers_everything_exactly_once(tmp_path):
+def test_collector_restart_delivers_everything_exactly_once(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector(heartbeat_ms=200)
         port = await fake.start()
         cfg = _cfg(tmp_path, port)
-        spool = _spool(cfg)
+        spool = spools(cfg.spool_path)
         tr = Transport(cfg, spool)
         async with _running(tr):
             spool.put([_r(i) for i in range(4)])
@@ -245,9 +240,9 @@ def test_collector_restart_delivers_everything_exactly_once(tmp_path):
     asyncio.run(main())
 
 
-def test_backoff_is_jittered_exponential_and_capped(tmp_path):
+def test_backoff_is_jittered_exponential_and_capped(tmp_path, spools):
     cfg = _cfg(tmp_path, 1, backoff_initial_s=0.5, backoff_max_s=30.0)
-    tr = Transport(cfg, _spool(cfg), rng=random.Random(1))
+    tr = Transport(cfg, spools(cfg.spool_path), rng=random.Random(1))
     delays = []
     for attempt in range(12):
         tr._attempt = attempt
@@ -258,13 +253,13 @@ def test_backoff_is_jittered_exponential_and_capped(tmp_path):
     assert max(delays) <= 30.0 and delays[-1] >= 15.0
 
 
-def test_connection_refused_keeps_retrying(tmp_path):
+def test_connection_refused_keeps_retrying(tmp_path, spools):
     async def main() -> None:
         fake = FakeCollector()
         port = await fake.start()
         await fake.stop()  # nothing listens on this port now
         cfg = _cfg(tmp_path, port)
-        tr = Transport(cfg, _spool(cfg))
+        tr = Transport(cfg, spools(cfg.spool_path))
         async with _running(tr):
             await until(lambda: tr._attempt >= 3, what="several attempts")
         assert "Connection" in tr.stats.last_error or "connect" in tr.stats.last_error.lower()
