@@ -1,8 +1,8 @@
 """Rendering of listing rows (from `collector.query`) as table, CSV, JSON or JSON Lines.
 
-csv, json and jsonl stream: one row in, one row out, constant memory for any number of rows
-(`telemetry export` relies on this). The table format must see every row to size its
-columns, so it buffers; it is meant for a person at a terminal and is the default there.
+Every format streams: one row in, one row out, bounded memory for any number of rows
+(`telemetry export` relies on this). The table, meant for a person at a terminal and the
+default there, sizes its columns from the first TABLE_SAMPLE_ROWS rows.
 
 No database or network access in this module; it writes only to the stream it is given.
 """
@@ -10,6 +10,7 @@ No database or network access in this module; it writes only to the stream it is
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -85,7 +86,7 @@ def write_rows(rows: Iterable[Row], columns: Sequence[str], fmt: str, out: TextI
     for JSON (the machine formats carry everything, e.g. `ts_ns`).
     """
     if fmt == "table":
-        return _write_table(list(rows), columns, out)
+        return _write_table(rows, columns, out)
     writer = RowWriter(fmt, columns, out)
     for row in rows:
         writer.write(row)
@@ -173,8 +174,15 @@ def _cell_table(v: object) -> str:
     return str(v)
 
 
-def _write_table(rows: list[Row], columns: Sequence[str], out: TextIO) -> int:
-    if not rows:
+# The table sizes its columns from this many rows, then streams the rest at those widths
+# (a longer cell later just pushes its line out): memory stays bounded for any listing.
+TABLE_SAMPLE_ROWS: Final = 500
+
+
+def _write_table(rows: Iterable[Row], columns: Sequence[str], out: TextIO) -> int:
+    it = iter(rows)
+    sample = list(itertools.islice(it, TABLE_SAMPLE_ROWS))
+    if not sample:
         out.write("(no rows)\n")
         return 0
     cols = [c for c in columns if c not in _TABLE_HIDDEN]
@@ -182,21 +190,23 @@ def _write_table(rows: list[Row], columns: Sequence[str], out: TextIO) -> int:
     if with_unit:
         cols.remove("unit")
     # A column empty in every row (e.g. `field` when no composite kind is listed) is noise.
-    cols = [c for c in cols if any(_cell_table(r.get(c)) for r in rows)] or cols[:1]
-    cells: list[list[str]] = []
-    for r in rows:
+    cols = [c for c in cols if any(_cell_table(r.get(c)) for r in sample)] or cols[:1]
+
+    def cells(r: Row) -> list[str]:
         line = []
         for c in cols:
             text = _cell_table(r.get(c))
             if c == "value" and with_unit and r.get("unit") and r.get("agg") != "count":
                 text = f"{text} {r['unit']}"
             line.append(text)
-        cells.append(line)
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(cols)]
+        return line
+
+    sample_cells = [cells(r) for r in sample]
+    widths = [max(len(c), *(len(line[i]) for line in sample_cells)) for i, c in enumerate(cols)]
     right = {
         i
         for i, c in enumerate(cols)
-        if all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows)
+        if all(isinstance(r.get(c), int | float) or r.get(c) is None for r in sample)
     }
 
     def fmt_line(values: Sequence[str]) -> str:
@@ -206,6 +216,10 @@ def _write_table(rows: list[Row], columns: Sequence[str], out: TextIO) -> int:
         ).rstrip()
 
     out.write(fmt_line([c.upper() for c in cols]) + "\n")
-    for line in cells:
+    for line in sample_cells:
         out.write(fmt_line(line) + "\n")
-    return len(rows)
+    n = len(sample)
+    for r in it:
+        out.write(fmt_line(cells(r)) + "\n")
+        n += 1
+    return n

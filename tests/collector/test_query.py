@@ -341,3 +341,17 @@ def test_row_writer_streams_without_buffering() -> None:
     tw = RowWriter("table", query.READING_COLUMNS, table)
     tw.write(ROWS[0])
     assert table.getvalue().startswith("2025-11-24T16:00:00Z  d  t  temperature  20.5 C  zone=z1")
+
+
+def test_table_streams_rows_past_its_sizing_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector import formats
+
+    monkeypatch.setattr(formats, "TABLE_SAMPLE_ROWS", 1)
+
+    def rows() -> Iterator[query.Row]:
+        yield from [ROWS[0], ROWS[1], {**ROWS[0], "device": "a-much-longer-name"}]
+
+    out = io.StringIO()
+    assert write_rows(rows(), query.READING_COLUMNS, "table", out) == 3
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and "a-much-longer-name" in lines[3] and "true" in lines[2]
