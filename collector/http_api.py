@@ -362,17 +362,18 @@ async def _aggregate(request: web.Request) -> web.Response:
 
 async def _rejected(request: web.Request) -> web.Response:
     q = request.query
-    _check_known(q, {"device", "since", "until", "code", "pending", "order", "limit"})
+    _check_known(q, {"device", "since", "until", "code", "pending", "order", "limit", "cursor"})
     since, until = _range(q)
     order = _order(q)
-    limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS)
+    limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS) or DEFAULT_PAGE_ROWS
+    cursor = _cursor(q)
     pending = _one(q, "pending")
     if pending not in (None, "true", "false", "1", "0"):
         raise BadParam("pending", "pending: must be true or false")
     devices, codes = tuple(q.getall("device", [])), tuple(q.getall("code", []))
-    rows = await _in_db(
-        request,
-        lambda c: list(
+
+    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+        rows = list(
             query.list_rejected(
                 c,
                 devices=devices,
@@ -381,11 +382,17 @@ async def _rejected(request: web.Request) -> web.Response:
                 codes=codes,
                 pending_only=pending in ("true", "1"),
                 order=order,
-                limit=limit,
+                limit=limit + 1,
+                after=cursor,
             )
-        ),
-    )
-    return _json_rows("rejected", rows, {})
+        )
+        if len(rows) <= limit:
+            return rows, None
+        del rows[limit:]
+        return rows, f"{rows[-1]['received_ns']}.{rows[-1]['id']}"
+
+    rows, nxt = await _in_db(request, run)
+    return _json_rows("rejected", rows, {"next": nxt})
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:

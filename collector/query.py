@@ -525,8 +525,12 @@ def list_rejected(
     pending_only: bool = False,
     order: Order = "asc",
     limit: int | None = None,
+    after: tuple[int, int] | None = None,
 ) -> Iterator[Row]:
-    """Rows of the dead-letter table, by receive time; streamed."""
+    """Rows of the dead-letter table, by (receive time, id); streamed.
+
+    `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
+    """
     f = Filters(devices=tuple(devices))
     where, params = series_where(f)
     clauses = [where]
@@ -541,6 +545,9 @@ def list_rejected(
         params.extend(codes)
     if pending_only:
         clauses.append("r.replayed_ns IS NULL")
+    if after is not None:
+        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (?, ?)")
+        params.extend(after)
     direction = "DESC" if order == "desc" else "ASC"
     sql = (
         "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "

@@ -582,11 +582,7 @@ def rejected(
     if url is not None:
         p = [("device", d) for d in devices] + _range_params(r) + [("code", c) for c in codes]
         p += [("order", ordr)] + ([("pending", "true")] if pending else [])
-        if limit is not None:
-            p.append(("limit", str(limit)))
-        data = _Remote(url, token).get("rejected", p)
-        rows = data.get("rejected")
-        assert isinstance(rows, list)
+        rows = _Remote(url, token).rows("rejected", "rejected", p, limit)
         formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
         return
     conn = _open(db)

@@ -238,3 +238,14 @@ def test_open_stream_does_not_hold_up_shutdown(db: Db) -> None:
     # serve_api's exit ran the app's shutdown (and waited for its thread) with a client attached
     assert done.wait(20)
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_rejected_paginates(api: str, db: Db, order: str) -> None:
+    for i in range(5):  # same receive time: the id breaks the tie
+        db.reject("pump-1", ["x", "nope", T0 + i, i, None, None])
+    db.reject("tracker-1", ["y", "nope", T0, 0, None, None], received_ns=T0 + S)
+    rows, pages = _all_pages(api, "rejected", "rejected", order=order, limit=2)
+    assert pages == 3
+    ids = [r["id"] for r in rows]
+    assert ids == ([1, 2, 3, 4, 5, 6] if order == "asc" else [6, 5, 4, 3, 2, 1])
