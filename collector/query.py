@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -33,6 +34,8 @@ from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 if TYPE_CHECKING:
     from collector.ingest import Ingest, PreparedBatch
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, object]
 Order = Literal["asc", "desc"]
@@ -768,6 +771,7 @@ def replay_rejected(
             replayed += len(moved)
     finally:
         conn.close()
+    log.info("replayed rejects checked=%d replayed=%d", checked, replayed)
     return ReplayResult(checked, replayed, checked - replayed)
 
 
