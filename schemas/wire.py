@@ -32,6 +32,12 @@ fields can be added within v1; a breaking change bumps PROTOCOL_VERSION.
 Errors: `LocalProtocolError` for misuse of this API, `RemoteProtocolError` for anything the
 peer sent; a frame that fails to decode costs that frame only (the stream stays in sync)
 until the bad-frame budget is spent.
+
+Limits (constants below, each with its reason; docs/protocol.md §8): a declared frame length
+is checked on the 4-byte header, before the body is buffered; msgpack decoding runs with
+explicit limits on every str, map, bin, ext and array length, and only the BATCH readings /
+ACK rejects list may exceed MAX_INNER_ARRAY_LEN, read element by element so that no large
+declared length is ever preallocated.
 """
 
 from __future__ import annotations
