@@ -118,10 +118,16 @@ def register(
         "stream": _stream,
     }
     for name, handler in routes.items():
-        app.router.add_get(f"{PREFIX}/{name}", _guard(handler))
+        app.router.add_get(f"{PREFIX}/{name}", guard(handler))
 
 
-def _guard(handler: Handler) -> Handler:
+def guard(handler: Handler) -> Handler:
+    """Wrap a handler: read-token check (when `register` was given one) and 400 on BadParam.
+
+    The collector's own read routes (e.g. /api/v1/devices) can use it so one token covers
+    every read route; call it on handlers added after `register`.
+    """
+
     async def wrapped(request: web.Request) -> web.StreamResponse:
         cfg = request.app[_CONFIG]
         if cfg.token is not None:

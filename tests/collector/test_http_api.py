@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from collector import http_api, query
 from collector.errors import ConfigError
@@ -167,12 +168,20 @@ def test_bad_parameters_get_400_naming_them(
 
 
 def test_read_token(db: Db) -> None:
-    with serve_api(db.path, token="s3cret") as base:
+    async def own_route(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    def extra(app: web.Application) -> None:
+        app.router.add_get("/api/v1/own", http_api.guard(own_route))
+
+    with serve_api(db.path, token="s3cret", extra=extra) as base:
         status, body = get_json(base + "/api/v1/series")
         assert status == 401 and body["param"] == "Authorization"
         assert get_json(base + "/api/v1/series", token="wrong")[0] == 401
         status, body = get_json(base + "/api/v1/series", token="s3cret")
         assert status == 200 and len(body["series"]) == 8
+        assert get_json(base + "/api/v1/own")[0] == 401
+        assert get_json(base + "/api/v1/own", token="s3cret") == (200, {"ok": True})
 
 
 def test_token_required_off_loopback() -> None:

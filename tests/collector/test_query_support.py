@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,12 @@ def readonly(path: Path) -> sqlite3.Connection:
 
 
 @contextmanager
-def serve_api(db_path: Path, *, token: str | None = None) -> Iterator[str]:
+def serve_api(
+    db_path: Path,
+    *,
+    token: str | None = None,
+    extra: Callable[[web.Application], None] | None = None,
+) -> Iterator[str]:
     """Serve the query routes on 127.0.0.1:<free port> in a thread; yields the base URL."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -181,6 +186,8 @@ def serve_api(db_path: Path, *, token: str | None = None) -> Iterator[str]:
         stop = asyncio.Event()
         app = web.Application()
         http_api.register(app, str(db_path), token=token)
+        if extra is not None:
+            extra(app)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
