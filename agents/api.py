@@ -2,7 +2,7 @@
 
     from agents.api import Agent
 
-    with Agent.create(collector="collector.local:7700", device_id="greenhouse-1",
+    with Agent.create(collector="collector.local:7878", device_id="greenhouse-1",
                       token="...", spool_path="/var/lib/telemetry/spool.db") as agent:
         agent.record("greenhouse/air-temp", kind="temperature", value=21.5, unit="C")
 

@@ -30,7 +30,7 @@ from typing import Final, Literal
 SpoolPolicy = Literal["drop-oldest", "block"]
 SPOOL_POLICIES: Final = ("drop-oldest", "block")
 
-DEFAULT_PORT: Final = 7700
+DEFAULT_PORT: Final = 7878  # the collector's default ingest port
 # A batch per second at most by default: one ACK round trip per second is nothing on a
 # device, and a reading waits at most this long before it leaves.
 DEFAULT_MAX_DELAY_MS: Final = 1000

@@ -217,3 +217,12 @@ def test_unusable_spool_path_is_one_line(tmp_path):
     assert res.returncode == 2
     assert "error: cannot open spool" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_default_collector_address_is_the_collectors_default_listen_port(tmp_path):
+    from agents.config import parse_config
+
+    cfg = parse_config(
+        {"agent": {"device_id": "d1", "token": "t"}}, base_dir=tmp_path, known_sources=frozenset()
+    )
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 7878)
