@@ -1,8 +1,6 @@
 """The collector daemon and the tools that read what it stored."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("sensor-telemetry")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0+unknown"
+# A constant rather than importlib.metadata: that import costs every `telemetry` process
+# (including `telemetry agent` on a device) about 2 MB. tests/collector/test_version.py keeps
+# it equal to the installed distribution's version.
+__version__ = "0.1.0"
