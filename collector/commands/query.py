@@ -11,14 +11,13 @@ Must not: hold the write lock (only `rejected --replay` writes, through
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO, TypeVar
@@ -189,39 +188,50 @@ def _out_format(fmt: str | None, out: TextIO) -> str:
 
 
 class _Remote:
-    """The few GETs the commands need from a collector's HTTP API."""
+    """The few GETs the commands need from a collector's HTTP API (http.client, no deps)."""
 
     def __init__(self, url: str, token: str | None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"--url: {url!r} is not an http:// or https:// URL")
+        self.parts = parts
         self.base = url.rstrip("/")
         self.token = token
 
-    def _open(self, path: str, params: Sequence[tuple[str, str]], timeout: float | None) -> object:
+    def _request(
+        self, path: str, params: Sequence[tuple[str, str]]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        cls = (
+            http.client.HTTPSConnection
+            if self.parts.scheme == "https"
+            else http.client.HTTPConnection
+        )
+        conn = cls(self.parts.netloc, timeout=REMOTE_TIMEOUT_S)
         qs = urllib.parse.urlencode(list(params))
-        req = urllib.request.Request(f"{self.base}/api/v1/{path}" + (f"?{qs}" if qs else ""))
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
+        target = f"{self.parts.path.rstrip('/')}/api/v1/{path}" + (f"?{qs}" if qs else "")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            return urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as exc:
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise click.ClickException(f"--url: cannot reach {self.base}: {exc}") from None
+        if resp.status != 200:
             try:
-                body = json.loads(exc.read() or b"{}")
+                body = json.loads(resp.read() or b"{}")
                 msg = body.get("error") if isinstance(body, dict) else None
             except ValueError:
                 msg = None
-            raise click.ClickException(
-                f"{self.base}: HTTP {exc.code}: {msg or exc.reason}"
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(f"--url: cannot reach {self.base}: {reason}") from None
+            conn.close()
+            raise click.ClickException(f"{self.base}: HTTP {resp.status}: {msg or resp.reason}")
+        return conn, resp
 
     def get(self, path: str, params: Sequence[tuple[str, str]]) -> dict[str, object]:
-        resp = self._open(path, params, REMOTE_TIMEOUT_S)
-        with resp:  # type: ignore[attr-defined]  # an http.client.HTTPResponse
-            data = json.loads(resp.read())  # type: ignore[attr-defined]
+        conn, resp = self._request(path, params)
+        try:
+            data = json.loads(resp.read())
+        finally:
+            conn.close()
         assert isinstance(data, dict)
         return data
 
@@ -246,21 +256,31 @@ class _Remote:
             cursor = nxt
 
     def stream(
-        self, params: Sequence[tuple[str, str]], timeout: float | None
-    ) -> Iterator[ql.Row | None]:
-        """Readings from /stream (Server-Sent Events) as they arrive; None for a keepalive."""
-        resp = self._open("stream", params, timeout)
-        with resp:  # type: ignore[attr-defined]
-            for raw in resp:  # type: ignore[attr-defined]
+        self, params: Sequence[tuple[str, str]], deadline: float | None
+    ) -> Generator[ql.Row, None, None]:
+        """Readings from /stream (Server-Sent Events) as they arrive, until `deadline`."""
+        conn, resp = self._request("stream", params)
+        try:
+            while True:
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    conn.sock.settimeout(left)  # a quiet stream still ends on time
+                raw = resp.readline()
+                if not raw:
+                    return  # the collector ended the stream (shutdown)
                 line = raw.decode().rstrip("\r\n")
                 if line == ": ready":
                     click.echo(f"tail: following {self.base}", err=True)
-                elif line.startswith(":"):
-                    yield None  # lets the caller check its deadline on a quiet stream
                 elif line.startswith("data: "):
                     row = json.loads(line[6:])
                     assert isinstance(row, dict)
                     yield row
+        except TimeoutError:
+            return  # --for elapsed while the stream was quiet
+        finally:
+            conn.close()
 
 
 def _filter_params(f: ql.Filters) -> list[tuple[str, str]]:
@@ -497,17 +517,13 @@ def _tail_remote(
     emit: Callable[[Sequence[ql.Row]], bool],
     deadline: float | None,
 ) -> None:
-    # The socket timeout ends a stream that stays silent past --for; on a stream that only
-    # sends keepalives, --for is checked at each one (every 15 s at most).
-    timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+    rows = remote.stream(_filter_params(f), deadline)
     try:
-        for row in remote.stream(_filter_params(f), timeout=timeout):
-            if row is not None and emit([row]):
+        for row in rows:
+            if emit([row]):
                 return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-    except TimeoutError:
-        return  # --for elapsed while the stream was quiet
+    finally:
+        rows.close()  # closes the HTTP connection now, not when the generator is collected
 
 
 @click.command()

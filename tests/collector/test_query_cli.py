@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -250,6 +251,10 @@ def test_bad_arguments_exit_2_with_one_line(
 
 
 def test_url_errors_are_one_line(db: Db, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert "cannot reach" in _bad(capsys, "series", "--url", dead)
     with serve_api(db.path) as base:
         # The API's 400 message names the parameter; the CLI passes it on.
         err = _bad(capsys, "query", "--url", base, "--every", "5m", "--agg", "nope")
