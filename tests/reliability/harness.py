@@ -1,0 +1,222 @@
+"""Shared parts of the fault-injection suite: agent subprocesses, devices, and stored counts.
+
+Counting is exact because every agent input is `simulated` with `kind = "counter"`,
+`waveform = "constant"`, `base = 0` and a `count`: each sensor's values are 1, 2, ..., count,
+one per sample, so "every reading taken, stored exactly once" is "each sensor's stored
+values are exactly 1..n". Stored readings are read back through `collector.scan.read_range`
+(head and compacted blocks, each reading once), and the raw row counts of both tables are
+checked beside it so a reading kept twice (head and block) cannot hide.
+
+Only loopback addresses; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from collector import devices, scan, store
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def wait_for(pred: Callable[[], bool], what: str, within: float = 60.0) -> float:
+    """Poll `pred` until true; returns the seconds it took. Raises AssertionError on timeout."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > within:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def add_devices(db: Path, names: Iterable[str]) -> dict[str, str]:
+    """Register devices straight in the registry (faster than one CLI process each)."""
+    store.migrate(db)
+    conn = store.connect(db)
+    try:
+        return {n: devices.add_device(conn, n, time.time_ns())[1] for n in names}
+    finally:
+        conn.close()
+
+
+def ro(db: Path) -> sqlite3.Connection:
+    return store.connect(db, readonly=True)
+
+
+def integrity(db: Path) -> str:
+    conn = ro(db)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def committed_total(db: Path) -> int:
+    """Readings committed so far (series.count is kept in the ingest transaction)."""
+    conn = ro(db)
+    try:
+        return int(conn.execute("SELECT coalesce(sum(count), 0) FROM series").fetchone()[0])
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+@dataclass
+class Stored:
+    """What the collector holds, per (device, sensor): every value, in time order."""
+
+    values: dict[tuple[str, str], list[object]]
+    head_rows: int
+    block_rows: int
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.values.values())
+
+
+def stored(db: Path) -> Stored:
+    conn = ro(db)
+    try:
+        ids = {
+            int(sid): (str(dev), str(sensor))
+            for sid, dev, sensor in conn.execute(
+                "SELECT s.id, d.name, s.sensor FROM series s JOIN devices d ON d.id = s.device_id"
+            )
+        }
+        values: dict[tuple[str, str], list[object]] = defaultdict(list)
+        for sid, _ts, value in scan.read_range(conn, sorted(ids), None, None):
+            values[ids[sid]].append(value)
+        head = int(conn.execute(f"SELECT count(*) FROM {store.HEAD}").fetchone()[0])
+        blk = int(conn.execute(f"SELECT coalesce(sum(count), 0) FROM {store.BLOCKS}").fetchone()[0])
+        return Stored(dict(values), head, blk)
+    finally:
+        conn.close()
+
+
+def counter_input(names: list[str], count: int, interval: str = "10ms") -> str:
+    """One simulated counter input: every name gets values exactly 1..count."""
+    quoted = ", ".join(f'"{n}"' for n in names)
+    return (
+        f'[[inputs.simulated]]\nnames = [{quoted}]\nkind = "counter"\ninterval = "{interval}"\n'
+        f'waveform = "constant"\nbase = 0\ncount = {count}\n'
+    )
+
+
+class Agent:
+    """`python -m agents` as a subprocess with its own spool and log file."""
+
+    def __init__(self, tmp: Path, device: str, token: str) -> None:
+        self.device = device
+        self.token = token
+        self.config = tmp / f"{device}.toml"
+        self.logfile = tmp / f"{device}.log"
+        self.spool = tmp / f"{device}.spool.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def configure(
+        self,
+        port: int,
+        inputs: str,
+        *,
+        backoff_max_ms: int = 500,
+        heartbeat_ms: int = 1000,
+        batch: int = 500,
+        spool_max: int = 2_000_000,
+    ) -> None:
+        self.config.write_text(
+            f'[agent]\ndevice_id = "{self.device}"\ntoken = "{self.token}"\n'
+            f'[collector]\naddress = "127.0.0.1:{port}"\n'
+            f"backoff_initial_ms = 50\nbackoff_max_ms = {backoff_max_ms}\n"
+            f"heartbeat_ms = {heartbeat_ms}\nconnect_timeout_ms = 2000\n"
+            f"[batch]\nmax_readings = {batch}\nmax_delay_ms = 50\n"
+            f'[spool]\npath = "{self.spool}"\nmax_readings = {spool_max}\n'
+            f"{inputs}"
+        )
+
+    def start(self) -> Agent:
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agents", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=ENV,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def text(self) -> str:
+        return self.logfile.read_text() if self.logfile.exists() else ""
+
+    def finished_inputs(self) -> int:
+        return self.text().count("input finished its sample count")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def spooled(self) -> dict[str, list[int]]:
+        """Readings still in the spool (pending or sealed): sensor -> values."""
+        out: dict[str, list[int]] = defaultdict(list)
+        if not self.spool.exists():
+            return {}
+        conn = sqlite3.connect(self.spool)
+        try:
+            for (body,) in conn.execute("SELECT body FROM readings"):
+                r = msgpack.unpackb(body, raw=False)
+                out[r[0]].append(int(r[3]))
+        finally:
+            conn.close()
+        return dict(out)
+
+    def dropped_total(self) -> int:
+        if not self.spool.exists():
+            return 0
+        conn = sqlite3.connect(self.spool)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            conn.close()
+
+
+def assert_exactly_once(st: Stored, expected: dict[tuple[str, str], int]) -> None:
+    """Each (device, sensor) holds exactly the values 1..n once; nothing else is stored."""
+    missing = {k: n for k, n in expected.items() if k not in st.values}
+    assert not missing, f"series never stored: {sorted(missing)[:5]}"
+    extra = set(st.values) - set(expected)
+    assert not extra, f"unexpected series: {sorted(extra)[:5]}"
+    for key, n in expected.items():
+        got = st.values[key]
+        if sorted(got) != list(range(1, n + 1)):  # type: ignore[type-var]  # ints stored
+            seen: dict[object, int] = defaultdict(int)
+            for v in got:
+                seen[v] += 1
+            dups = [v for v, c in seen.items() if c > 1]
+            lost = sorted(set(range(1, n + 1)) - set(seen))
+            raise AssertionError(
+                f"{key}: {len(got)} stored, want {n}; duplicated {dups[:5]}, missing {lost[:5]}"
+            )
+    want = sum(expected.values())
+    assert st.head_rows + st.block_rows == want, (st.head_rows, st.block_rows, want)
