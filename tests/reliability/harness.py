@@ -12,6 +12,7 @@ Only loopback addresses; every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -29,6 +30,20 @@ from collector import devices, scan, store
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+# Figures each scenario measured, printed in the terminal summary (see conftest.py) and
+# appended as JSON lines to $RELIABILITY_FIGURES when that is set.
+FIGURES: list[tuple[str, dict[str, float]]] = []
+
+
+def report(scenario: str, figures: dict[str, float]) -> None:
+    """Record one scenario's figures for the end-of-run summary."""
+    FIGURES.append((scenario, figures))
+    path = os.environ.get("RELIABILITY_FIGURES")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"scenario": scenario, **figures}) + "\n")
 
 
 def wait_for(pred: Callable[[], bool], what: str, within: float = 60.0) -> float:
@@ -78,9 +93,13 @@ def committed_total(db: Path) -> int:
 class Stored:
     """What the collector holds, per (device, sensor): every value, in time order."""
 
-    values: dict[tuple[str, str], list[object]]
+    values: dict[tuple[str, str], list[scan.Value]]
     head_rows: int
     block_rows: int
+
+    def ints(self, key: tuple[str, str]) -> list[int]:
+        """One series' values as ints (counters); a missing series is empty."""
+        return [int(v) for v in self.values.get(key, []) if v is not None]
 
     @property
     def total(self) -> int:
@@ -96,7 +115,7 @@ def stored(db: Path) -> Stored:
                 "SELECT s.id, d.name, s.sensor FROM series s JOIN devices d ON d.id = s.device_id"
             )
         }
-        values: dict[tuple[str, str], list[object]] = defaultdict(list)
+        values: dict[tuple[str, str], list[scan.Value]] = defaultdict(list)
         for sid, _ts, value in scan.read_range(conn, sorted(ids), None, None):
             values[ids[sid]].append(value)
         head = int(conn.execute(f"SELECT count(*) FROM {store.HEAD}").fetchone()[0])
@@ -208,8 +227,8 @@ def assert_exactly_once(st: Stored, expected: dict[tuple[str, str], int]) -> Non
     extra = set(st.values) - set(expected)
     assert not extra, f"unexpected series: {sorted(extra)[:5]}"
     for key, n in expected.items():
-        got = st.values[key]
-        if sorted(got) != list(range(1, n + 1)):  # type: ignore[type-var]  # ints stored
+        got = st.ints(key)
+        if sorted(got) != list(range(1, n + 1)):
             seen: dict[object, int] = defaultdict(int)
             for v in got:
                 seen[v] += 1

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from schemas import wire
+from schemas.errors import RemoteProtocolError
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import (
     ENV,
@@ -34,6 +35,8 @@ from tests.reliability.harness import (
     committed_total,
     counter_input,
     integrity,
+    report,
+    ro,
     stored,
     wait_for,
 )
@@ -105,14 +108,14 @@ class Streamer(threading.Thread):
                             time.sleep(ans.retry_after_ms / 1000)  # the protocol's RETRY wait
                         else:
                             raise ConnectionError(repr(ans))
-            except (OSError, ConnectionError, TimeoutError, wire.RemoteProtocolError):
+            except (OSError, ConnectionError, TimeoutError, RemoteProtocolError):
                 self.reconnects += 1
                 self.stop_flag.wait(0.05)  # reconnect pacing, not synchronisation
 
 
 def _stored_stream_seqs(db: Path, device: str) -> set[int]:
     st = stored(db)
-    return {int(v) for (dev, sensor), vals in st.values.items() if dev == device for v in vals}  # type: ignore[call-overload]  # ints stored
+    return {v for key in st.values if key[0] == device for v in st.ints(key)}
 
 
 def run_kill_scenario(tmp_path: Path, size: KillSize, seed: int) -> dict[str, float]:
@@ -189,10 +192,9 @@ def run_kill_scenario(tmp_path: Path, size: KillSize, seed: int) -> dict[str, fl
         pytest.param(KILL_LONG, id="long", marks=[pytest.mark.longform, pytest.mark.timeout(1800)]),
     ],
 )
-def test_collector_sigkilled_under_load_loses_and_duplicates_nothing(tmp_path, size, capsys):
+def test_collector_sigkilled_under_load_loses_and_duplicates_nothing(tmp_path, size, request):
     figures = run_kill_scenario(tmp_path, size, seed=6)
-    with capsys.disabled():
-        print(f"\n[reliability] collector kills {figures}")
+    report(request.node.name, figures)
 
 
 # ----------------------------------------------------------------------------- scenario 2
@@ -235,7 +237,7 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
             a.start()
         wait_for(lambda: committed_total(db) >= size.sensors * size.agents, "first readings")
         daemon.kill()
-        before_down = stored(db).values
+        before_down = stored(db)
         for phase in range(size.rounds):
             for a in agents:
                 threshold = rng.randrange(1, size.sensors * size.samples // 2)
@@ -256,8 +258,8 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
                         [
                             0,
                             *spool.get(s, []),
-                            *(int(v) for v in before_down.get((a.device, s), [])),
-                        ]  # type: ignore[call-overload]
+                            *before_down.ints((a.device, s)),
+                        ]
                     )
                     taken[(a.device, s)] = top
                 a.configure(
@@ -275,7 +277,6 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
         for a in agents:
             wait_for(lambda a=a: not a.spooled(), f"{a.device} spool drained", 120)  # type: ignore[misc]
         dropped = {a.device: a.dropped_total() for a in agents}
-        reported = _reported_drops(db)
         wait_for(lambda: _reported_drops(db) == dropped, "drops reported", 30)
         reported = _reported_drops(db)
     finally:
@@ -304,8 +305,6 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
 
 
 def _reported_drops(db: Path) -> dict[str, int]:
-    from tests.reliability.harness import ro
-
     conn = ro(db)
     try:
         return {str(n): int(d) for n, d in conn.execute("SELECT name, spool_dropped FROM devices")}
@@ -321,7 +320,8 @@ def _reported_drops(db: Path) -> dict[str, int]:
         pytest.param(DOWN_LONG, id="long", marks=[pytest.mark.longform, pytest.mark.timeout(900)]),
     ],
 )
-def test_agents_killed_while_collector_down_every_taken_reading_stored_once(tmp_path, size, capsys):
+def test_agents_killed_while_collector_down_every_taken_reading_stored_once(
+    tmp_path, size, request
+):
     figures = run_down_scenario(tmp_path, size, seed=7)
-    with capsys.disabled():
-        print(f"\n[reliability] agents killed while collector down {figures}")
+    report(request.node.name, figures)
