@@ -104,18 +104,20 @@ class Collector:
 
         with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10) as r:
             text = r.read().decode()
-        buckets = [
-            (float(m.group(1)), int(m.group(2)))
-            for m in re.finditer(
-                r'telemetry_commit_seconds_bucket\{le="([0-9.e+-]+)"\} (\d+)', text
-            )
-        ]
-        total_m = re.search(r"telemetry_commit_seconds_count (\d+)", text)
-        total = int(total_m.group(1)) if total_m else 0
-        out: dict[str, float | None] = {"commits": total}
-        for q in (0.5, 0.99):
-            bound = next((b for b, n in buckets if total and n >= q * total), None)
-            out[f"commit_p{int(q * 100)}_ms_le"] = None if bound is None else bound * 1000
+        out: dict[str, float | None] = {}
+        for what in ("commit", "batch"):
+            buckets = [
+                (float(m.group(1)), int(m.group(2)))
+                for m in re.finditer(
+                    rf'telemetry_{what}_seconds_bucket\{{le="([0-9.e+-]+)"\}} (\d+)', text
+                )
+            ]
+            total_m = re.search(rf"telemetry_{what}_seconds_count (\d+)", text)
+            total = int(total_m.group(1)) if total_m else 0
+            out[f"{what}_count"] = total
+            for q in (0.5, 0.99):
+                bound = next((b for b, n in buckets if total and n >= q * total), None)
+                out[f"{what}_p{int(q * 100)}_ms_le"] = None if bound is None else bound * 1000
         return out
 
     def stop(self) -> int:

@@ -44,6 +44,8 @@ from schemas.readings import ReadingValidator
 
 log = logging.getLogger(__name__)
 
+HTTP_SHUTDOWN_S = 1.0
+
 
 def sd_notify(state: str) -> bool:
     """Send one sd_notify(3) datagram when NOTIFY_SOCKET is set; True if sent."""
@@ -124,7 +126,12 @@ async def serve(
         waiting: list[asyncio.Future[Any]] = [bound, server_task]
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not bound.done():
-            await server_task  # raises the bind error
+            try:
+                await server_task  # raises the bind error
+            except OSError as exc:
+                raise ConfigError(
+                    f"setting 'listen': cannot listen on {cfg.listen}: {exc}"
+                ) from None
         ingest_host, ingest_port = bound.result()
         http_desc = "off"
         if cfg.http_addr is not None:
@@ -134,10 +141,16 @@ async def serve(
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),
             )
-            runner = web.AppRunner(create_app(state, routes), access_log=None)
+            # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
+            runner = web.AppRunner(
+                create_app(state, routes), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
+            )
             await runner.setup()
             site = web.TCPSite(runner, *cfg.http_addr)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ConfigError(f"setting 'http': cannot listen on {cfg.http}: {exc}") from None
             h = runner.addresses[0]
             http_desc = f"{h[0]}:{h[1]}"
         # Start-up objects (modules, validators, kind tables) never die: keep the cyclic GC

@@ -76,6 +76,8 @@ class Metrics:
     bytes_in: int = 0
     commits: int = 0
     commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS_S))
+    # BATCH decoded -> its ACK written: the collector's share of the agent's ACK latency.
+    batch_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS_S))
     devices: dict[str, DeviceStats] = field(default_factory=dict)
     queue_depth: Callable[[], int] = lambda: 0
 
@@ -139,17 +141,23 @@ class Metrics:
         )
         metric("telemetry_writer_queue_depth", "gauge", "Batches waiting for the writer.",
                [("", self.queue_depth())])  # fmt: skip
-        h = self.commit_seconds
-        name = "telemetry_commit_seconds"
-        out.append(f"# HELP {name} Group-commit latency of the writer.")
-        out.append(f"# TYPE {name} histogram")
-        cumulative = 0
-        for bound, n in zip(h.buckets, h.counts, strict=False):
-            cumulative += n
-            out.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {h.count}')
-        out.append(f"{name}_sum {_num(h.total)}")
-        out.append(f"{name}_count {h.count}")
+        for name, h, help_ in (
+            ("telemetry_commit_seconds", self.commit_seconds, "Group-commit latency."),
+            (
+                "telemetry_batch_seconds",
+                self.batch_seconds,
+                "From a BATCH decoded to its ACK written.",
+            ),
+        ):
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} histogram")
+            cumulative = 0
+            for bound, n in zip(h.buckets, h.counts, strict=False):
+                cumulative += n
+                out.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+            out.append(f'{name}_bucket{{le="+Inf"}} {h.count}')
+            out.append(f"{name}_sum {_num(h.total)}")
+            out.append(f"{name}_count {h.count}")
         metric(
             "telemetry_device_connected",
             "gauge",

@@ -99,11 +99,13 @@ class Server:
 
     async def run(self, host: str, port: int, bound: Callable[[tuple[str, int]], None]) -> None:
         """Listen, report the bound address through `bound`, and serve until shutdown()."""
+        # Bind outside the TaskGroup so a bind error surfaces as a plain OSError.
+        self._server = await asyncio.start_server(
+            self._accept, host, port, limit=READ_BYTES, backlog=4096, start_serving=False
+        )
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            self._server = await asyncio.start_server(
-                self._accept, host, port, limit=READ_BYTES, backlog=4096
-            )
+            await self._server.start_serving()
             sock = self._server.sockets[0].getsockname()
             self.address = (str(sock[0]), int(sock[1]))
             bound(self.address)
@@ -316,10 +318,11 @@ class Server:
                 return event
             if isinstance(event, wire.Batch):
                 await self._until_pending_below(s, self.limits.max_inflight_batches)
+                t0 = time.perf_counter()
                 batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
                 fut = await self.writer.submit(s.device_id, batch)
                 s.pending += 1
-                fut.add_done_callback(functools.partial(self._answer, s))
+                fut.add_done_callback(functools.partial(self._answer, s, t0))
                 # ACKs are written from the callback; waiting here for the socket's write
                 # buffer keeps a peer that does not read them from growing it.
                 async with asyncio.timeout(self.limits.write_timeout_s):
@@ -339,7 +342,7 @@ class Server:
                 if event.fatal:
                     return "agent error"
 
-    def _answer(self, s: _Session, fut: asyncio.Future[BatchOutcome]) -> None:
+    def _answer(self, s: _Session, t0: float, fut: asyncio.Future[BatchOutcome]) -> None:
         """Done-callback of a submitted batch: write its ACK or RETRY.
 
         The writer resolves futures in submission order, so answers leave in BATCH order.
@@ -379,6 +382,7 @@ class Server:
             rejected,
         )
         self._write(s, wire.Ack(outcome.seq, outcome.accepted, outcome.duplicate, outcome.rejects))
+        m.batch_seconds.observe(time.perf_counter() - t0)
 
     async def _send(self, s: _Session, event: wire.Event) -> None:
         """Write an event, with a deadline on a peer that does not read."""

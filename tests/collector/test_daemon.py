@@ -353,6 +353,25 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
     )
 
 
+def test_listen_address_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "collector", "collector", "--db", str(tmp_path / "t.db"),
+             "--listen", f"127.0.0.1:{port}", "--http", "off"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert "setting 'listen'" in last and "Traceback" not in out.stderr
+
+
 def test_check_config_merges_file_env_and_flags(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('db = "from-file.db"\nlog_level = "DEBUG"\n[limits]\nmax_connections = 7\n')
