@@ -186,15 +186,24 @@ def main() -> None:
     )
     total = conn.execute("SELECT sum(count) FROM series").fetchone()[0]
     size = os.path.getsize(path)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    used = page * (
+        conn.execute("PRAGMA page_count").fetchone()[0]
+        - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    )
     print(
         f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, {platform.platform()}"
     )
     print(
-        f"# DB: {total:,} readings over {args.series:,} series, {size / 2**20:.0f} MiB "
-        f"({size / total:.2f} B/reading), head rows {head:,}, blocks {blocks:,}"
+        f"# DB: {total:,} readings over {args.series:,} series; file {size / 2**20:.0f} MiB, "
+        f"in use {used / 2**20:.1f} MiB ({used / total:.2f} B/reading; the rest is pages "
+        f"compaction freed, no VACUUM); head rows {head:,}, blocks {blocks:,}"
     )
-    print(f"# build: insert {t_insert:.1f} s, compaction {t_compact:.1f} s")
+    if t_insert == t_insert:  # not NaN: built by this run
+        print(f"# build: insert {t_insert:.1f} s, compaction {t_compact:.1f} s")
+    else:
+        print(f"# build: reused {path}")
 
     since = end_ns - 24 * 3600 * S
     one = query.resolve_series(conn, query.Filters(devices=("dev-0500",)))
