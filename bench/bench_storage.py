@@ -5,8 +5,8 @@
 
 Mimics the writer: 1,000-row transactions (WAL, synchronous=FULL) of `executemany`
 INSERT OR IGNORE into the head plus the per-series last_ts/last_value/count update, devices
-interleaved, and `compactor.compact_once` after every commit with "now" = the newest
-timestamp written (the data's clock runs faster than the wall clock). Timed: the SQLite work
+interleaved, and one `compactor.compact_once` step after every 4th commit (--compact-every) with
+"now" = the newest timestamp written (the data's clock runs faster than the wall clock). Timed: the SQLite work
 and compaction, not the generation of readings. Then: bytes per reading after the last
 window is compacted, `scan.latest` for 1,000 series, and 24 h of one series in 1-minute
 buckets via `scan.aggregate`. Writes only to a temporary directory (or --dir).
@@ -41,6 +41,8 @@ UPDATE_SERIES = (
     "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
     "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
 )
+CODECS = {"00": "int-delta", "01": "float-decimal", "02": "float-xor", "03": "generic"}
+CODECS["04"] = "number-decimal"
 SENSORS = ("temperature", "humidity", "pressure", "voltage", "counter", "door", "co2", "load")
 
 
@@ -148,6 +150,10 @@ def main() -> None:
     ap.add_argument("--max-rows", type=int, default=compactor.MAX_ROWS_PER_CALL)
     ap.add_argument("--txn-rows", type=int, default=1000)
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
+    ap.add_argument("--no-compaction", action="store_true", help="baseline: head only")
+    ap.add_argument(
+        "--compact-every", type=int, default=4, help="one compaction step per N transactions"
+    )
     ap.add_argument("--dir", type=Path, default=None, help="keep the DB here (default: temp)")
     args = ap.parse_args()
 
@@ -178,14 +184,15 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
     total_t = total_compact = 0.0
     newest = T0_NS
     started = time.monotonic()
-    print(f"{'slice':>10} {'readings/s':>11} {'compaction share':>17}")
+    print(f"{'slice':>10} {'readings/s':>11} {'compaction share':>17} {'head rows':>10}")
     while done < args.readings:
         rows = [next(gen) for _ in range(args.txn_rows)]
         t = time.perf_counter()
         write_batch(conn, rows)
         newest = max(newest, rows[-1][0])
         t2 = time.perf_counter()
-        compactor.compact_once(conn, newest, config)
+        if not args.no_compaction and (done // args.txn_rows) % args.compact_every == 0:
+            compactor.compact_once(conn, newest, config)
         t3 = time.perf_counter()
         slice_t += t3 - t
         slice_compact += t3 - t2
@@ -194,7 +201,8 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
             m = done // args.slice
             print(
                 f"{m - 1:>4}-{m:<3}M {args.slice / slice_t:>11,.0f} "
-                f"{slice_compact / slice_t:>16.0%}",
+                f"{slice_compact / slice_t:>16.0%} "
+                f"{conn.execute('SELECT count(*) FROM readings_head').fetchone()[0]:>10,}",
                 flush=True,
             )
             total_t += slice_t
@@ -209,18 +217,20 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
     )
     head_rows = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
     print(f"head rows before final compaction: {head_rows:,}")
+    if args.no_compaction:
+        report_size(conn, path, done, vacuum=False)
+        return
     t = time.perf_counter()
-    drained = 0
-    while n := compactor.compact_once(conn, newest + config.window_ns + config.grace_ns, config):
-        drained += n
-    dt = time.perf_counter() - t
-    print(f"final compaction: {drained:,} steps in {dt:.1f}s")
+    steps = 0
+    while compactor.compact_once(conn, newest + config.window_ns + config.grace_ns, config):
+        steps += 1
+    print(f"final compaction of the open windows: {steps} steps in {time.perf_counter() - t:.1f}s")
     report_size(conn, path, done)
     report_reads(path, args, newest)
     conn.close()
 
 
-def report_size(conn: sqlite3.Connection, path: Path, done: int) -> None:
+def report_size(conn: sqlite3.Connection, path: Path, done: int, vacuum: bool = True) -> None:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -232,13 +242,18 @@ def report_size(conn: sqlite3.Connection, path: Path, done: int) -> None:
         f"block payloads {blob / done:.2f} B/reading in {nblocks:,} blocks "
         f"({done / nblocks:.0f} readings/block)"
     )
+    if not vacuum:
+        print(f"file {pages * page / 2**20:,.1f} MiB ({pages * page / done:.2f} B/reading)")
+        return
     for codec, n, size, count in conn.execute(
-        "SELECT unicode(substr(data, 2, 1)), count(*), sum(length(data)), sum(count) "
+        "SELECT hex(substr(data, 2, 1)), count(*), sum(length(data)), sum(count) "
         "FROM blocks GROUP BY 1"
     ):
-        print(f"  codec {codec}: {n:,} blocks, {size / count:.2f} B/reading payload")
+        name = CODECS.get(codec, codec)
+        print(f"  {name}: {n:,} blocks, {size / count:.2f} B/reading payload")
     t = time.perf_counter()
     conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     vac = Path(path).stat().st_size
     print(
         f"after VACUUM ({time.perf_counter() - t:.0f}s): {vac / 2**20:,.1f} MiB = "

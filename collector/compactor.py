@@ -111,17 +111,20 @@ def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
 _STAGE: Final = "temp.compaction_stage"
 _STATE: Final = "temp.compaction_state"
 _CHUNKS: Final = "temp.compaction_chunks"
-# Per-connection work state (temp tables): the stage holds the window being compacted,
-# ordered by series; the chunks table how many head rows each staged time range had; the
-# state row says which step is next. A new connection (a restart) has none of them and
-# simply starts the oldest closed window again: every step is idempotent.
+# Per-connection work state (temp tables). The window is copied into the stage a chunk
+# (a time range of about max_rows head rows) at a time, each chunk sorted by series: keyed
+# (chunk, series_id, ts), every copy appends at the B-tree's right edge (a (series_id, ts)
+# key measured 2-3x slower: each chunk touches every series' pages). `chunks` records each
+# chunk's head row count and series range; the state row says which step is next. A new
+# connection (a restart) has none of them and starts the oldest closed window again:
+# every step is idempotent.
 _TEMP_SCHEMA: Final = (
-    f"CREATE TABLE IF NOT EXISTS {_STAGE} (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, "
-    "value, PRIMARY KEY (series_id, ts)) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {_STAGE} (chunk INTEGER NOT NULL, series_id INTEGER NOT NULL, "
+    "ts INTEGER NOT NULL, value, PRIMARY KEY (chunk, series_id, ts)) WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {_STATE} (window_start INTEGER NOT NULL, "
     "step TEXT NOT NULL, cursor INTEGER NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {_CHUNKS} (lo INTEGER PRIMARY KEY, hi INTEGER NOT NULL, "
-    "n INTEGER NOT NULL)",
+    "n INTEGER NOT NULL, min_sid INTEGER, max_sid INTEGER)",
 )
 
 
@@ -196,32 +199,40 @@ def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tu
     """Copy the next chunk of the window's head rows into the series-ordered stage."""
     bound = _chunk_end(conn, cursor, end, max_rows)
     n = conn.execute(
-        f"INSERT OR IGNORE INTO {_STAGE} SELECT series_id, ts, value FROM {HEAD} "
-        "WHERE ts >= ? AND ts < ?",
-        (cursor, bound),
+        f"INSERT INTO {_STAGE} SELECT ?, series_id, ts, value FROM {HEAD} "
+        "WHERE ts >= ? AND ts < ? ORDER BY series_id, ts",
+        (cursor, cursor, bound),
     ).rowcount
-    conn.execute(f"INSERT OR REPLACE INTO {_CHUNKS} VALUES (?, ?, ?)", (cursor, bound, n))
+    conn.execute(
+        f"INSERT INTO {_CHUNKS} SELECT ?, ?, ?, min(series_id), max(series_id) FROM {_STAGE} "
+        "WHERE chunk = ?",
+        (cursor, bound, n, cursor),
+    )
     return n, bound, bound >= end
 
 
 def _pack(
     conn: sqlite3.Connection, start: int, end: int, cursor: int, max_rows: int
 ) -> tuple[int, int, bool]:
-    """Write the blocks of the next slice of series (about `max_rows` staged readings)."""
-    row = conn.execute(
-        f"SELECT series_id FROM {_STAGE} WHERE series_id >= ? ORDER BY series_id LIMIT 1 OFFSET ?",
-        (cursor, max_rows),
+    """Write the blocks of the next slice of series ids (about `max_rows` staged readings).
+
+    The slice width assumes readings spread evenly over the window's series ids.
+    """
+    total, lo, hi = conn.execute(
+        f"SELECT sum(n), min(min_sid), max(max_sid) FROM {_CHUNKS}"
     ).fetchone()
-    done = row is None
-    bound = 2**63 - 1 if row is None else max(row[0], cursor + 1)
+    if not total:
+        return 0, cursor, True
+    cursor = max(cursor, lo)
+    bound = cursor + max(1, (hi - lo + 1) * max_rows // total)
     rows = conn.execute(
-        f"SELECT series_id, ts, value FROM {_STAGE} WHERE series_id >= ? AND series_id < ? "
-        "ORDER BY series_id, ts",
+        f"SELECT series_id, ts, value FROM {_STAGE} WHERE chunk IN (SELECT lo FROM {_CHUNKS}) "
+        "AND series_id >= ? AND series_id < ? ORDER BY series_id, ts",
         (cursor, bound),
     ).fetchall()
     if rows:
         _write_blocks(conn, start, end, rows)
-    return len(rows), bound, done
+    return len(rows), bound, bound > hi
 
 
 def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, bool]:
@@ -237,12 +248,12 @@ def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, 
     if chunk is None:
         return 0, end, True
     lo, hi, staged = chunk
-    where = "ts >= ? AND ts < ?"
+    where = "ts >= ?1 AND ts < ?2"
     (now_in_head,) = conn.execute(f"SELECT count(*) FROM {HEAD} WHERE {where}", (lo, hi)).fetchone()
     if now_in_head != staged:
         where += (
-            f" AND EXISTS (SELECT 1 FROM {_STAGE} AS s "
-            f"WHERE s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)"
+            f" AND EXISTS (SELECT 1 FROM {_STAGE} AS s WHERE s.chunk = ?1 "
+            f"AND s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)"
         )
     n: int = conn.execute(f"DELETE FROM {HEAD} WHERE {where}", (lo, hi)).rowcount
     return n, hi, hi >= end
