@@ -5,11 +5,12 @@
 
 Mimics the writer: 1,000-row transactions (WAL, synchronous=FULL) of `executemany`
 INSERT OR IGNORE into the head plus the per-series last_ts/last_value/count update, devices
-interleaved, and one `compactor.compact_once` step after every 4th commit (--compact-every) with
-"now" = the newest timestamp written (the data's clock runs faster than the wall clock). Timed: the SQLite work
-and compaction, not the generation of readings. Then: bytes per reading after the last
-window is compacted, `scan.latest` for 1,000 series, and 24 h of one series in 1-minute
-buckets via `scan.aggregate`. Writes only to a temporary directory (or --dir).
+interleaved, and one `compactor.compact_once` step after every 4th commit (--compact-every)
+with "now" = the newest timestamp written (the data's clock runs faster than the wall
+clock). Timed: the SQLite work and compaction, not the generation of readings. Then:
+bytes per reading after the last window is compacted, `scan.latest` for 1,000 series, and
+24 h of one series in 1-minute buckets via `scan.aggregate`. Writes only to a temporary
+directory (or --dir).
 
 Sensors per device (values quantised as real sensors report them; one full-precision float):
 temperature 0.01, humidity 0.1, pressure 0.1, voltage 0.001, counter (int), door (0/1),
