@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -27,9 +28,13 @@ from pathlib import Path
 import msgpack
 
 from collector import devices, scan, store
+from schemas import wire
+from schemas.errors import RemoteProtocolError
+from tests.collector.wireclient import WireClient
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+TS0 = 1_700_000_000_000_000_000
 
 
 # Figures each scenario measured, printed in the terminal summary (see conftest.py) and
@@ -106,20 +111,34 @@ class Stored:
         return sum(len(v) for v in self.values.values())
 
 
-def stored(db: Path) -> Stored:
+def stored(db: Path, device: str | None = None) -> Stored:
+    """Everything stored (or one device's readings), read back through collector.scan."""
     conn = ro(db)
+    where, args = ("WHERE d.name = ?", (device,)) if device is not None else ("", ())
     try:
         ids = {
             int(sid): (str(dev), str(sensor))
             for sid, dev, sensor in conn.execute(
-                "SELECT s.id, d.name, s.sensor FROM series s JOIN devices d ON d.id = s.device_id"
+                "SELECT s.id, d.name, s.sensor FROM series s "
+                f"JOIN devices d ON d.id = s.device_id {where}",
+                args,
             )
         }
         values: dict[tuple[str, str], list[scan.Value]] = defaultdict(list)
         for sid, _ts, value in scan.read_range(conn, sorted(ids), None, None):
             values[ids[sid]].append(value)
-        head = int(conn.execute(f"SELECT count(*) FROM {store.HEAD}").fetchone()[0])
-        blk = int(conn.execute(f"SELECT coalesce(sum(count), 0) FROM {store.BLOCKS}").fetchone()[0])
+        marks = ",".join("?" * len(ids))
+        head = int(
+            conn.execute(
+                f"SELECT count(*) FROM {store.HEAD} WHERE series_id IN ({marks})", list(ids)
+            ).fetchone()[0]
+        )
+        blk = int(
+            conn.execute(
+                f"SELECT coalesce(sum(count), 0) FROM {store.BLOCKS} WHERE series_id IN ({marks})",
+                list(ids),
+            ).fetchone()[0]
+        )
         return Stored(dict(values), head, blk)
     finally:
         conn.close()
@@ -239,3 +258,68 @@ def assert_exactly_once(st: Stored, expected: dict[tuple[str, str], int]) -> Non
             )
     want = sum(expected.values())
     assert st.head_rows + st.block_rows == want, (st.head_rows, st.block_rows, want)
+
+
+class Streamer(threading.Thread):
+    """A raw protocol client that streams numbered batches and records what was ACKed.
+
+    After a lost connection it reconnects, learns `last_seq` from WELCOME and continues from
+    the first batch the collector has not committed, as the protocol says an agent must.
+    """
+
+    SENSORS = 10
+
+    def __init__(
+        self, device: str, token: str, batches: int, port: list[int], pace_s: float = 0.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.device, self.token, self.batches, self.port = device, token, batches, port
+        self.pace_s = pace_s
+        self.acked_seq = 0
+        self.reconnects = 0
+        self.retries = 0
+        self.last_error = ""
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+
+    def expected(self, batches: int | None = None) -> dict[tuple[str, str], int]:
+        """The series this streamer writes and how many values each holds once done."""
+        n = self.batches if batches is None else batches
+        return {(self.device, f"stream/s{i}"): n for i in range(self.SENSORS)}
+
+    def readings(self, seq: int) -> list[object]:
+        ts = TS0 + seq * 1_000
+        return [[f"stream/s{i}", "counter", ts, seq, None, None] for i in range(self.SENSORS)]
+
+    def run(self) -> None:
+        seq = 1
+        deadline = time.monotonic() + 600
+        while seq <= self.batches and not self.stop_flag.is_set():
+            if time.monotonic() > deadline:
+                return
+            try:
+                with WireClient("127.0.0.1", self.port[0], timeout=5.0) as c:
+                    welcome = c.hello(self.device, self.token)
+                    if not isinstance(welcome, wire.Welcome):
+                        raise ConnectionError(repr(welcome))
+                    seq = welcome.last_seq + 1
+                    with self.lock:
+                        self.acked_seq = max(self.acked_seq, welcome.last_seq)
+                    while seq <= self.batches and not self.stop_flag.is_set():
+                        ans = c.batch(seq, self.readings(seq))
+                        if isinstance(ans, wire.Ack):
+                            assert ans.seq == seq and not ans.rejects
+                            with self.lock:
+                                self.acked_seq = seq
+                            seq += 1
+                            if self.pace_s:
+                                self.stop_flag.wait(self.pace_s)  # a steady rate, not a sync
+                        elif isinstance(ans, wire.Retry):
+                            self.retries += 1
+                            time.sleep(ans.retry_after_ms / 1000)  # the protocol's RETRY wait
+                        else:
+                            raise ConnectionError(repr(ans))
+            except (OSError, ConnectionError, TimeoutError, RemoteProtocolError) as exc:
+                self.last_error = repr(exc)
+                self.reconnects += 1
+                self.stop_flag.wait(0.05)  # reconnect pacing, not synchronisation

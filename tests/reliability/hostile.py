@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Iterator
-from typing import Literal
+from typing import Final, Literal
 
 import msgpack
 
@@ -22,20 +22,21 @@ from schemas.errors import RemoteProtocolError
 
 Expect = Literal["error", "ack", "close"]
 _HDR = struct.Struct(">I")
+TS0: Final = 1_700_000_000_000_000_000
 
 
 def frame(body: bytes) -> bytes:
     return _HDR.pack(len(body)) + body
 
 
-def valid_batch(seq: int, n: int = 3, ts0: int = 1_700_000_000_000_000_000) -> bytes:
+def valid_batch(seq: int, n: int = 3, ts0: int = TS0) -> bytes:
     readings = [[f"fuzz/s{i}", "gauge", ts0 + i, float(i), None, None] for i in range(n)]
     return wire.encode(wire.Batch(seq, readings))
 
 
-def _bad_readings(rng: random.Random) -> list[object]:
+def _bad_readings(rng: random.Random, ts0: int = TS0) -> list[object]:
     """Readings that decode fine but must each be rejected by validation."""
-    ts = 1_700_000_000_000_000_000 + rng.randrange(10**9)
+    ts = ts0 + rng.randrange(10**9)
     choices: list[object] = [
         ["s", "temperature", ts, float("nan"), "C", None],
         ["s", "temperature", ts, float("inf"), "C", None],
@@ -67,11 +68,15 @@ def _deep(depth: int) -> bytes:
 
 
 def hostile_frames(
-    rng: random.Random, count: int, seq0: int = 1
+    rng: random.Random, count: int, seq0: int = 1, ts0: int = TS0
 ) -> Iterator[tuple[str, bytes, Expect]]:
-    """Yield `count` hostile frames (excluding the connection-closing kinds)."""
+    """Yield `count` hostile frames (excluding the connection-closing kinds).
+
+    `ts0` is the base timestamp of the readings: pass a recent one when the test compares
+    stored rows with ACK counts, so the compactor does not move them meanwhile.
+    """
     seq = seq0
-    valid = [valid_batch(i + 1) for i in range(4)] + [
+    valid = [valid_batch(i + 1, ts0=ts0) for i in range(4)] + [
         wire.encode(wire.Ping(7)),
         wire.encode(wire.Bye("x")),
     ]
@@ -122,7 +127,7 @@ def hostile_frames(
             yield "empty", frame(b""), "error"
         elif kind == 8:
             seq += 1
-            yield "bad-readings", wire.encode(wire.Batch(seq, _bad_readings(rng))), "ack"
+            yield "bad-readings", wire.encode(wire.Batch(seq, _bad_readings(rng, ts0))), "ack"
         else:
             yield "trailing", frame(msgpack.packb([6, 1]) + b"\x00\x01"), "error"
 

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import random
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from schemas import wire
-from schemas.errors import RemoteProtocolError
-from tests.collector.wireclient import CollectorProcess, WireClient
+from tests.collector.wireclient import CollectorProcess
 from tests.reliability.harness import (
     ENV,
     Agent,
+    Streamer,
     add_devices,
     assert_exactly_once,
     committed_total,
@@ -40,8 +38,6 @@ from tests.reliability.harness import (
     stored,
     wait_for,
 )
-
-TS0 = 1_700_000_000_000_000_000
 
 
 @dataclass(frozen=True)
@@ -60,57 +56,6 @@ class KillSize:
 
 KILL_SHORT = KillSize(4, 50, 500, 5, 400, 100)  # 100k agent readings
 KILL_LONG = KillSize(4, 100, 2_500, 20, 4_000, 1_500)  # 1M agent readings
-
-
-class Streamer(threading.Thread):
-    """A raw protocol client that streams numbered batches and records what was ACKed.
-
-    After a lost connection it reconnects, learns `last_seq` from WELCOME and continues from
-    the first batch the collector has not committed, as the protocol says an agent must.
-    """
-
-    SENSORS = 10
-
-    def __init__(self, device: str, token: str, batches: int, port: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.device, self.token, self.batches, self.port = device, token, batches, port
-        self.acked_seq = 0
-        self.reconnects = 0
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
-
-    def readings(self, seq: int) -> list[object]:
-        ts = TS0 + seq * 1_000
-        return [[f"stream/s{i}", "counter", ts, seq, None, None] for i in range(self.SENSORS)]
-
-    def run(self) -> None:
-        seq = 1
-        deadline = time.monotonic() + 600
-        while seq <= self.batches and not self.stop_flag.is_set():
-            if time.monotonic() > deadline:
-                return
-            try:
-                with WireClient("127.0.0.1", self.port[0], timeout=5.0) as c:
-                    welcome = c.hello(self.device, self.token)
-                    if not isinstance(welcome, wire.Welcome):
-                        raise ConnectionError(repr(welcome))
-                    seq = welcome.last_seq + 1
-                    with self.lock:
-                        self.acked_seq = max(self.acked_seq, welcome.last_seq)
-                    while seq <= self.batches and not self.stop_flag.is_set():
-                        ans = c.batch(seq, self.readings(seq))
-                        if isinstance(ans, wire.Ack):
-                            assert ans.seq == seq and not ans.rejects
-                            with self.lock:
-                                self.acked_seq = seq
-                            seq += 1
-                        elif isinstance(ans, wire.Retry):
-                            time.sleep(ans.retry_after_ms / 1000)  # the protocol's RETRY wait
-                        else:
-                            raise ConnectionError(repr(ans))
-            except (OSError, ConnectionError, TimeoutError, RemoteProtocolError):
-                self.reconnects += 1
-                self.stop_flag.wait(0.05)  # reconnect pacing, not synchronisation
 
 
 def _stored_stream_seqs(db: Path, device: str) -> set[int]:
