@@ -7,11 +7,14 @@ Format (docs/storage.md has the byte-by-byte description):
     byte 1      value codec: INT_DELTA, FLOAT_DECIMAL, FLOAT_XOR or GENERIC
     byte 2      decimal scale k (FLOAT_DECIMAL only, else 0)
     varint      n, the number of readings (LEB128, unsigned)
+    varint      u, the timestamp unit: the gcd of the deltas (1 when n = 1)
     rest        raw DEFLATE (RFC 1951) of the timestamp column followed by the value column
 
-The timestamp column is n little-endian int64 words [t0, t1 - t0, dod2, dod3, ...]
-(delta-of-delta, Gorilla-style), byte-shuffled: all first bytes, then all second bytes,
-and so on, so the mostly-zero high bytes form long runs DEFLATE squeezes to almost nothing.
+The timestamp column is n little-endian int64 words [t0, d1, d2 - d1, d3 - d2, ...] where
+di = (ti - ti-1) / u (delta-of-delta, Gorilla-style; dividing by u makes a millisecond or
+second clock cost what it would in those units), byte-shuffled: all first bytes, then all
+second bytes, and so on, so the mostly-zero high bytes form long runs DEFLATE squeezes to
+almost nothing.
 Value columns:
     INT_DELTA      n int64 words [v0, v1 - v0, ...], byte-shuffled (integers, bools as 0/1)
     FLOAT_DECIMAL  as INT_DELTA over round(v * 10**k); decoding is (n / 10**k), checked
@@ -32,13 +35,14 @@ Pure: no I/O, no SQL, no logging.
 
 from __future__ import annotations
 
+import math
 import operator
 import sys
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Final, TypeAlias
 
 import msgpack
@@ -156,17 +160,23 @@ def _deltas(xs: Sequence[int]) -> list[int]:
     return [xs[0], *map(operator.sub, xs[1:], xs[:-1])]
 
 
-def _ts_column(ts: Sequence[int]) -> bytes:
+def _ts_column(ts: Sequence[int]) -> tuple[int, bytes]:
+    """(unit, column): deltas are divided by their gcd, so ms or s clocks pack as small."""
     if len(ts) < 2:
-        return _shuffle(array("q", ts))
+        return 1, _shuffle(array("q", ts))
     d = list(map(operator.sub, ts[1:], ts[:-1]))
-    return _shuffle(array("q", [ts[0], d[0], *map(operator.sub, d[1:], d[:-1])]))
+    unit = math.gcd(*d)
+    if unit > 1:
+        d = [x // unit for x in d]
+    return unit, _shuffle(array("q", [ts[0], d[0], *map(operator.sub, d[1:], d[:-1])]))
 
 
-def _decode_ts(words: array[int]) -> list[int]:
+def _decode_ts(words: array[int], unit: int) -> list[int]:
     if len(words) < 2:
         return list(words)
-    deltas = accumulate(words[1:])
+    deltas: Iterator[int] = accumulate(words[1:])
+    if unit != 1:
+        deltas = map(operator.mul, deltas, repeat(unit))
     return list(accumulate(deltas, initial=words[0]))
 
 
@@ -255,8 +265,9 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes:
         raise ValueError("timestamps must be strictly increasing")
     codec, scale, vbytes = _encode_values(values)
     body = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
-    payload = body.compress(_ts_column(ts)) + body.compress(vbytes) + body.flush()
-    return bytes((FORMAT_VERSION, codec, scale)) + _varint(n) + payload
+    unit, tcolumn = _ts_column(ts)
+    payload = body.compress(tcolumn) + body.compress(vbytes) + body.flush()
+    return bytes((FORMAT_VERSION, codec, scale)) + _varint(n) + _varint(unit) + payload
 
 
 def decode(data: bytes) -> tuple[list[int], list[Value]]:
@@ -268,6 +279,9 @@ def decode(data: bytes) -> tuple[list[int], list[Value]]:
         raise BlockFormatError(f"unknown block version {data[:1]!r}")
     codec, scale = data[1], data[2]
     n, pos = _read_varint(data, 3)
+    unit, pos = _read_varint(data, pos)
+    if n == 0 or unit == 0:
+        raise BlockFormatError("empty block or zero timestamp unit")
     try:
         raw = zlib.decompress(data[pos:], -15)
     except zlib.error as exc:
@@ -275,7 +289,7 @@ def decode(data: bytes) -> tuple[list[int], list[Value]]:
     tlen = n * _WORD_BYTES
     if len(raw) < tlen:
         raise BlockFormatError("truncated timestamp column")
-    ts = _decode_ts(_unshuffle(raw[:tlen], n, "q"))
+    ts = _decode_ts(_unshuffle(raw[:tlen], n, "q"), unit)
     vraw = raw[tlen:]
     values: list[Value]
     if codec == GENERIC:

@@ -126,3 +126,13 @@ def test_summary() -> None:
     assert (text.min, text.max, text.sum, text.first_value) == (None, None, None, "a")
     huge = blocks.summarize([1, 2], [2**62, 2**62])
     assert huge.sum == float(2**63)
+
+
+def test_millisecond_clock_packs_in_millisecond_units() -> None:
+    ms = 10**6
+    jitter = [(i * 7919) % 41 - 20 for i in range(360)]  # +/- 20 ms, deterministic
+    ts = [1_700_000_000 * 10**9 + i * 10_000 * ms + j * ms for i, j in enumerate(jitter)]
+    packed = blocks.encode(ts, [1] * 360)
+    assert blocks.decode(packed)[0] == ts
+    ns_jitter = [t + (i * 104729) % 997 for i, t in enumerate(ts)]  # sub-ms noise: no unit
+    assert len(packed) < 0.6 * len(blocks.encode(ns_jitter, [1] * 360))
