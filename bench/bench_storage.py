@@ -5,7 +5,7 @@
 
 Mimics the writer: 1,000-row transactions (WAL, synchronous=FULL) of `executemany`
 INSERT OR IGNORE into the head plus the per-series last_ts/last_value/count update, devices
-interleaved, and one `compactor.compact_once` step after every 4th commit (--compact-every)
+interleaved, and one `compactor.compact_once` step after every 16th commit (--compact-every)
 with "now" = the newest timestamp written (the data's clock runs faster than the wall
 clock). Timed: the SQLite work and compaction, not the generation of readings. Then:
 bytes per reading after the last window is compacted, `scan.latest` for 1,000 series, and
@@ -282,7 +282,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
     ap.add_argument("--no-compaction", action="store_true", help="baseline: head only")
     ap.add_argument(
-        "--compact-every", type=int, default=4, help="one compaction step per N transactions"
+        "--compact-every", type=int, default=16, help="one compaction step per N transactions"
     )
     ap.add_argument("--dir", type=Path, default=None, help="keep the DB here (default: temp)")
     ap.add_argument("--compare-codecs", action="store_true", help="codec comparison only")
