@@ -334,7 +334,8 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         if done % args.slice == 0:
             m = done // args.slice
             print(
-                f"{m - 1:>4}-{m:<3}M {args.slice / slice_t:>11,.0f} "
+                f"{(m - 1) * args.slice / 1e6:>5g}-{m * args.slice / 1e6:<4g}M "
+                f"{args.slice / slice_t:>11,.0f} "
                 f"{slice_compact / slice_t:>16.0%} "
                 f"{conn.execute('SELECT count(*) FROM readings_head').fetchone()[0]:>10,}",
                 flush=True,
@@ -345,12 +346,16 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
             if time.monotonic() - started > args.max_seconds:
                 print(f"stopping at {done:,} readings: --max-seconds {args.max_seconds} reached")
                 break
+    total_t += slice_t  # a last partial slice
+    total_compact += slice_compact
     print(
         f"total: {done:,} readings in {total_t:.1f}s = {done / total_t:,.0f} readings/s, "
         f"compaction {total_compact / total_t:.0%} of it"
     )
     head_rows = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
     print(f"head rows before final compaction: {head_rows:,}")
+    print("reads as ingest left it (closed windows compacted, the head as on a live collector):")
+    report_reads(path, args, newest)
     if args.no_compaction:
         report_size(conn, path, done, vacuum=False)
         return
@@ -360,6 +365,7 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         steps += 1
     print(f"final compaction of the open windows: {steps} steps in {time.perf_counter() - t:.1f}s")
     report_size(conn, path, done)
+    print("reads after compacting every window:")
     report_reads(path, args, newest)
     conn.close()
 
