@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from collector import devices, store
+from collector import blocks, devices, store
 from collector.ingest import PreparedBatch, SeriesKey
 from schemas.wire import Reject
 
@@ -154,6 +154,8 @@ class Writer:
         self._series: dict[int, dict[SeriesKey, int]] = {}
         self._last_seq: dict[int, int] = {}
         self._failing = False
+        # Rows with ts below this may already sit in a compacted block (0: no blocks yet).
+        self._horizon = 0
 
     # ---------------------------------------------------------------- loop side
 
@@ -230,6 +232,10 @@ class Writer:
             return
         self._ready.set()
         log.info("writer started db=%s synchronous=%s", self.path, self.synchronous)
+        try:
+            self._refresh_horizon(conn)
+        except sqlite3.Error as exc:
+            log.warning("cannot read the blocks table error=%s", exc)
         try:
             self._loop_forever(conn)
         except BaseException as exc:
@@ -428,15 +434,23 @@ class Writer:
             return 0
         sids = self._series_ids(conn, dev, b.keys, new_series)
         rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
-        conn.execute("SAVEPOINT batch")
-        inserted = conn.executemany(_INSERT_HEAD, rows).rowcount
         mask: list[bool] | None = None
-        if inserted != len(rows):
-            # Some rows were already stored (readings re-batched after a reconnect): redo
-            # this batch row by row to learn exactly which ones are new.
-            conn.execute("ROLLBACK TO batch")
-            mask = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in rows]
-        conn.execute("RELEASE batch")
+        compacted = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else None
+        if compacted:
+            # Late rows already moved into blocks are duplicates the head's key cannot see.
+            mask = [
+                i not in compacted and conn.execute(_INSERT_HEAD, r).rowcount == 1
+                for i, r in enumerate(rows)
+            ]
+        else:
+            conn.execute("SAVEPOINT batch")
+            inserted = conn.executemany(_INSERT_HEAD, rows).rowcount
+            if inserted != len(rows):
+                # Some rows were already stored (readings re-batched after a reconnect):
+                # redo this batch row by row to learn exactly which ones are new.
+                conn.execute("ROLLBACK TO batch")
+                mask = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in rows]
+            conn.execute("RELEASE batch")
         _accumulate(stats, sids, b.ts, b.values, mask)
         if mask is None:
             return b.valid_count
@@ -446,6 +460,35 @@ class Writer:
             accepted += any(mask[n : n + size])
             n += size
         return accepted
+
+    def _in_blocks(self, conn: sqlite3.Connection, sids: list[int], tss: list[int]) -> set[int]:
+        """Indexes of the rows whose (series, ts) a compacted block already holds."""
+        found: set[int] = set()
+        decoded: dict[tuple[int, int], frozenset[int]] = {}
+        for i, (sid, ts) in enumerate(zip(sids, tss, strict=True)):
+            if ts >= self._horizon:
+                continue
+            row = conn.execute(
+                f"SELECT start_ns, data FROM {store.BLOCKS} "
+                "WHERE series_id = ? AND start_ns <= ? AND end_ns > ?",
+                (sid, ts, ts),
+            ).fetchone()
+            if row is None:
+                continue
+            key = (sid, int(row[0]))
+            members = decoded.get(key)
+            if members is None:
+                members = decoded[key] = frozenset(blocks.decode(row[1])[0])
+            if ts in members:
+                found.add(i)
+        return found
+
+    def _refresh_horizon(self, conn: sqlite3.Connection) -> None:
+        """Remember where compacted blocks end: newer rows need no look into blocks."""
+        row = conn.execute(
+            f"SELECT end_ns FROM {store.BLOCKS} ORDER BY start_ns DESC LIMIT 1"
+        ).fetchone()
+        self._horizon = int(row[0]) if row else 0
 
     def _series_ids(
         self,
@@ -484,6 +527,7 @@ class Writer:
             self.maintenance(conn, time.time_ns())
             if conn.in_transaction:
                 conn.execute("COMMIT")
+            self._refresh_horizon(conn)
         except sqlite3.Error as exc:
             self._rollback(conn)
             log.warning("maintenance failed error=%s", exc)

@@ -281,3 +281,32 @@ def test_device_names_are_checked(tmp_path, bad):
     with pytest.raises(devices.DeviceError):
         devices.add_device(conn, bad, 1)
     conn.close()
+
+
+def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
+    from collector import compactor
+
+    path, token = _db(tmp_path)
+    old = 1_600_000_000 * 10**9  # a long-closed window
+
+    async def main() -> Any:
+        w = Writer(path, maintenance=compactor.maintenance, maintenance_interval_ms=10)
+        await w.start()
+        try:
+            dev = await _device(w, token)
+            reading = ["late", "gauge", old, 1.5, None, None]
+            first = await (await w.submit(dev.id, ING.prepare(1, [reading], 0)))
+            deadline = time.monotonic() + 30
+            while _count(path, f"SELECT count(*) FROM {store.BLOCKS}") == 0:
+                assert time.monotonic() < deadline, "the window was never compacted"
+                await asyncio.sleep(0.02)
+            newer = ["late", "gauge", old + 1, 2.5, None, None]
+            again = await (await w.submit(dev.id, ING.prepare(2, [reading, newer], 0)))
+        finally:
+            await w.close()
+        return first, again
+
+    first, again = run(main())
+    assert first.accepted == 1
+    assert (again.accepted, again.duplicate) == (1, 1)
+    assert _count(path, f"SELECT sum(count) FROM {store.SERIES}") == 2
