@@ -214,6 +214,26 @@ class _Acc:
         if ts > self.last_ts:
             self.last_ts, self.last = ts, value
 
+    def add_run(self, ts: list[int], values: list[Value]) -> None:
+        """Add readings sorted by time; all-numeric runs never loop in Python."""
+        if not set(map(type, values)) <= {int, float}:
+            for t, v in zip(ts, values, strict=True):
+                self.add(t, v)
+            return
+        nums: list[int | float] = values  # type: ignore[assignment]  # checked just above
+        self.count += len(nums)
+        self.ncount += len(nums)
+        self.sum += sum(nums)
+        lo, hi = min(nums), max(nums)
+        if self.min is None or lo < self.min:
+            self.min = lo
+        if self.max is None or hi > self.max:
+            self.max = hi
+        if ts[0] < self.first_ts:
+            self.first_ts, self.first = ts[0], nums[0]
+        if ts[-1] > self.last_ts:
+            self.last_ts, self.last = ts[-1], nums[-1]
+
     def add_block(self, b: _Block) -> None:
         # Only numeric blocks (sum not NULL) come here: every value counts as numeric.
         assert b.sum is not None and b.min is not None and b.max is not None
@@ -277,14 +297,28 @@ def _aggregate_series(
         ts_list, values = codec.decode(b.data)
         i = bisect_left(ts_list, since)
         j = len(ts_list) if until is None else bisect_left(ts_list, until)
-        for ts, value in zip(ts_list[i:j], values[i:j], strict=True):
-            accs.setdefault(ts - ts % every, _Acc()).add(ts, value)
+        _add_sorted(accs, ts_list[i:j], values[i:j], every)
         if lo < hi:
             dropped.update(set(head_ts[lo:hi]).intersection(ts_list))
-    for ts, value in head:
-        if ts not in dropped:
-            accs.setdefault(ts - ts % every, _Acc()).add(ts, value)
+    if dropped:
+        head = [(ts, v) for ts, v in head if ts not in dropped]
+    if head:
+        hts, hvalues = zip(*head, strict=True)
+        _add_sorted(accs, list(hts), list(hvalues), every)
     return accs
+
+
+def _add_sorted(accs: dict[int, _Acc], ts: list[int], values: list[Value], every: int) -> None:
+    """Add readings sorted by time, a bucket's run at a time (min/max/sum run in C)."""
+    i, n = 0, len(ts)
+    while i < n:
+        bucket = ts[i] - ts[i] % every
+        j = bisect_left(ts, bucket + every, i, n)
+        acc = accs.get(bucket)
+        if acc is None:
+            accs[bucket] = acc = _Acc()
+        acc.add_run(ts[i:j], values[i:j])
+        i = j
 
 
 def aggregate(
