@@ -289,12 +289,19 @@ class Writer:
                 return
 
     def _process(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+        # In queue order: a HELLO sees the commit of every batch queued before it, so its
+        # WELCOME.last_seq counts them.
         batches: list[_BatchItem] = []
         for item in group:
             if isinstance(item, _HelloItem):
+                self._commit_and_deliver(conn, batches)
+                batches = []
                 self._deliver(item.future, self._hello(conn, item))
             else:
                 batches.append(item)
+        self._commit_and_deliver(conn, batches)
+
+    def _commit_and_deliver(self, conn: sqlite3.Connection, batches: list[_BatchItem]) -> None:
         if batches:
             for item, outcome in zip(batches, self._commit(conn, batches), strict=True):
                 self._deliver(item.future, outcome)
