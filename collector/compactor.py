@@ -1,21 +1,23 @@
 """Background compaction and retention, run inside the single writer thread.
 
-`maintenance(conn, now_ns)` is the writer's hook: each call does a bounded amount of work in
-its own transaction and returns. It takes the oldest closed window that still has readings
-in the time-ordered head (a window [k * W, (k + 1) * W) is closed once it ends at least the
-grace period before `now_ns`), packs each series' readings of that window into one row of
-the `blocks` table (collector.blocks), and deletes them from the head. When a window holds
-more than `max_rows` readings a call takes a slice of the series ids; the next call takes
-the next slice.
+`maintenance(conn, now_ns)` is the writer's hook: it runs bounded steps (`compact_once`),
+each its own transaction, until nothing closed is left or its time budget is spent. A
+window [k * W, (k + 1) * W) is closed once it ends at least the grace period before
+`now_ns`; the oldest closed window with head readings is compacted in three kinds of step:
+stage (copy a chunk of its head rows into a per-connection temp table, sorted by series),
+pack (write one block per series for a slice of series ids, collector.blocks), delete
+(remove the staged rows from the head). docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
-compacted (INSERT OR IGNORE cannot see the block); the next call finds it in a closed window
-again, decodes that series' block, adds the readings whose timestamps the block lacks (the
-block's value wins, as the first INSERT OR IGNORE would have kept it), and rewrites the
-block. Readers never see a reading twice meanwhile (collector.scan dedups the same way).
+compacted (INSERT OR IGNORE cannot see the block); its window is closed, so a later step
+stages it again, decodes that series' block, adds the readings whose timestamps the block
+lacks (the block's value wins, as the first INSERT OR IGNORE would have kept it), and
+rewrites the block. Readers never see a reading twice meanwhile (collector.scan dedups the
+same way).
 
-Crash safety: writing the blocks and deleting the head rows happen in one transaction, so
-a crash at any point leaves each reading either still in the head or in its block.
+Crash safety: every step is a transaction and the only other state is the temp stage,
+which dies with the connection; a new connection starts the window again and every step is
+idempotent, so a crash at any point leaves each reading readable exactly once.
 
 Retention (`apply_retention`) drops whole blocks that end before the cutoff and deletes
 head rows older than it, in small transactions.
