@@ -350,6 +350,10 @@ def main() -> None:
             last = n
         report["idle_connections"] = _connected(col)
         report["rss_mb"] = round(col.rss_mb(), 1)
+        # Graceful shutdown with every connection still open: each gets a BYE.
+        t_stop = time.monotonic()
+        report["collector_exit"] = col.stop()
+        report["shutdown_s"] = round(time.monotonic() - t_stop, 2)
         for _ in procs:
             go_q.put(None)
         results = [out.get(timeout=120) for _ in procs]
@@ -383,7 +387,10 @@ def main() -> None:
     errors = [e for r in results for e in r[3]]
     for pr in procs:
         pr.join(30)
-    report["collector_exit"] = col.stop()
+    if "collector_exit" not in report:
+        t_stop = time.monotonic()
+        report["collector_exit"] = col.stop()
+        report["shutdown_s"] = round(time.monotonic() - t_stop, 2)
     if errors:
         report["errors"] = errors[:5]
     conn = sqlite3.connect(db)
