@@ -7,12 +7,15 @@ without touching this file.
 
 from __future__ import annotations
 
+import math
+import tomllib
+
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.kinds import BUILTIN_KINDS, MAX_TEXT_CHARS, Bounds, KindSpec
+from schemas.kinds import BUILTIN_KINDS, MAX_TEXT_CHARS, Bounds, KindSpec, parse_kinds
 from schemas.readings import (
     MAX_FREE_UNIT_CHARS,
     MAX_TAG_VALUE_CHARS,
@@ -24,18 +27,46 @@ from schemas.readings import (
 )
 from schemas.wire import MAX_INT64, Batch, Connection, Hello, Reading, Role, Welcome
 
-VALIDATOR = ReadingValidator()
+USER_KINDS = parse_kinds(
+    tomllib.loads(
+        """
+[kinds.soil]
+type = "number"
+units = ["%", "vwc"]
+min = 0
+max = 100
+
+[kinds.ticks]
+type = "integer"
+min = -5
+max = 5000
+
+[kinds.wind]
+type = "object"
+units = ["m/s"]
+[kinds.wind.fields]
+speed = { type = "number", min = 0, max = 120 }
+direction = { type = "integer", min = 0, max = 359 }
+calm = { type = "bool", required = false }
+station = { type = "text", required = false }
+
+[kinds.note]
+type = "text"
+"""
+    )
+)
+VALIDATOR = ReadingValidator(USER_KINDS)
 
 
 def _scalar(vtype: str, b: Bounds) -> st.SearchStrategy[object]:
     if vtype == "number":
         floats = st.floats(b.min, b.max, allow_nan=False, allow_infinity=False)
-        lo = -(2**63) if b.min is None else int(b.min) + 1
-        hi = 2**64 - 1 if b.max is None else int(b.max)
+        lo = -(2**63) if b.min is None else math.ceil(b.min)
+        hi = 2**64 - 1 if b.max is None else math.floor(b.max)
         return floats | st.integers(lo, hi)  # agents may send an int for a number kind
     if vtype == "integer":
-        lo = -(2**63) if b.min is None else int(b.min)
-        hi = MAX_INT64 if b.max is None else int(b.max)
+        lo = -(2**63) if b.min is None else math.ceil(b.min)
+        hi = MAX_INT64 if b.max is None else math.floor(b.max)
         return st.integers(lo, hi)
     if vtype == "bool":
         return st.booleans()
@@ -107,8 +138,8 @@ def _through_the_wire(readings: list[Reading]) -> list[object]:
     return list(event.readings)
 
 
-@pytest.mark.parametrize("spec", BUILTIN_KINDS, ids=lambda s: s.name)
-@settings(max_examples=30)  # per kind: 14 kinds share the time budget
+@pytest.mark.parametrize("spec", BUILTIN_KINDS + USER_KINDS, ids=lambda s: s.name)
+@settings(max_examples=25)  # per kind: 18 kinds share the time budget
 @given(data=st.data())
 def test_everything_an_agent_builds_validates(spec: KindSpec, data: st.DataObject) -> None:
     readings = data.draw(st.lists(readings_of(spec), min_size=1, max_size=5))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas import readings as R
 from schemas.kinds import BUILTIN_KINDS, MAX_TEXT_CHARS
@@ -15,9 +17,15 @@ from schemas.wire import MAX_INT64, Reject
 TS = 1_700_000_000_000_000_000
 
 
+VALIDATOR = ReadingValidator()
+REJECT_CODES = {
+    v for k, v in vars(R).items() if k.isupper() and not k.startswith("_") and isinstance(v, str)
+} - {R.SENSOR_PATTERN, R.TAG_KEY_PATTERN}
+
+
 @pytest.fixture(scope="module")
 def validator() -> ReadingValidator:
-    return ReadingValidator()
+    return VALIDATOR
 
 
 def rd(kind: str, value: object, unit: object = None, tags: object = None) -> list[object]:
@@ -252,3 +260,39 @@ def test_kinds_summary_lists_every_kind(validator: ReadingValidator) -> None:
     fields = gps["fields"]
     assert isinstance(fields, list)
     assert [f["name"] for f in fields] == ["lat", "lon", "alt"]
+
+
+SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=12)
+)
+# Two levels of nesting are enough to reach every branch of validation.
+ANY_VALUE = (
+    SCALAR
+    | st.lists(SCALAR, max_size=7)
+    | st.dictionaries(st.text(max_size=6), SCALAR | st.lists(SCALAR, max_size=2), max_size=4)
+)
+READING_LIKE = st.tuples(
+    st.sampled_from(["s/1", "", "a b"]) | st.text(max_size=8) | ANY_VALUE,
+    st.sampled_from([k.name for k in BUILTIN_KINDS]) | ANY_VALUE,
+    st.integers(-5, 2**64 - 1) | ANY_VALUE,
+    ANY_VALUE,
+    st.sampled_from([None, "C", "%", "g", "m/s2", "hPa"]) | ANY_VALUE,
+    st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5) | ANY_VALUE, max_size=3),
+).map(list)
+
+
+@given(st.lists(READING_LIKE | ANY_VALUE, max_size=12))
+def test_any_decoded_value_is_accepted_or_rejected_never_raised(batch: list[object]) -> None:
+    result = VALIDATOR.validate_batch(batch)
+    indexes = result.valid_index + [r.index for r in result.rejects]
+    assert sorted(indexes) == list(range(len(batch)))
+    assert [r.index for r in result.rejects] == sorted(r.index for r in result.rejects)
+    for reject in result.rejects:
+        assert reject.code in REJECT_CODES
+        assert reject.message
+    for i, valid in zip(result.valid_index, result.valid, strict=True):
+        assert valid[:3] == tuple(batch[i][:3])  # type: ignore[index]  # a valid one is a list
