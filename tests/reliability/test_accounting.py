@@ -1,15 +1,12 @@
 """Exactly-once accounting when a reading comes back after its window was compacted.
 
-The head's INSERT OR IGNORE cannot see readings already moved into `blocks`, so a reading
+The head's INSERT OR IGNORE alone cannot see readings already moved into `blocks`: a reading
 sent again in a new batch (a new seq: an agent that re-batched its readings) after its
-window was compacted is inserted into the head a second time. Queries stay exactly-once
-(collector.scan and the compactor's merge dedup it), but the ACK and the stored statistics
-must also say it was a duplicate, not a new reading.
+window was compacted must still be answered as a duplicate, and counted once in the series
+statistics, not only deduplicated by queries (collector.scan and the compactor's merge).
 """
 
 from __future__ import annotations
-
-import pytest
 
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
@@ -32,12 +29,6 @@ def _series_count(db) -> int:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector/writer.py Writer._insert: INSERT OR IGNORE into the head does not see "
-    "compacted blocks, so a re-batched reading of a compacted window is ACKed as accepted "
-    "and counted twice in series.count",
-)
 def test_reading_resent_after_compaction_is_acked_as_duplicate(tmp_path):
     db = tmp_path / "late.db"
     token = add_devices(db, ["dev"])["dev"]
