@@ -178,12 +178,10 @@ class Server:
         stats.connected += 1
         stats.peer = s.peer
         stats.spool_dropped += hello.dropped
-        try:
-            reason = await self._read_loop(s)
-        finally:
-            # Every submitted batch is answered before the connection ends (or the daemon's
-            # shutdown deadline cancels this wait).
-            await self._until_pending_below(s, 1)
+        reason = await self._read_loop(s)
+        # Every submitted batch is answered before the connection ends (unless the socket
+        # failed, or the daemon's shutdown deadline cancels this wait).
+        await self._until_pending_below(s, 1)
         if s.stopping and s.proto.state is not wire.State.CLOSED:
             await self._send(s, wire.Bye(errors.SHUTTING_DOWN))
             return "shutdown"
