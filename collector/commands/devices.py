@@ -13,6 +13,7 @@ import io
 import json
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 
 import click
@@ -89,11 +90,25 @@ def revoke(name: str, db: str) -> None:
 @devices_group.command("list")
 @_db_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-def list_cmd(db: str, fmt: str) -> None:
-    """List registered devices."""
+@click.option(
+    "--url",
+    help="Ask a running collector's HTTP address (e.g. http://127.0.0.1:7879) instead of "
+    "reading the file; only it knows which devices are connected.",
+)
+def list_cmd(db: str, fmt: str, url: str | None) -> None:
+    """List registered devices: last seen, readings stored, revocation."""
+    if url is not None:
+        click.echo(_render(_fetch(url), fmt), nl=False)
+        return
     conn = _open(db)
     try:
         rows = registry.list_devices(conn)
+        totals = {
+            dev: (int(n or 0), int(k))
+            for dev, n, k in conn.execute(
+                f"SELECT device_id, sum(count), count(*) FROM {store.SERIES} GROUP BY device_id"
+            )
+        }
     finally:
         conn.close()
     records = [
@@ -102,8 +117,10 @@ def list_cmd(db: str, fmt: str) -> None:
             "id": d.id,
             "created": _iso(d.created_ns),
             "revoked": _iso(d.revoked_ns) or None,
-            "last_seq": d.last_seq,
             "last_seen": _iso(d.last_seen_ns) or None,
+            "last_seq": d.last_seq,
+            "readings": totals.get(d.id, (0, 0))[0],
+            "series": totals.get(d.id, (0, 0))[1],
             "spool_dropped": d.spool_dropped,
         }
         for d in rows
@@ -111,25 +128,46 @@ def list_cmd(db: str, fmt: str) -> None:
     click.echo(_render(records, fmt), nl=False)
 
 
+def _fetch(url: str) -> list[dict[str, object]]:
+    target = url.rstrip("/") + "/api/v1/devices"
+    try:
+        with urllib.request.urlopen(target, timeout=10) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"option '--url': cannot read {target}: {exc}") from None
+    rows = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        raise ConfigError(f"option '--url': {target} did not answer a device list")
+    return [r for r in rows if isinstance(r, dict)]
+
+
 def _render(records: Sequence[Mapping[str, object]], fmt: str) -> str:
-    cols = ["device", "id", "created", "revoked", "last_seq", "last_seen", "spool_dropped"]
+    cols = list(dict.fromkeys(k for r in records for k in r)) or ["device"]
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in records)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(records)
         return buf.getvalue()
-    cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in records]
+    cells = [[_cell(r.get(c)) for c in cols] for r in records]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     lines += [
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict | list):
+        return json.dumps(v)
+    return str(v)
 
 
 devices = devices_group

@@ -233,6 +233,28 @@ def test_http_health_metrics_and_devices(daemon: CollectorProcess) -> None:
         assert status == 200
         rows = [r for r in json.loads(body)["devices"] if "http-1" in r.values()]
         assert len(rows) == 1 and rows[0]["connected"] in (True, 1)
+        assert daemon.http is not None
+        url = f"http://{daemon.http[0]}:{daemon.http[1]}"
+        listed = {
+            r["device"]: r for r in json.loads(_devices_list("--url", url, "--format", "json"))
+        }
+        assert listed["http-1"]["connected"] is True
+    from_file = {
+        r["device"]: r
+        for r in json.loads(_devices_list("--db", str(daemon.db), "--format", "json"))
+    }
+    assert from_file["http-1"]["readings"] == 4 and from_file["http-1"]["series"] == 4
+
+
+def _devices_list(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "collector", "devices", "list", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
 
 
 def test_sigterm_acks_inflight_batches_then_exits_0(tmp_path: Path) -> None:
