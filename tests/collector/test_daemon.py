@@ -443,3 +443,20 @@ def test_systemd_notify_ready_and_stopping(tmp_path: Path) -> None:
                 assert d.terminate() == 0
             finally:
                 d.kill()
+
+
+def test_user_defined_kinds_from_kinds_file(tmp_path: Path) -> None:
+    kinds = tmp_path / "kinds.toml"
+    kinds.write_text('[kinds.soil_moisture]\ntype = "number"\nunits = ["%"]\nmin = 0\nmax = 100\n')
+    with CollectorProcess(tmp_path / "t.db", "--kinds", str(kinds)) as d:
+        token = d.add_device("soil-1")
+        with connect(d, "soil-1", token) as c:
+            ack = c.batch(
+                1,
+                [
+                    ["bed-1", "soil_moisture", T0, 41.5, "%", None],
+                    ["bed-2", "soil_moisture", T0, 140.0, "%", None],
+                ],
+            )
+    assert isinstance(ack, wire.Ack) and ack.accepted == 1
+    assert [(r.index, r.code) for r in ack.rejects] == [(1, "out_of_range")]
