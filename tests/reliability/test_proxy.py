@@ -44,6 +44,7 @@ BACKOFF_MAX_S = 0.5
 HEARTBEAT_S = 0.3
 HANDSHAKE_TIMEOUT_S = 2.0
 MARGIN_S = 3.0
+SAMPLE_S = 0.02
 DEAD_LINK_S = max(2 * HEARTBEAT_S + 1.0, 3 * HEARTBEAT_S + 1.0)
 
 
@@ -55,8 +56,9 @@ class ProxySize:
     cycles: int
 
 
+# Sampling must outlast the fault cycles (each ~4-8 s), so every phase sees data flowing.
 PROXY_SHORT = ProxySize(2, 10, 900, 1)
-PROXY_LONG = ProxySize(2, 10, 9_000, 6)
+PROXY_LONG = ProxySize(2, 10, 3_000, 6)
 
 
 def by_device(db: Path) -> dict[str, int]:
@@ -96,7 +98,7 @@ def run_proxy_scenario(tmp_path: Path, size: ProxySize, seed: int) -> dict[str, 
                 sensors = [f"{a.device}/s{j}" for j in range(size.sensors)]
                 a.configure(
                     proxy.port,
-                    counter_input(sensors, size.samples, interval="20ms"),
+                    counter_input(sensors, size.samples, interval=f"{SAMPLE_S * 1000:g}ms"),
                     backoff_max_ms=int(BACKOFF_MAX_S * 1000),
                     heartbeat_ms=int(HEARTBEAT_S * 1000),
                     batch=50,
@@ -133,7 +135,11 @@ def run_proxy_scenario(tmp_path: Path, size: ProxySize, seed: int) -> dict[str, 
                 bound = max(DEAD_LINK_S, HANDSHAKE_TIMEOUT_S) + BACKOFF_MAX_S + MARGIN_S
                 recover["blackhole"].append(flowing_again(db, names, bound))
             for a in agents:
-                wait_for(lambda a=a: a.finished_inputs() >= 1, f"{a.device} done", 120)  # type: ignore[misc]
+                wait_for(
+                    lambda a=a: a.finished_inputs() >= 1,  # type: ignore[misc]
+                    f"{a.device} done",
+                    size.samples * SAMPLE_S + 60,
+                )
                 wait_for(lambda a=a: not a.spooled(), f"{a.device} spool drained", 60)  # type: ignore[misc]
                 assert a.dropped_total() == 0
         finally:
