@@ -167,7 +167,7 @@ def _ts_column(ts: Sequence[int]) -> tuple[int, bytes]:
     d = list(map(operator.sub, ts[1:], ts[:-1]))
     unit = math.gcd(*d)
     if unit > 1:
-        d = [x // unit for x in d]
+        d = list(map(operator.floordiv, d, repeat(unit)))
     return unit, _shuffle(array("q", [ts[0], d[0], *map(operator.sub, d[1:], d[:-1])]))
 
 
@@ -198,19 +198,17 @@ def _decimal_scale(values: Sequence[Value], sample: int | None) -> int | None:
     return k
 
 
-def _scaled(values: Sequence[Value], k: int, mixed: bool) -> list[int] | None:
-    """round(v * 10**k) for each value if dividing back gives the same bits, else None."""
+def _scaled(values: Sequence[Value], k: int) -> list[int] | None:
+    """round(v * 10**k) for each number if dividing back gives the same bits, else None.
+
+    Integers scale exactly (and decode with //); the bit check is what matters for floats.
+    """
     m = 10**k
+    nums: Sequence[float] = values  # type: ignore[assignment]  # ints and floats only
     try:
-        if not mixed:
-            floats: Sequence[float] = values  # type: ignore[assignment]  # all floats
-            scaled = [round(v * m) for v in floats]
-            return scaled if _same_bits([n / m for n in scaled], floats) else None
-        nums: Sequence[int | float] = values  # type: ignore[assignment]  # ints and floats
-        ints = [v * m if type(v) is int else round(v * m) for v in nums]
-        pairs = [(n, v) for n, v in zip(ints, nums, strict=True) if type(v) is float]
-        back = [n / m for n, _ in pairs]
-        return ints if _same_bits(back, [v for _, v in pairs]) else None
+        scaled = list(map(round, map(operator.mul, nums, repeat(m))))
+        back = array("d", map(operator.truediv, scaled, repeat(m)))
+        return scaled if back.tobytes() == array("d", nums).tobytes() else None
     except (OverflowError, ValueError):  # inf * m, nan
         return None
 
@@ -225,10 +223,10 @@ def _encode_values(values: Sequence[Value]) -> tuple[int, int, bytes]:
     elif types <= {int, float}:
         mixed = int in types  # float kinds stored under NUMERIC affinity: 20.0 reads back 20
         k = _decimal_scale(values, _SCALE_SAMPLE)
-        scaled = None if k is None else _scaled(values, k, mixed)
+        scaled = None if k is None else _scaled(values, k)
         if k is not None and scaled is None:  # the sample had fewer decimals than the rest
             k = _decimal_scale(values, None)
-            scaled = None if k is None else _scaled(values, k, mixed)
+            scaled = None if k is None else _scaled(values, k)
         if k is not None and scaled is not None:
             try:
                 column = _shuffle(array("q", _deltas(scaled)))
@@ -245,11 +243,6 @@ def _encode_values(values: Sequence[Value]) -> tuple[int, int, bytes]:
             xor = [bits[0], *map(operator.xor, bits[1:], bits)]
             return FLOAT_XOR, 0, _shuffle(array("q", xor))
     return GENERIC, 0, msgpack.packb(list(values), use_bin_type=True)
-
-
-def _same_bits(a: list[float], b: Sequence[float]) -> bool:
-    # == treats 0.0 and -0.0 as equal; the stored bits must match exactly.
-    return array("d", a).tobytes() == array("d", b).tobytes()
 
 
 def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes:
