@@ -229,3 +229,18 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) 
     want = sorted(rows, key=lambda r: (r[1], r[0]))
     assert got == want
     assert conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] == len(rows)
+
+
+def test_plain_sql_views(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 2)
+    hour = compactor.WINDOW_NS
+    insert(conn, [(1, 1_500, 20.5), (1, 2_500, 21.5), (2, hour + 1_000_000, "on")])
+    compactor.maintenance(conn, hour + compactor.GRACE_NS)
+    recent = conn.execute("SELECT time, ts, device, sensor, value FROM readings_recent").fetchall()
+    assert recent == [("1970-01-01T01:00:00.001Z", hour + 1_000_000, "dev", "s2", "on")]
+    summary = conn.execute(
+        "SELECT window_start, window_end, sensor, count, min, max, avg, first, last "
+        "FROM blocks_summary"
+    ).fetchall()
+    window = ("1970-01-01T00:00:00.000Z", "1970-01-01T01:00:00.000Z")
+    assert summary == [(*window, "s1", 2, 20.5, 21.5, 21.0, 20.5, 21.5)]
