@@ -320,14 +320,10 @@ def apply_retention(
 
     Works in transactions of at most `batch_rows` rows each. Returns (blocks dropped, head
     rows deleted). A block holding readings on both sides of the cutoff is kept whole.
-    Run it on the compacting connection (the writer's), between maintenance calls.
+    Run it on the compacting connection (the writer's), between maintenance calls; it is
+    cheap when there is nothing to drop, so it can run with every maintenance call.
     """
     blocks_dropped = head_deleted = 0
-    if _has_temp_tables(conn):
-        # A window part-way through compaction starts again: the delete step's row counts
-        # assume only the writer changed the head since staging.
-        with _transaction(conn):
-            _clear_state(conn)
     while True:
         with _transaction(conn):
             keys = conn.execute(
@@ -346,13 +342,18 @@ def apply_retention(
                 f"(SELECT ts, series_id FROM {HEAD} WHERE ts < ? ORDER BY ts LIMIT ?)",
                 (cutoff_ns, batch_rows),
             ).rowcount
+            if n and _has_temp_tables(conn):
+                # A window part-way through compaction starts again: the delete step's row
+                # counts assume only the writer changed the head since staging.
+                _clear_state(conn)
         head_deleted += n
         if n < batch_rows:
             break
-    log.info(
-        "retention cutoff_ns=%d blocks_dropped=%d head_rows_deleted=%d",
-        cutoff_ns,
-        blocks_dropped,
-        head_deleted,
-    )
+    if blocks_dropped or head_deleted:
+        log.info(
+            "retention cutoff_ns=%d blocks_dropped=%d head_rows_deleted=%d",
+            cutoff_ns,
+            blocks_dropped,
+            head_deleted,
+        )
     return blocks_dropped, head_deleted

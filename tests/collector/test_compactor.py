@@ -244,3 +244,38 @@ def test_plain_sql_views(tmp_path: Path) -> None:
     ).fetchall()
     window = ("1970-01-01T00:00:00.000Z", "1970-01-01T01:00:00.000Z")
     assert summary == [(*window, "s1", 2, 20.5, 21.5, 21.0, 20.5, 21.5)]
+
+
+def test_retention_with_nothing_to_drop_keeps_compaction_going(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 40)
+    insert(conn, population(40, 10, seed=8))
+    config = compactor.CompactionConfig(window_ns=10 * WINDOW, grace_ns=0, max_rows=100)
+    for _ in range(30):  # staged, part-way through packing
+        compactor.compact_once(conn, 100 * WINDOW, config)
+    step = "SELECT step, cursor FROM temp.compaction_state"
+    before = conn.execute(step).fetchone()
+    assert before is not None and before[0] == "pack"
+    assert compactor.apply_retention(conn, 0) == (0, 0)
+    assert conn.execute(step).fetchone() == before
+    assert compactor.apply_retention(conn, 1) == (0, 0)  # nothing that old either
+    drain(conn, 100 * WINDOW, config)
+    assert head_count(conn) == 0
+    assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (2400,)
+
+
+def test_retention_during_compaction_restarts_the_window_safely(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = population(40, 10, seed=9)
+    insert(conn, rows)
+    config = compactor.CompactionConfig(window_ns=10 * WINDOW, grace_ns=0, max_rows=100)
+    for _ in range(40):  # part-way through packing: some blocks written, head untouched
+        compactor.compact_once(conn, 100 * WINDOW, config)
+    cutoff = 5 * WINDOW
+    _, deleted = compactor.apply_retention(conn, cutoff)
+    assert deleted > 0
+    drain(conn, 100 * WINDOW, config)
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert len(got) == len(set(got))  # nothing twice
+    assert [r for r in got if r[1] >= cutoff] == sorted(
+        (r for r in rows if r[1] >= cutoff), key=lambda r: (r[1], r[0])
+    )
