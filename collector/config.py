@@ -15,6 +15,7 @@ Example file:
     synchronous = "FULL"
     log_level = "INFO"
     allow_unknown_devices = false
+    http_token = "..."               # read token for /api/v1 (needed off loopback)
 
     [limits]
     max_connections = 10000
@@ -28,7 +29,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -77,6 +78,9 @@ class Config:
     synchronous: str = "FULL"
     log_level: str = "INFO"
     allow_unknown_devices: bool = False
+    # Read token for the HTTP query API (`Authorization: Bearer ...`); required when the HTTP
+    # address is not loopback. Kept out of repr so --check-config never prints it.
+    http_token: str | None = field(default=None, repr=False)
     limits: Limits = Limits()
 
     @property

@@ -76,6 +76,19 @@ def load_kinds(cfg: Config) -> tuple[KindSpec, ...]:
     return kinds
 
 
+def check_config(cfg: Config) -> tuple[KindSpec, ...]:
+    """Everything `--check-config` checks beyond parsing: kinds file, HTTP read token.
+
+    Raises ConfigError.
+    """
+    kinds = load_kinds(cfg)
+    if cfg.http_addr is not None and importlib.util.find_spec("collector.http_api") is not None:
+        check = getattr(importlib.import_module("collector.http_api"), "require_token", None)
+        if callable(check):
+            check(cfg.http_addr[0], cfg.http_token)
+    return kinds
+
+
 def _default_maintenance() -> Maintenance | None:
     if importlib.util.find_spec("collector.compactor") is None:
         return None
@@ -140,6 +153,8 @@ async def serve(
                 metrics=metrics,
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),
+                http_host=cfg.http_addr[0],
+                read_token=cfg.http_token,
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
             runner = web.AppRunner(

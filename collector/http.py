@@ -40,6 +40,8 @@ class AppState:
     metrics: Metrics
     connected: Callable[[], dict[str, int]]
     ready: Callable[[], bool]
+    http_host: str = "127.0.0.1"
+    read_token: str | None = None
 
 
 STATE_KEY: Final = web.AppKey("telemetry_state", AppState)
@@ -61,11 +63,16 @@ def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Ap
         register(app)
     if importlib.util.find_spec("collector.http_api") is not None:
         http_api = importlib.import_module("collector.http_api")
+        check = getattr(http_api, "require_token", None)
+        if callable(check):
+            check(state.http_host, state.read_token)  # raises ConfigError off loopback
         params = inspect.signature(http_api.register).parameters
+        kwargs: dict[str, object] = {}
         if "connected" in params:
-            http_api.register(app, str(state.db_path), connected=lambda: state.connected())
-        else:
-            http_api.register(app, str(state.db_path))
+            kwargs["connected"] = lambda: state.connected()
+        if "token" in params:
+            kwargs["token"] = state.read_token
+        http_api.register(app, str(state.db_path), **kwargs)
     if not any(r.canonical == DEVICES_PATH for r in app.router.resources()):
         app.router.add_get(DEVICES_PATH, _devices)
     return app

@@ -43,6 +43,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     default=None,
     help="Register unknown devices on their first HELLO (demos only).",
 )
+@click.option(
+    "--http-token",
+    help="Read token the HTTP query API requires (needed when --http is not loopback); "
+    "prefer TELEMETRY_HTTP_TOKEN or the config file over the command line.",
+)
 @click.option("--max-connections", type=int, help="Most concurrent agent connections.")
 @click.option("--handshake-timeout-s", type=float, help="Seconds an agent has to send HELLO.")
 @click.option("--heartbeat-ms", type=int, help="Silence before the collector sends PING.")
@@ -57,10 +62,10 @@ def collector_cmd(config_file: str | None, check_config: bool, **flags: object) 
     Agents connect to the ingest address; /healthz, /readyz, /metrics and /api/v1/ are
     served on the HTTP address. Stop with SIGTERM or Ctrl-C (graceful, within 5 s).
     """
-    from collector.daemon import load_kinds
+    from collector.daemon import check_config as check_settings
 
     cfg = load_config(config_file, overrides=flags)
-    load_kinds(cfg)
+    check_settings(cfg)
     if check_config:
         click.echo(f"config ok: {cfg}")
         return
