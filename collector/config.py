@@ -78,8 +78,8 @@ class Config:
     synchronous: str = "FULL"
     log_level: str = "INFO"
     allow_unknown_devices: bool = False
-    # Read token for the HTTP query API (`Authorization: Bearer ...`); required when the HTTP
-    # address is not loopback. Kept out of repr so --check-config never prints it.
+    # Read token for the HTTP query API (`Authorization: Bearer ...`); the daemon warns when
+    # the HTTP address is not loopback and none is set. Kept out of repr (--check-config).
     http_token: str | None = field(default=None, repr=False)
     limits: Limits = Limits()
 

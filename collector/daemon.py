@@ -20,6 +20,7 @@ import contextlib
 import gc
 import importlib
 import importlib.util
+import ipaddress
 import logging
 import os
 import signal
@@ -77,16 +78,17 @@ def load_kinds(cfg: Config) -> tuple[KindSpec, ...]:
 
 
 def check_config(cfg: Config) -> tuple[KindSpec, ...]:
-    """Everything `--check-config` checks beyond parsing: kinds file, HTTP read token.
+    """Everything `--check-config` checks beyond parsing (the kinds file). Raises ConfigError."""
+    return load_kinds(cfg)
 
-    Raises ConfigError.
-    """
-    kinds = load_kinds(cfg)
-    if cfg.http_addr is not None and importlib.util.find_spec("collector.http_api") is not None:
-        check = getattr(importlib.import_module("collector.http_api"), "require_token", None)
-        if callable(check):
-            check(cfg.http_addr[0], cfg.http_token)
-    return kinds
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_maintenance() -> Maintenance | None:
@@ -148,12 +150,17 @@ async def serve(
         ingest_host, ingest_port = bound.result()
         http_desc = "off"
         if cfg.http_addr is not None:
+            if cfg.http_token is None and not _is_loopback(cfg.http_addr[0]):
+                log.warning(
+                    "HTTP API on %s is reachable from other machines without a read token; "
+                    "set http_token (TELEMETRY_HTTP_TOKEN)",
+                    cfg.http,
+                )
             state = AppState(
                 db_path=Path(cfg.db),
                 metrics=metrics,
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),
-                http_host=cfg.http_addr[0],
                 read_token=cfg.http_token,
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.

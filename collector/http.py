@@ -40,7 +40,6 @@ class AppState:
     metrics: Metrics
     connected: Callable[[], dict[str, int]]
     ready: Callable[[], bool]
-    http_host: str = "127.0.0.1"
     read_token: str | None = None
 
 
@@ -63,9 +62,6 @@ def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Ap
         register(app)
     if importlib.util.find_spec("collector.http_api") is not None:
         http_api = importlib.import_module("collector.http_api")
-        check = getattr(http_api, "require_token", None)
-        if callable(check):
-            check(state.http_host, state.read_token)  # raises ConfigError off loopback
         params = inspect.signature(http_api.register).parameters
         kwargs: dict[str, object] = {}
         if "connected" in params:
