@@ -16,9 +16,14 @@ Example file:
     log_level = "INFO"
     allow_unknown_devices = false
     http_token = "..."               # read token for /api/v1 (needed off loopback)
+    tls_cert = "/etc/telemetry/certs/collector.pem"   # TLS on the ingest port when set
+    tls_key = "/etc/telemetry/certs/collector.key"
+    tls_client_ca = "/etc/telemetry/certs/ca.pem"     # mutual TLS: device certs from this CA
 
     [limits]
     max_connections = 10000
+    max_connections_per_ip = 1000
+    max_readings_per_s_per_device = 0                 # 0: unlimited
 
 This module reads only the config file it is given; it opens no sockets or databases.
 """
@@ -43,6 +48,8 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LISTEN: Final = "127.0.0.1:7878"
 DEFAULT_HTTP: Final = "127.0.0.1:7879"
 DEFAULT_DB: Final = "./telemetry.db"
+# Smallest frame limit a collector may set: HELLO with a long device id and token is ~1 KiB.
+MIN_FRAME_BYTES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,13 @@ class Limits:
     # A few thousand devices per collector is the design point; each idle connection costs
     # a few KiB, so 10k stays well inside memory and the default fd limit of servers.
     max_connections: int = 10_000
+    # Per source address. Generous because whole sites of devices sit behind one NAT
+    # address; it stops one host from taking every slot of `max_connections`.
+    max_connections_per_ip: int = 1_000
+    # Token bucket per device, readings per second; 0 means unlimited. A batch over the
+    # limit is answered RETRY rate_limited (nothing stored), so an agent catching up after
+    # a long outage is slowed down rather than starving everyone else.
+    max_readings_per_s_per_device: int = 0
     handshake_timeout_s: float = wire.HANDSHAKE_TIMEOUT_S
     heartbeat_ms: int = wire.HEARTBEAT_MS
     idle_timeout_s: float = wire.IDLE_TIMEOUT_S
@@ -81,7 +95,19 @@ class Config:
     # Read token for the HTTP query API (`Authorization: Bearer ...`); the daemon warns when
     # the HTTP address is not loopback and none is set. Kept out of repr (--check-config).
     http_token: str | None = field(default=None, repr=False)
+    # TLS on the ingest port: certificate and key (PEM); with `tls_client_ca` too, mutual
+    # TLS: every agent must present a certificate from that CA naming its device id.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     limits: Limits = Limits()
+
+    @property
+    def tls_mode(self) -> str:
+        """'off', 'on' (server certificate) or 'mutual' (client certificates required)."""
+        if self.tls_cert is None:
+            return "off"
+        return "mutual" if self.tls_client_ca is not None else "on"
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -94,6 +120,8 @@ class Config:
 
 _TOP: Final = {f.name: f for f in dataclasses.fields(Config) if f.name != "limits"}
 _LIMITS: Final = {f.name: f for f in dataclasses.fields(Limits)}
+# Integer settings where 0 is allowed and means "off".
+_ZERO_MEANS_OFF: Final = frozenset({"max_readings_per_s_per_device"})
 
 
 def parse_addr(value: str, setting: str) -> tuple[str, int]:
@@ -126,8 +154,10 @@ def _coerce(name: str, ftype: object, value: object, source: str) -> object:
     if t == "int":
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{where}: expected a positive integer, got {value!r}")
+        lowest = 0 if name.rpartition(".")[2] in _ZERO_MEANS_OFF else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+            what = "a non-negative integer (0: off)" if lowest == 0 else "a positive integer"
+            raise ConfigError(f"{where}: expected {what}, got {value!r}")
         return value
     if t == "float":
         if isinstance(value, str):
@@ -215,7 +245,15 @@ def _check(cfg: Config) -> Config:
         )
     if cfg.kinds is not None and not Path(cfg.kinds).is_file():
         raise ConfigError(f"setting 'kinds': no such file {cfg.kinds!r}")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("setting 'tls_key': 'tls_cert' and 'tls_key' go together")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError("setting 'tls_client_ca': mutual TLS needs 'tls_cert' and 'tls_key'")
     lim = cfg.limits
+    if lim.max_frame_bytes < MIN_FRAME_BYTES:
+        raise ConfigError(
+            f"setting 'limits.max_frame_bytes': at least {MIN_FRAME_BYTES} (a HELLO must fit)"
+        )
     if lim.max_frame_bytes > wire.MAX_FRAME_BYTES:
         raise ConfigError(
             f"setting 'limits.max_frame_bytes': at most {wire.MAX_FRAME_BYTES} (protocol limit)"

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +40,7 @@ from collector.http import AppState, RouteRegistrar, create_app
 from collector.ingest import Ingest
 from collector.metrics import Metrics
 from collector.server import Server
+from collector.tls import TlsFileError, server_context
 from collector.writer import Maintenance, Writer
 from schemas.kinds import KindFileError, KindSpec, load_kinds_file
 from schemas.readings import ReadingValidator
@@ -77,8 +79,28 @@ def load_kinds(cfg: Config) -> tuple[KindSpec, ...]:
     return kinds
 
 
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The ingest listener's TLS context (None: plain TCP). Raises ConfigError.
+
+    The certificate, key and client CA are loaded now, so a missing, unreadable or
+    mismatched file is one line naming the setting, not a failure at the first handshake.
+    """
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    try:
+        return server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    except TlsFileError as exc:
+        raise ConfigError(
+            f"setting 'tls_{exc.which}': cannot load {exc.path}: {exc.detail}"
+        ) from None
+
+
 def check_config(cfg: Config) -> tuple[KindSpec, ...]:
-    """Everything `--check-config` checks beyond parsing (the kinds file). Raises ConfigError."""
+    """Everything `--check-config` checks beyond parsing: the kinds and TLS files.
+
+    Raises ConfigError.
+    """
+    tls_context(cfg)
     return load_kinds(cfg)
 
 
@@ -112,6 +134,7 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     ingest = Ingest(ReadingValidator(load_kinds(cfg)))
+    ssl_ctx = tls_context(cfg)
     try:
         applied = store.migrate(cfg.db)
     except (sqlite3.Error, OSError) as exc:
@@ -130,7 +153,7 @@ async def serve(
     )
     metrics.queue_depth = writer.queue_depth
     await writer.start()
-    server = Server(writer, ingest, metrics, lim)
+    server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
     runner: web.AppRunner | None = None
     exit_code = 0
     try:
@@ -178,7 +201,13 @@ async def serve(
         # Start-up objects (modules, validators, kind tables) never die: keep the cyclic GC
         # from rescanning them, which shortens its pauses (ACK latency tail).
         gc.freeze()
-        log.info("listening ingest=%s:%d http=%s", ingest_host, ingest_port, http_desc)
+        log.info(
+            "listening ingest=%s:%d http=%s tls=%s",
+            ingest_host,
+            ingest_port,
+            http_desc,
+            cfg.tls_mode,
+        )
         sd_notify("READY=1\nSTATUS=listening")
         assert writer.crashed is not None
         crashed = asyncio.create_task(writer.crashed.wait())

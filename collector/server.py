@@ -3,9 +3,17 @@
 Each TCP connection gets one `schemas.wire.Connection` (collector role); this module only
 moves bytes between the socket and it. Per connection:
 
+* admission: over `max_connections` in all or `max_connections_per_ip` from one source
+  address, the connection gets ERROR server_busy (fatal) and is closed.
+* TLS (optional): the listener wraps connections with the `ssl_context` it is given; the
+  TLS handshake also runs under `handshake_timeout_s`. With mutual TLS, HELLO's device id
+  must be one the client certificate names (`collector.tls.cert_device_ids`), checked
+  before the token, so a certificate cannot speak for another device.
 * handshake: HELLO within `handshake_timeout_s`, authenticated by the writer thread against
   the device registry; a wrong, unknown or revoked token gets ERROR auth_failed (fatal) and
   the socket is closed. The device identity is fixed at HELLO for the connection's life.
+* rate limit (optional): a token bucket per device (`max_readings_per_s_per_device`); a
+  batch over it is answered RETRY rate_limited with the bucket's wait, storing nothing.
 * batches are validated (`collector.ingest`), submitted to the writer and answered in order
   from the done-callback of each batch's future, once its commit returned: ACK, or RETRY
   when storage failed. Up to
@@ -27,13 +35,17 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from collector.config import Limits
 from collector.ingest import Ingest
 from collector.metrics import Metrics
+from collector.tls import cert_device_ids
 from collector.writer import STORAGE_UNAVAILABLE, BatchOutcome, Writer
 from schemas import errors, wire
 from schemas.errors import LocalProtocolError, RemoteProtocolError
@@ -44,6 +56,12 @@ log = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024
 # Longest reject message kept when a full ACK would not fit in one frame.
 SHORT_REJECT_CHARS = 40
+# RETRY reason for a batch over the device's rate limit (docs/protocol.md: receivers treat
+# every reason alike: wait retry_after_ms, resend the same batch).
+RATE_LIMITED: Final = "rate_limited"
+# Bucket size in seconds of the rate: an agent sending one batch a second with some jitter
+# is never held back by its own timing, and a burst is at most this many seconds' worth.
+RATE_BURST_S: Final = 2.0
 _nonces = itertools.count(1)
 
 
@@ -57,6 +75,14 @@ class _Session:
     proto: wire.Connection
     device: str = ""
     device_id: int = 0
+    ip: str = ""
+    # Identities the verified client certificate names (mutual TLS), else None.
+    cert_ids: set[str] | None = None
+    # Lowest seq answered RETRY rate_limited and not yet accepted: later batches of this
+    # connection wait for it, so k+1 is never committed before k (that would make the
+    # resend of k look like a duplicate, docs/protocol.md "One batch in flight").
+    blocked_seq: int | None = None
+    rate_limited_logged: bool = False
     stopping: bool = False
     # Batches submitted and not yet answered; the read loop waits on `waiter` for room.
     pending: int = 0
@@ -74,16 +100,56 @@ class _Session:
         self.reader.feed_eof()
 
 
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket of readings; may go into debt so a batch larger than it still passes."""
+
+    rate: float  # readings per second
+    capacity: float
+    tokens: float
+    stamp: float  # time.monotonic() of the last refill
+
+    def wait_ms(self, n: int, now: float) -> int:
+        """Milliseconds until a batch of `n` readings fits; 0 when it fits now."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        need = min(float(n), self.capacity)
+        if self.tokens >= need:
+            return 0
+        return max(1, math.ceil((need - self.tokens) / self.rate * 1000))
+
+    def take(self, n: int, now: float) -> int:
+        """Take `n` readings if they fit (returns 0), else the milliseconds to wait."""
+        wait = self.wait_ms(n, now)
+        if wait == 0:
+            self.tokens -= n
+        return wait
+
+
 class Server:
     """Accepts agent connections and runs one handler per connection."""
 
-    def __init__(self, writer: Writer, ingest: Ingest, metrics: Metrics, limits: Limits) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        ingest: Ingest,
+        metrics: Metrics,
+        limits: Limits,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.writer = writer
         self.ingest = ingest
         self.metrics = metrics
         self.limits = limits
+        self.ssl_context = ssl_context
+        self.mutual_tls = ssl_context is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED
         self.address: tuple[str, int] | None = None
         self._sessions: set[_Session] = set()
+        self._per_ip: dict[str, int] = {}
+        # Per device id; a device's bucket outlives its connections (reconnecting does not
+        # refill it). One small object per device that ever sent a batch.
+        self._buckets: dict[int, _Bucket] = {}
         self._server: asyncio.Server | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._closing = asyncio.Event()
@@ -100,8 +166,20 @@ class Server:
     async def run(self, host: str, port: int, bound: Callable[[tuple[str, int]], None]) -> None:
         """Listen, report the bound address through `bound`, and serve until shutdown()."""
         # Bind outside the TaskGroup so a bind error surfaces as a plain OSError.
+        tls: dict[str, object] = {}
+        if self.ssl_context is not None:
+            tls = {
+                "ssl": self.ssl_context,
+                "ssl_handshake_timeout": self.limits.handshake_timeout_s,
+            }
         self._server = await asyncio.start_server(
-            self._accept, host, port, limit=READ_BYTES, backlog=4096, start_serving=False
+            self._accept,
+            host,
+            port,
+            limit=READ_BYTES,
+            backlog=4096,
+            start_serving=False,
+            **tls,  # type: ignore[arg-type]  # ssl / ssl_handshake_timeout, typed per key
         )
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
@@ -136,15 +214,26 @@ class Server:
             max_frame_bytes=lim.max_frame_bytes,
             bad_frame_budget=lim.bad_frame_budget,
         )
-        s = _Session(reader, writer, peer, proto)
+        ip = str(peername[0]) if isinstance(peername, tuple) else peer
+        s = _Session(reader, writer, peer, proto, ip=ip)
         m = self.metrics
         if len(self._sessions) >= lim.max_connections:
+            busy = "max_connections"
+        elif self._per_ip.get(ip, 0) >= lim.max_connections_per_ip:
+            busy = "max_connections_per_ip"
+        else:
+            busy = ""
+        if busy:
             m.refused(errors.SERVER_BUSY)
-            log.warning("connection refused peer=%s reason=max_connections", peer)
-            writer.write(proto.send(wire.Error(errors.SERVER_BUSY, "too many connections")))
+            log.warning("connection refused peer=%s reason=%s", peer, busy)
+            message = "too many connections" + (" from this address" if "ip" in busy else "")
+            writer.write(proto.send(wire.Error(errors.SERVER_BUSY, message)))
             await self._close(s)
             return
+        if self.mutual_tls:
+            s.cert_ids = cert_device_ids(writer.get_extra_info("peercert"))
         self._sessions.add(s)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         m.connections_total += 1
         m.connections_open += 1
         reason = "closed"
@@ -158,6 +247,9 @@ class Server:
             reason = "internal error"
         finally:
             self._sessions.discard(s)
+            left = self._per_ip.pop(ip, 1) - 1
+            if left:
+                self._per_ip[ip] = left
             m.connections_open -= 1
             if s.device:
                 m.device(s.device).connected -= 1
@@ -210,6 +302,20 @@ class Server:
                         f"(this collector speaks {wire.PROTOCOL_VERSION})",
                     )
                     return "unsupported version"
+                if s.cert_ids is not None and event.device_id not in s.cert_ids:
+                    # Checked before the token, so nothing reaches the registry (not even
+                    # HELLO's dropped count) for a device this certificate does not name.
+                    log.warning(
+                        "authentication failed device=%s peer=%s reason=client certificate "
+                        "names %s",
+                        event.device_id[:64],
+                        s.peer,
+                        ",".join(sorted(s.cert_ids))[:200] or "nothing",
+                    )
+                    await self._refuse(
+                        s, errors.AUTH_FAILED, "the client certificate does not name this device"
+                    )
+                    return "auth failed"
                 outcome = await self.writer.hello(event.device_id, event.token, event.dropped)
         except TimeoutError:
             await self._refuse(s, errors.HANDSHAKE_TIMEOUT, "no HELLO in time")
@@ -315,6 +421,12 @@ class Server:
             if isinstance(event, str):
                 return event
             if isinstance(event, wire.Batch):
+                retry_ms = self._rate_limited(s, event)
+                if retry_ms:
+                    # Answers leave in BATCH order: earlier batches are answered first.
+                    await self._until_pending_below(s, 1)
+                    await self._send_retry(s, event.seq, retry_ms)
+                    continue
                 await self._until_pending_below(s, self.limits.max_inflight_batches)
                 t0 = time.perf_counter()
                 batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
@@ -339,6 +451,45 @@ class Server:
                 )
                 if event.fatal:
                     return "agent error"
+
+    def _rate_limited(self, s: _Session, batch: wire.Batch) -> int:
+        """Milliseconds the batch must wait under the device's rate limit; 0 to go ahead."""
+        rate = self.limits.max_readings_per_s_per_device
+        if not rate:
+            return 0
+        now = time.monotonic()
+        bucket = self._buckets.get(s.device_id)
+        if bucket is None:
+            cap = rate * RATE_BURST_S
+            bucket = self._buckets[s.device_id] = _Bucket(float(rate), cap, cap, now)
+        n = len(batch.readings)
+        if s.blocked_seq is not None and batch.seq > s.blocked_seq:
+            return bucket.wait_ms(n, now)  # an earlier batch must go first
+        wait = bucket.take(n, now)
+        if wait == 0:
+            s.blocked_seq = None
+            return 0
+        s.blocked_seq = batch.seq
+        if not s.rate_limited_logged:
+            s.rate_limited_logged = True
+            log.warning(
+                "rate limiting device=%s peer=%s limit_per_s=%d retry_after_ms=%d",
+                s.device,
+                s.peer,
+                rate,
+                wait,
+            )
+        return wait
+
+    async def _send_retry(self, s: _Session, seq: int, retry_ms: int) -> None:
+        m = self.metrics
+        stats = m.device(s.device)
+        m.batches += 1
+        stats.batches += 1
+        m.retries += 1
+        stats.retries += 1
+        log.debug("batch device=%s seq=%d rate_limited retry_after_ms=%d", s.device, seq, retry_ms)
+        await self._send(s, wire.Retry(seq, RATE_LIMITED, retry_ms))
 
     def _answer(self, s: _Session, t0: float, fut: asyncio.Future[BatchOutcome]) -> None:
         """Done-callback of a submitted batch: write its ACK or RETRY.

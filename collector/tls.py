@@ -18,19 +18,43 @@ from typing import Final
 MIN_TLS_VERSION: Final = ssl.TLSVersion.TLSv1_2
 
 
+class TlsFileError(Exception):
+    """A certificate, key or CA file could not be loaded; `which` names the file's role."""
+
+    def __init__(self, which: str, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.which = which
+        self.path = path
+        self.detail = detail
+
+
+def _detail(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
+
+
 def server_context(
     cert_file: str | Path, key_file: str | Path, client_ca: str | Path | None = None
 ) -> ssl.SSLContext:
     """Build the listener's context; `client_ca` turns on mutual TLS.
 
-    Raises OSError / ssl.SSLError when a file is missing or does not match.
+    Raises TlsFileError ("cert", "key" or "client_ca") when a file is missing, unreadable,
+    not PEM, or the key does not match the certificate.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_TLS_VERSION
-    ctx.load_cert_chain(str(cert_file), str(key_file))
+    for which, path in (("cert", cert_file), ("key", key_file)):
+        if not Path(path).is_file():
+            raise TlsFileError(which, str(path), "no such file")
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+    except OSError as exc:  # ssl.SSLError is an OSError
+        raise TlsFileError("cert", f"{cert_file} / {key_file}", _detail(exc)) from None
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(str(client_ca))
+        try:
+            ctx.load_verify_locations(str(client_ca))
+        except OSError as exc:
+            raise TlsFileError("client_ca", str(client_ca), _detail(exc)) from None
     return ctx
 
 

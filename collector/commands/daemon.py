@@ -48,7 +48,23 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="Read token the HTTP query API requires (advised when --http is not loopback); "
     "prefer TELEMETRY_HTTP_TOKEN or the config file over the command line.",
 )
+@click.option("--tls-cert", help="PEM certificate for TLS on the ingest port (with --tls-key).")
+@click.option("--tls-key", help="PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    help="CA file for mutual TLS: agents must present a certificate from it naming their "
+    "device id.",
+)
 @click.option("--max-connections", type=int, help="Most concurrent agent connections.")
+@click.option(
+    "--max-connections-per-ip", type=int, help="Most concurrent connections per source address."
+)
+@click.option(
+    "--max-readings-per-s-per-device",
+    type=int,
+    help="Per-device rate limit in readings/s, answered with RETRY (default 0: unlimited).",
+)
+@click.option("--max-frame-bytes", type=int, help="Largest frame accepted from an agent.")
 @click.option("--handshake-timeout-s", type=float, help="Seconds an agent has to send HELLO.")
 @click.option("--heartbeat-ms", type=int, help="Silence before the collector sends PING.")
 @click.option("--idle-timeout-s", type=float, help="Silence before a connection is closed.")

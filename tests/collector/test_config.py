@@ -50,6 +50,11 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ("", {}, {"kinds": "/no/such/kinds.toml"}, "setting 'kinds'"),
         ("", {}, {"idle_timeout_s": 1.0, "heartbeat_ms": 5000}, "idle_timeout_s"),
         ("not toml [", {}, {}, "not valid TOML"),
+        ("", {}, {"tls_cert": "c.pem"}, "setting 'tls_key'"),
+        ("", {}, {"tls_client_ca": "ca.pem"}, "setting 'tls_client_ca'"),
+        ("[limits]\nmax_readings_per_s_per_device = -1\n", {}, {}, "non-negative"),
+        ("", {"TELEMETRY_MAX_CONNECTIONS_PER_IP": "0"}, {}, "TELEMETRY_MAX_CONNECTIONS_PER_IP"),
+        ("", {}, {"max_frame_bytes": 100}, "setting 'limits.max_frame_bytes'"),
     ],
 )
 def test_bad_settings_name_the_setting(
@@ -66,3 +71,26 @@ def test_bad_settings_name_the_setting(
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "nope.toml"), env={})
+
+
+def test_tls_and_limit_settings_from_file_env_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        'tls_cert = "file.pem"\ntls_key = "file.key"\n'
+        "[limits]\nmax_connections_per_ip = 7\nmax_readings_per_s_per_device = 0\n"
+    )
+    cfg = load_config(str(f), env={})
+    assert (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.tls_mode) == (
+        "file.pem",
+        "file.key",
+        None,
+        "on",
+    )
+    assert cfg.limits.max_connections_per_ip == 7
+    assert cfg.limits.max_readings_per_s_per_device == 0
+    env = {"TELEMETRY_TLS_CLIENT_CA": "ca.pem", "TELEMETRY_MAX_READINGS_PER_S_PER_DEVICE": "50"}
+    cfg = load_config(str(f), env=env, overrides={"tls_cert": "flag.pem"})
+    assert (cfg.tls_cert, cfg.tls_client_ca, cfg.tls_mode) == ("flag.pem", "ca.pem", "mutual")
+    assert cfg.limits.max_readings_per_s_per_device == 50
+    assert Config().tls_mode == "off"
+    assert Config().limits.max_connections_per_ip == 1000
