@@ -5,7 +5,7 @@ Layout (see deploy/agent.example.toml):
     [agent]       device_id, token | token_file, metrics_interval
     [collector]   address = "host:port", heartbeat_ms, connect_timeout_ms,
                   backoff_initial_ms, backoff_max_ms
-    [tls]         enabled, ca_file, cert_file, key_file, server_name (validated; not used yet)
+    [tls]         enabled, ca_file, cert_file, key_file, server_name
     [batch]       max_readings, max_delay_ms
     [spool]       path, max_readings, policy = "drop-oldest" | "block"
     [[inputs.<source>]]  name | names, kind, unit, interval, tags, plus the source's options
@@ -14,7 +14,9 @@ Every error is an `AgentConfigError` whose one-line message names the file, the 
 key at fault. Source-specific options are checked by the source's own constructor (which
 raises `SourceConfigError`); `load_config` only checks that the source name is registered.
 
-I/O: reads the config file and the token file, nothing else. Imports only the standard library.
+I/O: reads the config file, the token file and, with TLS on, the certificate files (loaded
+once through `agents.tls` so a bad one is a config error). Imports only the standard library;
+`ssl` only when TLS is on (the CLI keeps it out of an agent without TLS).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class AgentConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
+    """The `[tls]` table: verify the collector with `ca_file` (system store when unset),
+    present `cert_file`/`key_file` for mutual TLS, check the certificate against
+    `server_name` (default: the collector address's host)."""
+
     enabled: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -306,10 +312,32 @@ def _tls(t: _Table, base_dir: Path) -> TlsConfig:
     )
     if (cfg.cert_file is None) != (cfg.key_file is None):
         raise t.err("key_file", "'cert_file' and 'key_file' go together")
-    if cfg.enabled:
-        # TLS is validated now so configs stay valid once the transport supports it.
-        raise t.err("enabled", "TLS is not supported by this agent version yet")
+    if not cfg.enabled:
+        return cfg
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(cfg, key)
+        if path is not None and not path.is_file():
+            raise t.err(key, f"no such file {path}")
+    from agents.tls import client_context  # imports ssl: only when TLS is on
+
+    try:
+        client_context(cfg.ca_file, cfg.cert_file, cfg.key_file)
+    except OSError as exc:  # ssl.SSLError is an OSError
+        detail = getattr(exc, "reason", None) or exc.strerror or exc
+        key = "cert_file" if cfg.cert_file is not None and _loads_as_ca(cfg.ca_file) else "ca_file"
+        raise t.err(key, f"cannot load TLS file: {detail}") from None
     return cfg
+
+
+def _loads_as_ca(ca_file: Path | None) -> bool:
+    """True when the CA file (or the system trust store) loads on its own."""
+    from agents.tls import client_context
+
+    try:
+        client_context(ca_file)
+    except OSError:
+        return False
+    return True
 
 
 def _inputs(

@@ -16,6 +16,11 @@ link is detected within ~2 heartbeat periods. Every network wait is under `async
 Between sessions: jittered exponential backoff from backoff_initial to backoff_max; after
 `auth_failed` straight to backoff_max, with an ERROR log line saying what to fix.
 
+TLS ([tls] enabled): the connection is wrapped with `agents.tls.client_context`, checking
+the collector's certificate against `server_name` (default: the collector host); a refused
+certificate ends the session with a log line saying what to check. `ssl` is imported only
+then, so an agent without TLS never loads it.
+
 Moves bytes only: all protocol logic is `schemas.wire.Connection`; spool calls that touch the
 disk run in worker threads.
 """
@@ -27,7 +32,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from agents import AGENT_NAME, __version__
 from agents.config import AgentConfig
@@ -51,6 +56,9 @@ from schemas.wire import (
     Role,
     Welcome,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,7 @@ class Transport:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ssl_context: ssl.SSLContext | None = None
 
     # -- signals from producers
 
@@ -190,7 +199,7 @@ class Transport:
     async def _session(self) -> None:
         try:
             async with asyncio.timeout(self.cfg.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(self.cfg.host, self.cfg.port)
+                reader, writer = await self._connect()
         except TimeoutError:
             raise LinkDown(f"connect timed out after {self.cfg.connect_timeout_s:g} s") from None
         try:
@@ -223,6 +232,34 @@ class Transport:
                 tg.create_task(self._heartbeat_loop(link))
         finally:
             writer.close()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open the TCP connection, wrapped in TLS when [tls] is enabled."""
+        cfg = self.cfg
+        if not cfg.tls.enabled:
+            return await asyncio.open_connection(cfg.host, cfg.port)
+        import ssl
+
+        from agents.tls import client_context
+
+        if self._ssl_context is None:
+            # Loaded once: the files were already checked when the config was read.
+            t = cfg.tls
+            self._ssl_context = client_context(t.ca_file, t.cert_file, t.key_file)
+        name = cfg.tls.server_name or cfg.host
+        try:
+            return await asyncio.open_connection(
+                cfg.host, cfg.port, ssl=self._ssl_context, server_hostname=name
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise LinkDown(
+                f"TLS: the collector's certificate was refused ({exc.verify_message}); "
+                f"check [tls] ca_file and server_name (checked name: {name})"
+            ) from None
+        except ssl.SSLError as exc:
+            raise LinkDown(
+                f"TLS handshake with the collector failed: {exc.reason or exc}"
+            ) from None
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection

@@ -85,7 +85,10 @@ BAD_CASES = [
         "[agent]\ndevice_id='d'\ntoken='t'\n[batch]\nmax_readings=0\n",
         "[batch], key 'max_readings': must be an integer >= 1",
     ),
-    ("[agent]\ndevice_id='d'\ntoken='t'\n[tls]\nenabled=true\n", "[tls], key 'enabled'"),
+    (
+        "[agent]\ndevice_id='d'\ntoken='t'\n[tls]\nenabled=true\nca_file='missing.pem'\n",
+        "[tls], key 'ca_file': no such file",
+    ),
     (
         "[agent]\ndevice_id='d'\ntoken='t'\n[tls]\ncert_file='c.pem'\n",
         "[tls], key 'key_file': 'cert_file' and 'key_file' go together",
@@ -226,3 +229,47 @@ def test_default_collector_address_is_the_collectors_default_listen_port(tmp_pat
         {"agent": {"device_id": "d1", "token": "t"}}, base_dir=tmp_path, known_sources=frozenset()
     )
     assert (cfg.host, cfg.port) == ("127.0.0.1", 7878)
+
+
+def _pki(tmp_path: Path) -> Path:
+    from collector import certs
+
+    d = tmp_path / "pki"
+    certs.create_ca(d)
+    certs.issue(d, "collector", server=True, hosts=("127.0.0.1",))
+    certs.issue(d, "dev-1", server=False)
+    return d
+
+
+def test_tls_enabled_config_loads_its_files(tmp_path):
+    d = _pki(tmp_path)
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        "[agent]\ndevice_id='dev-1'\ntoken='t'\n[tls]\nenabled=true\n"
+        f"ca_file='{d}/ca.pem'\ncert_file='{d}/dev-1.pem'\nkey_file='{d}/dev-1.key'\n"
+        "server_name='collector.example.org'\n"
+    )
+    cfg = load_config(path)
+    assert cfg.tls.enabled and cfg.tls.ca_file == d / "ca.pem"
+    assert cfg.tls.server_name == "collector.example.org"
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ("ca_file='{d}/dev-1.key'\n", "[tls], key 'ca_file': cannot load TLS file"),
+        (
+            "ca_file='{d}/ca.pem'\ncert_file='{d}/dev-1.pem'\nkey_file='{d}/ca.key'\n",
+            "[tls], key 'cert_file': cannot load TLS file",
+        ),
+    ],
+)
+def test_tls_file_that_does_not_load_is_one_line(tmp_path, tls, message):
+    d = _pki(tmp_path)
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        "[agent]\ndevice_id='dev-1'\ntoken='t'\n[tls]\nenabled=true\n" + tls.format(d=d)
+    )
+    with pytest.raises(AgentConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
