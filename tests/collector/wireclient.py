@@ -13,7 +13,9 @@ agent's transport), so tests control every byte:
 
 `CollectorProcess` starts the real daemon on 127.0.0.1 port 0 (ingest and HTTP), parses the
 bound addresses from its `listening ingest=HOST:PORT http=HOST:PORT` log line, and stops it
-with SIGTERM on exit. Import: `from tests.collector.wireclient import WireClient`.
+with SIGTERM on exit. For TLS give `WireClient` an `ssl_context` (e.g.
+`agents.tls.client_context(ca, cert, key)`); the handshake runs in the constructor.
+Import: `from tests.collector.wireclient import WireClient`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,8 +40,26 @@ LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
 class WireClient:
     """One agent-side connection, driven synchronously with deadlines."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        source_address: tuple[str, int] | None = None,
+    ) -> None:
+        sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=source_address
+        )
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.timeout = timeout
         self.proto = wire.Connection(wire.Role.AGENT)
 
@@ -107,8 +128,8 @@ class WireClient:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 return False
-            except ConnectionResetError:
-                return True
+            except (ConnectionResetError, ssl.SSLError):
+                return True  # a TLS alert (e.g. a refused client certificate) ends it too
             if not data:
                 return True
         return False
