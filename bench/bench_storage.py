@@ -282,6 +282,11 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
     ap.add_argument("--no-compaction", action="store_true", help="baseline: head only")
     ap.add_argument(
+        "--head-index",
+        action="store_true",
+        help="experiment: add an index readings_head(series_id, ts) (not in the schema)",
+    )
+    ap.add_argument(
         "--compact-every", type=int, default=16, help="one compaction step per N transactions"
     )
     ap.add_argument("--dir", type=Path, default=None, help="keep the DB here (default: temp)")
@@ -310,6 +315,8 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         f"{args.txn_rows}-row transactions, synchronous=FULL"
     )
     conn = setup_db(path, args.devices, args.sensors)
+    if args.head_index:
+        conn.execute("CREATE INDEX head_by_series ON readings_head (series_id, ts)")
     gen = readings(
         args.devices, args.sensors, int(args.interval_s * S), args.jitter_ms * 10**6, seed=1
     )
