@@ -51,6 +51,9 @@ migrations = sqlite_utils.Migrations("telemetry")
 
 @migrations()
 def m0001_initial(db: sqlite_utils.Database) -> None:
+    # `value` and `last_value` have no declared type, so no affinity: a reading is stored
+    # exactly as sent (text "007" stays text, 21.0 stays REAL). `ANY` in a non-STRICT table
+    # would mean NUMERIC affinity and turn both into the integers 7 and 21.
     db.executescript(
         f"""
         CREATE TABLE {DEVICES} (
@@ -73,14 +76,14 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
             tags TEXT NOT NULL DEFAULT '{{}}',
             first_ts INTEGER,
             last_ts INTEGER,
-            last_value ANY,
+            last_value,
             count INTEGER NOT NULL DEFAULT 0,
             UNIQUE (device_id, sensor, field, kind, unit, tags)
         );
         CREATE TABLE {HEAD} (
             ts INTEGER NOT NULL,
             series_id INTEGER NOT NULL,
-            value ANY,
+            value,
             lag_ms INTEGER,
             PRIMARY KEY (ts, series_id)
         ) WITHOUT ROWID;

@@ -58,7 +58,7 @@ class Reference:
     def __init__(self) -> None:
         self.db = sqlite3.connect(":memory:", isolation_level=None)
         self.db.execute(
-            "CREATE TABLE r (series_id INTEGER, ts INTEGER, value ANY, PRIMARY KEY (series_id, ts))"
+            "CREATE TABLE r (series_id INTEGER, ts INTEGER, value, PRIMARY KEY (series_id, ts))"
         )
 
     def insert(self, rows: Sequence[tuple[int, int, Any]]) -> None:
