@@ -82,6 +82,7 @@ class _Session:
     # connection wait for it, so k+1 is never committed before k (that would make the
     # resend of k look like a duplicate, docs/protocol.md "One batch in flight").
     blocked_seq: int | None = None
+    blocked_readings: int = 0
     rate_limited_logged: bool = False
     stopping: bool = False
     # Batches submitted and not yet answered; the read loop waits on `waiter` for room.
@@ -464,12 +465,13 @@ class Server:
             bucket = self._buckets[s.device_id] = _Bucket(float(rate), cap, cap, now)
         n = len(batch.readings)
         if s.blocked_seq is not None and batch.seq > s.blocked_seq:
-            return bucket.wait_ms(n, now)  # an earlier batch must go first
+            # An earlier batch must go first: wait as long as it has to.
+            return max(1, bucket.wait_ms(s.blocked_readings, now))
         wait = bucket.take(n, now)
         if wait == 0:
             s.blocked_seq = None
             return 0
-        s.blocked_seq = batch.seq
+        s.blocked_seq, s.blocked_readings = batch.seq, n
         if not s.rate_limited_logged:
             s.rate_limited_logged = True
             log.warning(
