@@ -27,4 +27,6 @@ EXPOSE 7878 7879
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TELEMETRY_HTTP_PORT', '7879') + '/healthz', timeout=2)"]
 ENTRYPOINT ["telemetry"]
+# The HTTP API binds all interfaces here, so the collector requires a read token:
+#   docker run -e TELEMETRY_HTTP_TOKEN=... sensor-telemetry
 CMD ["collector", "--listen", "0.0.0.0:7878", "--http", "0.0.0.0:7879"]

@@ -7,6 +7,7 @@ real collector. The unit files go through `systemd-analyze verify`.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TELEMETRY = [sys.executable, "-m", "collector"]
+# What the compose file sets for the collector; the image documents the same variable.
+TOKEN_ENV = {**os.environ, "TELEMETRY_HTTP_TOKEN": "test-read-token"}
 
 
 def _compose() -> dict[str, Any]:
@@ -50,6 +53,7 @@ def test_compose_has_collector_and_several_agents() -> None:
     agents = [name for name in services if name.startswith("agent-")]
     assert len(agents) >= 3
     assert collector["restart"] == "unless-stopped"
+    assert collector["environment"]["TELEMETRY_HTTP_TOKEN"], "HTTP off loopback needs a token"
     assert any("telemetry-data:/var/lib/telemetry" in v for v in collector["volumes"])
     assert {"127.0.0.1:7878:7878", "127.0.0.1:7879:7879"} <= set(collector["ports"])
     for name in agents:
@@ -80,7 +84,11 @@ def test_collector_service_command_is_valid(tmp_path: Path) -> None:
     assert command[0] == "collector"
     args = [a.replace("/var/lib/telemetry", str(tmp_path)) for a in command]
     result = subprocess.run(
-        [*TELEMETRY, *args, "--check-config"], capture_output=True, text=True, timeout=60
+        [*TELEMETRY, *args, "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=TOKEN_ENV,
     )
     assert result.returncode == 0, result.stderr
 
@@ -99,6 +107,7 @@ def test_dockerfile_cmd_is_valid_and_image_is_hardened(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env=TOKEN_ENV,
     )
     assert result.returncode == 0, result.stderr
 
