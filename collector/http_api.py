@@ -35,6 +35,7 @@ from multidict import MultiMapping
 from collector import query, store
 from collector.errors import ConfigError
 from collector.formats import dumps_json, dumps_row
+from collector.tail import Tail
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         store.connect, cfg.db_path, readonly=True, check_same_thread=False
     )
     try:
-        tail = await asyncio.to_thread(query.Tail.start, conn, f)
+        tail = await asyncio.to_thread(Tail.start, conn, f)
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )

@@ -2,12 +2,11 @@
 
 Owns: parsing of query arguments (times, durations, tags) into int nanoseconds and filters,
 resolving filters to series ids through the `series` and `devices` tables, turning what
-`collector.scan` yields into plain row dicts, device/series/rejected listings, the live tail
-cursor, and the replay of stored rejects.
+`collector.scan` yields into plain row dicts, and device/series/rejected listings. The live
+tail cursor is `collector.tail`; the replay of stored rejects is `collector.replay`.
 
 Must not: read `readings_head` or the block tables directly (every reading goes through
-`collector.scan`, which knows where readings live), open sockets, or write anything except in
-`replay_rejected` (the one write path here; see its docstring).
+`collector.scan`, which knows where readings live), open sockets, or write anything.
 
 Every row is a `dict[str, object]` whose keys are the column names of the listing, so the
 CLI formats (`collector.formats`) and the HTTP API (`collector.http_api`) print the same data.
@@ -22,18 +21,16 @@ import re
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
-
-import msgpack
 
 from collector import scan, store
 from collector.errors import ConfigError
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 if TYPE_CHECKING:
-    from collector.ingest import Ingest, PreparedBatch
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -579,229 +576,6 @@ def list_rejected(
         }
 
 
-# ---------------------------------------------------------------- live tail
-
-
-@dataclass(slots=True)
-class Tail:
-    """Cursor over readings committed after it was created.
-
-    At creation it records, for every matching series, the newest timestamp stored
-    (`series.last_ts`); a series created later starts from nothing. Each `poll` (one read
-    transaction) resolves only series created since the last poll (series ids grow; a
-    series' device, sensor, kind, unit and tags never change, so old ones cannot start or stop
-    matching), reads the current `last_ts` of the matching ones, reads just those whose
-    `last_ts` moved past their mark through `scan.read_range`, and advances the marks. A
-    per-series mark (not one global (ts, series) watermark) keeps a device whose clock lags
-    the others visible. Readings that arrive older than their series' newest stored reading
-    (out-of-order within one series) are not shown.
-    """
-
-    filters: Filters
-    marks: dict[int, int] = field(default_factory=dict)
-    series: dict[int, SeriesInfo] = field(default_factory=dict)
-    max_id: int = 0
-    _data_version: int | None = None
-
-    @classmethod
-    def start(cls, conn: sqlite3.Connection, filters: Filters) -> Tail:
-        """Snapshot the current end of every matching series."""
-        t = cls(filters)
-        conn.execute("BEGIN")
-        try:
-            t._data_version = _data_version(conn)
-            t.max_id = _max_series_id(conn)
-            for s in resolve_series(conn, filters):
-                t.series[s.id] = s
-                t.marks[s.id] = -1 if s.last_ts is None else s.last_ts
-        finally:
-            conn.execute("COMMIT")
-        return t
-
-    def poll(self, conn: sqlite3.Connection) -> list[Row]:
-        """Readings committed since the last poll, ordered by (ts, series id)."""
-        version = _data_version(conn)
-        if version == self._data_version:
-            return []
-        conn.execute("BEGIN")
-        try:
-            self._data_version = _data_version(conn)
-            top = _max_series_id(conn)
-            if top > self.max_id:
-                for s in resolve_series(conn, self.filters, after_id=self.max_id):
-                    self.series[s.id] = s
-                self.max_id = top
-            if not self.series:
-                return []
-            moved: list[SeriesInfo] = []
-            for sid, first, last, count in conn.execute(
-                f"SELECT id, first_ts, last_ts, count FROM {store.SERIES} "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(self.series)),),
-            ):
-                if last is not None and last > self.marks.get(sid, -1):
-                    s = self.series[sid]
-                    s.first_ts, s.last_ts, s.count = first, last, count
-                    moved.append(s)
-            if not moved:
-                return []
-            rows: list[Row] = []
-            for group, lo in self._groups(moved):
-                hi = max(s.last_ts or 0 for s in group) + 1
-                rows += (
-                    r
-                    for r in readings(conn, group, lo, hi)
-                    if isinstance(r["ts_ns"], int)
-                    and isinstance(r["series_id"], int)
-                    and r["ts_ns"] > self.marks.get(r["series_id"], -1)
-                )
-            rows.sort(key=lambda r: (r["ts_ns"], r["series_id"]))
-            for s in moved:
-                self.marks[s.id] = s.last_ts or -1
-            return rows
-        finally:
-            conn.execute("COMMIT")
-
-    def _groups(self, moved: list[SeriesInfo]) -> list[tuple[list[SeriesInfo], int]]:
-        """Series to read together, with the range start of each read.
-
-        Series whose new readings start close together are read in one scan; one that was
-        silent for long (its mark far back) is read alone, so it does not drag every other
-        series' scan back to its old mark.
-        """
-        starts = {s.id: max(self.marks.get(s.id, -1) + 1, s.first_ts or 0) for s in moved}
-        newest = max(starts.values())
-        together = [s for s in moved if starts[s.id] >= newest - TAIL_GROUP_SPAN_NS]
-        groups = [(together, min(starts[s.id] for s in together))]
-        groups += [([s], starts[s.id]) for s in moved if starts[s.id] < newest - TAIL_GROUP_SPAN_NS]
-        return groups
-
-
-# Series whose unseen readings start within this span of each other are read in one scan.
-TAIL_GROUP_SPAN_NS: Final = 60 * NS_PER_S
-
-
-def _max_series_id(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(f"SELECT coalesce(max(id), 0) FROM {store.SERIES}").fetchone()[0])
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    # Changes whenever another connection commits to the file: an idle poll costs one pragma.
-    v = conn.execute("PRAGMA data_version").fetchone()[0]
-    return int(v)
-
-
 def now_ns() -> int:
     """Wall-clock now in int ns (for relative times)."""
     return time.time_ns()
-
-
-# ---------------------------------------------------------------- replay of rejects
-
-# Rejects re-validated per write transaction: short transactions keep the collector's writer
-# waiting at most a few milliseconds (it waits on busy_timeout, it does not fail).
-REPLAY_CHUNK: Final = 500
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """What `replay_rejected` did: rejects looked at, moved into the readings, still failing."""
-
-    checked: int
-    replayed: int
-    still_rejected: int
-
-
-def replay_rejected(
-    path: str,
-    ingest: Ingest,
-    *,
-    devices: Sequence[str] = (),
-    now: int | None = None,
-) -> ReplayResult:
-    """Re-validate stored rejects; move the ones that now pass into the readings, exactly once.
-
-    The one write path of this module. It opens its own write connection and works in
-    chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
-    (INSERT OR IGNORE on the readings key, shaped into series rows by `collector.ingest`
-    exactly as live ingest shapes them) and stamps their rejects with `replayed_ns`. A
-    stamped reject is never looked at again, so a second run (or a run interrupted between
-    chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
-    ingests: each side waits on `busy_timeout` for the other's short transaction.
-    """
-    stamp = time.time_ns() if now is None else now
-    checked = replayed = 0
-    after = 0
-    where, params = series_where(Filters(devices=tuple(devices)))
-    conn = store.connect(path)
-    try:
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = conn.execute(
-                    f"SELECT r.id, r.device_id, r.received_ns, r.raw FROM {store.REJECTED} AS r "
-                    f"JOIN {store.DEVICES} AS d ON d.id = r.device_id "
-                    f"WHERE r.replayed_ns IS NULL AND r.id > ? AND {where} ORDER BY r.id LIMIT ?",
-                    [after, *params, REPLAY_CHUNK],
-                ).fetchall()
-                if not rows:
-                    conn.execute("COMMIT")
-                    break
-                after = rows[-1][0]
-                moved: list[int] = []
-                for rid, device_id, received, raw in rows:
-                    try:
-                        reading = msgpack.unpackb(raw, raw=False, timestamp=2)
-                    except (ValueError, TypeError, msgpack.UnpackException):
-                        continue  # not even msgpack: it can never pass
-                    prepared = ingest.prepare(0, [reading], received)
-                    if prepared.rejects:
-                        continue
-                    _insert_rows(conn, device_id, prepared)
-                    moved.append(rid)
-                conn.executemany(
-                    f"UPDATE {store.REJECTED} SET replayed_ns = ? WHERE id = ?",
-                    [(stamp, rid) for rid in moved],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            checked += len(rows)
-            replayed += len(moved)
-    finally:
-        conn.close()
-    log.info("replayed rejects checked=%d replayed=%d", checked, replayed)
-    return ReplayResult(checked, replayed, checked - replayed)
-
-
-def _insert_rows(conn: sqlite3.Connection, device_id: int, prepared: PreparedBatch) -> None:
-    for key, ts, value, lag_ms in zip(
-        prepared.keys, prepared.ts, prepared.values, prepared.lag_ms, strict=True
-    ):
-        sensor, fld, kind, unit, tags = key
-        params = (device_id, sensor, fld, kind, unit, tags)
-        conn.execute(
-            f"INSERT OR IGNORE INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            params,
-        )
-        (sid,) = conn.execute(
-            f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
-            "AND kind = ? AND unit = ? AND tags = ?",
-            params,
-        ).fetchone()
-        cur = conn.execute(
-            f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
-            "VALUES (?, ?, ?, ?)",
-            (ts, sid, value, lag_ms),
-        )
-        if cur.rowcount == 1:
-            conn.execute(
-                f"UPDATE {store.SERIES} SET count = count + 1, "
-                "first_ts = MIN(COALESCE(first_ts, ?1), ?1), "
-                "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
-                "ELSE last_value END, "
-                "last_ts = MAX(COALESCE(last_ts, ?1), ?1) WHERE id = ?3",
-                (ts, value, sid),
-            )

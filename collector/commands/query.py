@@ -6,7 +6,7 @@ and prints through `collector.formats`. Argument parsing is
 `collector.query`'s, so the CLI and the HTTP API accept the same forms and fail the same way.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
-`ql.replay_rejected`), or buffer a whole export in memory.
+`collector.replay`), or buffer a whole export in memory.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import click
 from collector import formats, store
 from collector import query as ql
 from collector.errors import ConfigError
+from collector.replay import replay_rejected
+from collector.tail import Tail
 
 DEFAULT_DB: Final = "./telemetry.db"
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
@@ -498,7 +500,7 @@ def _tail_file(
 ) -> None:
     conn = _open(db)
     try:
-        cursor = ql.Tail.start(conn, f)
+        cursor = Tail.start(conn, f)
         # On stderr, so scripts (and tests) know from when on readings count as new.
         click.echo(f"tail: following {db}", err=True)
         while True:
@@ -588,7 +590,7 @@ def rejected(
             extra = load_kinds_file(kinds_file) if kinds_file else ()
         except KindFileError as exc:
             raise ConfigError(f"--kinds: {exc}") from None
-        result = ql.replay_rejected(db, Ingest.from_kinds(extra), devices=devices)
+        result = replay_rejected(db, Ingest.from_kinds(extra), devices=devices)
         click.echo(
             f"replayed {result.replayed} of {result.checked} pending rejects; "
             f"{result.still_rejected} still rejected"

@@ -12,6 +12,7 @@ import pytest
 from collector import query
 from collector.errors import ConfigError
 from collector.formats import RowWriter, write_rows
+from collector.tail import Tail
 from tests.collector.test_query_support import (
     MIN,
     T0,
@@ -253,7 +254,7 @@ def test_devices_listing(db: Db) -> None:
 
 def test_tail_sees_only_readings_committed_after_start(db: Db) -> None:
     conn = readonly(db.path)
-    tail = query.Tail.start(conn, query.Filters(devices=("greenhouse-*", "late-*")))
+    tail = Tail.start(conn, query.Filters(devices=("greenhouse-*", "late-*")))
     assert tail.poll(conn) == []
     db.add("greenhouse-1", "air-temp", "temperature", [(T0 + 600 * S, 30.0)], tags={"zone": "z1"})
     # A device whose clock is behind the others: older timestamps, still new readings.

@@ -1,0 +1,134 @@
+"""Replay of stored rejects: re-validate dead-letter rows and move the ones that now pass.
+
+The one write path of the query tools (`telemetry rejected --replay`), run after a kinds file
+was fixed. It writes through its own connection in short `BEGIN IMMEDIATE` transactions, so
+it is safe beside a running collector (SQLite serialises writers) and exactly-once: each
+reject is stamped `replayed_ns` in the same transaction that inserts its readings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import msgpack
+
+from collector import store
+from collector.query import Filters, series_where
+
+if TYPE_CHECKING:
+    from collector.ingest import Ingest, PreparedBatch
+
+log = logging.getLogger(__name__)
+
+# Rejects re-validated per write transaction: short transactions keep the collector's writer
+# waiting at most a few milliseconds (it waits on busy_timeout, it does not fail).
+REPLAY_CHUNK: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What `replay_rejected` did: rejects looked at, moved into the readings, still failing."""
+
+    checked: int
+    replayed: int
+    still_rejected: int
+
+
+def replay_rejected(
+    path: str,
+    ingest: Ingest,
+    *,
+    devices: Sequence[str] = (),
+    now: int | None = None,
+) -> ReplayResult:
+    """Re-validate stored rejects; move the ones that now pass into the readings, exactly once.
+
+    The one write path of this module. It opens its own write connection and works in
+    chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
+    (INSERT OR IGNORE on the readings key, shaped into series rows by `collector.ingest`
+    exactly as live ingest shapes them) and stamps their rejects with `replayed_ns`. A
+    stamped reject is never looked at again, so a second run (or a run interrupted between
+    chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
+    ingests: each side waits on `busy_timeout` for the other's short transaction.
+    """
+    stamp = time.time_ns() if now is None else now
+    checked = replayed = 0
+    after = 0
+    where, params = series_where(Filters(devices=tuple(devices)))
+    conn = store.connect(path)
+    try:
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    f"SELECT r.id, r.device_id, r.received_ns, r.raw FROM {store.REJECTED} AS r "
+                    f"JOIN {store.DEVICES} AS d ON d.id = r.device_id "
+                    f"WHERE r.replayed_ns IS NULL AND r.id > ? AND {where} ORDER BY r.id LIMIT ?",
+                    [after, *params, REPLAY_CHUNK],
+                ).fetchall()
+                if not rows:
+                    conn.execute("COMMIT")
+                    break
+                after = rows[-1][0]
+                moved: list[int] = []
+                for rid, device_id, received, raw in rows:
+                    try:
+                        reading = msgpack.unpackb(raw, raw=False, timestamp=2)
+                    except (ValueError, TypeError, msgpack.UnpackException):
+                        continue  # not even msgpack: it can never pass
+                    prepared = ingest.prepare(0, [reading], received)
+                    if prepared.rejects:
+                        continue
+                    _insert_rows(conn, device_id, prepared)
+                    moved.append(rid)
+                conn.executemany(
+                    f"UPDATE {store.REJECTED} SET replayed_ns = ? WHERE id = ?",
+                    [(stamp, rid) for rid in moved],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            checked += len(rows)
+            replayed += len(moved)
+    finally:
+        conn.close()
+    log.info("replayed rejects checked=%d replayed=%d", checked, replayed)
+    return ReplayResult(checked, replayed, checked - replayed)
+
+
+def _insert_rows(conn: sqlite3.Connection, device_id: int, prepared: PreparedBatch) -> None:
+    for key, ts, value, lag_ms in zip(
+        prepared.keys, prepared.ts, prepared.values, prepared.lag_ms, strict=True
+    ):
+        sensor, fld, kind, unit, tags = key
+        params = (device_id, sensor, fld, kind, unit, tags)
+        conn.execute(
+            f"INSERT OR IGNORE INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            params,
+        )
+        (sid,) = conn.execute(
+            f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
+            "AND kind = ? AND unit = ? AND tags = ?",
+            params,
+        ).fetchone()
+        cur = conn.execute(
+            f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
+            "VALUES (?, ?, ?, ?)",
+            (ts, sid, value, lag_ms),
+        )
+        if cur.rowcount == 1:
+            conn.execute(
+                f"UPDATE {store.SERIES} SET count = count + 1, "
+                "first_ts = MIN(COALESCE(first_ts, ?1), ?1), "
+                "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
+                "ELSE last_value END, "
+                "last_ts = MAX(COALESCE(last_ts, ?1), ?1) WHERE id = ?3",
+                (ts, value, sid),
+            )
