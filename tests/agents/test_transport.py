@@ -265,3 +265,46 @@ def test_connection_refused_keeps_retrying(tmp_path, spools):
         assert "Connection" in tr.stats.last_error or "connect" in tr.stats.last_error.lower()
 
     asyncio.run(main())
+
+
+def test_tls_refuses_a_collector_its_ca_or_server_name_does_not_vouch_for(tmp_path, spools):
+    from agents.config import TlsConfig
+    from collector import certs
+    from collector.tls import server_context
+
+    good, other = tmp_path / "good", tmp_path / "other"
+    for d in (good, other):
+        certs.create_ca(d)
+        certs.issue(d, "collector", server=True, hosts=("127.0.0.1",))
+
+    async def main() -> None:
+        accepted = 0
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1  # only reached when the TLS handshake succeeded
+            w.close()
+
+        sctx = server_context(other / "collector.pem", other / "collector.key")
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+        port = server.sockets[0].getsockname()[1]
+        cases = [
+            (TlsConfig(enabled=True, ca_file=good / "ca.pem"), "127.0.0.1"),
+            (
+                TlsConfig(enabled=True, ca_file=other / "ca.pem", server_name="wrong.example"),
+                "wrong.example",
+            ),
+        ]
+        for i, (tls, name) in enumerate(cases):
+            cfg = _cfg(tmp_path, port, tls=tls, spool_path=tmp_path / f"spool{i}.db")
+            tr = Transport(cfg, spools(cfg.spool_path))
+            async with _running(tr):
+                await until(lambda tr=tr: tr.stats.last_error != "", what="a refused handshake")
+            assert "certificate was refused" in tr.stats.last_error, tr.stats.last_error
+            assert f"checked name: {name}" in tr.stats.last_error
+            assert not tr.connected and tr.stats.connects == 0
+        assert accepted == 0
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
