@@ -298,8 +298,9 @@ def test_tls_refuses_a_collector_its_ca_or_server_name_does_not_vouch_for(tmp_pa
         for i, (tls, name) in enumerate(cases):
             cfg = _cfg(tmp_path, port, tls=tls, spool_path=tmp_path / f"spool{i}.db")
             tr = Transport(cfg, spools(cfg.spool_path))
+            stats = tr.stats
             async with _running(tr):
-                await until(lambda tr=tr: tr.stats.last_error != "", what="a refused handshake")
+                await until(lambda: stats.last_error != "", what="a refused handshake")  # noqa: B023
             assert "certificate was refused" in tr.stats.last_error, tr.stats.last_error
             assert f"checked name: {name}" in tr.stats.last_error
             assert not tr.connected and tr.stats.connects == 0
