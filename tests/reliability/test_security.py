@@ -1,4 +1,6 @@
-"""Security (mutual-TLS cases are in tests/reliability/test_tls.py): nobody writes without a valid token, and nobody writes as someone else.
+"""Security: nobody writes without a valid token, and nobody writes as someone else.
+
+The mutual-TLS cases live in tests/reliability/test_tls.py.
 
 Each attack pipelines BATCH frames right behind its HELLO (so a collector that read ahead
 before checking the token would store them) and then asserts on the stored rows, not only on
