@@ -15,6 +15,7 @@ Example file:
     synchronous = "FULL"
     log_level = "INFO"
     allow_unknown_devices = false
+    retention = "90d"                # keep readings this long (default: forever)
     http_token = "..."               # read token for /api/v1 (needed off loopback)
     tls_cert = "/etc/telemetry/certs/collector.pem"   # TLS on the ingest port when set
     tls_key = "/etc/telemetry/certs/collector.key"
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,7 +102,15 @@ class Config:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Keep readings for this long ("30d", "12h", "90m"); None keeps them forever. Readings go
+    # a compaction window at a time, once the whole window is older than this.
+    retention: str | None = None
     limits: Limits = Limits()
+
+    @property
+    def retention_ns(self) -> int | None:
+        """The retention period in ns, or None to keep everything."""
+        return None if self.retention is None else parse_duration_ns(self.retention, "retention")
 
     @property
     def tls_mode(self) -> str:
@@ -122,6 +132,27 @@ _TOP: Final = {f.name: f for f in dataclasses.fields(Config) if f.name != "limit
 _LIMITS: Final = {f.name: f for f in dataclasses.fields(Limits)}
 # Integer settings where 0 is allowed and means "off".
 _ZERO_MEANS_OFF: Final = frozenset({"max_readings_per_s_per_device"})
+
+
+_DURATION_RE: Final = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_DURATION_NS: Final = {
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+    "d": 86_400_000_000_000,
+    "w": 604_800_000_000_000,
+}
+
+
+def parse_duration_ns(value: str, setting: str) -> int:
+    """'30d', '12h', '90m', '3600s', '2w' -> nanoseconds. Raises ConfigError."""
+    m = _DURATION_RE.match(value)
+    if not m or int(m.group(1)) <= 0:
+        raise ConfigError(
+            f"setting '{setting}': expected a positive duration such as 30d, 12h or 90m, "
+            f"got {value!r}"
+        )
+    return int(m.group(1)) * _DURATION_NS[m.group(2)]
 
 
 def parse_addr(value: str, setting: str) -> tuple[str, int]:
@@ -232,6 +263,7 @@ def load_config(
 def _check(cfg: Config) -> Config:
     cfg.listen_addr  # noqa: B018  # parses, raising ConfigError
     cfg.http_addr  # noqa: B018
+    cfg.retention_ns  # noqa: B018
     sync = cfg.synchronous.upper()
     if sync not in SYNCHRONOUS_MODES:
         raise ConfigError(

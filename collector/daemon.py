@@ -6,9 +6,9 @@ and close the database, stop HTTP. Under systemd (`NOTIFY_SOCKET` set) READY=1 i
 both listeners are up and STOPPING=1 when shutdown starts; the notification is a single
 datagram, written here with the standard library.
 
-The storage engine's maintenance (compaction, retention) plugs in as the writer's
-maintenance hook: `serve(maintenance=...)`, or automatically `collector.compactor.maintenance`
-when that function exists.
+The storage engine's maintenance plugs in as the writer's maintenance hook: by default
+`collector.compactor.maintenance`, followed by `apply_retention` when a retention period is
+set; `serve(maintenance=...)` replaces it (tests use that seam).
 
 This module wires components together; it owns no protocol, SQL or HTTP handler code.
 """
@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
-import importlib.util
 import ipaddress
 import logging
 import os
@@ -33,7 +31,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from collector import store
+from collector import compactor, store
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
@@ -113,11 +111,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _default_maintenance() -> Maintenance | None:
-    if importlib.util.find_spec("collector.compactor") is None:
-        return None
-    hook = getattr(importlib.import_module("collector.compactor"), "maintenance", None)
-    return cast(Maintenance, hook) if callable(hook) else None
+def _default_maintenance(cfg: Config) -> Maintenance:
+    """Compaction, plus retention when `cfg.retention` is set, in the writer's idle time."""
+    retention_ns = cfg.retention_ns
+    if retention_ns is None:
+        return compactor.maintenance
+
+    def maintain(conn: sqlite3.Connection, now_ns: int) -> None:
+        compactor.maintenance(conn, now_ns)
+        # Cheap when nothing expired: one indexed probe of the blocks and of the head.
+        compactor.apply_retention(conn, now_ns - retention_ns)
+
+    return maintain
 
 
 async def serve(
@@ -148,7 +153,7 @@ async def serve(
         queue_rows=lim.queue_rows,
         txn_max_rows=lim.txn_max_rows,
         allow_unknown_devices=cfg.allow_unknown_devices,
-        maintenance=maintenance if maintenance is not None else _default_maintenance(),
+        maintenance=maintenance if maintenance is not None else _default_maintenance(cfg),
         on_commit=lambda s: _call_soon(loop, metrics.commit_seconds.observe, s),
     )
     metrics.queue_depth = writer.queue_depth

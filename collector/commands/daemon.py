@@ -55,6 +55,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="CA file for mutual TLS: agents must present a certificate from it naming their "
     "device id.",
 )
+@click.option(
+    "--retention",
+    metavar="DURATION",
+    help="Delete readings older than this (e.g. 30d, 12h); default: keep forever.",
+)
 @click.option("--max-connections", type=int, help="Most concurrent agent connections.")
 @click.option(
     "--max-connections-per-ip", type=int, help="Most concurrent connections per source address."
