@@ -1,23 +1,30 @@
 """Background compaction and retention, run inside the single writer thread.
 
 `maintenance(conn, now_ns)` is the writer's hook: it runs bounded steps (`compact_once`),
-each its own transaction, until nothing closed is left or its time budget is spent. A
-window [k * W, (k + 1) * W) is closed once it ends at least the grace period before
-`now_ns`; the oldest closed window with head readings is compacted in three kinds of step:
-stage (copy a chunk of its head rows into a per-connection temp table, sorted by series),
-pack (write one block per series for a slice of series ids, collector.blocks), delete
-(remove the staged rows from the head). docs/storage.md has the full rules.
+each its own transaction, until nothing closed is left or its time budget is spent.
+
+Two levels. First, the head: a window [k * W, (k + 1) * W) (W = 1 minute) is closed once it
+ends at least the grace period before `now_ns`; the oldest closed window with head
+readings is compacted in three kinds of step: stage (copy a chunk of its head rows into a
+per-connection temp table, sorted by series), pack (write one small block per series for a
+slice of series ids, collector.blocks), delete (remove the staged rows from the head). So
+the head holds about a minute and a half of readings and a live per-series read stays
+cheap. Second, the merge: once an hour [h * M, (h + 1) * M) is closed (plus its own grace),
+each series' small blocks in it are replaced by one block, a slice of series per step,
+which gives the long blocks' ~3 bytes per reading. The head always comes first.
+docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
 compacted (INSERT OR IGNORE cannot see the block); its window is closed, so a later step
-stages it again, decodes that series' block, adds the readings whose timestamps the block
-lacks (the block's value wins, as the first INSERT OR IGNORE would have kept it), and
-rewrites the block. Readers never see a reading twice meanwhile (collector.scan dedups the
-same way).
+stages it again, decodes the series' block covering the window (its small block, or the
+hour's block once merged: a series' blocks never overlap), adds the readings whose
+timestamps the block lacks (the block's value wins, as the first INSERT OR IGNORE would
+have kept it), and rewrites the block. Readers never see a reading twice meanwhile
+(collector.scan dedups the same way).
 
-Crash safety: every step is a transaction and the only other state is the temp stage,
-which dies with the connection; a new connection starts the window again and every step is
-idempotent, so a crash at any point leaves each reading readable exactly once.
+Crash safety: every step is a transaction and the only other state is in temp tables,
+which die with the connection; a new connection starts the window (or the merge) again and
+every step is idempotent, so a crash at any point leaves each reading readable exactly once.
 
 Retention (`apply_retention`) drops whole blocks that end before the cutoff and deletes
 head rows older than it, in small transactions.
@@ -27,6 +34,7 @@ This module only moves stored readings; it never inserts new ones and opens no c
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -41,12 +49,21 @@ from collector.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
 
-# Window per block: 1 h holds 360 readings of a 10 s series, enough that the per-row
-# overhead (key, summaries) stays under a byte per reading; measured in docs/benchmarks.md.
-WINDOW_NS: Final = 3_600 * 10**9
+# First level: the head's closed 1-minute windows move into small per-series blocks, so the
+# head holds about WINDOW_NS + GRACE_NS of readings (a per-series read walks every series'
+# head rows: its cost grows with the head, docs/benchmarks.md "Queries").
+WINDOW_NS: Final = 60 * 10**9
 # Late readings within this much of a window's end still land before it is compacted;
-# later ones are merged into the block by a further call.
-GRACE_NS: Final = 300 * 10**9
+# later ones are merged into the block that covers them by a further call.
+GRACE_NS: Final = 30 * 10**9
+# Second level: a closed hour's small blocks are merged into one block per series. 1 h holds
+# 360 readings of a 10 s series, enough that the per-row overhead (key, summaries) stays
+# under a byte per reading; measured in docs/benchmarks.md. store.m0003 indexes the blocks
+# shorter than this (the small ones), so the constant is also in that migration.
+MERGE_NS: Final = 3_600 * 10**9
+# An hour is merged once it ended this long ago: the few late readings for it until then
+# go into the small blocks, which are cheaper to rewrite than the hour's block.
+MERGE_GRACE_NS: Final = 300 * 10**9
 # Head rows moved per call: bounds how long one call holds the write lock (~0.1-0.2 s).
 MAX_ROWS_PER_CALL: Final = 50_000
 # Time one maintenance call may spend compacting, in units of MAX_ROWS_PER_CALL rows: the
@@ -59,22 +76,37 @@ RETENTION_BATCH_ROWS: Final = 10_000
 
 @dataclass(frozen=True, slots=True)
 class CompactionConfig:
-    """Window size, grace period for late data, and the per-call work bound."""
+    """Window size, grace period for late data, the per-call work bound, and the merge level.
+
+    `merge_ns` 0 means one level: head windows become the final blocks. Otherwise it is a
+    multiple of `window_ns`, and closed `merge_ns` windows of small blocks are merged.
+    """
 
     window_ns: int = WINDOW_NS
     grace_ns: int = GRACE_NS
     max_rows: int = MAX_ROWS_PER_CALL
+    merge_ns: int = 0
+    merge_grace_ns: int = MERGE_GRACE_NS
 
     def __post_init__(self) -> None:
         if not 0 < self.window_ns <= codec.MAX_WINDOW_NS:
             raise ValueError(f"window_ns must be in (0, {codec.MAX_WINDOW_NS}]")
-        if self.grace_ns < 0:
-            raise ValueError("grace_ns must be >= 0")
+        if self.grace_ns < 0 or self.merge_grace_ns < 0:
+            raise ValueError("grace_ns and merge_grace_ns must be >= 0")
         if self.max_rows < 1:
             raise ValueError("max_rows must be >= 1")
+        if self.merge_ns and (
+            self.merge_ns <= self.window_ns
+            or self.merge_ns % self.window_ns
+            or self.merge_ns > codec.MAX_WINDOW_NS
+        ):
+            raise ValueError(
+                f"merge_ns must be 0 or a multiple of window_ns in ({self.window_ns}, "
+                f"{codec.MAX_WINDOW_NS}]"
+            )
 
 
-DEFAULT_CONFIG: Final = CompactionConfig()
+DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS)
 
 
 @contextmanager
@@ -145,10 +177,19 @@ def _chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -
 def compact_once(
     conn: sqlite3.Connection, now_ns: int, config: CompactionConfig = DEFAULT_CONFIG
 ) -> int:
-    """Do one bounded step of compacting the oldest closed window; returns rows handled.
+    """Do one bounded step of compaction; returns rows handled (0: nothing to do).
 
-    Returns 0 when no closed window has head readings left. Each step is one transaction.
+    The head comes first (its size decides the cost of live reads): a step of compacting
+    the oldest closed head window, else a step of merging the oldest closed merge window's
+    small blocks. Each step is one transaction.
     """
+    n = _compact_head(conn, now_ns, config)
+    if n or not config.merge_ns:
+        return n
+    return _merge_small_blocks(conn, now_ns, config)
+
+
+def _compact_head(conn: sqlite3.Connection, now_ns: int, config: CompactionConfig) -> int:
     w = config.window_ns
     closed_before = (now_ns - config.grace_ns) // w * w
     if not _has_temp_tables(conn):
@@ -169,7 +210,7 @@ def compact_once(
         if step == "stage":
             n, nxt, done = _stage(conn, cursor, end, config.max_rows)
         elif step == "pack":
-            n, nxt, done = _pack(conn, start, end, cursor, config.max_rows)
+            n, nxt, done = _pack(conn, start, end, cursor, config)
         else:
             n, nxt, done = _delete(conn, cursor, end)
         if not done:
@@ -214,7 +255,7 @@ def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tu
 
 
 def _pack(
-    conn: sqlite3.Connection, start: int, end: int, cursor: int, max_rows: int
+    conn: sqlite3.Connection, start: int, end: int, cursor: int, config: CompactionConfig
 ) -> tuple[int, int, bool]:
     """Write the blocks of the next slice of series ids (about `max_rows` staged readings).
 
@@ -226,14 +267,14 @@ def _pack(
     if not total:
         return 0, cursor, True
     cursor = max(cursor, lo)
-    bound = cursor + max(1, (hi - lo + 1) * max_rows // total)
+    bound = cursor + max(1, (hi - lo + 1) * config.max_rows // total)
     rows = conn.execute(
         f"SELECT series_id, ts, value FROM {_STAGE} WHERE chunk IN (SELECT lo FROM {_CHUNKS}) "
         "AND series_id >= ? AND series_id < ? ORDER BY series_id, ts",
         (cursor, bound),
     ).fetchall()
     if rows:
-        _write_blocks(conn, start, end, rows)
+        _write_blocks(conn, start, end, rows, config.merge_ns)
     return len(rows), bound, bound > hi
 
 
@@ -262,7 +303,11 @@ def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, 
 
 
 def _write_blocks(
-    conn: sqlite3.Connection, start: int, end: int, rows: list[tuple[int, int, codec.Value]]
+    conn: sqlite3.Connection,
+    start: int,
+    end: int,
+    rows: list[tuple[int, int, codec.Value]],
+    merge_ns: int,
 ) -> None:
     # Rows come sorted by (series_id, ts): cut the columns into per-series runs without a
     # Python step per row (zip, Counter and slicing run in C).
@@ -272,32 +317,168 @@ def _write_blocks(
     for sid, count in Counter(sids).items():
         per_series[sid] = (list(tss[pos : pos + count]), list(vals[pos : pos + count]))
         pos += count
-    existing = dict(
-        conn.execute(
-            f"SELECT series_id, data FROM {BLOCKS} WHERE start_ns = ? "
-            "AND series_id >= ? AND series_id <= ?",
-            (start, sids[0], sids[-1]),
-        ).fetchall()
-    )
+    # A series' blocks never overlap (the writer's duplicate check and collector.scan find
+    # at most one block per reading): readings go into the block that already covers the
+    # window, its own small block or, once merged, the merge window's block.
+    starts = (start, start - start % merge_ns) if merge_ns else (start, start)
+    existing = {
+        sid: (bstart, bend, data)
+        for sid, bstart, bend, data in conn.execute(
+            f"SELECT series_id, start_ns, end_ns, data FROM {BLOCKS} WHERE start_ns IN (?, ?) "
+            "AND series_id >= ? AND series_id <= ? AND end_ns > ?",
+            (*starts, sids[0], sids[-1], start),
+        )
+    }
     out = []
     for sid in sorted(per_series):
         ts, values = per_series[sid]
+        bstart, bend = start, end
         old = existing.get(sid)
         if old is not None:
-            ts, values = _merge(codec.decode(old), ts, values)
-        s = codec.summarize(ts, values)
-        out.append(
-            (
-                *(sid, start, end, s.count, s.first_ts, s.last_ts, s.first_value),
-                *(s.last_value, s.min, s.max, s.sum, codec.encode(ts, values)),
-            )
-        )
+            bstart, bend = old[0], old[1]
+            ts, values = _merge(codec.decode(old[2]), ts, values)
+        out.append(_block_row(sid, bstart, bend, ts, values))
+    _insert_blocks(conn, out)
+
+
+def _block_row(
+    sid: int, start: int, end: int, ts: list[int], values: list[codec.Value]
+) -> tuple[object, ...]:
+    s = codec.summarize(ts, values)
+    return (
+        *(sid, start, end, s.count, s.first_ts, s.last_ts, s.first_value),
+        *(s.last_value, s.min, s.max, s.sum, codec.encode(ts, values)),
+    )
+
+
+def _insert_blocks(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
     conn.executemany(
         f"INSERT OR REPLACE INTO {BLOCKS} (series_id, start_ns, end_ns, count, first_ts, "
         "last_ts, first_value, last_value, min, max, sum, data) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        out,
+        rows,
     )
+
+
+_MERGE_STATE: Final = "temp.compaction_merge"
+
+
+def _merge_small_blocks(conn: sqlite3.Connection, now_ns: int, config: CompactionConfig) -> int:
+    """One step of merging the oldest closed merge window's small blocks, a slice of series
+    ids at a time; returns the readings merged (at least 1 while a window is in progress).
+
+    The writer takes the end of the block with the greatest start as the bound below which
+    a reading may sit in a block, so that block's end must stay >= every block's last
+    reading. Merging moves a series' start back to the window start; so when no later block
+    exists, the series owning the newest small block is merged last, in a step of its own.
+
+    State (window, next series id, last series id, slice width, series merged last) lives
+    in a temp table; a new connection starts the window again, and series already merged
+    have no small block left in it, so every step is idempotent.
+    """
+    m = config.merge_ns
+    # The literal bound lets SQLite use store.m0003's partial index of the small blocks.
+    small = f"end_ns - start_ns < {int(m)}"
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
+        "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL, last INTEGER)"
+    )
+    with _transaction(conn):
+        state = conn.execute(
+            f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}"
+        ).fetchone()
+        if state is None:
+            state = _start_merge(conn, now_ns, config, small)
+            if state is None:
+                return 0
+        start, cursor, hi, width, last = state
+        bound = min(cursor + width, hi + 1)
+        if cursor > hi:  # only the series merged last is left
+            ids, done = [last], True
+        else:
+            ids, done = [i for i in range(cursor, bound) if i != last], bound > hi and last is None
+        rows = conn.execute(
+            f"SELECT b.id, b.series_id, b.start_ns, b.end_ns, b.data FROM json_each(?) AS j "
+            f"JOIN {BLOCKS} AS b ON b.series_id = j.value AND b.start_ns >= ? AND b.start_ns < ? "
+            "ORDER BY b.series_id, b.start_ns",
+            (json.dumps(ids), start, start + m),
+        ).fetchall()
+        n = _merge_series_blocks(conn, start, start + m, rows)
+        if done:
+            conn.execute(f"DELETE FROM {_MERGE_STATE}")
+            log.debug("merged small blocks window start_ns=%d", start)
+        else:
+            # Aim the next slice at about max_rows readings.
+            width = max(1, min(width * 4, width * config.max_rows // max(n, 1)))
+            conn.execute(f"UPDATE {_MERGE_STATE} SET cursor = ?, width = ?", (bound, width))
+    return max(n, 1)
+
+
+def _start_merge(
+    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, small: str
+) -> tuple[int, int, int, int, int | None] | None:
+    """State for merging the oldest merge window with small blocks, if it is closed."""
+    m = config.merge_ns
+    first = conn.execute(
+        f"SELECT start_ns FROM {BLOCKS} WHERE {small} ORDER BY start_ns LIMIT 1"
+    ).fetchone()
+    if first is None:
+        return None
+    start = first[0] - first[0] % m
+    if start + m > now_ns - config.merge_grace_ns:
+        return None
+    lo, hi = conn.execute(
+        f"SELECT min(series_id), max(series_id) FROM {BLOCKS} "
+        f"WHERE start_ns >= ? AND start_ns < ? AND {small}",
+        (start, start + m),
+    ).fetchone()
+    last = None
+    later = conn.execute(
+        f"SELECT 1 FROM {BLOCKS} WHERE start_ns >= ? LIMIT 1", (start + m,)
+    ).fetchone()
+    if later is None:
+        (last,) = conn.execute(
+            f"SELECT series_id FROM {BLOCKS} WHERE start_ns < ? AND {small} "
+            "ORDER BY start_ns DESC LIMIT 1",
+            (start + m,),
+        ).fetchone()
+    state = (start, lo, hi, max(1, config.max_rows * config.window_ns // m), last)
+    conn.execute(f"DELETE FROM {_MERGE_STATE}")
+    conn.execute(f"INSERT INTO {_MERGE_STATE} VALUES (?, ?, ?, ?, ?)", state)
+    return state
+
+
+def _merge_series_blocks(
+    conn: sqlite3.Connection,
+    start: int,
+    end: int,
+    rows: list[tuple[int, int, int, int, bytes]],
+) -> int:
+    """Replace each series' blocks in [start, end) by one block; returns readings merged."""
+    per_series: dict[int, list[tuple[int, int, int, bytes]]] = {}
+    for bid, sid, bstart, bend, data in rows:
+        per_series.setdefault(sid, []).append((bid, bstart, bend, data))
+    out = []
+    stale: list[tuple[int]] = []
+    n = 0
+    for sid, group in per_series.items():
+        if len(group) == 1 and group[0][1] == start and group[0][2] == end:
+            continue  # already merged
+        ts: list[int] = []
+        values: list[codec.Value] = []
+        for bid, _bstart, _bend, data in group:  # by start: blocks do not overlap
+            bts, bvalues = codec.decode(data)
+            if ts and bts[0] <= ts[-1]:
+                ts, values = _merge((ts, values), bts, bvalues)
+            else:
+                ts += bts
+                values += bvalues
+            stale.append((bid,))
+        n += len(ts)
+        out.append(_block_row(sid, start, end, ts, values))
+    conn.executemany(f"DELETE FROM {BLOCKS} WHERE id = ?", stale)
+    _insert_blocks(conn, out)
+    return n
 
 
 def _merge(

@@ -11,7 +11,8 @@ Tables (docs/storage.md has the full description):
                     right edge of the B-tree, so ingest stays flat as the file grows
     rejected        the dead-letter table: every rejected reading as received, with why
     blocks          compacted readings: one row per (series, window), packed by
-                    collector.blocks, with count/first/last/min/max/sum beside the bytes
+                    collector.blocks, with count/first/last/min/max/sum beside the bytes;
+                    small 1-minute blocks until their hour is merged into one block
     readings_recent view over the head with readable times and series names (Datasette,
                     Grafana's SQLite source); blocks_summary: the same for block summaries
 
@@ -171,6 +172,18 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
             JOIN {SERIES} AS s ON s.id = b.series_id
             JOIN {DEVICES} AS d ON d.id = s.device_id;
         """
+    )
+
+
+@migrations()
+def m0003_small_blocks(db: sqlite_utils.Database) -> None:
+    # Two-level compaction (collector.compactor): the head's 1-minute windows become small
+    # blocks, merged per closed hour into one block per series. This partial index lists
+    # the small blocks (shorter than the hour, 3_600 * 10**9 ns = compactor.MERGE_NS) by
+    # start, so finding the oldest hour to merge never walks the merged blocks.
+    db.execute(
+        f"CREATE INDEX blocks_small_by_start ON {BLOCKS}(start_ns) "
+        "WHERE end_ns - start_ns < 3600000000000"
     )
 
 

@@ -124,12 +124,72 @@ def test_restart_mid_window_resumes_without_duplicates(tmp_path: Path) -> None:
 
 def test_maintenance_hook_uses_defaults(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "t.db", 2)
-    hour = compactor.WINDOW_NS
-    insert(conn, [(1, 10, 1.5), (2, hour + 10, 2)])
-    compactor.maintenance(conn, hour + compactor.GRACE_NS)  # window 0 closed, 1 open
+    w = compactor.WINDOW_NS
+    insert(conn, [(1, 10, 1.5), (2, w + 10, 2)])
+    compactor.maintenance(conn, w + compactor.GRACE_NS)  # window 0 closed, 1 open
     assert conn.execute("SELECT series_id, start_ns, count FROM blocks").fetchall() == [(1, 0, 1)]
     assert head_count(conn) == 1
     assert not conn.in_transaction
+    # The first hour is merged once it is closed and a later block exists.
+    hour = compactor.MERGE_NS
+    insert(conn, [(1, hour + 10, 3.5)])
+    compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS)
+    assert conn.execute(
+        "SELECT series_id, start_ns, end_ns, count FROM blocks ORDER BY start_ns, series_id"
+    ).fetchall() == [(1, 0, hour, 1), (2, 0, hour, 1), (1, hour, hour + w, 1)]
+
+
+TWO_LEVEL = compactor.CompactionConfig(
+    window_ns=WINDOW, grace_ns=5 * S, max_rows=300, merge_ns=10 * WINDOW, merge_grace_ns=30 * S
+)
+
+
+def test_two_levels_small_blocks_then_merged(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = population(40, 25, seed=10)  # 25 minutes: merge windows 0, 1 and half of 2
+    insert(conn, rows)
+    drain(conn, 10 * WINDOW + 20 * S, TWO_LEVEL)  # minutes 0..9 closed; merge window 0 not
+    assert conn.execute("SELECT DISTINCT end_ns - start_ns FROM blocks").fetchall() == [(WINDOW,)]
+    assert conn.execute("SELECT min(ts) FROM readings_head").fetchone() == (10 * WINDOW + 1000,)
+    drain(conn, 20 * WINDOW + 20 * S, TWO_LEVEL)  # merge window 0 closed: merged; 1 not
+    sizes = conn.execute(
+        "SELECT start_ns, end_ns - start_ns, count(*), sum(count) FROM blocks GROUP BY 1, 2"
+    ).fetchall()
+    assert sizes[0] == (0, 10 * WINDOW, 40, 40 * 60)
+    assert {size for _, size, _, _ in sizes[1:]} == {WINDOW}
+    # A late reading for a merged window goes into its merged block; one for a small
+    # block's window into that small block.
+    late = [(1, 5, 123.25), (2, 10 * WINDOW + 7, "late")]
+    insert(conn, late)
+    drain(conn, 40 * WINDOW, TWO_LEVEL)  # everything closed: windows 1 and 2 merged too
+    assert head_count(conn) == 0
+    blocks = conn.execute("SELECT start_ns, end_ns, count(*) FROM blocks GROUP BY 1, 2").fetchall()
+    assert blocks == [(m * WINDOW, (m + 10) * WINDOW, 40) for m in (0, 10, 20)]
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert got == sorted(rows + late, key=lambda r: (r[1], r[0]))
+
+
+def test_merge_restarts_safely_on_a_new_connection(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = open_db(path, 40)
+    rows = population(40, 25, seed=11)
+    insert(conn, rows)
+    config = compactor.CompactionConfig(
+        window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
+    )
+    drain(conn, 12 * WINDOW, config)  # window 10 is a small block: merge window 0 may go
+    conn.close()
+    conn = store.connect(path)
+    drain(
+        conn,
+        12 * WINDOW,
+        compactor.CompactionConfig(
+            window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
+        ),
+    )
+    assert conn.execute(
+        "SELECT count(*) FROM blocks WHERE start_ns = 0 AND end_ns = ?", (10 * WINDOW,)
+    ).fetchone() == (40,)
 
 
 def test_compaction_inside_callers_transaction_uses_a_savepoint(tmp_path: Path) -> None:
@@ -174,7 +234,10 @@ _CHILD = """
 import sys
 from collector import compactor, store
 conn = store.connect(sys.argv[1])
-config = compactor.CompactionConfig(window_ns=int(sys.argv[2]), grace_ns=0, max_rows=60)
+config = compactor.CompactionConfig(
+    window_ns=int(sys.argv[2]), grace_ns=0, max_rows=60, merge_ns=int(sys.argv[3]),
+    merge_grace_ns=0,
+)
 steps = 0
 while compactor.compact_once(conn, 10**18, config):
     steps += 1
@@ -183,12 +246,18 @@ print("done", flush=True)
 """
 
 
-def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("merge_ns", [0, 5 * WINDOW], ids=["one-level", "two-level"])
+def test_sigkill_during_compaction_loses_and_duplicates_nothing(
+    tmp_path: Path, merge_ns: int
+) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
     rows = population(40, 20, seed=6)
     insert(conn, rows[::2])
-    drain(conn, 4 * WINDOW)  # some windows compacted already
+    config = compactor.CompactionConfig(
+        window_ns=WINDOW, grace_ns=0, max_rows=60, merge_ns=merge_ns, merge_grace_ns=0
+    )
+    drain(conn, 4 * WINDOW, config)  # some windows compacted already
     insert(conn, rows[1::2])  # late readings for compacted windows and fresh ones
     resent = rows[:200:3]
     insert(conn, [(sid, ts, "resend wins nothing") for sid, ts, _ in resent])
@@ -197,7 +266,7 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) 
     kills = 0
     for _ in range(6):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(WINDOW)],
+            [sys.executable, "-c", _CHILD, str(path), str(WINDOW), str(merge_ns)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
@@ -223,8 +292,13 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) 
     assert kills >= 3
     conn = store.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    drain(conn, 10**18)
+    drain(conn, 10**18, config)
     assert head_count(conn) == 0
+    if merge_ns:  # merge windows 0..3, all merged
+        merged = conn.execute(
+            "SELECT count(*) FROM blocks WHERE end_ns - start_ns = ?", (merge_ns,)
+        ).fetchone()
+        assert merged == (4 * 40,)
     got = list(scan.read_range(conn, range(1, 41), None, None))
     want = sorted(rows, key=lambda r: (r[1], r[0]))
     assert got == want
@@ -233,14 +307,18 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(tmp_path: Path) 
 
 def test_plain_sql_views(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "t.db", 2)
-    hour = compactor.WINDOW_NS
+    hour = compactor.MERGE_NS
     insert(conn, [(1, 1_500, 20.5), (1, 2_500, 21.5), (2, hour + 1_000_000, "on")])
-    compactor.maintenance(conn, hour + compactor.GRACE_NS)
+    compactor.maintenance(conn, hour + compactor.GRACE_NS)  # the first minute in a small block
+    insert(conn, [(2, hour + compactor.MERGE_GRACE_NS, "off")])
+    compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS)  # merged: a later block exists
     recent = conn.execute("SELECT time, ts, device, sensor, value FROM readings_recent").fetchall()
-    assert recent == [("1970-01-01T01:00:00.001Z", hour + 1_000_000, "dev", "s2", "on")]
+    assert recent == [
+        ("1970-01-01T01:05:00.000Z", hour + compactor.MERGE_GRACE_NS, "dev", "s2", "off")
+    ]
     summary = conn.execute(
         "SELECT window_start, window_end, sensor, count, min, max, avg, first, last "
-        "FROM blocks_summary"
+        "FROM blocks_summary WHERE sensor = 's1'"
     ).fetchall()
     window = ("1970-01-01T00:00:00.000Z", "1970-01-01T01:00:00.000Z")
     assert summary == [(*window, "s1", 2, 20.5, 21.5, 21.0, 20.5, 21.5)]

@@ -7,6 +7,7 @@ import math
 import sqlite3
 import struct
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from collector import compactor, scan, store
 SERIES = (1, 2, 3)
 WINDOW = 100
 CONFIG = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=10, max_rows=7)
+# Two levels: 20-tick head windows into small blocks, merged per closed 100-tick window.
+TWO_LEVEL = compactor.CompactionConfig(
+    window_ns=20, grace_ns=5, max_rows=7, merge_ns=WINDOW, merge_grace_ns=10
+)
 AGGS = ("avg", "min", "max", "sum", "count", "first", "last")
 
 
@@ -151,9 +156,28 @@ def check_answers(conn: sqlite3.Connection, ref: Reference, ids: Sequence[int]) 
                 assert_agg_equal(got, ref.aggregate(ids, since, until, every, agg))
 
 
+def check_block_layout(conn: sqlite3.Connection) -> None:
+    """A series' blocks never overlap, and every block reading precedes the end of the block
+    with the greatest start (the writer's duplicate check relies on both)."""
+    blocks = conn.execute(
+        "SELECT series_id, start_ns, end_ns, last_ts FROM blocks ORDER BY series_id, start_ns"
+    ).fetchall()
+    for (s1, _, e1, _), (s2, b2, _, _) in pairwise(blocks):
+        assert s1 != s2 or e1 <= b2, blocks
+    if blocks:
+        newest = conn.execute("SELECT end_ns FROM blocks ORDER BY start_ns DESC LIMIT 1").fetchone()
+        assert newest[0] > max(last for _, _, _, last in blocks)
+
+
 @settings(max_examples=60)
-@given(st.lists(op, max_size=12), st.sampled_from([[1], [1, 2, 3], [3, 2]]))
-def test_answers_match_plain_table(tmp_path_factory: pytest.TempPathFactory, ops, ids) -> None:
+@given(
+    st.lists(op, max_size=12),
+    st.sampled_from([[1], [1, 2, 3], [3, 2]]),
+    st.sampled_from([CONFIG, TWO_LEVEL]),
+)
+def test_answers_match_plain_table(
+    tmp_path_factory: pytest.TempPathFactory, ops, ids, config
+) -> None:
     path = tmp_path_factory.mktemp("db") / "t.db"
     conn = open_db(path)
     ref = Reference()
@@ -174,10 +198,11 @@ def test_answers_match_plain_table(tmp_path_factory: pytest.TempPathFactory, ops
             ref.insert(again)
         elif o[0] == "compact":
             for _ in range(o[2]):
-                compactor.compact_once(conn, o[1], CONFIG)
+                compactor.compact_once(conn, o[1], config)
         elif o[0] == "drain":
-            while compactor.compact_once(conn, 10**6, CONFIG):
+            while compactor.compact_once(conn, 10**6, config):
                 pass
+        check_block_layout(conn)
     reader = store.connect(path, readonly=True)
     try:
         check_answers(reader, ref, ids)
