@@ -94,8 +94,8 @@ class Config:
     synchronous: str = "FULL"
     log_level: str = "INFO"
     allow_unknown_devices: bool = False
-    # Read token for the HTTP query API (`Authorization: Bearer ...`); the daemon warns when
-    # the HTTP address is not loopback and none is set. Kept out of repr (--check-config).
+    # Read token for the HTTP query API (`Authorization: Bearer ...`); required when the HTTP
+    # address is not loopback (the daemon refuses to start without one). Kept out of repr.
     http_token: str | None = field(default=None, repr=False)
     # TLS on the ingest port: certificate and key (PEM); with `tls_client_ca` too, mutual
     # TLS: every agent must present a certificate from that CA naming its device id.

@@ -99,6 +99,11 @@ def check_config(cfg: Config) -> tuple[KindSpec, ...]:
     Raises ConfigError.
     """
     tls_context(cfg)
+    if cfg.http_addr is not None and cfg.http_token is None and not _is_loopback(cfg.http_addr[0]):
+        raise ConfigError(
+            f"setting 'http_token': the HTTP API on {cfg.http} is reachable from other "
+            "machines; set a read token (TELEMETRY_HTTP_TOKEN) or bind it to 127.0.0.1"
+        )
     return load_kinds(cfg)
 
 
@@ -178,12 +183,6 @@ async def serve(
         ingest_host, ingest_port = bound.result()
         http_desc = "off"
         if cfg.http_addr is not None:
-            if cfg.http_token is None and not _is_loopback(cfg.http_addr[0]):
-                log.warning(
-                    "HTTP API on %s is reachable from other machines without a read token; "
-                    "set http_token (TELEMETRY_HTTP_TOKEN)",
-                    cfg.http,
-                )
             state = AppState(
                 db_path=Path(cfg.db),
                 metrics=metrics,

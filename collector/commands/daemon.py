@@ -45,7 +45,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 )
 @click.option(
     "--http-token",
-    help="Read token the HTTP query API requires (advised when --http is not loopback); "
+    help="Read token the HTTP query API requires (mandatory when --http is not loopback); "
     "prefer TELEMETRY_HTTP_TOKEN or the config file over the command line.",
 )
 @click.option("--tls-cert", help="PEM certificate for TLS on the ingest port (with --tls-key).")
