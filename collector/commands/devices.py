@@ -15,6 +15,7 @@ import sqlite3
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import click
 
@@ -47,9 +48,29 @@ def _iso(ns: int | None) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat(timespec="seconds")
 
 
-@click.group("devices", context_settings={"help_option_names": ["-h", "--help"]})
-def devices_group() -> None:
-    """Manage the devices allowed to send readings."""
+_format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
+)
+_url_option = click.option(
+    "--url",
+    help="Ask a running collector's HTTP address (e.g. http://127.0.0.1:7879) instead of "
+    "reading the file; only it knows which devices are connected.",
+)
+
+
+@click.group(
+    "devices",
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@_db_option
+@_format_option
+@_url_option
+@click.pass_context
+def devices_group(ctx: click.Context, db: str, fmt: str, url: str | None) -> None:
+    """Manage the devices allowed to send readings; alone, list them (like `devices list`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_cmd, db=db, fmt=fmt, url=url)
 
 
 @devices_group.command("add")
@@ -89,17 +110,16 @@ def revoke(name: str, db: str) -> None:
 
 @devices_group.command("list")
 @_db_option
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option(
-    "--url",
-    help="Ask a running collector's HTTP address (e.g. http://127.0.0.1:7879) instead of "
-    "reading the file; only it knows which devices are connected.",
-)
+@_format_option
+@_url_option
 def list_cmd(db: str, fmt: str, url: str | None) -> None:
     """List registered devices: last seen, readings stored, revocation."""
     if url is not None:
         click.echo(_render(_fetch(url), fmt), nl=False)
         return
+    if not Path(db).exists():
+        # Listing must not create an empty database at a mistyped path.
+        raise ConfigError(f"option '--db': no database at {db} (give --db PATH or --url)")
     conn = _open(db)
     try:
         rows = registry.list_devices(conn)

@@ -69,3 +69,21 @@ def test_every_devices_command_has_help() -> None:
         assert code == 0 and "--db" in out
     code, out, _ = _run("collector", "--help")
     assert code == 0 and "--check-config" in out and "--allow-unknown-devices" in out
+
+
+def test_devices_alone_lists_like_devices_list(tmp_path: Path) -> None:
+    db = str(tmp_path / "t.db")
+    assert _run("devices", "add", "pump-1", "--db", db)[0] == 0
+    code, out, _ = _run("devices", "--db", db, "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["device"] for r in rows] == ["pump-1"]
+    assert _run("devices", "list", "--db", db, "--format", "csv")[1] == out
+
+
+def test_listing_a_missing_database_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    code, _, err = _run("devices", "list", "--db", str(db))
+    assert code == 2
+    assert "no database" in err
+    assert not db.exists()
