@@ -33,11 +33,11 @@ COMMANDS: Final[dict[str, str]] = {
 
 
 class _LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._load(name) is not None]
-
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if not isinstance(self._load(name), _Unavailable)]
 
     @staticmethod
     def _load(name: str) -> click.Command | None:
@@ -48,14 +48,36 @@ class _LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            # A subcommand whose module is not installed here (e.g. an agent-only device)
-            # is simply not offered; any other import error is a bug and propagates.
-            if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
-                return None
-            raise
+            # On an agent-only install (no `collector` extra) the collector's commands are
+            # not offered; a missing module of our own packages is a bug and propagates.
+            missing = (exc.name or "").split(".")[0]
+            if missing in _OWN_PACKAGES:
+                raise
+            return _Unavailable(name, missing)
         cmd = getattr(module, attr)
         assert isinstance(cmd, click.Command)
         return cmd
+
+
+_OWN_PACKAGES: Final = frozenset({"collector", "agents", "schemas"})
+
+
+class _Unavailable(click.Command):
+    """Stands in for a subcommand whose dependencies are not installed here."""
+
+    def __init__(self, name: str, missing: str) -> None:
+        super().__init__(
+            name,
+            help=f"(not installed: needs {missing})",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+        self.missing = missing
+
+    def invoke(self, ctx: click.Context) -> None:
+        raise click.UsageError(
+            f"'telemetry {self.name}' needs the collector extra, which is not installed here "
+            f"(missing module {self.missing!r}): pip install 'sensor-telemetry[collector]'"
+        )
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from collector import certs as _certs
+from collector.devices import DeviceError, check_name
 from collector.errors import ConfigError
 
 _DIR = click.option(
@@ -38,8 +40,6 @@ def certs() -> None:
 @click.option("--name", default="telemetry CA", show_default=True, help="CA common name.")
 def ca_cmd(directory: Path, name: str) -> None:
     """Create a new certificate authority (ca.pem, ca.key). Refuses to overwrite one."""
-    from collector import certs as _certs
-
     try:
         issued = _certs.create_ca(directory, name)
     except _certs.CertError as exc:
@@ -59,8 +59,6 @@ def ca_cmd(directory: Path, name: str) -> None:
 @click.option("--name", default="collector", show_default=True, help="File name stem.")
 def collector_cmd(directory: Path, hosts: tuple[str, ...], name: str) -> None:
     """Issue the collector's server certificate for the given host names / addresses."""
-    from collector import certs as _certs
-
     try:
         issued = _certs.issue(directory, name, server=True, hosts=hosts)
     except _certs.CertError as exc:
@@ -73,9 +71,6 @@ def collector_cmd(directory: Path, hosts: tuple[str, ...], name: str) -> None:
 @click.argument("device_id")
 def device_cmd(directory: Path, device_id: str) -> None:
     """Issue a client certificate whose Common Name is DEVICE_ID (for mutual TLS)."""
-    from collector import certs as _certs
-    from collector.devices import DeviceError, check_name
-
     try:
         check_name(device_id)
         issued = _certs.issue(directory, device_id, server=False)
