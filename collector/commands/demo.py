@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -353,12 +354,26 @@ def _summary(db: Path, http: str) -> None:
         rejected = conn.execute(f"SELECT COUNT(*) FROM {store.REJECTED}").fetchone()[0]
         n_dev = conn.execute(f"SELECT COUNT(*) FROM {store.DEVICES}").fetchone()[0]
     dbarg = "" if db == Path("telemetry.db").resolve() else f" --db {db}"
+    t = _telemetry_command()
     click.echo(
-        f"\n{total} readings from {n_dev} devices stored in {db} ({rejected} rejected).\n"
+        f"\n{total} readings from {n_dev} device{'' if n_dev == 1 else 's'} stored in {db} "
+        f"({rejected} rejected).\n"
         "Look at them with:\n"
-        f"  telemetry query{dbarg} --since 10m --latest\n"
-        f"  telemetry query{dbarg} --sensor 'greenhouse/*' --since 10m --every 1m --agg avg\n"
-        f"  telemetry series{dbarg}\n"
-        f"  telemetry rejected{dbarg}\n"
+        f"  {t} query{dbarg} --since 10m --latest\n"
+        f"  {t} query{dbarg} --sensor 'greenhouse/*' --since 10m --every 1m --agg avg\n"
+        f"  {t} series{dbarg}\n"
+        f"  {t} rejected{dbarg}\n"
         f"While a collector runs, the same over HTTP, e.g. http://{http}/api/v1/latest"
     )
+
+
+def _telemetry_command() -> str:
+    """How to type `telemetry` here: bare when it is on PATH, else its path (e.g. in .venv)."""
+    installed = Path(sys.executable).parent / "telemetry"
+    on_path = shutil.which("telemetry")
+    if on_path is not None and Path(on_path).resolve() == installed.resolve():
+        return "telemetry"
+    try:
+        return str(installed.relative_to(Path.cwd()))
+    except ValueError:
+        return str(installed)
