@@ -6,9 +6,10 @@
 Builds a DB of N readings over S series (1,000 devices' worth of gauges, one reading per
 series every 10 s, values quantised to 0.01), inserted straight into the head in 100k-row
 transactions (the fixture, not the thing measured), then compacted into blocks with
-`collector.compactor.compact_once` the way the writer does in the background (all windows
-older than the last hour). Then times, as medians of repeated runs on one warm read-only
-connection:
+`collector.compactor.compact_once` the way the writer does in the background (every closed
+head window into small blocks, every closed hour merged; the newest minute stays in the
+head and the newest hour in small blocks). Then times, as medians of repeated runs on one
+warm read-only connection:
 
 - latest per series, all series: `query.resolve_series` + `query.latest` (what
   `telemetry query --latest` and GET /api/v1/latest run), and the bare `scan.latest`;
@@ -102,7 +103,8 @@ def build(path: Path, readings: int, series: int) -> tuple[float, float, int]:
     conn.execute("COMMIT")
     t_insert = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # "now" one hour past the data plus the grace period: every window but the last closes.
+    # "now" = the end of the data plus the grace period: every head window but the newest
+    # is in small blocks and every hour but the newest merged, as on a live collector.
     now = end_ns + compactor.GRACE_NS
     while compactor.compact_once(conn, now):
         pass

@@ -7,7 +7,9 @@ Mimics the writer: 1,000-row transactions (WAL, synchronous=FULL) of `executeman
 INSERT OR IGNORE into the head plus the per-series last_ts/last_value/count update, devices
 interleaved, and one `compactor.compact_once` step after every 16th commit (--compact-every)
 with "now" = the newest timestamp written (the data's clock runs faster than the wall
-clock). Timed: the SQLite work and compaction, not the generation of readings. Then:
+clock). Two-level compaction by default (1-minute head windows into small blocks, merged
+per hour); `--merge-s 0 --window-s 3600 --grace-s 300` is the former one-level layout.
+Timed: the SQLite work and compaction, not the generation of readings. Then:
 bytes per reading after the last window is compacted, `scan.latest` for 1,000 series, and
 24 h of one series in 1-minute buckets via `scan.aggregate`. Writes only to a temporary
 directory (or --dir).
@@ -277,6 +279,13 @@ def main() -> None:
     ap.add_argument("--jitter-ms", type=int, default=0, help="random timestamp jitter, +/- ms")
     ap.add_argument("--window-s", type=int, default=compactor.WINDOW_NS // S)
     ap.add_argument("--grace-s", type=int, default=compactor.GRACE_NS // S)
+    ap.add_argument(
+        "--merge-s",
+        type=int,
+        default=compactor.MERGE_NS // S,
+        help="second level: merge small blocks per window of this many seconds (0: one level)",
+    )
+    ap.add_argument("--merge-grace-s", type=int, default=compactor.MERGE_GRACE_NS // S)
     ap.add_argument("--max-rows", type=int, default=compactor.MAX_ROWS_PER_CALL)
     ap.add_argument("--txn-rows", type=int, default=1000)
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
@@ -296,7 +305,9 @@ def main() -> None:
         compare_codecs(args)
         return
 
-    config = compactor.CompactionConfig(args.window_s * S, args.grace_s * S, args.max_rows)
+    config = compactor.CompactionConfig(
+        args.window_s * S, args.grace_s * S, args.max_rows, args.merge_s * S, args.merge_grace_s * S
+    )
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         root = args.dir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -312,6 +323,7 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
     print(
         f"shape: {args.devices} devices x {args.sensors} sensors, interval {args.interval_s}s, "
         f"jitter {args.jitter_ms} ms, window {args.window_s}s, grace {args.grace_s}s, "
+        f"merge {args.merge_s}s, merge grace {args.merge_grace_s}s, "
         f"{args.txn_rows}-row transactions, synchronous=FULL"
     )
     conn = setup_db(path, args.devices, args.sensors)
@@ -368,7 +380,8 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         return
     t = time.perf_counter()
     steps = 0
-    while compactor.compact_once(conn, newest + config.window_ns + config.grace_ns, config):
+    final = newest + config.window_ns + config.grace_ns + config.merge_ns + config.merge_grace_ns
+    while compactor.compact_once(conn, final, config):
         steps += 1
     print(f"final compaction of the open windows: {steps} steps in {time.perf_counter() - t:.1f}s")
     report_size(conn, path, done)

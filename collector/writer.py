@@ -53,8 +53,13 @@ TXN_MAX_ROWS: Final = 20_000
 RETRY_AFTER_MS: Final = 1_000
 # The maintenance hook runs when the queue is idle, at most this often ...
 MAINTENANCE_INTERVAL_MS: Final = 1_000
-# ... and, under sustained load that never leaves the queue idle, after this long anyway.
-MAINTENANCE_MAX_DELAY_MS: Final = 10_000
+# ... and, under sustained load that never leaves the queue idle, this long after that
+# anyway. 0: at most once a second either way. Each call runs up to
+# compactor.MAINTENANCE_BUDGET_S (0.5 s, plus the step in progress), so compaction gets up
+# to ~35-40% of the writer's time, what it measured to need at full ingest; with 10 s it got
+# ~5% and fell behind, and the head (two and a half minutes when compaction keeps up) grew
+# (docs/benchmarks.md, "Storage engine").
+MAINTENANCE_MAX_DELAY_MS: Final = 0
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
 _INSERT_HEAD: Final = (

@@ -45,6 +45,11 @@ def test_round_trip_is_exact(data: st.DataObject) -> None:
     ts2, values2 = blocks.decode(packed)
     assert ts2 == ts
     assert _bits(values2) == _bits(values)
+    plain = blocks.encode_plain(ts, values)  # the first level's small blocks
+    assert plain[0] == blocks.PLAIN_VERSION
+    ts3, values3 = blocks.decode(plain)
+    assert ts3 == ts
+    assert _bits(values3) == _bits(values)
 
 
 def test_nan_and_negative_zero_round_trip() -> None:
@@ -95,13 +100,19 @@ def test_single_reading() -> None:
 def test_encode_rejects_bad_columns(ts: list[int], values: list[object]) -> None:
     with pytest.raises(ValueError):
         blocks.encode(ts, values)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        blocks.encode_plain(ts, values)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        b"\x02\x00\x00\x01\x00",  # unknown version
+        b"\x03\x00\x00\x01\x00",  # unknown version
+        b"\x02",  # plain, nothing after the version
+        b"\x02\x92\x91\x01\x90",  # plain, 1 timestamp and no value
+        b"\x02\x92\x90\x90",  # plain, empty
+        b"\x02\x92\x91\x01\x91\x01\x00",  # plain, trailing bytes
         b"\x01\x00\x00\x05garbage",  # not DEFLATE
         b"\x01\x09\x00",  # too short
     ],

@@ -94,7 +94,7 @@ def test_late_reading_during_compaction_is_kept_and_merged(tmp_path: Path) -> No
     conn = open_db(tmp_path / "t.db", 3)
     rows = population(3, 1, seed=3)
     insert(conn, rows)
-    config = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=0, max_rows=20)
+    config = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=0, max_rows=5)
     for _ in range(3):  # part-way: some of the window staged
         assert compactor.compact_once(conn, 10 * WINDOW, config)
     late = [(1, 5, 123.25), (2, 7, "late")]
@@ -235,7 +235,7 @@ import sys
 from collector import compactor, store
 conn = store.connect(sys.argv[1])
 config = compactor.CompactionConfig(
-    window_ns=int(sys.argv[2]), grace_ns=0, max_rows=60, merge_ns=int(sys.argv[3]),
+    window_ns=int(sys.argv[2]), grace_ns=0, max_rows=int(sys.argv[4]), merge_ns=int(sys.argv[3]),
     merge_grace_ns=0,
 )
 steps = 0
@@ -246,16 +246,20 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("merge_ns", [0, 5 * WINDOW], ids=["one-level", "two-level"])
+@pytest.mark.parametrize(
+    ("merge_ns", "max_rows"),
+    [(0, 60), (5 * WINDOW, 60), (5 * WINDOW, 300)],
+    ids=["one-level", "two-level-staged", "two-level-whole-windows"],
+)
 def test_sigkill_during_compaction_loses_and_duplicates_nothing(
-    tmp_path: Path, merge_ns: int
+    tmp_path: Path, merge_ns: int, max_rows: int
 ) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
     rows = population(40, 20, seed=6)
     insert(conn, rows[::2])
     config = compactor.CompactionConfig(
-        window_ns=WINDOW, grace_ns=0, max_rows=60, merge_ns=merge_ns, merge_grace_ns=0
+        window_ns=WINDOW, grace_ns=0, max_rows=max_rows, merge_ns=merge_ns, merge_grace_ns=0
     )
     drain(conn, 4 * WINDOW, config)  # some windows compacted already
     insert(conn, rows[1::2])  # late readings for compacted windows and fresh ones
@@ -266,13 +270,13 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
     kills = 0
     for _ in range(6):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(WINDOW), str(merge_ns)],
+            [sys.executable, "-c", _CHILD, str(path), str(WINDOW), str(merge_ns), str(max_rows)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         assert child.stdout is not None
-        target = rnd.randrange(1, 40)
+        target = rnd.randrange(1, 40 if max_rows < 100 else 6)  # whole windows: fewer steps
         deadline = time.monotonic() + 60
         finished = False
         for line in child.stdout:  # progress lines pace the kill: no sleeps
