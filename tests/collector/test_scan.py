@@ -169,7 +169,7 @@ def check_block_layout(conn: sqlite3.Connection) -> None:
         assert newest[0] > max(last for _, _, _, last in blocks)
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)  # both configurations: ~50 examples each
 @given(
     st.lists(op, max_size=12),
     st.sampled_from([[1], [1, 2, 3], [3, 2]]),
