@@ -169,6 +169,32 @@ def test_two_levels_small_blocks_then_merged(tmp_path: Path) -> None:
     assert got == sorted(rows + late, key=lambda r: (r[1], r[0]))
 
 
+def test_merge_without_a_later_block_keeps_the_newest_block_ending_last(tmp_path: Path) -> None:
+    # The writer looks for resent readings in blocks only below the end of the block with
+    # the greatest start; merging an idle collector's last hour must never lower that bound
+    # below a stored reading, at any step.
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = [(sid, ts, v) for sid, ts, v in population(40, 5, seed=12) if sid != 7]
+    rows.append((7, 95 * S, 1.0))
+    rows.append((7, 9 * WINDOW + 59 * S, 2.0))  # series 7 owns the newest small block alone
+    insert(conn, rows)
+    config = compactor.CompactionConfig(
+        window_ns=WINDOW, grace_ns=0, max_rows=60, merge_ns=10 * WINDOW, merge_grace_ns=0
+    )
+    steps = 0
+    while compactor.compact_once(conn, 100 * WINDOW, config):
+        steps += 1
+        newest = conn.execute("SELECT end_ns FROM blocks ORDER BY start_ns DESC LIMIT 1").fetchone()
+        if newest is not None:
+            assert conn.execute("SELECT max(last_ts) FROM blocks").fetchone()[0] < newest[0]
+    assert steps > 12  # 10 head windows, then the merge in several slices
+    assert conn.execute("SELECT DISTINCT start_ns, end_ns FROM blocks").fetchall() == [
+        (0, 10 * WINDOW)
+    ]
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert got == sorted(rows, key=lambda r: (r[1], r[0]))
+
+
 def test_merge_restarts_safely_on_a_new_connection(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
