@@ -9,6 +9,15 @@ p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
     python bench/load.py --connections 1000 --rate 10000 --batch 10 --duration 30
     python bench/load.py --idle 10000            # hold idle connections, report RSS
     python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
+    python bench/load.py --connections 1000 --total 20000000 --slice 1000000
+
+--total streams until that many readings are ACKed (instead of --duration) and reports the
+acknowledged readings/s of every --slice readings (client side: the time from the slice's
+first ACK to its last), the file's bytes per reading (read-only connection) and the
+collector's RSS. Each connection is a device with 8 sensors of different kinds sampled
+every --interval-s of device time, on a clock that starts far enough in the past that the
+last reading is still --margin-s before "now": the collector's compactor closes windows by
+its wall clock, so every window is closed and hourly merges run during the load.
 
 Devices auto-register (--allow-unknown-devices). Nothing here is used by the product.
 """
@@ -20,6 +29,8 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import queue
+import random
 import re
 import resource
 import signal
@@ -41,6 +52,60 @@ from schemas import wire
 LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
 SENSORS = 8
 SENSOR_NAMES = [f"s{i}" for i in range(SENSORS)]
+# --total mode: one sensor of each shape (name, kind, unit) as a device reports them.
+DEVICE_SENSORS: list[tuple[str, str, str | None]] = [
+    ("temp", "temperature", "C"), ("hum", "humidity", "%"), ("press", "pressure", "hPa"),
+    ("vbat", "voltage", "V"), ("pulses", "counter", None), ("door", "state", None),
+    ("co2", "gauge", "ppm"), ("load", "gauge", None),
+]  # fmt: skip
+
+
+@dataclass
+class Shared:
+    """Cross-process counters of the --total mode (multiprocessing shared memory).
+
+    `times[0]` is the first ACK's time.time(); `times[k]` (k >= 1) the time the acknowledged
+    total first reached k * slice.
+    """
+
+    sent: Any
+    acked: Any
+    times: Any
+
+
+class DeviceClock:
+    """A device's readings: every sensor sampled each tick of device time, values drifting."""
+
+    def __init__(self, index: int, args: argparse.Namespace) -> None:
+        self.rnd = random.Random(index)
+        interval = int(args.interval_s * 1e9)
+        self.ts = args.t0_ns + index * (interval // max(1, args.connections))
+        self.interval = interval
+        self.state: list[float] = [20.0 + self.rnd.random() * 5, 50.0, 1013.0, 0.0, 0.0, 420.0]
+        self.ticks = 0
+
+    def batch(self, ticks: int) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        st, rnd = self.state, self.rnd
+        for _ in range(ticks):
+            ts = self.ts
+            st[0] += (rnd.random() - 0.5) * 0.05
+            st[1] = min(100.0, max(0.0, st[1] + (rnd.random() - 0.5) * 0.3))
+            st[2] += (rnd.random() - 0.5) * 0.2
+            st[3] += rnd.randrange(10)
+            if rnd.random() < 0.01:
+                st[4] = 1.0 - st[4]
+            st[5] = max(0.0, st[5] + rnd.randrange(-3, 4))
+            values: list[Any] = [
+                round(st[0], 2), round(st[1], 1), round(st[2], 1),
+                round(3.3 + (rnd.random() - 0.5) * 0.02, 3), int(st[3]), st[4] == 1.0,
+                int(st[5]), rnd.random() * 4.0,
+            ]  # fmt: skip
+            for (sensor, kind, unit), value in zip(DEVICE_SENSORS, values, strict=True):
+                out.append([sensor, kind, ts, value, unit, None])
+            self.ts += self.interval
+            self.ticks += 1
+        return out
 
 
 @dataclass
@@ -161,6 +226,7 @@ def prefill(db: Path, rows: int) -> None:
 async def _connection(
     host: str, port: int, name: str, args: argparse.Namespace, go: float, stop_at: float,
     res: Result, hold: asyncio.Event | None, connecting: asyncio.Semaphore,
+    shared: Shared | None = None,
 ) -> None:  # fmt: skip
     await connecting.acquire()  # connect in waves: the accept backlog is finite
     reader, writer = await asyncio.open_connection(host, port)
@@ -197,6 +263,7 @@ async def _connection(
     window = asyncio.Semaphore(args.pipeline)
     interval = args.batch * args.connections / args.rate if args.rate else 0.0
     ts = 0
+    clock = DeviceClock(int(name.rsplit("-", 1)[1]), args) if shared is not None else None
 
     async def receive() -> None:
         while True:
@@ -210,6 +277,8 @@ async def _connection(
                     res.latencies_ms.append((time.perf_counter() - t) * 1000)
                     res.acked += ev.accepted + ev.duplicate
                     res.batches += 1
+                    if shared is not None:
+                        _count_ack(shared, ev.accepted + ev.duplicate, args.slice)
                 else:
                     res.retries += 1
             elif isinstance(ev, wire.Error | wire.Bye):
@@ -226,13 +295,21 @@ async def _connection(
             if delay > 0:
                 await asyncio.sleep(delay)
         await window.acquire()
+        if clock is not None:
+            assert shared is not None
+            total_batch = await _next_total_batch(clock, shared, args)
+            if total_batch is None:
+                window.release()
+                break
+            readings = total_batch
+        else:
+            # Device clocks read "now": every connection appends near the head's right edge.
+            ts = max(time.time_ns(), ts + args.batch)
+            readings = [
+                [SENSOR_NAMES[i % SENSORS], "temperature", ts + i, 20.0 + (i & 7), "C", None]
+                for i in range(args.batch)
+            ]
         seq += 1
-        # Device clocks read "now": every connection appends near the head's right edge.
-        ts = max(time.time_ns(), ts + args.batch)
-        readings = [
-            [SENSOR_NAMES[i % SENSORS], "temperature", ts + i, 20.0 + (i & 7), "C", None]
-            for i in range(args.batch)
-        ]
         sent[seq] = time.perf_counter()
         writer.write(proto.send(wire.Batch(seq, readings)))
         await writer.drain()
@@ -247,9 +324,43 @@ async def _connection(
     writer.close()
 
 
+async def _next_total_batch(
+    clock: DeviceClock, shared: Shared, args: argparse.Namespace
+) -> list[list[Any]] | None:
+    """The device's next batch, or None once --total readings are handed out.
+
+    Devices stay in step: one that is a batch ahead of the average device time waits,
+    so the devices' clocks (and the windows they fill) advance together.
+    """
+    ticks = max(1, args.batch // SENSORS)
+    per_tick = args.connections * SENSORS
+    while True:
+        with shared.sent.get_lock():
+            sent = shared.sent.value
+            if sent >= args.total:
+                return None
+            if clock.ticks <= sent // per_tick + ticks:
+                shared.sent.value = sent + ticks * SENSORS
+                break
+        await asyncio.sleep(0.02)
+    return clock.batch(ticks)
+
+
+def _count_ack(shared: Shared, n: int, slice_n: int) -> None:
+    now = time.time()
+    with shared.acked.get_lock():
+        before = shared.acked.value
+        after = before + n
+        shared.acked.value = after
+        if before == 0:
+            shared.times[0] = now
+        for k in range(before // slice_n + 1, min(after // slice_n, len(shared.times) - 1) + 1):
+            shared.times[k] = now
+
+
 def _worker(
     idx: int, names: list[str], args: argparse.Namespace, addr: tuple[str, int],
-    ready: Any, go_q: Any, out: Any,
+    ready: Any, go_q: Any, out: Any, shared: Shared | None = None,
 ) -> None:  # fmt: skip
     raise_fd_limit()
     try:
@@ -268,7 +379,7 @@ def _worker(
             sem = asyncio.Semaphore(200)
             go, stop = go_holder["go"], go_holder["stop"]
             await asyncio.gather(
-                *(_connection(*addr, n, args, go, stop, res, hold, sem) for n in names)
+                *(_connection(*addr, n, args, go, stop, res, hold, sem, shared) for n in names)
             )
 
         # The parent says when to start (all workers connected) and when to stop.
@@ -304,8 +415,51 @@ def main() -> None:
     p.add_argument("--db", type=Path, help="database file (default: a temporary one)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profile", type=Path, help="py-spy the collector; collapsed stacks here")
+    p.add_argument(
+        "--total",
+        type=int,
+        default=0,
+        help="stream until this many readings are ACKed (replaces --duration)",
+    )
+    p.add_argument("--slice", type=int, default=1_000_000, help="--total: readings per slice")
+    p.add_argument(
+        "--interval-s",
+        type=float,
+        default=10.0,
+        help="--total: device time between a sensor's readings",
+    )
+    p.add_argument(
+        "--margin-s",
+        type=float,
+        default=1800.0,
+        help="--total: the last reading's device time is this long before now",
+    )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=300.0,
+        help="--total: after the load, wait this long at most for the head to drain",
+    )
+    p.add_argument(
+        "--max-s",
+        type=float,
+        default=3600.0,
+        help="--total: give up after this many seconds of load",
+    )
     p.add_argument("extra", nargs="*", help="extra collector flags, after --")
     args = p.parse_args()
+    shared: Shared | None = None
+    if args.total:
+        if args.idle or args.rate:
+            p.error("--total goes with neither --idle nor --rate")
+        # Device time from t0 so that the last tick is --margin-s before now (more, as the
+        # run takes time): every reading is in the collector's past.
+        ticks = -(-args.total // (args.connections * SENSORS)) + 2 * (args.batch // SENSORS)
+        args.t0_ns = time.time_ns() - int((ticks * args.interval_s + args.margin_s) * 1e9)
+        n_slices = -(-args.total // args.slice)
+        spawn = mp.get_context("spawn")
+        shared = Shared(spawn.Value("q", 0), spawn.Value("q", 0),
+                        spawn.Array("d", n_slices + 1, lock=False))  # fmt: skip
     fd_limit = raise_fd_limit()
     if args.idle:
         args.connections = args.idle
@@ -327,7 +481,8 @@ def main() -> None:
     names = [f"bench-{i}" for i in range(args.connections)]
     procs = [
         ctx.Process(target=_worker,
-                    args=(i, names[i :: args.processes], args, col.addr, ready, go_q, out))
+                    args=(i, names[i :: args.processes], args, col.addr, ready, go_q, out,
+                          shared))
         for i in range(args.processes)
     ]  # fmt: skip
     for pr in procs:
@@ -335,7 +490,7 @@ def main() -> None:
     for _ in procs:
         ready.get(timeout=120)
     start = time.time() + 2.0  # time for every connection's HELLO
-    stop = start + args.duration
+    stop = start + args.duration if shared is None else float("inf")
     for _ in procs:
         go_q.put((start, stop))
     report: dict[str, object] = {
@@ -372,8 +527,11 @@ def main() -> None:
                  "--output", str(args.profile)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        results = [out.get(timeout=args.duration + 180) for _ in procs]
-        elapsed = args.duration
+        if shared is None:
+            results = [out.get(timeout=args.duration + 180) for _ in procs]
+            elapsed = args.duration
+        else:
+            results, elapsed = _watch_total(col, db, shared, args, out, len(procs), report)
         cpu = col.cpu_s() - cpu0
         if spy is not None:
             spy.wait(60)
@@ -391,6 +549,9 @@ def main() -> None:
     errors = [e for r in results for e in r[3]]
     for pr in procs:
         pr.join(30)
+    if shared is not None:
+        _settle(db, args.settle_s, report)
+        report["rss_mb"] = round(col.rss_mb(), 1)
     if "collector_exit" not in report:
         t_stop = time.monotonic()
         report["collector_exit"] = col.stop()
@@ -402,6 +563,98 @@ def main() -> None:
     conn.close()
     tmp.cleanup()
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+
+
+def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
+    """Size and contents of the database, through a read-only connection."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        head = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
+        sql = (
+            "SELECT count(*), coalesce(sum(count), 0) FROM blocks"
+            if summed
+            else ("SELECT count(*), 0 FROM blocks INDEXED BY blocks_by_start")
+        )
+        blocks, in_blocks = conn.execute(sql).fetchone()
+    finally:
+        conn.close()
+    return {"bytes": page_count * page_size, "head_rows": head, "blocks": blocks,
+            "readings_in_blocks": in_blocks}  # fmt: skip
+
+
+def _watch_total(
+    col: Collector, db: Path, shared: Shared, args: argparse.Namespace, out: Any, n_procs: int,
+    report: dict[str, object],
+) -> tuple[list[Any], float]:  # fmt: skip
+    """Collect the workers' results; note each slice as it completes; report the slices."""
+    results: list[Any] = []
+    rows: list[dict[str, object]] = []
+    cpu_prev = col.cpu_s()
+    rss_max = col.rss_mb()
+    t_start = time.time()
+    while len(results) < n_procs:
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            pass
+        rss_max = max(rss_max, col.rss_mb())
+        done = min(shared.acked.value // args.slice, len(shared.times) - 1)
+        while len(rows) < done:
+            k = len(rows)
+            dt = shared.times[k + 1] - shared.times[k]
+            cpu = col.cpu_s()
+            stats = _db_stats(db, summed=False)
+            rows.append({
+                "slice": f"{k * args.slice / 1e6:g}-{(k + 1) * args.slice / 1e6:g}M",
+                "readings_per_s": round(args.slice / dt) if dt > 0 else None,
+                "seconds": round(dt, 2), "collector_cpu_s": round(cpu - cpu_prev, 1),
+                "head_rows": stats["head_rows"], "blocks": stats["blocks"],
+                "load_avg_1m": os.getloadavg()[0],
+            })  # fmt: skip
+            cpu_prev = cpu
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        if time.time() - t_start > args.max_s and "stopped_early_at" not in report:
+            with shared.sent.get_lock():  # hand out no more batches; in-flight ones finish
+                report["stopped_early_at"] = shared.sent.value
+                shared.sent.value = max(shared.sent.value, args.total)
+    acked = shared.acked.value
+    last = shared.times[min(acked // args.slice, len(shared.times) - 1)]
+    rates = [r["readings_per_s"] for r in rows if isinstance(r["readings_per_s"], int)]
+    report["slices"] = rows
+    if rates:
+        report["slice_summary"] = {
+            "first": rates[0], "last": rates[-1], "min": min(rates), "max": max(rates),
+            "mean": round(statistics.mean(rates)),
+            "last_within_10pct_of_first": abs(rates[-1] - rates[0]) <= 0.1 * rates[0],
+        }  # fmt: skip
+    report["rss_max_mb"] = round(rss_max, 1)
+    report["at_end_of_load"] = _db_stats(db)
+    return results, last - shared.times[0]
+
+
+def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
+    """Wait (at most limit_s) until the head stops shrinking; report the compacted file."""
+    t0 = time.monotonic()
+    stats = _db_stats(db)
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(5)
+        now = _db_stats(db)
+        if now["head_rows"] >= stats["head_rows"]:
+            stats = now
+            break
+        stats = now
+    stored = stats["head_rows"] + stats["readings_in_blocks"]
+    report["settled_after_s"] = round(time.monotonic() - t0, 1)
+    report["settled"] = {
+        **stats,
+        "readings": stored,
+        "bytes_per_reading": round(stats["bytes"] / stored, 2) if stored else None,
+    }
+    wal = Path(f"{db}-wal")
+    report["file_bytes"] = db.stat().st_size
+    report["wal_bytes"] = wal.stat().st_size if wal.exists() else 0
 
 
 def _connected(col: Collector) -> int:
