@@ -532,6 +532,7 @@ def main() -> None:
             elapsed = args.duration
         else:
             results, elapsed = _watch_total(col, db, shared, args, out, len(procs), report)
+            report["duration_s"] = round(elapsed, 1)  # first ACK to last
         cpu = col.cpu_s() - cpu0
         if spy is not None:
             spy.wait(60)
@@ -617,8 +618,9 @@ def _watch_total(
             print(json.dumps(rows[-1]), file=sys.stderr)
         if time.time() - t_start > args.max_s and "stopped_early_at" not in report:
             with shared.sent.get_lock():  # hand out no more batches; in-flight ones finish
-                report["stopped_early_at"] = shared.sent.value
-                shared.sent.value = max(shared.sent.value, args.total)
+                if shared.sent.value < args.total:
+                    report["stopped_early_at"] = shared.sent.value
+                    shared.sent.value = args.total
     acked = shared.acked.value
     last = shared.times[min(acked // args.slice, len(shared.times) - 1)]
     rates = [r["readings_per_s"] for r in rows if isinstance(r["readings_per_s"], int)]
