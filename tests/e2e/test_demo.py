@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 
 def test_demo_stores_readings_from_every_agent_and_some_rejects(tmp_path: Path) -> None:
@@ -68,3 +72,39 @@ def test_demo_rejects_bad_arguments_with_exit_2(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "error" in result.stderr
+
+
+def test_ctrl_c_stops_agents_and_collector_and_exits_0(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "demo",
+            "--agents",
+            "2",
+            "--db",
+            str(tmp_path / "demo.db"),
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        # As in a terminal: SIGINT raises KeyboardInterrupt (a background job would ignore it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "readings (Ctrl-C to stop)" in line or time.monotonic() > deadline:
+            break
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) == 3  # the collector and two agents
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(30) == 0, rest
+    proc.stdout.close()
+    assert "readings from 2 devices" in rest
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
