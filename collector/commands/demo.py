@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,6 +32,8 @@ import click
 
 from collector import devices, store
 from collector.errors import ConfigError
+from collector.query import Filters
+from collector.tail import Tail
 
 # How long the collector may take to migrate and start listening.
 COLLECTOR_START_TIMEOUT_S: Final = 30.0
@@ -230,28 +233,20 @@ def _fmt_value(value: object, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
-_Row = tuple[int, str, str, str, str, object]
+def _totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(readings stored, readings rejected) so far."""
+    total = conn.execute(f"SELECT COALESCE(SUM(count), 0) FROM {store.SERIES}").fetchone()
+    rejected = conn.execute(f"SELECT COUNT(*) FROM {store.REJECTED}").fetchone()
+    return int(total[0]), int(rejected[0])
 
 
-def _follow(db: Path) -> Iterator[tuple[list[_Row], int, int]]:
-    """Yield (new readings, total stored, total rejected) once per refresh."""
+def _follow(db: Path) -> Iterator[tuple[list[dict[str, object]], int, int]]:
+    """Yield (readings committed since the last refresh, stored, rejected) per refresh."""
     conn = store.connect(db, readonly=True)
-    last_ts = time.time_ns() - 2_000_000_000
     try:
+        cursor = Tail.start(conn, Filters())
         while True:
-            rows: list[_Row] = conn.execute(
-                f"""SELECT h.ts, d.name, s.sensor, s.field, s.unit, h.value
-                    FROM {store.HEAD} h
-                    JOIN {store.SERIES} s ON s.id = h.series_id
-                    JOIN {store.DEVICES} d ON d.id = s.device_id
-                    WHERE h.ts > ? ORDER BY h.ts""",
-                (last_ts,),
-            ).fetchall()
-            if rows:
-                last_ts = int(rows[-1][0])
-            total = conn.execute(f"SELECT COALESCE(SUM(count), 0) FROM {store.SERIES}").fetchone()
-            rejected = conn.execute(f"SELECT COUNT(*) FROM {store.REJECTED}").fetchone()
-            yield rows, int(total[0]), int(rejected[0])
+            yield cursor.poll(conn), *_totals(conn)
     finally:
         conn.close()
 
@@ -334,11 +329,13 @@ def _show(db: Path, duration: float | None, quiet: bool, stop: threading.Event) 
     last_summary = 0.0
     for rows, total, rejected in _follow(db):
         if not quiet:
-            for ts, device, sensor, field, unit, value in rows[-LINES_PER_REFRESH:]:
+            for r in rows[-LINES_PER_REFRESH:]:
+                ts = r["ts_ns"]
+                assert isinstance(ts, int)
                 when = datetime.fromtimestamp(ts / 1e9, UTC).strftime("%H:%M:%S.%f")
-                name = f"{sensor}.{field}" if field else sensor
-                shown = _fmt_value(value, unit)
-                click.echo(f"  {when[:-3]}  {device:<14} {name:<26} {shown}")
+                name = f"{r['sensor']}.{r['field']}" if r["field"] else str(r["sensor"])
+                shown = _fmt_value(r["value"], str(r["unit"]))
+                click.echo(f"  {when[:-3]}  {r['device']!s:<14} {name:<26} {shown}")
         now = time.monotonic()
         if now - last_summary >= 5:
             click.echo(f"-- {total} readings stored, {rejected} rejected")
@@ -350,8 +347,7 @@ def _show(db: Path, duration: float | None, quiet: bool, stop: threading.Event) 
 
 def _summary(db: Path, http: str) -> None:
     with contextlib.closing(store.connect(db, readonly=True)) as conn:
-        total = conn.execute(f"SELECT COALESCE(SUM(count), 0) FROM {store.SERIES}").fetchone()[0]
-        rejected = conn.execute(f"SELECT COUNT(*) FROM {store.REJECTED}").fetchone()[0]
+        total, rejected = _totals(conn)
         n_dev = conn.execute(f"SELECT COUNT(*) FROM {store.DEVICES}").fetchone()[0]
     dbarg = "" if db == Path("telemetry.db").resolve() else f" --db {db}"
     t = _telemetry_command()
