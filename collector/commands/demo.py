@@ -280,13 +280,15 @@ def demo(duration: float | None, n_agents: int, db: Path, quiet: bool) -> None:
 
     The collector listens on 127.0.0.1 (ports chosen at run time, printed at start) and
     writes to --db; each agent is a real `telemetry agent` process with its own on-disk
-    spool. Device tokens and logs are kept in a `.telemetry-demo` folder beside the
-    database, so running the demo again reuses the same devices.
+    spool. Device tokens, spools and logs are kept in `.NAME-demo` beside the database
+    (`.telemetry-demo` for telemetry.db), so running the demo again on the same file
+    reuses the same devices.
     """
     db = db.resolve()
     if not db.parent.is_dir():
         raise ConfigError(f"--db: folder {db.parent} does not exist")
-    workdir = db.parent / ".telemetry-demo"
+    # One folder per database: a spool left by a demo on another file must not replay there.
+    workdir = db.parent / f".{db.stem}-demo"
     workdir.mkdir(exist_ok=True)
     store.migrate(db)
     names = [

@@ -35,6 +35,13 @@ def test_demo_stores_readings_from_every_agent_and_some_rejects(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "collector: ingest 127.0.0.1:" in result.stdout
     assert "telemetry query" in result.stdout  # says how to look at the data
+    # Tokens, spools and logs live beside the database, one folder per database file.
+    assert sorted(p.name for p in (tmp_path / ".demo-demo").glob("*.token")) == [
+        "greenhouse-1.token",
+        "greenhouse-2.token",
+        "power-meter-1.token",
+        "tracker-1.token",
+    ]
     conn = sqlite3.connect(db)
     per_device = dict(
         conn.execute(
