@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from collector import compactor, store
+from collector import compactor, http_api, store
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
@@ -99,21 +98,9 @@ def check_config(cfg: Config) -> tuple[KindSpec, ...]:
     Raises ConfigError.
     """
     tls_context(cfg)
-    if cfg.http_addr is not None and cfg.http_token is None and not _is_loopback(cfg.http_addr[0]):
-        raise ConfigError(
-            f"setting 'http_token': the HTTP API on {cfg.http} is reachable from other "
-            "machines; set a read token (TELEMETRY_HTTP_TOKEN) or bind it to 127.0.0.1"
-        )
+    if cfg.http_addr is not None:
+        http_api.require_token(cfg.http_addr[0], cfg.http_token)
     return load_kinds(cfg)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _default_maintenance(cfg: Config) -> Maintenance:

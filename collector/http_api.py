@@ -89,8 +89,8 @@ def require_token(host: str, token: str | None) -> None:
     """
     if token is None and not is_loopback(host):
         raise ConfigError(
-            f"the HTTP API is bound to {host}, reachable from other machines: "
-            "set a read token (or bind to 127.0.0.1)"
+            f"setting 'http_token': the HTTP API on {host} is reachable from other machines; "
+            "set a read token (TELEMETRY_HTTP_TOKEN) or bind it to 127.0.0.1"
         )
 
 
