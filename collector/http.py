@@ -3,8 +3,9 @@
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
 `/metrics` (Prometheus text) and `/api/v1/devices` (registry + last seen + connected). Other
 modules add routes through route-registering callables passed to `create_app`; the query
-API's `collector.http_api.register(app, db_path)` is picked up automatically when that module
-exists.
+API (`collector.http_api`) adds the other /api/v1 routes, and its read token (when set)
+covers /api/v1/devices too. /healthz, /readyz and /metrics stay open, for health checks and
+scrapers.
 
 Handlers never touch the write connection: database reads use their own read-only
 connection in a worker thread (`asyncio.to_thread`), so the loop never blocks on SQLite.
@@ -14,9 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
-import importlib.util
-import inspect
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import devices, store
+from collector import devices, http_api, store
 from collector.metrics import Metrics
 
 RouteRegistrar = Callable[[web.Application], None]
@@ -48,11 +46,7 @@ DEVICES_PATH: Final = "/api/v1/devices"
 
 
 def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Application:
-    """Build the aiohttp application: built-in routes, `routes`, then the query API.
-
-    When the query API (`collector.http_api`) serves `/api/v1/devices` itself, it is given
-    the live connection state and this module's own devices route stands aside.
-    """
+    """Build the aiohttp application: built-in routes, `routes`, the query API, devices."""
     app = web.Application()
     app[STATE_KEY] = state
     app.router.add_get("/healthz", _healthz)
@@ -60,17 +54,9 @@ def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Ap
     app.router.add_get("/metrics", _metrics)
     for register in routes:
         register(app)
-    if importlib.util.find_spec("collector.http_api") is not None:
-        http_api = importlib.import_module("collector.http_api")
-        params = inspect.signature(http_api.register).parameters
-        kwargs: dict[str, object] = {}
-        if "connected" in params:
-            kwargs["connected"] = lambda: state.connected()
-        if "token" in params:
-            kwargs["token"] = state.read_token
-        http_api.register(app, str(state.db_path), **kwargs)
-    if not any(r.canonical == DEVICES_PATH for r in app.router.resources()):
-        app.router.add_get(DEVICES_PATH, _devices)
+    http_api.register(app, str(state.db_path), token=state.read_token)
+    # Registered after the query API so its read-token check covers this route too.
+    app.router.add_get(DEVICES_PATH, http_api.guard(_devices))
     return app
 
 

@@ -56,6 +56,9 @@ _url_option = click.option(
     help="Ask a running collector's HTTP address (e.g. http://127.0.0.1:7879) instead of "
     "reading the file; only it knows which devices are connected.",
 )
+_token_option = click.option(
+    "--token", envvar="TELEMETRY_TOKEN", help="Read token for --url (env TELEMETRY_TOKEN)."
+)
 
 
 @click.group(
@@ -66,11 +69,14 @@ _url_option = click.option(
 @_db_option
 @_format_option
 @_url_option
+@_token_option
 @click.pass_context
-def devices_group(ctx: click.Context, db: str, fmt: str, url: str | None) -> None:
+def devices_group(
+    ctx: click.Context, db: str, fmt: str, url: str | None, token: str | None
+) -> None:
     """Manage the devices allowed to send readings; alone, list them (like `devices list`)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_cmd, db=db, fmt=fmt, url=url)
+        ctx.invoke(list_cmd, db=db, fmt=fmt, url=url, token=token)
 
 
 @devices_group.command("add")
@@ -112,10 +118,11 @@ def revoke(name: str, db: str) -> None:
 @_db_option
 @_format_option
 @_url_option
-def list_cmd(db: str, fmt: str, url: str | None) -> None:
+@_token_option
+def list_cmd(db: str, fmt: str, url: str | None, token: str | None) -> None:
     """List registered devices: last seen, readings stored, revocation."""
     if url is not None:
-        click.echo(_render(_fetch(url), fmt), nl=False)
+        click.echo(_render(_fetch(url, token), fmt), nl=False)
         return
     if not Path(db).exists():
         # Listing must not create an empty database at a mistyped path.
@@ -148,10 +155,13 @@ def list_cmd(db: str, fmt: str, url: str | None) -> None:
     click.echo(_render(records, fmt), nl=False)
 
 
-def _fetch(url: str) -> list[dict[str, object]]:
+def _fetch(url: str, token: str | None) -> list[dict[str, object]]:
     target = url.rstrip("/") + "/api/v1/devices"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(target, timeout=10) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(target, headers=headers), timeout=10
+        ) as resp:
             body = json.loads(resp.read())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"option '--url': cannot read {target}: {exc}") from None
