@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.collector.wireclient import CollectorProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 TELEMETRY = [sys.executable, "-m", "collector"]
 # What the compose file sets for the collector; the image documents the same variable.
@@ -117,38 +119,12 @@ def test_healthcheck_path_answers_on_a_real_collector(tmp_path: Path) -> None:
     assert isinstance(health, dict)
     url = re.search(r"http://127\.0\.0\.1:7879(/\w+)", " ".join(health["test"]))
     assert url is not None
-    proc = subprocess.Popen(
-        [
-            *TELEMETRY,
-            "collector",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "t.db"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        http = None
-        for line in proc.stdout:
-            m = re.search(r"listening ingest=\S+ http=(\S+)", line)
-            if m:
-                http = m.group(1)
-                break
-        assert http is not None, "collector did not report its addresses"
-        with urllib.request.urlopen(f"http://{http}{url.group(1)}", timeout=10) as resp:
+    with CollectorProcess(tmp_path / "t.db") as daemon:
+        assert daemon.http is not None
+        host, port = daemon.http
+        with urllib.request.urlopen(f"http://{host}:{port}{url.group(1)}", timeout=10) as resp:
             assert resp.status == 200
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        assert proc.stdout is not None
-        proc.stdout.close()
-    assert proc.returncode == 0
+        assert daemon.terminate() == 0
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
