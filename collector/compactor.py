@@ -1,18 +1,20 @@
 """Background compaction and retention, run inside the single writer thread.
 
-`maintenance(conn, now_ns)` is the writer's hook: it runs bounded steps (`compact_once`),
-each its own transaction, until nothing closed is left or its time budget is spent.
+`maintenance(conn, now_ns, activity)` is the writer's hook: one bounded step
+(`compact_once`), its own transaction; the writer schedules the steps between commits.
 
 Two levels. First, the head: a window [k * W, (k + 1) * W) (W = 2 minutes) is closed once it
-ends at least the grace period before `now_ns`; the oldest closed window with head
-readings is compacted in three kinds of step: stage (copy a chunk of its head rows into a
+ends at least the grace period before `now_ns`, and settled once no reading arrived for it
+for a few seconds (collector.activity; matters for backlogs, whose windows are closed by the
+clock while they still fill); the oldest closed, settled window with head readings is
+compacted in three kinds of step: stage (copy a chunk of its head rows into a
 per-connection temp table, sorted by series), pack (write one small block per series for a
 slice of series ids, collector.blocks), delete (remove the staged rows from the head); a
 window of at most max_rows rows is done in one step. So the head holds about two and a half
 minutes of readings and a live per-series read stays cheap. Second, the merge: once an hour
-[h * M, (h + 1) * M) is closed (plus its own grace), each series' small blocks in it are
-replaced by one block, a slice of series per step, which gives the long blocks' ~3 bytes
-per reading. The head always comes first.
+[h * M, (h + 1) * M) is closed (plus its own grace) and settled, each series' small blocks
+in it are replaced by one block, a slice of series per step, which gives the long blocks'
+~3 bytes per reading. The head always comes first.
 docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
@@ -38,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from operator import itemgetter
 from typing import Final
 
 from collector import blocks as codec
+from collector.activity import Activity
 from collector.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,8 @@ MERGE_GRACE_NS: Final = 300 * 10**9
 # window of at most this many rows is compacted in one step; 100,000 holds a 2-minute
 # window of 8,000 series at one reading per 10 s (96,000 rows).
 MAX_ROWS_PER_CALL: Final = 100_000
-# Time one maintenance call may spend compacting, in units of MAX_ROWS_PER_CALL rows: the
-# writer calls the hook at most about once a second, idle or not, so compaction gets up to
-# ~40% of the writer's time and ingest waits at most this long (plus one unit).
-MAINTENANCE_BUDGET_S: Final = 0.5
+# Windows still filling that one call skips to find a settled one (collector.activity).
+_MAX_WINDOWS_SKIPPED: Final = 1_000
 # Rows deleted per retention transaction.
 RETENTION_BATCH_ROWS: Final = 10_000
 
@@ -138,15 +138,16 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
-    """The writer's hook: compact closed head readings for at most MAINTENANCE_BUDGET_S.
-
-    Each unit (at most MAX_ROWS_PER_CALL rows) is its own transaction; the call returns
-    once there is nothing closed left or the time budget is spent.
+def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None = None) -> bool:
+    """The writer's hook: one bounded step (at most MAX_ROWS_PER_CALL rows, one
+    transaction); True while there is more to do. The writer decides how often to call it.
+    With `activity` (fed by the writer), windows still receiving readings wait until quiet.
     """
-    deadline = time.monotonic() + MAINTENANCE_BUDGET_S
-    while compact_once(conn, now_ns, DEFAULT_CONFIG) and time.monotonic() < deadline:
-        pass
+    if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
+        return True
+    if activity is not None:
+        activity.prune()
+    return False
 
 
 _STAGE: Final = "temp.compaction_stage"
@@ -182,21 +183,45 @@ def _chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -
 
 
 def compact_once(
-    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig = DEFAULT_CONFIG
+    conn: sqlite3.Connection,
+    now_ns: int,
+    config: CompactionConfig = DEFAULT_CONFIG,
+    activity: Activity | None = None,
 ) -> int:
     """Do one bounded step of compaction; returns rows handled (0: nothing to do).
 
     The head comes first (its size decides the cost of live reads): a step of compacting
     the oldest closed head window, else a step of merging the oldest closed merge window's
-    small blocks. Each step is one transaction.
+    small blocks. Each step is one transaction. With `activity`, a window (or merge window)
+    still receiving readings is skipped until it settles; without it, closed is enough.
     """
-    n = _compact_head(conn, now_ns, config)
+    n = _compact_head(conn, now_ns, config, activity)
     if n or not config.merge_ns:
         return n
-    return _merge_small_blocks(conn, now_ns, config)
+    return _merge_small_blocks(conn, now_ns, config, activity)
 
 
-def _compact_head(conn: sqlite3.Connection, now_ns: int, config: CompactionConfig) -> int:
+def _oldest_settled_window(
+    conn: sqlite3.Connection, closed_before: int, w: int, activity: Activity | None
+) -> int | None:
+    """Start of the oldest closed window with head rows that is not still filling."""
+    cursor = -(2**63)
+    for _ in range(_MAX_WINDOWS_SKIPPED + 1):
+        row = conn.execute(
+            f"SELECT ts FROM {HEAD} WHERE ts >= ? ORDER BY ts LIMIT 1", (cursor,)
+        ).fetchone()
+        if row is None or row[0] >= closed_before:
+            return None
+        start: int = row[0] // w * w
+        if activity is None or activity.window_settled(start):
+            return start
+        cursor = start + w
+    return None
+
+
+def _compact_head(
+    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, activity: Activity | None
+) -> int:
     w = config.window_ns
     closed_before = (now_ns - config.grace_ns) // w * w
     if not _has_temp_tables(conn):
@@ -205,10 +230,12 @@ def _compact_head(conn: sqlite3.Connection, now_ns: int, config: CompactionConfi
     with _transaction(conn):
         state = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
         if state is None:
-            first = conn.execute(f"SELECT ts FROM {HEAD} ORDER BY ts LIMIT 1").fetchone()
-            if first is None or first[0] >= closed_before:
+            found = _oldest_settled_window(conn, closed_before, w, activity)
+            if found is None:
                 return 0
-            start = first[0] // w * w
+            start = found
+            if activity is not None:
+                activity.compacted(start)
             if _chunk_end(conn, start, start + w, config.max_rows) >= start + w:
                 return _compact_small_window(conn, start, start + w, config.merge_ns)
             state = (start, "stage", start)
@@ -400,7 +427,9 @@ def _insert_blocks(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> 
 _MERGE_STATE: Final = "temp.compaction_merge"
 
 
-def _merge_small_blocks(conn: sqlite3.Connection, now_ns: int, config: CompactionConfig) -> int:
+def _merge_small_blocks(
+    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, activity: Activity | None
+) -> int:
     """One step of merging the oldest closed merge window's small blocks, a slice of series
     ids at a time; returns the readings merged (at least 1 while a window is in progress).
 
@@ -425,7 +454,7 @@ def _merge_small_blocks(conn: sqlite3.Connection, now_ns: int, config: Compactio
             f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}"
         ).fetchone()
         if state is None:
-            state = _start_merge(conn, now_ns, config, small)
+            state = _start_merge(conn, now_ns, config, small, activity)
             if state is None:
                 return 0
         start, cursor, hi, width, last = state
@@ -452,18 +481,33 @@ def _merge_small_blocks(conn: sqlite3.Connection, now_ns: int, config: Compactio
 
 
 def _start_merge(
-    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, small: str
+    conn: sqlite3.Connection,
+    now_ns: int,
+    config: CompactionConfig,
+    small: str,
+    activity: Activity | None,
 ) -> tuple[int, int, int, int, int | None] | None:
-    """State for merging the oldest merge window with small blocks, if it is closed."""
+    """State for merging the oldest closed, settled merge window with small blocks."""
     m = config.merge_ns
-    first = conn.execute(
-        f"SELECT start_ns FROM {BLOCKS} WHERE {small} ORDER BY start_ns LIMIT 1"
-    ).fetchone()
-    if first is None:
+    cursor = -(2**63)
+    for _ in range(_MAX_WINDOWS_SKIPPED + 1):
+        first = conn.execute(
+            f"SELECT start_ns FROM {BLOCKS} WHERE {small} AND start_ns >= ? "
+            "ORDER BY start_ns LIMIT 1",
+            (cursor,),
+        ).fetchone()
+        if first is None:
+            return None
+        start = first[0] - first[0] % m
+        if start + m > now_ns - config.merge_grace_ns:
+            return None
+        if activity is None or activity.merge_settled(start):
+            break
+        cursor = start + m
+    else:
         return None
-    start = first[0] - first[0] % m
-    if start + m > now_ns - config.merge_grace_ns:
-        return None
+    if activity is not None:
+        activity.merged(start)
     lo, hi = conn.execute(
         f"SELECT min(series_id), max(series_id) FROM {BLOCKS} "
         f"WHERE start_ns >= ? AND start_ns < ? AND {small}",

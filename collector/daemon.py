@@ -31,6 +31,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from collector import compactor, http_api, store
+from collector.activity import Activity
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
@@ -103,16 +104,18 @@ def check_config(cfg: Config) -> tuple[KindSpec, ...]:
     return load_kinds(cfg)
 
 
-def _default_maintenance(cfg: Config) -> Maintenance:
+def _default_maintenance(cfg: Config, activity: Activity) -> Maintenance:
     """Compaction, plus retention when `cfg.retention` is set, in the writer's idle time."""
     retention_ns = cfg.retention_ns
-    if retention_ns is None:
-        return compactor.maintenance
 
-    def maintain(conn: sqlite3.Connection, now_ns: int) -> None:
-        compactor.maintenance(conn, now_ns)
-        # Cheap when nothing expired: one indexed probe of the blocks and of the head.
-        compactor.apply_retention(conn, now_ns - retention_ns)
+    def maintain(conn: sqlite3.Connection, now_ns: int) -> bool:
+        if compactor.maintenance(conn, now_ns, activity):
+            return True
+        if retention_ns is not None:
+            # Once compaction has caught up; cheap when nothing expired (one indexed probe
+            # of the blocks and of the head).
+            compactor.apply_retention(conn, now_ns - retention_ns)
+        return False
 
     return maintain
 
@@ -139,13 +142,16 @@ async def serve(
     log.info("database ready db=%s migrations_applied=%s", cfg.db, ",".join(applied) or "none")
     metrics = Metrics()
     lim = cfg.limits
+    # Which windows still receive readings: the compactor waits for them to settle.
+    activity = Activity(compactor.WINDOW_NS, compactor.MERGE_NS)
     writer = Writer(
         cfg.db,
         synchronous=cast(store.Synchronous, cfg.synchronous),
         queue_rows=lim.queue_rows,
         txn_max_rows=lim.txn_max_rows,
         allow_unknown_devices=cfg.allow_unknown_devices,
-        maintenance=maintenance if maintenance is not None else _default_maintenance(cfg),
+        maintenance=maintenance if maintenance is not None else _default_maintenance(cfg, activity),
+        on_stored=activity.note,
         on_commit=lambda s: _call_soon(loop, metrics.commit_seconds.observe, s),
     )
     metrics.queue_depth = writer.queue_depth

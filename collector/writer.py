@@ -37,11 +37,15 @@ from schemas.wire import Reject
 
 log = logging.getLogger(__name__)
 
-Maintenance = Callable[[sqlite3.Connection, int], None]
+Maintenance = Callable[[sqlite3.Connection, int], "bool | None"]
 """Called as (write connection, now_ns) in the writer thread, between group commits and
-outside any ingest transaction: it runs its own transaction(s) (a transaction it leaves
-open is committed, a sqlite3 error rolls it back). It must not delete or renumber series
-rows nor change devices.last_seq: the writer caches both."""
+outside any ingest transaction, to do one bounded step of work (keep it under ~0.3 s: a
+batch that arrives meanwhile waits for it). It returns True when more work is waiting: the
+writer then calls it again at once while the queue is idle, and after group commits within
+MAINTENANCE_SHARE of its time under load; otherwise it calls again after the interval. It
+runs its own transaction(s) (a transaction it leaves open is committed, a sqlite3 error
+rolls it back). It must not delete or renumber series rows nor change devices.last_seq:
+the writer caches both."""
 
 # Default bound on rows waiting for the writer: ~0.3 s of ingest at the measured rate, so
 # a saturated collector answers within ~0.5 s and holds ~25 MB of decoded readings at most.
@@ -51,15 +55,14 @@ QUEUE_ROWS: Final = 50_000
 TXN_MAX_ROWS: Final = 20_000
 # What a RETRY asks the agent to wait when storage failed.
 RETRY_AFTER_MS: Final = 1_000
-# The maintenance hook runs when the queue is idle, at most this often ...
+# With no maintenance work waiting, the hook is asked again this often (idle or not).
 MAINTENANCE_INTERVAL_MS: Final = 1_000
-# ... and, under sustained load that never leaves the queue idle, this long after that
-# anyway. 0: at most once a second either way. Each call runs up to
-# compactor.MAINTENANCE_BUDGET_S (0.5 s, plus the step in progress), so compaction gets up
-# to ~35-40% of the writer's time, what it measured to need at full ingest; with 10 s it got
-# ~5% and fell behind, and the head (two and a half minutes when compaction keeps up) grew
-# (docs/benchmarks.md, "Storage engine").
-MAINTENANCE_MAX_DELAY_MS: Final = 0
+# Under load, maintenance steps get at most this share of the writer's time, with up to
+# MAINTENANCE_BURST_S of it saved up; an idle writer runs them back to back. Compaction
+# measured to need ~35-40% of the writer at full ingest of a backlog (docs/benchmarks.md,
+# "Storage engine"); with less, the head grows while the load lasts.
+MAINTENANCE_SHARE: Final = 0.45
+MAINTENANCE_BURST_S: Final = 0.5
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
 _INSERT_HEAD: Final = (
@@ -136,6 +139,7 @@ class Writer:
         maintenance_interval_ms: int = MAINTENANCE_INTERVAL_MS,
         retry_after_ms: int = RETRY_AFTER_MS,
         on_commit: Callable[[float], None] | None = None,
+        on_stored: Callable[[Sequence[int]], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
@@ -145,6 +149,9 @@ class Writer:
         self.maintenance_interval_s = maintenance_interval_ms / 1000
         self.retry_after_ms = retry_after_ms
         self.on_commit = on_commit
+        # Called in the writer thread with each stored batch's timestamps, before the
+        # maintenance hook can run again (collector.activity.Activity.note).
+        self.on_stored = on_stored
         self.credits = _Credits(queue_rows)
         # Unbounded as a container, bounded in effect: every batch item holds credits and
         # every HELLO item belongs to one of at most max_connections handlers.
@@ -258,17 +265,17 @@ class Writer:
         log.info("writer stopped")
 
     def _loop_forever(self, conn: sqlite3.Connection) -> None:
-        interval = self.maintenance_interval_s
-        next_maintenance = time.monotonic() + interval
+        sched = _MaintenanceClock(self.maintenance_interval_s)
         while True:
-            timeout = None
-            if self.maintenance is not None:
-                timeout = max(0.0, next_maintenance - time.monotonic())
             try:
-                first = self._queue.get(timeout=timeout)
+                if self.maintenance is None:
+                    first = self._queue.get()
+                elif wait := sched.idle_wait_s():
+                    first = self._queue.get(timeout=wait)
+                else:
+                    first = self._queue.get_nowait()
             except queue.Empty:
-                self._maintain(conn)
-                next_maintenance = time.monotonic() + interval
+                self._maintain(conn, sched, loaded=False)
                 continue
             stop = first is _STOP
             group: list[_Item] = [] if stop else [first]  # type: ignore[list-item]  # not _STOP
@@ -284,14 +291,10 @@ class Writer:
                 group.append(item)  # type: ignore[arg-type]  # not _STOP
                 rows += _weight(item)
             self._process(conn, group)
-            now = time.monotonic()
-            if self.maintenance is not None and now > next_maintenance + (
-                MAINTENANCE_MAX_DELAY_MS / 1000
-            ):
-                self._maintain(conn)
-                next_maintenance = now + interval
             if stop:
                 return
+            if self.maintenance is not None and sched.due_under_load():
+                self._maintain(conn, sched, loaded=True)
 
     def _process(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
         # In queue order: a HELLO sees the commit of every batch queued before it, so its
@@ -447,23 +450,26 @@ class Writer:
         sids = self._series_ids(conn, dev, b.keys, new_series)
         rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
         mask: list[bool] | None = None
-        compacted = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else None
-        if compacted:
-            # Late rows already moved into blocks are duplicates the head's key cannot see.
+        # Late rows already moved into blocks are duplicates the head's key cannot see.
+        found = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else set()
+        todo = [r for i, r in enumerate(rows) if i not in found] if found else rows
+        conn.execute("SAVEPOINT batch")
+        new: list[bool] | None = None
+        if conn.executemany(_INSERT_HEAD, todo).rowcount != len(todo):
+            # Some rows were already stored (readings re-batched after a reconnect):
+            # redo this batch row by row to learn exactly which ones are new.
+            conn.execute("ROLLBACK TO batch")
+            new = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in todo]
+        conn.execute("RELEASE batch")
+        if found or new is not None:
+            fresh = iter(new) if new is not None else None
             mask = [
-                i not in compacted and conn.execute(_INSERT_HEAD, r).rowcount == 1
-                for i, r in enumerate(rows)
+                False if i in found else (next(fresh) if fresh is not None else True)
+                for i in range(len(rows))
             ]
-        else:
-            conn.execute("SAVEPOINT batch")
-            inserted = conn.executemany(_INSERT_HEAD, rows).rowcount
-            if inserted != len(rows):
-                # Some rows were already stored (readings re-batched after a reconnect):
-                # redo this batch row by row to learn exactly which ones are new.
-                conn.execute("ROLLBACK TO batch")
-                mask = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in rows]
-            conn.execute("RELEASE batch")
         _accumulate(stats, sids, b.ts, b.values, mask)
+        if self.on_stored is not None:
+            self.on_stored(b.ts)
         if mask is None:
             return b.valid_count
         n = b.scalar_rows
@@ -474,26 +480,37 @@ class Writer:
         return accepted
 
     def _in_blocks(self, conn: sqlite3.Connection, sids: list[int], tss: list[int]) -> set[int]:
-        """Indexes of the rows whose (series, ts) a compacted block already holds."""
-        found: set[int] = set()
-        decoded: dict[tuple[int, int], frozenset[int]] = {}
-        for i, (sid, ts) in enumerate(zip(sids, tss, strict=True)):
+        """Indexes of the rows whose (series, ts) a compacted block already holds.
+
+        One query per series of the batch, for the blocks overlapping its rows' time range
+        (a block is at most blocks.MAX_WINDOW_NS long, which bounds the index range).
+        """
+        spans: dict[int, list[int]] = {}
+        for sid, ts in zip(sids, tss, strict=True):
             if ts >= self._horizon:
                 continue
-            row = conn.execute(
-                f"SELECT start_ns, data FROM {store.BLOCKS} "
-                "WHERE series_id = ? AND start_ns <= ? AND end_ns > ?",
-                (sid, ts, ts),
-            ).fetchone()
-            if row is None:
-                continue
-            key = (sid, int(row[0]))
-            members = decoded.get(key)
-            if members is None:
-                members = decoded[key] = frozenset(blocks.decode(row[1])[0])
-            if ts in members:
-                found.add(i)
-        return found
+            span = spans.get(sid)
+            if span is None:
+                spans[sid] = [ts, ts]
+            elif ts < span[0]:
+                span[0] = ts
+            elif ts > span[1]:
+                span[1] = ts
+        stored: dict[int, set[int]] = {}
+        for sid, (lo, hi) in spans.items():
+            members: set[int] = set()
+            for (data,) in conn.execute(
+                f"SELECT data FROM {store.BLOCKS} WHERE series_id = ? AND start_ns > ? "
+                "AND start_ns <= ? AND end_ns > ?",
+                (sid, lo - blocks.MAX_WINDOW_NS, hi, lo),
+            ):
+                members.update(blocks.decode(data)[0])
+            stored[sid] = members
+        return {
+            i
+            for i, (sid, ts) in enumerate(zip(sids, tss, strict=True))
+            if ts in stored.get(sid, ())
+        }
 
     def _refresh_horizon(self, conn: sqlite3.Connection) -> None:
         """Remember where compacted blocks end: newer rows need no look into blocks."""
@@ -532,17 +549,22 @@ class Writer:
             cache[key] = int(row[0])
         return [cache[k] for k in keys]
 
-    def _maintain(self, conn: sqlite3.Connection) -> None:
+    def _maintain(
+        self, conn: sqlite3.Connection, sched: _MaintenanceClock, *, loaded: bool
+    ) -> None:
         if self.maintenance is None:
             return
+        t0 = time.monotonic()
+        more = False
         try:
-            self.maintenance(conn, time.time_ns())
+            more = bool(self.maintenance(conn, time.time_ns()))
             if conn.in_transaction:
                 conn.execute("COMMIT")
             self._refresh_horizon(conn)
         except sqlite3.Error as exc:
             self._rollback(conn)
             log.warning("maintenance failed error=%s", exc)
+        sched.ran(t0, time.monotonic(), more=more, loaded=loaded)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -551,6 +573,46 @@ class Writer:
                 conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("rollback failed error=%s", exc)
+
+
+class _MaintenanceClock:
+    """When the writer thread runs its next maintenance step (see `Maintenance`).
+
+    Under load a step needs credit, earned at MAINTENANCE_SHARE seconds per second up to
+    MAINTENANCE_BURST_S and spent by the steps' run time; idle steps cost nothing. With no
+    work waiting, the next step is only a poll, once per interval.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        now = time.monotonic()
+        self.pending = False
+        self.next_poll = now  # first step at start: catch up with what a restart left
+        self.credit = MAINTENANCE_BURST_S
+        self.credited_at = now
+
+    def idle_wait_s(self) -> float:
+        """How long to wait for a batch before running a step on an idle queue."""
+        if self.pending:
+            return 0.0
+        return max(0.0, self.next_poll - time.monotonic())
+
+    def due_under_load(self) -> bool:
+        now = time.monotonic()
+        self.credit = min(
+            MAINTENANCE_BURST_S, self.credit + (now - self.credited_at) * MAINTENANCE_SHARE
+        )
+        self.credited_at = now
+        if not self.pending and now < self.next_poll:
+            return False
+        return self.credit > 0
+
+    def ran(self, t0: float, t1: float, *, more: bool, loaded: bool) -> None:
+        self.pending = more
+        if not more:
+            self.next_poll = t1 + self.interval_s
+        if loaded:
+            self.credit -= t1 - t0
 
 
 def _weight(item: object) -> int:

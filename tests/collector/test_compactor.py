@@ -126,14 +126,19 @@ def test_maintenance_hook_uses_defaults(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "t.db", 2)
     w = compactor.WINDOW_NS
     insert(conn, [(1, 10, 1.5), (2, w + 10, 2)])
-    compactor.maintenance(conn, w + compactor.GRACE_NS)  # window 0 closed, 1 open
+    # One step per call, True while there may be more to do.
+    assert compactor.maintenance(conn, w + compactor.GRACE_NS)  # window 0 closed, 1 open
+    assert not compactor.maintenance(conn, w + compactor.GRACE_NS)
     assert conn.execute("SELECT series_id, start_ns, count FROM blocks").fetchall() == [(1, 0, 1)]
     assert head_count(conn) == 1
     assert not conn.in_transaction
     # The first hour is merged once it is closed and a later block exists.
     hour = compactor.MERGE_NS
     insert(conn, [(1, hour + 10, 3.5)])
-    compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS)
+    steps = 0
+    while compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS):
+        steps += 1
+    assert steps == 3  # window 1, the hour's window, then the merge
     assert conn.execute(
         "SELECT series_id, start_ns, end_ns, count FROM blocks ORDER BY start_ns, series_id"
     ).fetchall() == [(1, 0, hour, 1), (2, 0, hour, 1), (1, hour, hour + w, 1)]
@@ -339,9 +344,11 @@ def test_plain_sql_views(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "t.db", 2)
     hour = compactor.MERGE_NS
     insert(conn, [(1, 1_500, 20.5), (1, 2_500, 21.5), (2, hour + 1_000_000, "on")])
-    compactor.maintenance(conn, hour + compactor.GRACE_NS)  # the first minute in a small block
+    while compactor.maintenance(conn, hour + compactor.GRACE_NS):
+        pass  # the first minute in a small block
     insert(conn, [(2, hour + compactor.MERGE_GRACE_NS, "off")])
-    compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS)  # merged: a later block exists
+    while compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS):
+        pass  # merged: a later block exists
     recent = conn.execute("SELECT time, ts, device, sensor, value FROM readings_recent").fetchall()
     assert recent == [
         ("1970-01-01T01:05:00.000Z", hour + compactor.MERGE_GRACE_NS, "dev", "s2", "off")

@@ -310,3 +310,76 @@ def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
     assert first.accepted == 1
     assert (again.accepted, again.duplicate) == (1, 1)
     assert _count(path, f"SELECT sum(count) FROM {store.SERIES}") == 2
+
+
+def test_stored_timestamps_reach_the_activity_hook(tmp_path):
+    path, token = _db(tmp_path)
+    noted: list[list[int]] = []
+
+    async def main() -> None:
+        w = Writer(path, on_stored=lambda ts: noted.append(list(ts)))
+        await w.start()
+        try:
+            dev = await _device(w, token)
+            await (await w.submit(dev.id, ING.prepare(1, _temps(1, 3, base=100), 0)))
+            await (await w.submit(dev.id, ING.prepare(1, _temps(1, 3, base=100), 0)))  # resend
+        finally:
+            await w.close()
+
+    run(main())
+    assert noted == [[101, 102, 103]]  # a resent batch stores nothing and notes nothing
+
+
+def test_pending_maintenance_runs_back_to_back_when_idle(tmp_path):
+    path, _ = _db(tmp_path)
+    calls: list[float] = []
+    done = threading.Event()
+
+    def maintenance(conn: sqlite3.Connection, now_ns: int) -> bool:
+        calls.append(time.monotonic())
+        if len(calls) == 20:
+            done.set()
+        return len(calls) < 20  # more work waiting, 19 times
+
+    async def main() -> None:
+        # With nothing waiting the hook would only be asked every 60 s.
+        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=60_000)
+        await w.start()
+        try:
+            assert await asyncio.to_thread(done.wait, 30)
+            await asyncio.sleep(0.2)
+        finally:
+            await w.close()
+
+    run(main())
+    assert len(calls) == 20  # and no 21st call: nothing was waiting any more
+
+
+def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
+    path, token = _db(tmp_path)
+    steps: list[tuple[float, float]] = []
+
+    def maintenance(conn: sqlite3.Connection, now_ns: int) -> bool:
+        t0 = time.monotonic()
+        time.sleep(0.01)
+        steps.append((t0, time.monotonic()))
+        return True  # always more to do
+
+    async def main() -> list[Any]:
+        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        await w.start()
+        try:
+            dev = await _device(w, token)
+            out = []
+            for s in range(1, 41):  # one at a time: each waits for the step under way
+                out.append(
+                    await (await w.submit(dev.id, ING.prepare(s, _temps(s, 50, s * 100), 0)))
+                )
+            return out
+        finally:
+            await w.close()
+
+    outcomes = run(main())
+    assert [o.accepted for o in outcomes] == [50] * 40
+    assert _count(path) == 2000
+    assert len(steps) > 10  # and the maintenance kept running meanwhile

@@ -131,9 +131,9 @@ class PageLimit:
         self.db = tmp / "full.db"
         self.pages = MAX_PAGES
 
-    def _hook(self, conn: sqlite3.Connection, now_ns: int) -> None:
+    def _hook(self, conn: sqlite3.Connection, now_ns: int) -> bool:
         conn.execute(f"PRAGMA max_page_count = {self.pages}")
-        compactor.maintenance(conn, now_ns)
+        return compactor.maintenance(conn, now_ns)
 
     @contextlib.contextmanager
     def collector(self) -> Iterator[tuple[int, Callable[[], bool]]]:
