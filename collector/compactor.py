@@ -71,12 +71,22 @@ MERGE_NS: Final = 3_600 * 10**9
 # An hour is merged once it ended this long ago: the few late readings for it until then
 # go into the small blocks, which are cheaper to rewrite than the hour's block.
 MERGE_GRACE_NS: Final = 300 * 10**9
-# Head rows moved per call: bounds how long one call holds the write lock (~0.3 s). A
-# window of at most this many rows is compacted in one step; 100,000 holds a 2-minute
-# window of 8,000 series at one reading per 10 s (96,000 rows).
+# A window of at most this many head rows is compacted in one step (~0.25 s); 100,000
+# holds a 2-minute window of 8,000 series at one reading per 10 s (96,000 rows). Once per
+# window, so it barely shows in the ACK latency; larger windows go in steps of STEP_ROWS.
 MAX_ROWS_PER_CALL: Final = 100_000
+# Rows one step of a large window (stage, pack, delete) or of a merge handles: a batch that
+# arrives during a step waits for it, so this bounds the ACK latency compaction adds.
+STEP_ROWS: Final = 20_000
 # Windows still filling that one call skips to find a settled one (collector.activity).
 _MAX_WINDOWS_SKIPPED: Final = 1_000
+# Free pages are given back to the file system (reclaim_space) once there are at least
+# this many (8 MiB of 4 KiB pages) and this share of the file, this many per step (~75 ms):
+# below that, the next windows' head rows reuse them anyway.
+RECLAIM_MIN_FREE_PAGES: Final = 2_048
+RECLAIM_MIN_FREE_FRACTION: Final = 0.1
+RECLAIM_STEP_PAGES: Final = 2_048
+_AUTO_VACUUM_INCREMENTAL: Final = 2
 # Rows deleted per retention transaction.
 RETENTION_BATCH_ROWS: Final = 10_000
 
@@ -92,16 +102,22 @@ class CompactionConfig:
     window_ns: int = WINDOW_NS
     grace_ns: int = GRACE_NS
     max_rows: int = MAX_ROWS_PER_CALL
+    step_rows: int = STEP_ROWS
     merge_ns: int = 0
     merge_grace_ns: int = MERGE_GRACE_NS
+
+    @property
+    def step(self) -> int:
+        """Rows per step of a staged window or a merge: step_rows, at most max_rows."""
+        return min(self.step_rows, self.max_rows)
 
     def __post_init__(self) -> None:
         if not 0 < self.window_ns <= codec.MAX_WINDOW_NS:
             raise ValueError(f"window_ns must be in (0, {codec.MAX_WINDOW_NS}]")
         if self.grace_ns < 0 or self.merge_grace_ns < 0:
             raise ValueError("grace_ns and merge_grace_ns must be >= 0")
-        if self.max_rows < 1:
-            raise ValueError("max_rows must be >= 1")
+        if self.max_rows < 1 or self.step_rows < 1:
+            raise ValueError("max_rows and step_rows must be >= 1")
         if self.merge_ns and (
             self.merge_ns <= self.window_ns
             or self.merge_ns % self.window_ns
@@ -145,9 +161,39 @@ def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None
     """
     if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
         return True
+    if reclaim_space(conn):
+        return True
     if activity is not None:
         activity.prune()
     return False
+
+
+def reclaim_space(
+    conn: sqlite3.Connection,
+    *,
+    min_free_pages: int = RECLAIM_MIN_FREE_PAGES,
+    min_free_fraction: float = RECLAIM_MIN_FREE_FRACTION,
+    step_pages: int = RECLAIM_STEP_PAGES,
+) -> bool:
+    """One step of giving free pages back to the file system; True if it did one.
+
+    Compaction frees the head's pages and rewritten blocks' pages; the file keeps them
+    for reuse, so a backlog's transient head (a million rows or more) would stay on disk.
+    Once free pages pass both bounds, `PRAGMA incremental_vacuum` moves up to `step_pages`
+    pages from the end of the file into free slots and truncates it (at the next
+    checkpoint, in WAL mode). A database created without auto_vacuum is left alone.
+    Commits any open transaction (executescript): call it outside one.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
+        return False
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    if free < max(min_free_pages, pages * min_free_fraction):
+        return False
+    # executescript: the sqlite3 module steps a statement without result rows once, and
+    # incremental_vacuum frees one page per step.
+    conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)});")
+    return True
 
 
 _STAGE: Final = "temp.compaction_stage"
@@ -245,7 +291,7 @@ def _compact_head(
         end = start + w
         n: int
         if step == "stage":
-            n, nxt, done = _stage(conn, cursor, end, config.max_rows)
+            n, nxt, done = _stage(conn, cursor, end, config.step)
         elif step == "pack":
             n, nxt, done = _pack(conn, start, end, cursor, config)
         else:
@@ -312,7 +358,7 @@ def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tu
 def _pack(
     conn: sqlite3.Connection, start: int, end: int, cursor: int, config: CompactionConfig
 ) -> tuple[int, int, bool]:
-    """Write the blocks of the next slice of series ids (about `max_rows` staged readings).
+    """Write the blocks of the next slice of series ids (about `step` staged readings).
 
     The slice width assumes readings spread evenly over the window's series ids.
     """
@@ -322,7 +368,7 @@ def _pack(
     if not total:
         return 0, cursor, True
     cursor = max(cursor, lo)
-    bound = cursor + max(1, (hi - lo + 1) * config.max_rows // total)
+    bound = cursor + max(1, (hi - lo + 1) * config.step // total)
     rows = conn.execute(
         f"SELECT series_id, ts, value FROM {_STAGE} WHERE chunk IN (SELECT lo FROM {_CHUNKS}) "
         "AND series_id >= ? AND series_id < ? ORDER BY series_id, ts",
@@ -474,8 +520,8 @@ def _merge_small_blocks(
             conn.execute(f"DELETE FROM {_MERGE_STATE}")
             log.debug("merged small blocks window start_ns=%d", start)
         else:
-            # Aim the next slice at about max_rows readings.
-            width = max(1, min(width * 4, width * config.max_rows // max(n, 1)))
+            # Aim the next slice at about `step` readings.
+            width = max(1, min(width * 4, width * config.step // max(n, 1)))
             conn.execute(f"UPDATE {_MERGE_STATE} SET cursor = ?, width = ?", (bound, width))
     return max(n, 1)
 
@@ -523,7 +569,7 @@ def _start_merge(
             "ORDER BY start_ns DESC LIMIT 1",
             (start + m,),
         ).fetchone()
-    state = (start, lo, hi, max(1, config.max_rows * config.window_ns // m), last)
+    state = (start, lo, hi, max(1, config.step * config.window_ns // m), last)
     conn.execute(f"DELETE FROM {_MERGE_STATE}")
     conn.execute(f"INSERT INTO {_MERGE_STATE} VALUES (?, ?, ?, ?, ?)", state)
     return state

@@ -209,6 +209,10 @@ def connect(
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     if not readonly:
+        # Before anything creates the file: takes effect in a new, empty database only
+        # (a no-op otherwise). Lets the compactor give freed pages back to the file
+        # system (collector.compactor.reclaim_space); must precede the WAL switch.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")

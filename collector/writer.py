@@ -57,11 +57,15 @@ TXN_MAX_ROWS: Final = 20_000
 RETRY_AFTER_MS: Final = 1_000
 # With no maintenance work waiting, the hook is asked again this often (idle or not).
 MAINTENANCE_INTERVAL_MS: Final = 1_000
-# Under load, maintenance steps get at most this share of the writer's time, with up to
-# MAINTENANCE_BURST_S of it saved up; an idle writer runs them back to back. Compaction
-# measured to need ~35-40% of the writer at full ingest of a backlog (docs/benchmarks.md,
-# "Storage engine"); with less, the head grows while the load lasts.
+# Under load, maintenance steps get this share of the writer's time, with up to
+# MAINTENANCE_BURST_S of it saved up; an idle writer runs them back to back. While work
+# stays waiting the share grows to MAINTENANCE_MAX_SHARE over MAINTENANCE_RAMP_S, so
+# ingest slows (backpressure) rather than compaction falling behind for good: at a fixed
+# 45% a backlog replay ingested 54k readings/s while the head grew by 130k rows a second
+# and no hour was merged (docs/benchmarks.md, "Storage engine").
 MAINTENANCE_SHARE: Final = 0.45
+MAINTENANCE_MAX_SHARE: Final = 0.9
+MAINTENANCE_RAMP_S: Final = 30.0
 MAINTENANCE_BURST_S: Final = 0.5
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
@@ -578,7 +582,7 @@ class Writer:
 class _MaintenanceClock:
     """When the writer thread runs its next maintenance step (see `Maintenance`).
 
-    Under load a step needs credit, earned at MAINTENANCE_SHARE seconds per second up to
+    Under load a step needs credit, earned at `share()` seconds per second up to
     MAINTENANCE_BURST_S and spent by the steps' run time; idle steps cost nothing. With no
     work waiting, the next step is only a poll, once per interval.
     """
@@ -587,6 +591,7 @@ class _MaintenanceClock:
         self.interval_s = interval_s
         now = time.monotonic()
         self.pending = False
+        self.pending_since = now
         self.next_poll = now  # first step at start: catch up with what a restart left
         self.credit = MAINTENANCE_BURST_S
         self.credited_at = now
@@ -597,17 +602,25 @@ class _MaintenanceClock:
             return 0.0
         return max(0.0, self.next_poll - time.monotonic())
 
+    def share(self, now: float) -> float:
+        """MAINTENANCE_SHARE, growing while work has been waiting without a break."""
+        if not self.pending:
+            return MAINTENANCE_SHARE
+        ramp = min(1.0, (now - self.pending_since) / MAINTENANCE_RAMP_S)
+        return MAINTENANCE_SHARE + (MAINTENANCE_MAX_SHARE - MAINTENANCE_SHARE) * ramp
+
     def due_under_load(self) -> bool:
         now = time.monotonic()
-        self.credit = min(
-            MAINTENANCE_BURST_S, self.credit + (now - self.credited_at) * MAINTENANCE_SHARE
-        )
+        earned = (now - self.credited_at) * self.share(now)
+        self.credit = min(MAINTENANCE_BURST_S, self.credit + earned)
         self.credited_at = now
         if not self.pending and now < self.next_poll:
             return False
         return self.credit > 0
 
     def ran(self, t0: float, t1: float, *, more: bool, loaded: bool) -> None:
+        if more and not self.pending:
+            self.pending_since = t0
         self.pending = more
         if not more:
             self.next_poll = t1 + self.interval_s

@@ -394,3 +394,24 @@ def test_retention_during_compaction_restarts_the_window_safely(tmp_path: Path) 
     assert [r for r in got if r[1] >= cutoff] == sorted(
         (r for r in rows if r[1] >= cutoff), key=lambda r: (r[1], r[0])
     )
+
+
+def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = open_db(path, 40)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental, from creation
+    insert(conn, population(40, 120, seed=30))  # 28,800 rows, two hours
+    drain(conn, 1000 * WINDOW, TWO_LEVEL)  # the head's pages are free now
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert free > 0.3 * pages
+    steps = 0
+    while compactor.reclaim_space(conn, min_free_pages=8, step_pages=16):
+        steps += 1
+        assert steps < 10_000
+    left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    assert steps > 1 and left < max(8, 0.1 * pages)
+    assert conn.execute("PRAGMA page_count").fetchone()[0] <= pages - free + left
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (40 * 720,)
+    assert not compactor.reclaim_space(conn)  # below the default bounds: nothing to do
