@@ -170,6 +170,12 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=1_000)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--keep", type=Path, help="Build (or reuse) the DB at this path.")
+    ap.add_argument(
+        "--device", default="dev-0500", help="the device whose series the 24 h queries read"
+    )
+    ap.add_argument(
+        "--latest-series", type=int, default=0, help="latest of this many series (0: all)"
+    )
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
@@ -186,7 +192,7 @@ def main() -> None:
         conn.execute("SELECT count(*) FROM readings_head").fetchone()[0],
         conn.execute("SELECT count(*) FROM blocks").fetchone()[0],
     )
-    total = conn.execute("SELECT sum(count) FROM series").fetchone()[0]
+    total, n_series = conn.execute("SELECT sum(count), count(*) FROM series").fetchone()
     size = os.path.getsize(path)
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     used = page * (
@@ -198,7 +204,7 @@ def main() -> None:
         f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, {platform.platform()}"
     )
     print(
-        f"# DB: {total:,} readings over {args.series:,} series; file {size / 2**20:.0f} MiB, "
+        f"# DB: {total:,} readings over {n_series:,} series; file {size / 2**20:.0f} MiB, "
         f"in use {used / 2**20:.1f} MiB ({used / total:.2f} B/reading; the rest is pages "
         f"compaction freed, no VACUUM); head rows {head:,}, blocks {blocks:,}"
     )
@@ -208,13 +214,18 @@ def main() -> None:
         print(f"# build: reused {path}")
 
     since = end_ns - 24 * 3600 * S
-    one = query.resolve_series(conn, query.Filters(devices=("dev-0500",)))
+    one = query.resolve_series(conn, query.Filters(devices=(args.device,)))
+    if len({s.id for s in one}) != 1:
+        ap.error(f"--device {args.device}: want a device with one series, it has {len(one)}")
     every = query.resolve_series(conn, query.Filters())
+    n_latest = args.latest_series or len(every)
+    some = every[:n_latest]
+    label = "all series" if n_latest == len(every) else f"{n_latest:,} series"
     cases: list[tuple[str, Callable[[], object]]] = [
-        ("latest, all series: scan.latest", lambda: scan.latest(conn, [s.id for s in every])),
+        (f"latest, {label}: scan.latest", lambda: scan.latest(conn, [s.id for s in some])),
         (
-            "latest, all series: resolve_series + query.latest",
-            lambda: query.latest(conn, query.resolve_series(conn, query.Filters())),
+            f"latest, {label}: resolve_series + query.latest",
+            lambda: query.latest(conn, query.resolve_series(conn, query.Filters())[:n_latest]),
         ),
         (
             "24 h of one series, 1-minute buckets (avg)",
@@ -240,7 +251,7 @@ def main() -> None:
             ("HTTP GET /latest, all series", f"{base}/latest"),
             (
                 "HTTP GET /aggregate, 24 h of one series, 1-minute buckets",
-                f"{base}/aggregate?device=dev-0500&every=1m&agg=avg&since=@{since}"
+                f"{base}/aggregate?device={args.device}&every=1m&agg=avg&since=@{since}"
                 f"&until=@{end_ns}&limit=10000",
             ),
         ]

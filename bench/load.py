@@ -579,10 +579,13 @@ def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
             else ("SELECT count(*), 0 FROM blocks INDEXED BY blocks_by_start")
         )
         blocks, in_blocks = conn.execute(sql).fetchone()
+        (small,) = conn.execute(
+            "SELECT count(*) FROM blocks WHERE end_ns - start_ns < 3600000000000"
+        ).fetchone()  # not merged into their hour's block yet (store.m0003's partial index)
     finally:
         conn.close()
     return {"bytes": page_count * page_size, "head_rows": head, "blocks": blocks,
-            "readings_in_blocks": in_blocks}  # fmt: skip
+            "small_blocks": small, "readings_in_blocks": in_blocks}  # fmt: skip
 
 
 def _watch_total(
@@ -637,15 +640,19 @@ def _watch_total(
 
 
 def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
-    """Wait (at most limit_s) until the head stops shrinking; report the compacted file."""
+    """Wait (at most limit_s) until the head is compacted and the hours merged, or nothing
+    moved for 45 s (the compactor merges an hour 30 s after its last reading arrived);
+    report the compacted file."""
     t0 = time.monotonic()
     stats = _db_stats(db)
-    while time.monotonic() - t0 < limit_s:
+    moved = time.monotonic()
+    while time.monotonic() - t0 < limit_s and time.monotonic() - moved < 45:
+        if stats["head_rows"] == 0 and stats["small_blocks"] == 0:
+            break
         time.sleep(5)
         now = _db_stats(db)
-        if now["head_rows"] >= stats["head_rows"]:
-            stats = now
-            break
+        if (now["head_rows"], now["small_blocks"]) != (stats["head_rows"], stats["small_blocks"]):
+            moved = time.monotonic()
         stats = now
     stored = stats["head_rows"] + stats["readings_in_blocks"]
     report["settled_after_s"] = round(time.monotonic() - t0, 1)
