@@ -400,3 +400,17 @@ def test_maintenance_share_grows_while_work_keeps_waiting():
     assert clock.share(201.0) == w.MAINTENANCE_SHARE
     clock.ran(300.0, 300.1, more=True, loaded=True)  # a new wait starts a new ramp
     assert clock.share(300.0) == w.MAINTENANCE_SHARE
+
+
+def test_under_load_steps_run_while_credit_lasts():
+    from collector import writer as w
+
+    clock = w._MaintenanceClock(1.0)
+    steps = 0
+    while clock.due_under_load():  # pending work: one step of 10 ms after another
+        t0 = time.monotonic()
+        clock.ran(t0, t0 + 0.01, more=True, loaded=True)
+        steps += 1
+        assert steps < 100
+    # The burst allowance (plus what accrued meanwhile) buys about ten 10 ms steps.
+    assert round(w.MAINTENANCE_BURST_S / 0.01) <= steps <= round(w.MAINTENANCE_BURST_S / 0.01) + 2
