@@ -173,8 +173,9 @@ def main() -> None:
     ap.add_argument(
         "--device", default="dev-0500", help="the device whose series the 24 h queries read"
     )
+    ap.add_argument("--sensor", help="with --device, the sensor of that one series")
     ap.add_argument(
-        "--latest-series", type=int, default=0, help="latest of this many series (0: all)"
+        "--latest-sensor", help="latest of this sensor's series only (default: all series)"
     )
     args = ap.parse_args()
 
@@ -214,18 +215,18 @@ def main() -> None:
         print(f"# build: reused {path}")
 
     since = end_ns - 24 * 3600 * S
-    one = query.resolve_series(conn, query.Filters(devices=(args.device,)))
+    sensors = (args.sensor,) if args.sensor else ()
+    one = query.resolve_series(conn, query.Filters(devices=(args.device,), sensors=sensors))
     if len({s.id for s in one}) != 1:
-        ap.error(f"--device {args.device}: want a device with one series, it has {len(one)}")
-    every = query.resolve_series(conn, query.Filters())
-    n_latest = args.latest_series or len(every)
-    some = every[:n_latest]
-    label = "all series" if n_latest == len(every) else f"{n_latest:,} series"
+        ap.error(f"--device/--sensor select {len(one)} series, not one")
+    latest_filter = query.Filters(sensors=(args.latest_sensor,) if args.latest_sensor else ())
+    some = query.resolve_series(conn, latest_filter)
+    label = f"{len(some):,} series" + (f" ({args.latest_sensor})" if args.latest_sensor else "")
     cases: list[tuple[str, Callable[[], object]]] = [
         (f"latest, {label}: scan.latest", lambda: scan.latest(conn, [s.id for s in some])),
         (
             f"latest, {label}: resolve_series + query.latest",
-            lambda: query.latest(conn, query.resolve_series(conn, query.Filters())[:n_latest]),
+            lambda: query.latest(conn, query.resolve_series(conn, latest_filter)),
         ),
         (
             "24 h of one series, 1-minute buckets (avg)",
@@ -246,12 +247,14 @@ def main() -> None:
         first, med, low, result = timed(fn, args.runs)
         n = len(result) if isinstance(result, list) else "-"
         print(f"| {name} | {n} | {first:.1f} | {med:.1f} | {low:.1f} |")
+    sensor_q = f"&sensor={args.sensor}" if args.sensor else ""
+    latest_q = f"?sensor={args.latest_sensor}" if args.latest_sensor else ""
     with serve(path) as base:
         http_cases = [
-            ("HTTP GET /latest, all series", f"{base}/latest"),
+            (f"HTTP GET /latest, {label}", f"{base}/latest{latest_q}"),
             (
                 "HTTP GET /aggregate, 24 h of one series, 1-minute buckets",
-                f"{base}/aggregate?device={args.device}&every=1m&agg=avg&since=@{since}"
+                f"{base}/aggregate?device={args.device}{sensor_q}&every=1m&agg=avg&since=@{since}"
                 f"&until=@{end_ns}&limit=10000",
             ),
         ]
