@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from collector import blocks, devices, store
 from collector.ingest import PreparedBatch, SeriesKey
+from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ Maintenance = Callable[[sqlite3.Connection, int], "bool | None"]
 outside any ingest transaction, to do one bounded step of work (keep it under ~0.3 s: a
 batch that arrives meanwhile waits for it). It returns True when more work is waiting: the
 writer then calls it again at once while the queue is idle, and after group commits within
-MAINTENANCE_SHARE of its time under load; otherwise it calls again after the interval. It
+pacing.MAINTENANCE_SHARE of its time under load; otherwise it calls again after the interval. It
 runs its own transaction(s) (a transaction it leaves open is committed, a sqlite3 error
 rolls it back). It must not delete or renumber series rows nor change devices.last_seq:
 the writer caches both."""
@@ -57,18 +58,6 @@ TXN_MAX_ROWS: Final = 20_000
 RETRY_AFTER_MS: Final = 1_000
 # With no maintenance work waiting, the hook is asked again this often (idle or not).
 MAINTENANCE_INTERVAL_MS: Final = 1_000
-# Under load, maintenance steps get this share of the writer's time: after a group commit
-# the writer runs steps while it has credit (earned at the share, at most
-# MAINTENANCE_BURST_S saved up, so a batch waits for about that plus one step); an idle
-# writer runs them back to back. While work stays waiting the share grows to
-# MAINTENANCE_MAX_SHARE over MAINTENANCE_RAMP_S, so ingest slows (backpressure) rather than
-# compaction falling behind for good: at a fixed 45% a backlog replay ingested 54k
-# readings/s while the head grew by 130k rows per 1M readings and no hour was merged
-# (docs/benchmarks.md, "End-to-end ingest").
-MAINTENANCE_SHARE: Final = 0.45
-MAINTENANCE_MAX_SHARE: Final = 0.9
-MAINTENANCE_RAMP_S: Final = 30.0
-MAINTENANCE_BURST_S: Final = 0.1
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
 _INSERT_HEAD: Final = (
@@ -271,7 +260,7 @@ class Writer:
         log.info("writer stopped")
 
     def _loop_forever(self, conn: sqlite3.Connection) -> None:
-        sched = _MaintenanceClock(self.maintenance_interval_s)
+        sched = MaintenanceClock(self.maintenance_interval_s)
         while True:
             try:
                 if self.maintenance is None:
@@ -555,9 +544,7 @@ class Writer:
             cache[key] = int(row[0])
         return [cache[k] for k in keys]
 
-    def _maintain(
-        self, conn: sqlite3.Connection, sched: _MaintenanceClock, *, loaded: bool
-    ) -> None:
+    def _maintain(self, conn: sqlite3.Connection, sched: MaintenanceClock, *, loaded: bool) -> None:
         if self.maintenance is None:
             return
         t0 = time.monotonic()
@@ -579,56 +566,6 @@ class Writer:
                 conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("rollback failed error=%s", exc)
-
-
-class _MaintenanceClock:
-    """When the writer thread runs its next maintenance step (see `Maintenance`).
-
-    Under load a step needs credit, earned at `share()` seconds per second up to
-    MAINTENANCE_BURST_S and spent by the steps' run time; idle steps cost nothing. With no
-    work waiting, the next step is only a poll, once per interval.
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        now = time.monotonic()
-        self.pending = False
-        self.pending_since = now
-        self.next_poll = now  # first step at start: catch up with what a restart left
-        self.credit = MAINTENANCE_BURST_S
-        self.credited_at = now
-
-    def idle_wait_s(self) -> float:
-        """How long to wait for a batch before running a step on an idle queue."""
-        if self.pending:
-            return 0.0
-        return max(0.0, self.next_poll - time.monotonic())
-
-    def share(self, now: float) -> float:
-        """MAINTENANCE_SHARE, growing while work has been waiting without a break."""
-        if not self.pending:
-            return MAINTENANCE_SHARE
-        ramp = min(1.0, (now - self.pending_since) / MAINTENANCE_RAMP_S)
-        return MAINTENANCE_SHARE + (MAINTENANCE_MAX_SHARE - MAINTENANCE_SHARE) * ramp
-
-    def due_under_load(self) -> bool:
-        now = time.monotonic()
-        earned = (now - self.credited_at) * self.share(now)
-        self.credit = min(MAINTENANCE_BURST_S, self.credit + earned)
-        self.credited_at = now
-        if not self.pending:
-            # A poll: at least once per interval, credit or not, so the hook always runs.
-            return now >= self.next_poll
-        return self.credit > 0
-
-    def ran(self, t0: float, t1: float, *, more: bool, loaded: bool) -> None:
-        if more and not self.pending:
-            self.pending_since = t0
-        self.pending = more
-        if not more:
-            self.next_poll = t1 + self.interval_s
-        if loaded:
-            self.credit -= t1 - t0
 
 
 def _weight(item: object) -> int:

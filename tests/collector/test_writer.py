@@ -383,34 +383,3 @@ def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
     assert [o.accepted for o in outcomes] == [50] * 40
     assert _count(path) == 2000
     assert len(steps) > 10  # and the maintenance kept running meanwhile
-
-
-def test_maintenance_share_grows_while_work_keeps_waiting():
-    from collector import writer as w
-
-    clock = w._MaintenanceClock(1.0)
-    assert clock.share(100.0) == w.MAINTENANCE_SHARE  # nothing waiting
-    clock.ran(100.0, 100.1, more=True, loaded=True)
-    assert clock.share(100.0) == w.MAINTENANCE_SHARE
-    half = clock.share(100.0 + w.MAINTENANCE_RAMP_S / 2)
-    assert w.MAINTENANCE_SHARE < half < w.MAINTENANCE_MAX_SHARE
-    clock.ran(110.0, 110.1, more=True, loaded=True)  # still waiting: the ramp goes on
-    assert clock.share(100.0 + 2 * w.MAINTENANCE_RAMP_S) == w.MAINTENANCE_MAX_SHARE
-    clock.ran(200.0, 200.1, more=False, loaded=True)  # caught up: back to the base share
-    assert clock.share(201.0) == w.MAINTENANCE_SHARE
-    clock.ran(300.0, 300.1, more=True, loaded=True)  # a new wait starts a new ramp
-    assert clock.share(300.0) == w.MAINTENANCE_SHARE
-
-
-def test_under_load_steps_run_while_credit_lasts():
-    from collector import writer as w
-
-    clock = w._MaintenanceClock(1.0)
-    steps = 0
-    while clock.due_under_load():  # pending work: one step of 10 ms after another
-        t0 = time.monotonic()
-        clock.ran(t0, t0 + 0.01, more=True, loaded=True)
-        steps += 1
-        assert steps < 100
-    # The burst allowance (plus what accrued meanwhile) buys about ten 10 ms steps.
-    assert round(w.MAINTENANCE_BURST_S / 0.01) <= steps <= round(w.MAINTENANCE_BURST_S / 0.01) + 2
