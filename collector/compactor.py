@@ -102,9 +102,9 @@ class CompactionConfig:
     window_ns: int = WINDOW_NS
     grace_ns: int = GRACE_NS
     max_rows: int = MAX_ROWS_PER_CALL
-    step_rows: int = STEP_ROWS
     merge_ns: int = 0
     merge_grace_ns: int = MERGE_GRACE_NS
+    step_rows: int = STEP_ROWS
 
     @property
     def step(self) -> int:
