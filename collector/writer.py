@@ -290,6 +290,8 @@ class Writer:
                 return
             while self.maintenance is not None and sched.due_under_load():
                 self._maintain(conn, sched, loaded=True)
+                if not self._queue.empty() and not sched.in_debt(time.monotonic()):
+                    break  # commit what arrived meanwhile first
 
     def _process(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
         # In queue order: a HELLO sees the commit of every batch queued before it, so its

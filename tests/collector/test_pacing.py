@@ -36,3 +36,13 @@ def test_under_load_steps_run_while_credit_lasts():
         <= steps
         <= round(pacing.MAINTENANCE_BURST_S / 0.01) + 2
     )
+
+
+def test_debt_starts_after_work_waited_without_a_break():
+    clock = pacing.MaintenanceClock(1.0)
+    assert not clock.in_debt(100.0)
+    clock.ran(100.0, 100.1, more=True, loaded=True)
+    assert not clock.in_debt(100.0 + pacing.MAINTENANCE_DEBT_S - 0.1)
+    assert clock.in_debt(100.0 + pacing.MAINTENANCE_DEBT_S)
+    clock.ran(120.0, 120.1, more=False, loaded=True)  # caught up
+    assert not clock.in_debt(121.0)
