@@ -19,6 +19,7 @@ import msgpack
 
 from collector import store
 from collector.query import Filters, series_where
+from collector.scan import held_in_blocks
 
 if TYPE_CHECKING:
     from collector.ingest import Ingest, PreparedBatch
@@ -50,8 +51,9 @@ def replay_rejected(
 
     The one write path of this module. It opens its own write connection and works in
     chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
-    (INSERT OR IGNORE on the readings key, shaped into series rows by `collector.ingest`
-    exactly as live ingest shapes them) and stamps their rejects with `replayed_ns`. A
+    (INSERT OR IGNORE on the readings key, after the same look into compacted blocks the
+    writer makes, shaped into series rows by `collector.ingest` exactly as live ingest
+    shapes them) and stamps their rejects with `replayed_ns`. A
     stamped reject is never looked at again, so a second run (or a run interrupted between
     chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
     ingests: each side waits on `busy_timeout` for the other's short transaction.
@@ -118,6 +120,8 @@ def _insert_rows(conn: sqlite3.Connection, device_id: int, prepared: PreparedBat
             "AND kind = ? AND unit = ? AND tags = ?",
             params,
         ).fetchone()
+        if held_in_blocks(conn, [(0, sid, ts)]):
+            continue  # already stored and compacted: a duplicate, as in the writer
         cur = conn.execute(
             f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
             "VALUES (?, ?, ?, ?)",

@@ -376,3 +376,32 @@ def latest(
         sql += " AND id IN (SELECT value FROM json_each(?))"
         params.append(json.dumps(_ids(series_ids)))
     return [(sid, ts, value) for sid, ts, value in conn.execute(sql + " ORDER BY id", params)]
+
+
+def held_in_blocks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int]]) -> set[int]:
+    """Keys of the (key, series_id, ts) rows whose reading a compacted block already holds.
+
+    The head's INSERT OR IGNORE cannot see blocks: a writer checks late or resent readings
+    here first. One query per series, for the blocks overlapping that series' rows (a block
+    is at most blocks.MAX_WINDOW_NS long, which bounds the index range).
+    """
+    spans: dict[int, list[int]] = {}
+    for _, sid, ts in rows:
+        span = spans.get(sid)
+        if span is None:
+            spans[sid] = [ts, ts]
+        elif ts < span[0]:
+            span[0] = ts
+        elif ts > span[1]:
+            span[1] = ts
+    stored: dict[int, set[int]] = {}
+    for sid, (lo, hi) in spans.items():
+        members: set[int] = set()
+        for (data,) in conn.execute(
+            f"SELECT data FROM {BLOCKS} WHERE series_id = ? AND start_ns > ? "
+            "AND start_ns <= ? AND end_ns > ?",
+            (sid, lo - codec.MAX_WINDOW_NS, hi, lo),
+        ):
+            members.update(codec.decode(data)[0])
+        stored[sid] = members
+    return {key for key, sid, ts in rows if ts in stored[sid]}

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from collector import blocks, devices, store
+from collector import devices, scan, store
 from collector.ingest import PreparedBatch, SeriesKey
 from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
@@ -477,37 +477,13 @@ class Writer:
         return accepted
 
     def _in_blocks(self, conn: sqlite3.Connection, sids: list[int], tss: list[int]) -> set[int]:
-        """Indexes of the rows whose (series, ts) a compacted block already holds.
-
-        One query per series of the batch, for the blocks overlapping its rows' time range
-        (a block is at most blocks.MAX_WINDOW_NS long, which bounds the index range).
-        """
-        spans: dict[int, list[int]] = {}
-        for sid, ts in zip(sids, tss, strict=True):
-            if ts >= self._horizon:
-                continue
-            span = spans.get(sid)
-            if span is None:
-                spans[sid] = [ts, ts]
-            elif ts < span[0]:
-                span[0] = ts
-            elif ts > span[1]:
-                span[1] = ts
-        stored: dict[int, set[int]] = {}
-        for sid, (lo, hi) in spans.items():
-            members: set[int] = set()
-            for (data,) in conn.execute(
-                f"SELECT data FROM {store.BLOCKS} WHERE series_id = ? AND start_ns > ? "
-                "AND start_ns <= ? AND end_ns > ?",
-                (sid, lo - blocks.MAX_WINDOW_NS, hi, lo),
-            ):
-                members.update(blocks.decode(data)[0])
-            stored[sid] = members
-        return {
-            i
+        """Indexes of the rows whose (series, ts) a compacted block already holds."""
+        below = [
+            (i, sid, ts)
             for i, (sid, ts) in enumerate(zip(sids, tss, strict=True))
-            if ts in stored.get(sid, ())
-        }
+            if ts < self._horizon
+        ]
+        return scan.held_in_blocks(conn, below)
 
     def _refresh_horizon(self, conn: sqlite3.Connection) -> None:
         """Remember where compacted blocks end: newer rows need no look into blocks."""

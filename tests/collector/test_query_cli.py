@@ -348,3 +348,23 @@ def test_tail_for_ends_a_quiet_tail(db: Db, via: str) -> None:
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines() == [",".join(query.READING_COLUMNS)]  # header only
         assert time.monotonic() - start < 30
+
+
+def test_replay_of_a_reading_already_compacted_stores_nothing_twice(db: Db, tmp_path: Path) -> None:
+    from collector import compactor
+
+    kinds = tmp_path / "kinds.toml"
+    kinds.write_text('[kinds.flowrate]\ntype = "number"\nunits = ["l/min"]\n')
+    reading = ["flow", "flowrate", T0 + 5 * S, 12.5, "l/min", {"line": "a"}]
+    db.add("pump-1", "flow", "flowrate", [(T0 + 5 * S, 12.5)], unit="l/min", tags={"line": "a"})
+    while compactor.maintenance(db.conn, T0 + 10 * 3600 * S):
+        pass  # the reading now sits in a block, not in the head
+    assert db.conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
+    db.reject("pump-1", reading)  # the same reading, rejected once before the kind existed
+    d = str(db.path)
+    msg = run("rejected", "--db", d, "--replay", "--kinds", str(kinds))
+    assert msg.strip() == "replayed 1 of 1 pending rejects; 0 still rejected"
+    assert db.conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
+    series = jsonl("series", "--db", d, "--sensor", "flow")
+    assert [r["count"] for r in series] == [1]
+    assert [r["value"] for r in jsonl("query", "--db", d, "--sensor", "flow")] == [12.5]
