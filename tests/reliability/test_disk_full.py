@@ -253,8 +253,16 @@ def test_full_disk_answers_retry_and_resumes_by_itself(tmp_path, space, size, re
     st = stored(db, "agent")
     assert st.total > 0
     for key in st.values:
-        allv = sorted(st.ints(key) + spool.get(key[1], []))
-        assert allv == list(range(1, len(allv) + 1)), key
+        got = sorted(st.ints(key))
+        assert len(got) == len(set(got)), key  # never stored twice
+        spooled = spool.get(key[1], [])
+        # SIGTERM does not wait for ACKs: a batch committed but not yet acknowledged is
+        # stored and still spooled (the agent resends it on its next start and is answered
+        # duplicate). Only the newest stored readings may be in both.
+        both = sorted(set(got) & set(spooled))
+        assert both == got[len(got) - len(both) :], key
+        allv = sorted(set(got) | set(spooled))
+        assert allv == list(range(1, len(allv) + 1)), key  # nothing lost
     assert "Traceback" not in agent_log
     report(
         request.node.name,
