@@ -382,8 +382,8 @@ def held_in_blocks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int]
     """Keys of the (key, series_id, ts) rows whose reading a compacted block already holds.
 
     The head's INSERT OR IGNORE cannot see blocks: a writer checks late or resent readings
-    here first. One query per series, for the blocks overlapping that series' rows (a block
-    is at most blocks.MAX_WINDOW_NS long, which bounds the index range).
+    here first. One query per series (`_fetch_blocks`), for the blocks overlapping that
+    series' rows.
     """
     spans: dict[int, list[int]] = {}
     for _, sid, ts in rows:
@@ -397,11 +397,7 @@ def held_in_blocks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int]
     stored: dict[int, set[int]] = {}
     for sid, (lo, hi) in spans.items():
         members: set[int] = set()
-        for (data,) in conn.execute(
-            f"SELECT data FROM {BLOCKS} WHERE series_id = ? AND start_ns > ? "
-            "AND start_ns <= ? AND end_ns > ?",
-            (sid, lo - codec.MAX_WINDOW_NS, hi, lo),
-        ):
-            members.update(codec.decode(data)[0])
+        for block in _fetch_blocks(conn, sid, lo, hi + 1):
+            members.update(codec.decode(block.data)[0])
         stored[sid] = members
     return {key for key, sid, ts in rows if ts in stored[sid]}
