@@ -21,7 +21,7 @@ Times are `time.monotonic()` seconds; window keys are start timestamps in ns.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 # A window is compacted once no reading arrived for it for this long (and it is closed by
@@ -65,15 +65,13 @@ class Activity:
 
     def note(self, timestamps: Sequence[int]) -> None:
         """Readings with these timestamps were just stored (called by the writer)."""
-        if not timestamps:
-            return
+        if timestamps:
+            self.touch(window_keys(timestamps, self.window_ns))
+
+    def touch(self, keys: Iterable[int]) -> None:
+        """Readings were just stored in the windows starting at `keys` (see window_keys)."""
+        keys = set(keys)
         now = self._clock()
-        w = self.window_ns
-        lo, hi = min(timestamps) // w, max(timestamps) // w
-        if hi - lo < _RANGE_WINDOWS:
-            keys: Sequence[int] | set[int] = range(lo * w, (hi + 1) * w, w)
-        else:
-            keys = {t // w * w for t in timestamps}
         _touch(self._windows, keys, now)
         if self.merge_ns:
             m = self.merge_ns
@@ -109,7 +107,18 @@ class Activity:
         return len(self._windows) + len(self._merges)
 
 
-def _touch(table: dict[int, list[float]], keys: Sequence[int] | set[int], now: float) -> None:
+def window_keys(timestamps: Sequence[int], window_ns: int) -> Sequence[int] | set[int]:
+    """Start timestamps of the windows of `window_ns` that `timestamps` fall in."""
+    if not timestamps:
+        return ()
+    w = window_ns
+    lo, hi = min(timestamps) // w, max(timestamps) // w
+    if hi - lo < _RANGE_WINDOWS:
+        return range(lo * w, (hi + 1) * w, w)
+    return {t // w * w for t in timestamps}
+
+
+def _touch(table: dict[int, list[float]], keys: Iterable[int], now: float) -> None:
     for k in keys:
         entry = table.get(k)
         if entry is None:

@@ -37,6 +37,7 @@ This module only moves stored readings; it never inserts new ones and opens no c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -134,7 +135,10 @@ DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS)
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """Own transaction (BEGIN IMMEDIATE), or a savepoint inside the caller's."""
+    """Own transaction (BEGIN IMMEDIATE), or a savepoint inside the caller's.
+
+    If the connection has a `write_turn()` context manager, the transaction runs inside it.
+    """
     if conn.in_transaction:
         conn.execute("SAVEPOINT compaction")
         try:
@@ -145,13 +149,16 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
             raise
         conn.execute("RELEASE compaction")
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    # A connection may ask for its turn first (collector.maintainer: the writer pauses).
+    turn = getattr(conn, "write_turn", None)
+    with turn() if turn is not None else contextlib.nullcontext():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None = None) -> bool:
@@ -273,6 +280,10 @@ def _compact_head(
     if not _has_temp_tables(conn):
         for statement in _TEMP_SCHEMA:
             conn.execute(statement)  # not executescript: it would commit the caller's work
+    if not conn.in_transaction and conn.execute(f"SELECT 1 FROM {_STATE}").fetchone() is None:
+        handled = _compact_window_unlocked(conn, closed_before, config, activity)
+        if handled is not None:
+            return handled
     with _transaction(conn):
         state = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
         if state is None:
@@ -306,6 +317,56 @@ def _compact_head(
             _clear_state(conn)
             log.debug("compacted window start_ns=%d", start)
     return max(n, 1)
+
+
+def _compact_window_unlocked(
+    conn: sqlite3.Connection,
+    closed_before: int,
+    config: CompactionConfig,
+    activity: Activity | None,
+) -> int | None:
+    """Compact the oldest settled window of at most max_rows head rows, holding the write
+    lock only to write: its rows and blocks are read in a read transaction and encoded with
+    no lock held, so a writer in another process (or thread) keeps committing meanwhile.
+
+    Returns the rows handled (0: nothing to do), or None when the window needs the staged
+    steps (too large) or changed before the write (late readings arrived for it, or another
+    compactor touched its blocks): the caller then does it under the lock.
+    """
+    w = config.window_ns
+    conn.execute("BEGIN")  # deferred: a snapshot for the reads, no write lock
+    try:
+        start = _oldest_settled_window(conn, closed_before, w, activity)
+        if start is None:
+            return 0
+        end = start + w
+        if _chunk_end(conn, start, end, config.max_rows) < end:
+            return None
+        rows = conn.execute(
+            f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+        ).fetchall()
+        rows.sort(key=itemgetter(0))  # stable: each series keeps its ts order
+        existing = _existing_blocks(conn, start, rows, config.merge_ns)
+    finally:
+        conn.execute("COMMIT")
+    if activity is not None:
+        activity.compacted(start)
+    out = _block_rows(start, end, rows, config.merge_ns, existing)
+    with _transaction(conn):
+        (now_in_head,) = conn.execute(
+            f"SELECT count(*) FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+        ).fetchone()
+        # The writer only adds head rows and only compaction removes them, so an equal
+        # count is the same rows; the blocks' ids change whenever a block is rewritten.
+        if (
+            now_in_head != len(rows)
+            or _existing_blocks(conn, start, rows, config.merge_ns) != existing
+        ):
+            return None
+        _insert_blocks(conn, out)
+        conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
+    log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
+    return max(len(rows), 1)
 
 
 def _compact_small_window(conn: sqlite3.Connection, start: int, end: int, merge_ns: int) -> int:
@@ -410,38 +471,60 @@ def _write_blocks(
     rows: list[tuple[int, int, codec.Value]],
     merge_ns: int,
 ) -> None:
-    # Rows come sorted by (series_id, ts): cut the columns into per-series runs without a
-    # Python step per row (zip, Counter and slicing run in C).
-    sids, tss, vals = zip(*rows, strict=True)
-    per_series: dict[int, tuple[list[int], list[codec.Value]]] = {}
-    pos = 0
-    for sid, count in Counter(sids).items():
-        per_series[sid] = (list(tss[pos : pos + count]), list(vals[pos : pos + count]))
-        pos += count
-    # A series' blocks never overlap (the writer's duplicate check and collector.scan find
-    # at most one block per reading): readings go into the block that already covers the
-    # window, its own small block or, once merged, the merge window's block.
+    existing = _existing_blocks(conn, start, rows, merge_ns)
+    _insert_blocks(conn, _block_rows(start, end, rows, merge_ns, existing))
+
+
+_Existing = dict[int, tuple[int, int, int, bytes]]
+
+
+def _existing_blocks(
+    conn: sqlite3.Connection, start: int, rows: list[tuple[int, int, codec.Value]], merge_ns: int
+) -> _Existing:
+    """Per series of `rows` (sorted by series), the block already covering the window at
+    `start`, as (id, start, end, data): its own small block or, once merged, the merge
+    window's block. A series' blocks never overlap (the writer's duplicate check and
+    collector.scan find at most one block per reading), so late readings go into it."""
+    if not rows:
+        return {}
     starts = (start, start - start % merge_ns) if merge_ns else (start, start)
-    existing = {
-        sid: (bstart, bend, data)
-        for sid, bstart, bend, data in conn.execute(
-            f"SELECT series_id, start_ns, end_ns, data FROM {BLOCKS} WHERE start_ns IN (?, ?) "
+    return {
+        sid: (bid, bstart, bend, data)
+        for bid, sid, bstart, bend, data in conn.execute(
+            f"SELECT id, series_id, start_ns, end_ns, data FROM {BLOCKS} WHERE start_ns IN (?, ?) "
             "AND series_id >= ? AND series_id <= ? AND end_ns > ?",
-            (*starts, sids[0], sids[-1], start),
+            (*starts, rows[0][0], rows[-1][0], start),
         )
     }
+
+
+def _block_rows(
+    start: int,
+    end: int,
+    rows: list[tuple[int, int, codec.Value]],
+    merge_ns: int,
+    existing: _Existing,
+) -> list[tuple[object, ...]]:
+    """The block rows for `rows` (sorted by series_id, ts), merged into `existing`."""
+    if not rows:
+        return []
+    # Cut the columns into per-series runs without a Python step per row (zip, Counter and
+    # slicing run in C).
+    sids, tss, vals = zip(*rows, strict=True)
     out = []
-    for sid in sorted(per_series):
-        ts, values = per_series[sid]
+    pos = 0
+    for sid, count in Counter(sids).items():  # in row order: by series_id
+        ts, values = list(tss[pos : pos + count]), list(vals[pos : pos + count])
+        pos += count
         bstart, bend = start, end
         old = existing.get(sid)
         if old is not None:
-            bstart, bend = old[0], old[1]
-            ts, values = _merge(codec.decode(old[2]), ts, values)
+            bstart, bend = old[1], old[2]
+            ts, values = _merge(codec.decode(old[3]), ts, values)
         # Small blocks are written in the cheap plain form: they live until the merge.
         plain = bool(merge_ns) and bend - bstart < merge_ns
         out.append(_block_row(sid, bstart, bend, ts, values, plain=plain))
-    _insert_blocks(conn, out)
+    return out
 
 
 def _block_row(

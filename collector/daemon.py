@@ -6,9 +6,9 @@ and close the database, stop HTTP. Under systemd (`NOTIFY_SOCKET` set) READY=1 i
 both listeners are up and STOPPING=1 when shutdown starts; the notification is a single
 datagram, written here with the standard library.
 
-The storage engine's maintenance plugs in as the writer's maintenance hook: by default
-`collector.compactor.maintenance`, followed by `apply_retention` when a retention period is
-set; `serve(maintenance=...)` replaces it (tests use that seam).
+The storage engine's maintenance (compaction, retention, free-page reclaim) runs in a process
+of its own, collector.maintainer, started after the writer and stopped after it;
+`serve(maintenance=...)` runs a hook in the writer thread instead (tests use that seam).
 
 This module wires components together; it owns no protocol, SQL or HTTP handler code.
 """
@@ -30,12 +30,12 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from collector import compactor, http_api, store
-from collector.activity import Activity
+from collector import http_api, store
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
 from collector.ingest import Ingest
+from collector.maintainer import Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
 from collector.tls import TlsFileError, server_context
@@ -46,6 +46,8 @@ from schemas.readings import ReadingValidator
 log = logging.getLogger(__name__)
 
 HTTP_SHUTDOWN_S = 1.0
+# How often the daemon checks that the maintenance process is alive.
+WATCHDOG_S = 5.0
 
 
 def sd_notify(state: str) -> bool:
@@ -104,22 +106,6 @@ def check_config(cfg: Config) -> tuple[KindSpec, ...]:
     return load_kinds(cfg)
 
 
-def _default_maintenance(cfg: Config, activity: Activity) -> Maintenance:
-    """Compaction, plus retention when `cfg.retention` is set, in the writer's idle time."""
-    retention_ns = cfg.retention_ns
-
-    def maintain(conn: sqlite3.Connection, now_ns: int) -> bool:
-        if compactor.maintenance(conn, now_ns, activity):
-            return True
-        if retention_ns is not None:
-            # Once compaction has caught up; cheap when nothing expired (one indexed probe
-            # of the blocks and of the head).
-            compactor.apply_retention(conn, now_ns - retention_ns)
-        return False
-
-    return maintain
-
-
 async def serve(
     cfg: Config,
     *,
@@ -142,20 +128,33 @@ async def serve(
     log.info("database ready db=%s migrations_applied=%s", cfg.db, ",".join(applied) or "none")
     metrics = Metrics()
     lim = cfg.limits
-    # Which windows still receive readings: the compactor waits for them to settle.
-    activity = Activity(compactor.WINDOW_NS, compactor.MERGE_NS)
+    # Compaction and retention run in a process of their own unless a hook replaces them.
+    maintainer = (
+        None if maintenance is not None else Maintainer(cfg.db, retention_ns=cfg.retention_ns)
+    )
+
+    def committed(seconds: float) -> None:
+        if maintainer is not None:
+            maintainer.flush()  # which windows received readings: they wait to settle
+        _call_soon(loop, metrics.commit_seconds.observe, seconds)
+
     writer = Writer(
         cfg.db,
         synchronous=cast(store.Synchronous, cfg.synchronous),
         queue_rows=lim.queue_rows,
         txn_max_rows=lim.txn_max_rows,
         allow_unknown_devices=cfg.allow_unknown_devices,
-        maintenance=maintenance if maintenance is not None else _default_maintenance(cfg, activity),
-        on_stored=activity.note,
-        on_commit=lambda s: _call_soon(loop, metrics.commit_seconds.observe, s),
+        maintenance=maintenance,
+        on_stored=maintainer.note if maintainer is not None else None,
+        before_write=maintainer.wait_turn if maintainer is not None else None,
+        on_commit=committed,
     )
     metrics.queue_depth = writer.queue_depth
     await writer.start()
+    watchdog: asyncio.Task[None] | None = None
+    if maintainer is not None:
+        maintainer.start()
+        watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
     runner: web.AppRunner | None = None
     exit_code = 0
@@ -227,11 +226,22 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await server_task
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         await writer.close()
+        if maintainer is not None:
+            await asyncio.to_thread(maintainer.stop)
         if runner is not None:
             await runner.cleanup()
     log.info("stopped")
     return exit_code
+
+
+async def _watch(maintainer: Maintainer) -> None:
+    """Start the maintenance process again if it dies (compaction must not stop for good)."""
+    while True:
+        await asyncio.sleep(WATCHDOG_S)
+        maintainer.restart_if_dead()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:

@@ -193,10 +193,12 @@ def connect(
     readonly: bool = False,
     synchronous: Synchronous = "FULL",
     check_same_thread: bool = True,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
 ) -> sqlite3.Connection:
     """Open a connection with the project's pragmas (WAL, busy timeout, cache).
 
-    Read-only connections use `mode=ro` so they can never take the write lock.
+    Read-only connections use `mode=ro` so they can never take the write lock. `factory`
+    is the sqlite3.Connection subclass of a writable connection.
     Raises sqlite3.OperationalError when the file cannot be opened.
     """
     if readonly:
@@ -205,7 +207,9 @@ def connect(
             uri, uri=True, isolation_level=None, check_same_thread=check_same_thread
         )
     else:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=check_same_thread, factory=factory
+        )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     if not readonly:

@@ -135,6 +135,7 @@ class Writer:
         retry_after_ms: int = RETRY_AFTER_MS,
         on_commit: Callable[[float], None] | None = None,
         on_stored: Callable[[Sequence[int]], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
@@ -147,6 +148,9 @@ class Writer:
         # Called in the writer thread with each stored batch's timestamps, before the
         # maintenance hook can run again (collector.activity.Activity.note).
         self.on_stored = on_stored
+        # Called in the writer thread before each ingest transaction; may wait (it is how
+        # collector.maintainer gets its turn at the write lock).
+        self.before_write = before_write
         self.credits = _Credits(queue_rows)
         # Unbounded as a container, bounded in effect: every batch item holds credits and
         # every HELLO item belongs to one of at most max_connections handlers.
@@ -239,10 +243,6 @@ class Writer:
             return
         self._ready.set()
         log.info("writer started db=%s synchronous=%s", self.path, self.synchronous)
-        try:
-            self._refresh_horizon(conn)
-        except sqlite3.Error as exc:
-            log.warning("cannot read the blocks table error=%s", exc)
         try:
             self._loop_forever(conn)
         except BaseException as exc:
@@ -357,12 +357,17 @@ class Writer:
             return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
 
     def _commit(self, conn: sqlite3.Connection, items: list[_BatchItem]) -> list[BatchOutcome]:
+        if self.before_write is not None:
+            self.before_write()
         t0 = time.perf_counter()
         new_series: list[tuple[int, SeriesKey]] = []
         pending_seq: dict[int, int] = {}
         outcomes: list[BatchOutcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Under the write lock: compaction (here or in collector.maintainer) cannot move
+            # more readings into blocks before this transaction ends.
+            self._refresh_horizon(conn)
             stats: dict[int, list[object]] = {}
             dev_rows: dict[int, tuple[int, int]] = {}
             dead: list[tuple[object, ...]] = []
@@ -531,7 +536,6 @@ class Writer:
             more = bool(self.maintenance(conn, time.time_ns()))
             if conn.in_transaction:
                 conn.execute("COMMIT")
-            self._refresh_horizon(conn)
         except sqlite3.Error as exc:
             self._rollback(conn)
             log.warning("maintenance failed error=%s", exc)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from collector import compactor, scan, store
+from collector.activity import Activity
 
 S = 10**9
 WINDOW = 60 * S
@@ -259,6 +260,42 @@ def test_retention_drops_whole_blocks_and_old_head_rows(tmp_path: Path) -> None:
     assert conn.execute(
         "SELECT count(*) FROM blocks WHERE start_ns = ?", (4 * WINDOW,)
     ).fetchone() == (2,)
+
+
+class _LateWriter(Activity):
+    """Stores one more reading through another connection (a writer elsewhere) the first
+    time the compactor picks a window: between its read and its write."""
+
+    def __init__(self, path: Path, late: tuple[int, int, Any]) -> None:
+        super().__init__(WINDOW, 0)
+        self.other = store.connect(path)
+        self.late = late
+        self.fired = False
+
+    def compacted(self, start_ns: int) -> None:
+        super().compacted(start_ns)
+        if not self.fired:
+            self.fired = True
+            insert(self.other, [self.late])
+
+
+def test_reading_stored_while_window_is_encoded_is_kept_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    conn = open_db(path, 3)
+    rows = population(3, 2, seed=8)
+    insert(conn, rows)
+    late = (2, 5 * S + 7, 99.5)  # window 0, a timestamp the head does not hold yet
+    activity = _LateWriter(path, late)
+    config = compactor.CompactionConfig(window_ns=WINDOW, grace_ns=0, max_rows=300)
+    assert compactor.compact_once(conn, 2 * WINDOW, config, activity)
+    assert activity.fired
+    drain(conn, 2 * WINDOW, config)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, [1, 2, 3], None, None))
+    assert got == sorted([*rows, late], key=lambda r: (r[1], r[0]))
+    assert conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] == len(rows) + 1
+    # One block per series and window: the fallback did not write a second one.
+    assert conn.execute("SELECT count(*) FROM blocks").fetchone()[0] == 3 * 2
 
 
 _CHILD = """

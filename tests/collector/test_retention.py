@@ -41,8 +41,9 @@ def test_retention_removes_exactly_the_expired_readings_while_ingest_continues(
             assert isinstance(c.hello("dev-1", token), wire.Welcome)
             readings: list[object] = [[s, "gauge", ts, 1.0, None, None] for s, ts in old + recent]
             ack = c.batch(1, readings)
+            # All accepted; the expired ones may be gone already (retention runs in the
+            # maintenance process, concurrently with ingest).
             assert isinstance(ack, wire.Ack) and ack.accepted == len(readings), ack
-            assert {("old", ts) for _, ts in old} <= _stored(db)
             live: list[tuple[str, int]] = []
             seq = 2
             deadline = time.monotonic() + 60

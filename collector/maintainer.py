@@ -1,0 +1,238 @@
+"""The storage engine's maintenance in a process of its own: compaction, retention, reclaim.
+
+Why a process: compaction costs about half as much CPU per reading as ingest (decode,
+validate, insert), and in the writer thread it shares one core (the GIL) with the whole
+ingest path, so a collector that must also compact ingests at about half the rate of one
+that need not (docs/benchmarks.md, "End-to-end ingest"). In a process of its own it runs on
+another core and ingest keeps its rate.
+
+The daemon side (`Maintainer`) starts the process, relays which windows receive readings
+(the writer's `note` per stored batch, `flush` per commit: a few window start times over a
+multiprocessing queue, never blocking the writer), forwards the process's log records to
+the daemon's handlers, and stops it at shutdown. The process (`_main`) opens its own
+connection and loops: one bounded step (`step`), again at once while work is waiting,
+otherwise after POLL_S or when the writer reports activity.
+
+Both processes write the same SQLite file; SQLite's write lock serialises them. The
+compactor reads and encodes outside the lock and holds it only to write blocks and delete
+head rows (collector.compactor); the writer reads the compaction horizon inside each of its
+transactions, so a resent reading is never stored twice whichever process ran last.
+
+The process dies with the daemon (PR_SET_PDEATHSIG on Linux, and a parent check each
+loop); a step is one transaction, so being killed at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import queue
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as EventType
+from typing import Final, cast
+
+from collector import compactor, store
+from collector.activity import Activity, window_keys
+
+log = logging.getLogger(__name__)
+
+# With no work waiting, the process looks again this often (or at once when readings arrive).
+POLL_S: Final = 1.0
+# After a storage error (lock timeout, disk full) the next step waits this long.
+ERROR_PAUSE_S: Final = 1.0
+# At shutdown the current step may finish for this long before the process is killed (a
+# step is a transaction: killing it loses nothing, the work is redone at the next start).
+STOP_TIMEOUT_S: Final = 5.0
+# The writer waits at most this long for a compaction's write transaction before it tries
+# the lock itself (a step holds it ~0.1-0.3 s; a process killed mid-step never hands back).
+MAX_TURN_WAIT_S: Final = 1.0
+_PR_SET_PDEATHSIG: Final = 1
+
+_Stop = None
+
+
+def step(
+    conn: sqlite3.Connection, now_ns: int, activity: Activity, retention_ns: int | None
+) -> bool:
+    """One bounded step of maintenance; True while more work is waiting.
+
+    Compaction first; retention (when `retention_ns` is set) once compaction has caught
+    up: it is cheap when nothing expired (one indexed probe of the blocks and of the head).
+    """
+    if compactor.maintenance(conn, now_ns, activity):
+        return True
+    if retention_ns is not None:
+        compactor.apply_retention(conn, now_ns - retention_ns)
+    return False
+
+
+class Maintainer:
+    """The daemon's handle on the maintenance process."""
+
+    def __init__(self, db: str, *, retention_ns: int | None) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._inbox: Queue[tuple[int, ...] | None] = ctx.Queue()
+        # Set while the process does not want the write lock; cleared from just before its
+        # BEGIN IMMEDIATE to its COMMIT, and the writer waits for it (wait_turn).
+        self._turn = ctx.Event()
+        self._turn.set()
+        self._logs: Queue[logging.LogRecord] = ctx.Queue()
+        self._keys: set[int] = set()
+        self._window_ns = compactor.WINDOW_NS
+        self._ctx = ctx
+        self._args = (db, retention_ns, self._inbox, self._logs, self._turn)
+        self._process = self._new_process()
+        root = logging.getLogger()
+        self._listener = logging.handlers.QueueListener(
+            self._logs, *root.handlers, respect_handler_level=True
+        )
+
+    def _new_process(self) -> multiprocessing.process.BaseProcess:
+        level = logging.getLogger().getEffectiveLevel()
+        return self._ctx.Process(
+            target=_main,
+            args=(*self._args, level, os.getpid()),
+            name="telemetry-maintainer",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self._listener.start()
+        self._process.start()
+        log.info("maintainer started pid=%s", self._process.pid)
+
+    def restart_if_dead(self) -> bool:
+        """Start a new process if the current one exited; True if it had to."""
+        if self._process.is_alive():
+            return False
+        log.error("maintainer exited code=%s; starting it again", self._process.exitcode)
+        self._turn.set()  # it may have died holding its turn
+        self._process = self._new_process()
+        self._process.start()
+        return True
+
+    def wait_turn(self) -> None:
+        """Writer thread, before an ingest transaction: let a waiting compaction write first.
+
+        Without this the process rarely gets the lock: SQLite's busy handler sleeps between
+        tries while the writer begins its next transaction microseconds after a commit.
+        """
+        if not self._turn.is_set():
+            self._turn.wait(MAX_TURN_WAIT_S)
+
+    def note(self, timestamps: Sequence[int]) -> None:
+        """Writer thread: readings with these timestamps are in the transaction."""
+        if timestamps:
+            self._keys.update(window_keys(timestamps, self._window_ns))
+
+    def flush(self) -> None:
+        """Writer thread, after a commit: tell the process which windows received readings."""
+        if self._keys:
+            self._inbox.put_nowait(tuple(self._keys))  # a feeder thread writes the pipe
+            self._keys.clear()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Ask the process to finish its step and exit; kill it after `timeout_s`."""
+        if self._process.pid is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._inbox.put_nowait(_Stop)
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                log.warning("maintainer did not stop in %.1fs; killing it", timeout_s)
+                self._process.kill()
+                self._process.join()
+        self._turn.set()
+        self._inbox.close()
+        self._listener.stop()
+        self._logs.close()
+
+
+def _main(
+    db: str,
+    retention_ns: int | None,
+    inbox: Queue[tuple[int, ...] | None],
+    logs: Queue[logging.LogRecord],
+    turn: EventType,
+    level: int,
+    parent: int,
+) -> None:
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group: the daemon decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stopping = False
+
+    def on_term(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(logs)]
+    root.setLevel(level)
+    try:
+        conn = store.connect(db, factory=_TakingTurns)
+        cast(_TakingTurns, conn).turn = turn
+    except sqlite3.Error as exc:
+        log.error("maintainer cannot open the database db=%s error=%s", db, exc)
+        return
+    activity = Activity(compactor.WINDOW_NS, compactor.MERGE_NS)
+    more = True
+    try:
+        while not stopping and os.getppid() == parent:
+            if not _receive(inbox, activity, 0.0 if more else POLL_S):
+                break
+            try:
+                more = step(conn, time.time_ns(), activity, retention_ns)
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                log.warning("maintenance failed error=%s", exc)
+                more = False
+                time.sleep(ERROR_PAUSE_S)
+    finally:
+        conn.close()
+
+
+class _TakingTurns(sqlite3.Connection):
+    """The process's connection: its write transactions (collector.compactor._transaction)
+    run inside `write_turn()`, which asks the writer to pause until the commit."""
+
+    turn: EventType
+
+    @contextlib.contextmanager
+    def write_turn(self) -> Iterator[None]:
+        self.turn.clear()
+        try:
+            yield
+        finally:
+            self.turn.set()
+
+
+def _receive(inbox: Queue[tuple[int, ...] | None], activity: Activity, wait_s: float) -> bool:
+    """Apply the activity reports waiting (the first up to `wait_s`); False on stop."""
+    try:
+        item = inbox.get(timeout=wait_s) if wait_s else inbox.get_nowait()
+        while True:
+            if item is _Stop:
+                return False
+            activity.touch(item)
+            item = inbox.get_nowait()
+    except queue.Empty:
+        return True
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the daemon dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

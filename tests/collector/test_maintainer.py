@@ -1,0 +1,98 @@
+"""The maintenance process (collector.maintainer): it compacts while the daemon ingests,
+comes back if it dies, and never outlives the daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from collector import store
+from schemas import wire
+from tests.collector.wireclient import CollectorProcess, WireClient
+from tests.reliability.harness import wait_for
+
+S = 10**9
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(p) for p in path.read_text().split()}
+
+
+def _maintainers(daemon: CollectorProcess) -> list[int]:
+    """The daemon's maintenance processes (not multiprocessing's resource tracker)."""
+    assert daemon.proc is not None
+    found = []
+    for child in _children(daemon.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline and not _gone(child):
+            found.append(child)
+    return found
+
+
+def _maintainer(daemon: CollectorProcess) -> int:
+    found = _maintainers(daemon)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def _blocks(db: Path) -> int:
+    conn = store.connect(db, readonly=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _send_old_window(daemon: CollectorProcess, token: str, seq: int, sensor: str) -> None:
+    ts = time.time_ns() - 3_600 * S  # a closed window: compacted once it settles (5 s)
+    with WireClient(*daemon.ingest) as c:
+        assert isinstance(c.hello("dev", token), wire.Welcome)
+        ack = c.batch(seq, [[sensor, "gauge", ts + i * S, float(i), None, None] for i in range(5)])
+        assert isinstance(ack, wire.Ack) and ack.accepted == 5, ack
+
+
+def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    with CollectorProcess(db) as daemon:
+        token = daemon.add_device("dev")
+        first = _maintainer(daemon)
+        _send_old_window(daemon, token, 1, "a")
+        wait_for(lambda: _blocks(db) == 1, "the first window to be compacted", 30)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: _gone(first), "the maintainer to die", 10)
+        wait_for(
+            lambda: _maintainers(daemon) not in ([], [first]),
+            "a new maintainer",
+            30,
+        )
+        _send_old_window(daemon, token, 2, "b")
+        wait_for(lambda: _blocks(db) == 2, "the new maintainer to compact", 30)
+    assert "maintainer exited code=-9; starting it again" in daemon.log
+
+
+def test_maintainer_dies_with_the_daemon(tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path / "t.db") as daemon:
+        child = _maintainer(daemon)
+        daemon.kill()
+        wait_for(lambda: _gone(child), "the maintainer to exit with the daemon", 10)
+
+
+def test_maintainer_stops_at_sigterm(tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path / "t.db") as daemon:
+        child = _maintainer(daemon)
+        assert daemon.terminate(30) == 0
+        assert _gone(child)
