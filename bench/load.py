@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -162,6 +163,15 @@ class Collector:
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
+
+    def children_cpu_s(self) -> float:
+        """CPU of the collector's child processes (the maintenance process)."""
+        total = 0.0
+        for child in self.ps.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total
 
     def commit_quantiles(self) -> dict[str, float | None]:
         """Approximate commit-latency p50/p99 (ms, bucket upper bounds) from /metrics."""
@@ -517,13 +527,14 @@ def main() -> None:
             go_q.put(None)
         results = [out.get(timeout=120) for _ in procs]
     else:
-        cpu0 = col.cpu_s()
+        cpu0, child0 = col.cpu_s(), col.children_cpu_s()
         spy = None
         if args.profile:
             time.sleep(max(0.0, start - time.time()))
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(col.proc.pid), "--duration",
                  str(int(args.duration)), "--format", "raw", "--nonblocking", "--threads",
+                 "--subprocesses",
                  "--output", str(args.profile)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -534,6 +545,7 @@ def main() -> None:
             results, elapsed = _watch_total(col, db, shared, args, out, len(procs), report)
             report["duration_s"] = round(elapsed, 1)  # first ACK to last
         cpu = col.cpu_s() - cpu0
+        child = col.children_cpu_s() - child0
         if spy is not None:
             spy.wait(60)
         acked = sum(r[0] for r in results)
@@ -544,8 +556,9 @@ def main() -> None:
             "readings_per_s": round(acked / elapsed),
             "ack_p50_ms": round(statistics.median(lat), 2) if lat else None,
             "ack_p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2) if lat else None,
-            "collector_cpu_s": round(cpu, 1), "rss_mb": round(col.rss_mb(), 1),
-            "load_avg_1m": os.getloadavg()[0], **col.commit_quantiles(),
+            "collector_cpu_s": round(cpu, 1), "maintainer_cpu_s": round(child, 1),
+            "rss_mb": round(col.rss_mb(), 1), "load_avg_1m": os.getloadavg()[0],
+            **col.commit_quantiles(),
         })  # fmt: skip
     errors = [e for r in results for e in r[3]]
     for pr in procs:
@@ -588,6 +601,17 @@ def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
             "small_blocks": small, "readings_in_blocks": in_blocks}  # fmt: skip
 
 
+def _machine_busy() -> tuple[float, float]:
+    """(busy CPU seconds, all CPU seconds) of the whole machine so far."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle, sum(t)
+
+
+def _share(now: tuple[float, float], before: tuple[float, float]) -> float:
+    return (now[0] - before[0]) / max(now[1] - before[1], 1e-9)
+
+
 def _watch_total(
     col: Collector, db: Path, shared: Shared, args: argparse.Namespace, out: Any, n_procs: int,
     report: dict[str, object],
@@ -596,6 +620,8 @@ def _watch_total(
     results: list[Any] = []
     rows: list[dict[str, object]] = []
     cpu_prev = col.cpu_s()
+    child_prev = col.children_cpu_s()
+    busy_prev = _machine_busy()
     rss_max = col.rss_mb()
     t_start = time.time()
     while len(results) < n_procs:
@@ -609,15 +635,19 @@ def _watch_total(
             k = len(rows)
             dt = shared.times[k + 1] - shared.times[k]
             cpu = col.cpu_s()
+            child = col.children_cpu_s()
+            busy = _machine_busy()
             stats = _db_stats(db, summed=False)
             rows.append({
                 "slice": f"{k * args.slice / 1e6:g}-{(k + 1) * args.slice / 1e6:g}M",
                 "readings_per_s": round(args.slice / dt) if dt > 0 else None,
                 "seconds": round(dt, 2), "collector_cpu_s": round(cpu - cpu_prev, 1),
+                "maintainer_cpu_s": round(child - child_prev, 1),
+                "machine_busy": round(_share(busy, busy_prev), 2),
                 "head_rows": stats["head_rows"], "blocks": stats["blocks"],
                 "load_avg_1m": os.getloadavg()[0],
             })  # fmt: skip
-            cpu_prev = cpu
+            cpu_prev, child_prev, busy_prev = cpu, child, busy
             print(json.dumps(rows[-1]), file=sys.stderr)
         if time.time() - t_start > args.max_s and "stopped_early_at" not in report:
             with shared.sent.get_lock():  # hand out no more batches; in-flight ones finish

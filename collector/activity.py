@@ -1,7 +1,9 @@
 """Which time windows are still receiving readings: the compactor's "is it quiet yet?".
 
-The writer calls `Activity.note` with each stored batch's timestamps; the compactor asks
-`window_settled` / `merge_settled` before it compacts a head window or merges an hour.
+The writer reports each stored batch's timestamps (`Activity.note`, or through
+collector.maintainer, which sends the window keys to the maintenance process's
+`Activity.touch`); the compactor asks `window_settled` / `merge_settled` before it compacts
+a head window or merges an hour.
 
 Why: the compactor closes windows by its wall clock, which is right for live data (a window
 stops receiving readings when it ends) but wrong for a backlog: devices replaying hours of

@@ -1,7 +1,10 @@
-"""Background compaction and retention, run inside the single writer thread.
+"""Background compaction and retention, run by the maintenance process (collector.maintainer).
 
-`maintenance(conn, now_ns, activity)` is the writer's hook: one bounded step
-(`compact_once`), its own transaction; the writer schedules the steps between commits.
+`maintenance(conn, now_ns, activity)` is one bounded step (`compact_once`) with its own
+write transaction; the caller decides when to run the next. Steps read and encode before
+that transaction where they can, so the ingest writer, another process, keeps committing
+meanwhile; the transaction checks that what was read is unchanged, else the step is redone
+under the lock.
 
 Two levels. First, the head: a window [k * W, (k + 1) * W) (W = 2 minutes) is closed once it
 ends at least the grace period before `now_ns`, and settled once no reading arrived for it
@@ -162,9 +165,9 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None = None) -> bool:
-    """The writer's hook: one bounded step (at most MAX_ROWS_PER_CALL rows, one
-    transaction); True while there is more to do. The writer decides how often to call it.
-    With `activity` (fed by the writer), windows still receiving readings wait until quiet.
+    """One bounded step (at most MAX_ROWS_PER_CALL rows, one write transaction); True while
+    there is more to do. The caller decides how often to call it. With `activity` (fed by
+    the writer), windows still receiving readings wait until quiet.
     """
     if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
         return True
@@ -578,35 +581,101 @@ def _merge_small_blocks(
         f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
         "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL, last INTEGER)"
     )
-    with _transaction(conn):
-        state = conn.execute(
-            f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}"
-        ).fetchone()
+    if not conn.in_transaction:
+        # Read and encode with no write lock held; write under it, if nothing changed.
+        state = _merge_state(conn) or _start_merge(conn, now_ns, config, small, activity)
         if state is None:
-            state = _start_merge(conn, now_ns, config, small, activity)
-            if state is None:
-                return 0
-        start, cursor, hi, width, last = state
-        bound = min(cursor + width, hi + 1)
-        if cursor > hi:  # only the series merged last is left
-            ids, done = [last], True
-        else:
-            ids, done = [i for i in range(cursor, bound) if i != last], bound > hi and last is None
-        rows = conn.execute(
-            f"SELECT b.id, b.series_id, b.start_ns, b.end_ns, b.data FROM json_each(?) AS j "
-            f"JOIN {BLOCKS} AS b ON b.series_id = j.value AND b.start_ns >= ? AND b.start_ns < ? "
-            "ORDER BY b.series_id, b.start_ns",
-            (json.dumps(ids), start, start + m),
-        ).fetchall()
-        n = _merge_series_blocks(conn, start, start + m, rows)
-        if done:
-            conn.execute(f"DELETE FROM {_MERGE_STATE}")
-            log.debug("merged small blocks window start_ns=%d", start)
-        else:
-            # Aim the next slice at about `step` readings.
-            width = max(1, min(width * 4, width * config.step // max(n, 1)))
-            conn.execute(f"UPDATE {_MERGE_STATE} SET cursor = ?, width = ?", (bound, width))
-    return max(n, 1)
+            return 0
+        conn.execute("BEGIN")  # deferred: a snapshot for the reads
+        try:
+            ids, bound, done = _merge_slice(state)
+            rows = _slice_blocks(conn, state[0], m, ids)
+        finally:
+            conn.execute("COMMIT")
+        merged = _merged_blocks(state[0], state[0] + m, rows)
+        try:
+            with _transaction(conn):
+                _write_merge(conn, state, config, ids, rows, merged, bound, done)
+            return max(merged[2], 1)
+        except _BlocksChanged:
+            pass  # another compactor moved blocks meanwhile: do the step under the lock
+    with _transaction(conn):
+        state = _merge_state(conn) or _start_merge(conn, now_ns, config, small, activity)
+        if state is None:
+            return 0
+        ids, bound, done = _merge_slice(state)
+        rows = _slice_blocks(conn, state[0], m, ids)
+        merged = _merged_blocks(state[0], state[0] + m, rows)
+        _write_merge(conn, state, config, ids, rows, merged, bound, done)
+    return max(merged[2], 1)
+
+
+_MergeState = tuple[int, int, int, int, int | None]
+_BlockRows = list[tuple[int, int, int, int, bytes]]
+_Merged = tuple[list[tuple[object, ...]], list[tuple[int]], int]
+
+
+class _BlocksChanged(Exception):
+    """The blocks read before the write transaction are not all there any more."""
+
+
+def _merge_state(conn: sqlite3.Connection) -> _MergeState | None:
+    row = conn.execute(f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}")
+    state: _MergeState | None = row.fetchone()
+    return state
+
+
+def _merge_slice(state: _MergeState) -> tuple[list[int], int, bool]:
+    """The series ids of the next step, the next cursor, and whether the window is done."""
+    _start, cursor, hi, width, last = state
+    bound = min(cursor + width, hi + 1)
+    if cursor > hi:  # only the series merged last is left
+        assert last is not None
+        return [last], bound, True
+    return [i for i in range(cursor, bound) if i != last], bound, bound > hi and last is None
+
+
+def _slice_blocks(conn: sqlite3.Connection, start: int, m: int, ids: list[int]) -> _BlockRows:
+    rows: _BlockRows = conn.execute(
+        f"SELECT b.id, b.series_id, b.start_ns, b.end_ns, b.data FROM json_each(?) AS j "
+        f"JOIN {BLOCKS} AS b ON b.series_id = j.value AND b.start_ns >= ? AND b.start_ns < ? "
+        "ORDER BY b.series_id, b.start_ns",
+        (json.dumps(ids), start, start + m),
+    ).fetchall()
+    return rows
+
+
+def _write_merge(
+    conn: sqlite3.Connection,
+    state: _MergeState,
+    config: CompactionConfig,
+    ids: list[int],
+    rows: _BlockRows,
+    merged: _Merged,
+    bound: int,
+    done: bool,
+) -> None:
+    """Replace the slice's blocks by the merged ones and move the state on; raises
+    _BlocksChanged (rolling back) when the slice's blocks are not the ones `rows` holds."""
+    start, _cursor, _hi, width, _last = state
+    out, stale, n = merged
+    (now,) = conn.execute(
+        f"SELECT count(*) FROM json_each(?) AS j JOIN {BLOCKS} AS b ON b.series_id = j.value "
+        "AND b.start_ns >= ? AND b.start_ns < ?",
+        (json.dumps(ids), start, start + config.merge_ns),
+    ).fetchone()
+    if now != len(rows):
+        raise _BlocksChanged
+    if conn.executemany(f"DELETE FROM {BLOCKS} WHERE id = ?", stale).rowcount != len(stale):
+        raise _BlocksChanged
+    _insert_blocks(conn, out)
+    if done:
+        conn.execute(f"DELETE FROM {_MERGE_STATE}")
+        log.debug("merged small blocks window start_ns=%d", start)
+    else:
+        # Aim the next slice at about `step` readings.
+        width = max(1, min(width * 4, width * config.step // max(n, 1)))
+        conn.execute(f"UPDATE {_MERGE_STATE} SET cursor = ?, width = ?", (bound, width))
 
 
 def _start_merge(
@@ -658,13 +727,9 @@ def _start_merge(
     return state
 
 
-def _merge_series_blocks(
-    conn: sqlite3.Connection,
-    start: int,
-    end: int,
-    rows: list[tuple[int, int, int, int, bytes]],
-) -> int:
-    """Replace each series' blocks in [start, end) by one block; returns readings merged."""
+def _merged_blocks(start: int, end: int, rows: _BlockRows) -> _Merged:
+    """Each series' blocks in [start, end) as one block: (block rows to insert, ids of the
+    blocks they replace, readings merged). Pure: decoding and encoding only."""
     per_series: dict[int, list[tuple[int, int, int, bytes]]] = {}
     for bid, sid, bstart, bend, data in rows:
         per_series.setdefault(sid, []).append((bid, bstart, bend, data))
@@ -686,9 +751,7 @@ def _merge_series_blocks(
             stale.append((bid,))
         n += len(ts)
         out.append(_block_row(sid, start, end, ts, values))
-    conn.executemany(f"DELETE FROM {BLOCKS} WHERE id = ?", stale)
-    _insert_blocks(conn, out)
-    return n
+    return out, stale, n
 
 
 def _merge(
@@ -711,7 +774,7 @@ def apply_retention(
 
     Works in transactions of at most `batch_rows` rows each. Returns (blocks dropped, head
     rows deleted). A block holding readings on both sides of the cutoff is kept whole.
-    Run it on the compacting connection (the writer's), between maintenance calls; it is
+    Run it on the compacting connection, between maintenance calls; it is
     cheap when there is nothing to drop, so it can run with every maintenance call.
     """
     blocks_dropped = head_deleted = 0

@@ -46,6 +46,12 @@ from schemas.readings import ReadingValidator
 log = logging.getLogger(__name__)
 
 HTTP_SHUTDOWN_S = 1.0
+# The cyclic GC's thresholds. Python's default starts a collection every 700 net container
+# allocations; decoding 100,000+ readings/s allocates millions, and the collections took
+# over a third of the daemon's CPU (82 s -> 51 s for 8M readings; docs/benchmarks.md,
+# "End-to-end ingest"). Ingest allocates little cyclic garbage, so collecting every 200,000
+# costs a few MB of memory at most.
+GC_THRESHOLDS = (200_000, 10, 10)
 # How often the daemon checks that the maintenance process is alive.
 WATCHDOG_S = 5.0
 
@@ -146,7 +152,7 @@ async def serve(
         allow_unknown_devices=cfg.allow_unknown_devices,
         maintenance=maintenance,
         on_stored=maintainer.note if maintainer is not None else None,
-        before_write=maintainer.wait_turn if maintainer is not None else None,
+        write_turn=maintainer.writer_turn if maintainer is not None else None,
         on_commit=committed,
     )
     metrics.queue_depth = writer.queue_depth
@@ -158,6 +164,7 @@ async def serve(
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
     runner: web.AppRunner | None = None
     exit_code = 0
+    gc_thresholds = gc.get_threshold()
     try:
         bound: asyncio.Future[tuple[str, int]] = loop.create_future()
         server_task = asyncio.create_task(
@@ -197,6 +204,7 @@ async def serve(
         # Start-up objects (modules, validators, kind tables) never die: keep the cyclic GC
         # from rescanning them, which shortens its pauses (ACK latency tail).
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)  # put back at exit: tests run serve() in-process
         log.info(
             "listening ingest=%s:%d http=%s tls=%s",
             ingest_host,
@@ -226,6 +234,7 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await server_task
     finally:
+        gc.set_threshold(*gc_thresholds)
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()

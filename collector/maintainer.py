@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import logging.handlers
 import multiprocessing
@@ -36,7 +37,6 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Event as EventType
 from typing import Final, cast
 
 from collector import compactor, store
@@ -51,9 +51,13 @@ ERROR_PAUSE_S: Final = 1.0
 # At shutdown the current step may finish for this long before the process is killed (a
 # step is a transaction: killing it loses nothing, the work is redone at the next start).
 STOP_TIMEOUT_S: Final = 5.0
-# The writer waits at most this long for a compaction's write transaction before it tries
-# the lock itself (a step holds it ~0.1-0.3 s; a process killed mid-step never hands back).
+# Either side waits at most this long for the other's write transaction before it tries
+# the SQLite lock itself (a step holds it ~0.1-0.3 s; a process killed mid-step never
+# releases the locks of Turns).
 MAX_TURN_WAIT_S: Final = 1.0
+# The cyclic GC's thresholds: a window's 100,000 head rows are as many tuples, each a
+# container allocation; with Python's default (700) they set off collections all the time.
+GC_THRESHOLDS: Final = (200_000, 10, 10)
 _PR_SET_PDEATHSIG: Final = 1
 
 _Stop = None
@@ -80,15 +84,12 @@ class Maintainer:
     def __init__(self, db: str, *, retention_ns: int | None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._inbox: Queue[tuple[int, ...] | None] = ctx.Queue()
-        # Set while the process does not want the write lock; cleared from just before its
-        # BEGIN IMMEDIATE to its COMMIT, and the writer waits for it (wait_turn).
-        self._turn = ctx.Event()
-        self._turn.set()
+        self._turns = Turns(ctx)
         self._logs: Queue[logging.LogRecord] = ctx.Queue()
         self._keys: set[int] = set()
         self._window_ns = compactor.WINDOW_NS
         self._ctx = ctx
-        self._args = (db, retention_ns, self._inbox, self._logs, self._turn)
+        self._args = (db, retention_ns, self._inbox, self._logs)
         self._process = self._new_process()
         root = logging.getLogger()
         self._listener = logging.handlers.QueueListener(
@@ -99,7 +100,7 @@ class Maintainer:
         level = logging.getLogger().getEffectiveLevel()
         return self._ctx.Process(
             target=_main,
-            args=(*self._args, level, os.getpid()),
+            args=(*self._args, self._turns, level, os.getpid()),
             name="telemetry-maintainer",
             daemon=True,
         )
@@ -114,19 +115,14 @@ class Maintainer:
         if self._process.is_alive():
             return False
         log.error("maintainer exited code=%s; starting it again", self._process.exitcode)
-        self._turn.set()  # it may have died holding its turn
+        self._turns = Turns(self._ctx)  # it may have died holding its turn
         self._process = self._new_process()
         self._process.start()
         return True
 
-    def wait_turn(self) -> None:
-        """Writer thread, before an ingest transaction: let a waiting compaction write first.
-
-        Without this the process rarely gets the lock: SQLite's busy handler sleeps between
-        tries while the writer begins its next transaction microseconds after a commit.
-        """
-        if not self._turn.is_set():
-            self._turn.wait(MAX_TURN_WAIT_S)
+    def writer_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Writer thread: wrap each ingest transaction (Turns.writer)."""
+        return self._turns.writer()
 
     def note(self, timestamps: Sequence[int]) -> None:
         """Writer thread: readings with these timestamps are in the transaction."""
@@ -149,7 +145,6 @@ class Maintainer:
                 log.warning("maintainer did not stop in %.1fs; killing it", timeout_s)
                 self._process.kill()
                 self._process.join()
-        self._turn.set()
         self._inbox.close()
         self._listener.stop()
         self._logs.close()
@@ -160,7 +155,7 @@ def _main(
     retention_ns: int | None,
     inbox: Queue[tuple[int, ...] | None],
     logs: Queue[logging.LogRecord],
-    turn: EventType,
+    turns: Turns,
     level: int,
     parent: int,
 ) -> None:
@@ -174,12 +169,13 @@ def _main(
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    gc.set_threshold(*GC_THRESHOLDS)
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(logs)]
     root.setLevel(level)
     try:
         conn = store.connect(db, factory=_TakingTurns)
-        cast(_TakingTurns, conn).turn = turn
+        cast(_TakingTurns, conn).turns = turns
     except sqlite3.Error as exc:
         log.error("maintainer cannot open the database db=%s error=%s", db, exc)
         return
@@ -204,19 +200,54 @@ def _main(
         conn.close()
 
 
-class _TakingTurns(sqlite3.Connection):
-    """The process's connection: its write transactions (collector.compactor._transaction)
-    run inside `write_turn()`, which asks the writer to pause until the commit."""
+class Turns:
+    """Who writes next: the maintenance process goes first when it wants to.
 
-    turn: EventType
+    Two cross-process locks: `turnstile`, held by the process from before it waits for the
+    write lock until its commit, and `mutex`, held by either side around each write
+    transaction. The writer passes the turnstile before it takes the mutex, so once the
+    process wants to write, the writer finishes the transaction in progress and waits
+    (woken by the kernel the moment the process commits, no polling). Without this the
+    process rarely got the SQLite lock at all: SQLite's busy handler sleeps between tries
+    while the writer begins its next transaction microseconds after each commit.
+    The locks only order the two; SQLite's lock still guards the file, so a side that
+    times out waiting (a process killed mid-step never releases them) goes on without.
+    """
+
+    def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
+        self.turnstile = ctx.Lock()
+        self.mutex = ctx.Lock()
 
     @contextlib.contextmanager
-    def write_turn(self) -> Iterator[None]:
-        self.turn.clear()
+    def writer(self) -> Iterator[None]:
+        if self.turnstile.acquire(timeout=MAX_TURN_WAIT_S):
+            self.turnstile.release()
+        with self._mutex():
+            yield
+
+    @contextlib.contextmanager
+    def maintainer(self) -> Iterator[None]:
+        with self.turnstile, self._mutex():
+            yield
+
+    @contextlib.contextmanager
+    def _mutex(self) -> Iterator[None]:
+        held = self.mutex.acquire(timeout=MAX_TURN_WAIT_S)
         try:
             yield
         finally:
-            self.turn.set()
+            if held:
+                self.mutex.release()
+
+
+class _TakingTurns(sqlite3.Connection):
+    """The process's connection: its write transactions (collector.compactor._transaction)
+    run inside `write_turn()`."""
+
+    turns: Turns
+
+    def write_turn(self) -> contextlib.AbstractContextManager[None]:
+        return self.turns.maintainer()
 
 
 def _receive(inbox: Queue[tuple[int, ...] | None], activity: Activity, wait_s: float) -> bool:

@@ -14,6 +14,11 @@ answered accepted=0, duplicate=<valid readings>, with the same rejects. A sqlite
 the group with RETRY; the next group tries again, so ingest resumes by itself once the fault
 clears. HELLO authentication runs here too, so it sees the committed `last_seq`.
 
+Compaction runs in another process (collector.maintainer), which also writes the file: each
+ingest transaction is wrapped in `write_turn` (let the maintenance process write first when
+it waits) and reads the compaction horizon under the lock. An optional maintenance hook
+runs in this thread instead (tests; collector.pacing decides when).
+
 This module owns the write connection; it does no socket I/O and no validation.
 """
 
@@ -27,6 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -135,7 +141,7 @@ class Writer:
         retry_after_ms: int = RETRY_AFTER_MS,
         on_commit: Callable[[float], None] | None = None,
         on_stored: Callable[[Sequence[int]], None] | None = None,
-        before_write: Callable[[], None] | None = None,
+        write_turn: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
@@ -148,9 +154,9 @@ class Writer:
         # Called in the writer thread with each stored batch's timestamps, before the
         # maintenance hook can run again (collector.activity.Activity.note).
         self.on_stored = on_stored
-        # Called in the writer thread before each ingest transaction; may wait (it is how
+        # Wraps each ingest transaction in the writer thread; may wait first (how
         # collector.maintainer gets its turn at the write lock).
-        self.before_write = before_write
+        self.write_turn = write_turn
         self.credits = _Credits(queue_rows)
         # Unbounded as a container, bounded in effect: every batch item holds credits and
         # every HELLO item belongs to one of at most max_connections handlers.
@@ -357,8 +363,12 @@ class Writer:
             return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
 
     def _commit(self, conn: sqlite3.Connection, items: list[_BatchItem]) -> list[BatchOutcome]:
-        if self.before_write is not None:
-            self.before_write()
+        with self.write_turn() if self.write_turn is not None else nullcontext():
+            return self._commit_locked(conn, items)
+
+    def _commit_locked(
+        self, conn: sqlite3.Connection, items: list[_BatchItem]
+    ) -> list[BatchOutcome]:
         t0 = time.perf_counter()
         new_series: list[tuple[int, SeriesKey]] = []
         pending_seq: dict[int, int] = {}

@@ -224,6 +224,50 @@ def test_merge_restarts_safely_on_a_new_connection(tmp_path: Path) -> None:
     ).fetchone() == (40,)
 
 
+def test_two_compactors_merging_at_once_lose_and_duplicate_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A merge step encodes with no write lock held. If another compactor (a maintenance
+    # process still finishing its step while a new one starts) merges the same blocks in
+    # that time, the step sees the slice changed and does it again under the lock.
+    path = tmp_path / "t.db"
+    conn = open_db(path, 40)
+    rows = population(40, 25, seed=13)
+    insert(conn, rows)
+    config = compactor.CompactionConfig(
+        window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
+    )
+    while conn.execute(
+        "SELECT count(*) FROM readings_head WHERE ts < ?", (20 * WINDOW,)
+    ).fetchone()[0]:
+        assert compactor.compact_once(conn, 20 * WINDOW, config)  # head windows first
+    other = store.connect(path)
+    real = compactor._merged_blocks
+    raced: list[int] = []
+    late = (1, 5 * S + 3, 7.25)
+
+    def merged_while_the_other_merges(*args: Any) -> Any:
+        if not raced:
+            raced.append(0)
+            insert(other, [late])  # a late reading the other one merges into series 1's hour
+            raced[0] = drain(other, 20 * WINDOW, config)  # the other one does it all
+        return real(*args)
+
+    monkeypatch.setattr(compactor, "_merged_blocks", merged_while_the_other_merges)
+    drain(conn, 20 * WINDOW, config)
+    assert raced and raced[0] > 0
+    assert conn.execute(
+        "SELECT count(*) FROM blocks WHERE end_ns - start_ns = ?", (10 * WINDOW,)
+    ).fetchone() == (2 * 40,)  # merge windows 0 and 1, once each
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert got == sorted([*rows, late], key=lambda r: (r[1], r[0]))
+    assert (
+        conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] + head_count(conn)
+        == len(rows) + 1
+    )
+
+
 def test_compaction_inside_callers_transaction_uses_a_savepoint(tmp_path: Path) -> None:
     conn = open_db(tmp_path / "t.db", 1)
     insert(conn, [(1, 10, 1.5)])
