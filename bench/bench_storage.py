@@ -288,6 +288,7 @@ def main() -> None:
     ap.add_argument("--merge-grace-s", type=int, default=compactor.MERGE_GRACE_NS // S)
     ap.add_argument("--max-rows", type=int, default=compactor.MAX_ROWS_PER_CALL)
     ap.add_argument("--step-rows", type=int, default=compactor.STEP_ROWS)
+    ap.add_argument("--merge-step-rows", type=int, default=compactor.MERGE_STEP_ROWS)
     ap.add_argument("--txn-rows", type=int, default=1000)
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
     ap.add_argument("--no-compaction", action="store_true", help="baseline: head only")
@@ -313,6 +314,7 @@ def main() -> None:
         merge_ns=args.merge_s * S,
         merge_grace_ns=args.merge_grace_s * S,
         step_rows=args.step_rows,
+        merge_step_rows=args.merge_step_rows,
     )
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         root = args.dir or Path(tmp)

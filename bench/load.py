@@ -48,6 +48,7 @@ from typing import Any
 
 import psutil
 
+from collector import compactor
 from schemas import wire
 
 LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
@@ -585,6 +586,7 @@ def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
     try:
         page_count = conn.execute("PRAGMA page_count").fetchone()[0]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         head = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
         sql = (
             "SELECT count(*), coalesce(sum(count), 0) FROM blocks"
@@ -597,8 +599,9 @@ def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
         ).fetchone()  # not merged into their hour's block yet (store.m0003's partial index)
     finally:
         conn.close()
-    return {"bytes": page_count * page_size, "head_rows": head, "blocks": blocks,
-            "small_blocks": small, "readings_in_blocks": in_blocks}  # fmt: skip
+    return {"bytes": page_count * page_size, "pages": page_count, "free_pages": free,
+            "head_rows": head,
+            "blocks": blocks, "small_blocks": small, "readings_in_blocks": in_blocks}  # fmt: skip
 
 
 def _machine_busy() -> tuple[float, float]:
@@ -670,18 +673,23 @@ def _watch_total(
 
 
 def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
-    """Wait (at most limit_s) until the head is compacted and the hours merged, or nothing
-    moved for 45 s (the compactor merges an hour 30 s after its last reading arrived);
-    report the compacted file."""
+    """Wait (at most limit_s) until the head is compacted, the hours merged and the free
+    pages given back (collector.compactor.reclaim_space keeps them under 10% of the file),
+    or nothing moved for 45 s (the compactor merges an hour 30 s after its last reading
+    arrived); report the compacted file."""
     t0 = time.monotonic()
     stats = _db_stats(db)
     moved = time.monotonic()
+    keys = ("head_rows", "small_blocks", "free_pages")
     while time.monotonic() - t0 < limit_s and time.monotonic() - moved < 45:
-        if stats["head_rows"] == 0 and stats["small_blocks"] == 0:
+        reclaimed = stats["free_pages"] < max(
+            compactor.RECLAIM_MIN_FREE_PAGES, stats["pages"] * compactor.RECLAIM_MIN_FREE_FRACTION
+        )
+        if stats["head_rows"] == stats["small_blocks"] == 0 and reclaimed:
             break
         time.sleep(5)
         now = _db_stats(db)
-        if (now["head_rows"], now["small_blocks"]) != (stats["head_rows"], stats["small_blocks"]):
+        if [now[k] for k in keys] != [stats[k] for k in keys]:
             moved = time.monotonic()
         stats = now
     stored = stats["head_rows"] + stats["readings_in_blocks"]

@@ -36,6 +36,8 @@ MAX_WAIT_S: Final = 60.0
 # long: a merged hour's block is re-encoded whole for every late window that follows.
 MERGE_QUIET_S: Final = 30.0
 MERGE_MAX_WAIT_S: Final = 600.0
+# Windows still filling that one compaction call skips to find a settled one.
+MAX_WINDOWS_SKIPPED: Final = 1_000
 # A batch spanning more windows than this is noted reading by reading, not as a range.
 _RANGE_WINDOWS: Final = 64
 

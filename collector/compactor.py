@@ -16,8 +16,8 @@ slice of series ids, collector.blocks), delete (remove the staged rows from the 
 window of at most max_rows rows is done in one step. So the head holds about two and a half
 minutes of readings and a live per-series read stays cheap. Second, the merge: once an hour
 [h * M, (h + 1) * M) is closed (plus its own grace) and settled, each series' small blocks
-in it are replaced by one block, a slice of series per step, which gives the long blocks'
-~3 bytes per reading. The head always comes first.
+in it are replaced by one block, a slice of series per step (collector.merging), which
+gives the long blocks' ~3 bytes per reading. The head always comes first.
 docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
@@ -40,19 +40,17 @@ This module only moves stored readings; it never inserts new ones and opens no c
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Final
 
 from collector import blocks as codec
-from collector.activity import Activity
+from collector.activity import MAX_WINDOWS_SKIPPED, Activity
+from collector.blockwrites import block_row, insert_blocks, merge_readings, transaction
+from collector.merging import merge_small_blocks
 from collector.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
@@ -79,11 +77,14 @@ MERGE_GRACE_NS: Final = 300 * 10**9
 # holds a 2-minute window of 8,000 series at one reading per 10 s (96,000 rows). Once per
 # window, so it barely shows in the ACK latency; larger windows go in steps of STEP_ROWS.
 MAX_ROWS_PER_CALL: Final = 100_000
-# Rows one step of a large window (stage, pack, delete) or of a merge handles: a batch that
-# arrives during a step waits for it, so this bounds the ACK latency compaction adds.
+# Rows one step of a large window (stage, pack, delete) handles: the step holds the write
+# lock throughout and a batch that arrives meanwhile waits for it.
 STEP_ROWS: Final = 20_000
-# Windows still filling that one call skips to find a settled one (collector.activity).
-_MAX_WINDOWS_SKIPPED: Final = 1_000
+# Readings one step of a merge handles. A merge step decodes and encodes with no lock held
+# and then writes for a few ms, so its size barely shows in the ACK latency; each step
+# waits once for the writer's transaction in progress, and 20,000-reading steps left the
+# hourly merges behind a 100,000 readings/s backfill (docs/benchmarks.md).
+MERGE_STEP_ROWS: Final = 100_000
 # Free pages are given back to the file system (reclaim_space) once there are at least
 # this many (8 MiB of 4 KiB pages) and this share of the file, this many per step (~75 ms):
 # below that, the next windows' head rows reuse them anyway.
@@ -109,19 +110,25 @@ class CompactionConfig:
     merge_ns: int = 0
     merge_grace_ns: int = MERGE_GRACE_NS
     step_rows: int = STEP_ROWS
+    merge_step_rows: int = MERGE_STEP_ROWS
 
     @property
     def step(self) -> int:
-        """Rows per step of a staged window or a merge: step_rows, at most max_rows."""
+        """Rows per step of a staged window: step_rows, at most max_rows."""
         return min(self.step_rows, self.max_rows)
+
+    @property
+    def merge_step(self) -> int:
+        """Readings per step of a merge: merge_step_rows, at most max_rows."""
+        return min(self.merge_step_rows, self.max_rows)
 
     def __post_init__(self) -> None:
         if not 0 < self.window_ns <= codec.MAX_WINDOW_NS:
             raise ValueError(f"window_ns must be in (0, {codec.MAX_WINDOW_NS}]")
         if self.grace_ns < 0 or self.merge_grace_ns < 0:
             raise ValueError("grace_ns and merge_grace_ns must be >= 0")
-        if self.max_rows < 1 or self.step_rows < 1:
-            raise ValueError("max_rows and step_rows must be >= 1")
+        if self.max_rows < 1 or self.step_rows < 1 or self.merge_step_rows < 1:
+            raise ValueError("max_rows, step_rows and merge_step_rows must be >= 1")
         if self.merge_ns and (
             self.merge_ns <= self.window_ns
             or self.merge_ns % self.window_ns
@@ -134,34 +141,6 @@ class CompactionConfig:
 
 
 DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """Own transaction (BEGIN IMMEDIATE), or a savepoint inside the caller's.
-
-    If the connection has a `write_turn()` context manager, the transaction runs inside it.
-    """
-    if conn.in_transaction:
-        conn.execute("SAVEPOINT compaction")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK TO compaction")
-            conn.execute("RELEASE compaction")
-            raise
-        conn.execute("RELEASE compaction")
-        return
-    # A connection may ask for its turn first (collector.maintainer: the writer pauses).
-    turn = getattr(conn, "write_turn", None)
-    with turn() if turn is not None else contextlib.nullcontext():
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None = None) -> bool:
@@ -254,7 +233,7 @@ def compact_once(
     n = _compact_head(conn, now_ns, config, activity)
     if n or not config.merge_ns:
         return n
-    return _merge_small_blocks(conn, now_ns, config, activity)
+    return merge_small_blocks(conn, now_ns, config, activity)
 
 
 def _oldest_settled_window(
@@ -262,7 +241,7 @@ def _oldest_settled_window(
 ) -> int | None:
     """Start of the oldest closed window with head rows that is not still filling."""
     cursor = -(2**63)
-    for _ in range(_MAX_WINDOWS_SKIPPED + 1):
+    for _ in range(MAX_WINDOWS_SKIPPED + 1):
         row = conn.execute(
             f"SELECT ts FROM {HEAD} WHERE ts >= ? ORDER BY ts LIMIT 1", (cursor,)
         ).fetchone()
@@ -283,11 +262,18 @@ def _compact_head(
     if not _has_temp_tables(conn):
         for statement in _TEMP_SCHEMA:
             conn.execute(statement)  # not executescript: it would commit the caller's work
-    if not conn.in_transaction and conn.execute(f"SELECT 1 FROM {_STATE}").fetchone() is None:
-        handled = _compact_window_unlocked(conn, closed_before, config, activity)
+    if not conn.in_transaction:
+        # Read and encode with no write lock held where the step allows it.
+        staged = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
+        if staged is None:
+            handled = _compact_window_unlocked(conn, closed_before, config, activity)
+        elif staged[1] != "delete":
+            handled = _staged_step_unlocked(conn, staged, config)
+        else:
+            handled = None
         if handled is not None:
             return handled
-    with _transaction(conn):
+    with transaction(conn):
         state = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
         if state is None:
             found = _oldest_settled_window(conn, closed_before, w, activity)
@@ -298,28 +284,69 @@ def _compact_head(
                 activity.compacted(start)
             if _chunk_end(conn, start, start + w, config.max_rows) >= start + w:
                 return _compact_small_window(conn, start, start + w, config.merge_ns)
-            state = (start, "stage", start)
             _clear_state(conn)
-            conn.execute(f"INSERT INTO {_STATE} VALUES (?, ?, ?)", state)
+            conn.execute(f"INSERT INTO {_STATE} VALUES (?, 'stage', ?)", (start, start))
+            return 1  # the steps follow, each its own call
         start, step, cursor = state
         end = start + w
         n: int
         if step == "stage":
             n, nxt, done = _stage(conn, cursor, end, config.step)
         elif step == "pack":
-            n, nxt, done = _pack(conn, start, end, cursor, config)
+            rows, nxt, done = _pack_rows(conn, cursor, config)
+            if rows:
+                _write_blocks(conn, start, end, rows, config.merge_ns)
+            n = len(rows)
         else:
             n, nxt, done = _delete(conn, cursor, end)
-        if not done:
-            conn.execute(f"UPDATE {_STATE} SET cursor = ?", (nxt,))
-        elif step == "stage":
-            conn.execute(f"UPDATE {_STATE} SET step = 'pack', cursor = ?", (-(2**63),))
-        elif step == "pack":
-            conn.execute(f"UPDATE {_STATE} SET step = 'delete', cursor = ?", (start,))
-        else:
-            _clear_state(conn)
-            log.debug("compacted window start_ns=%d", start)
+        _advance(conn, start, step, nxt, done)
     return max(n, 1)
+
+
+def _advance(conn: sqlite3.Connection, start: int, step: str, nxt: int, done: bool) -> None:
+    """Move a staged window's state to the next chunk or the next kind of step."""
+    if not done:
+        conn.execute(f"UPDATE {_STATE} SET cursor = ?", (nxt,))
+    elif step == "stage":
+        conn.execute(f"UPDATE {_STATE} SET step = 'pack', cursor = ?", (-(2**63),))
+    elif step == "pack":
+        conn.execute(f"UPDATE {_STATE} SET step = 'delete', cursor = ?", (start,))
+    else:
+        _clear_state(conn)
+        log.debug("compacted window start_ns=%d", start)
+
+
+def _staged_step_unlocked(
+    conn: sqlite3.Connection, state: tuple[int, str, int], config: CompactionConfig
+) -> int | None:
+    """A stage or pack step of a large window, holding the write lock only to write blocks.
+
+    Staging only reads the head and writes temp tables, which take no lock on the database
+    file. A pack step reads its slice of the stage and the blocks it merges into, encodes,
+    then writes if those blocks are unchanged; None (redo under the lock) if not.
+    """
+    start, step, cursor = state
+    end = start + config.window_ns
+    conn.execute("BEGIN")  # deferred: a read snapshot; temp tables need no lock
+    try:
+        if step == "stage":
+            n, nxt, done = _stage(conn, cursor, end, config.step)
+            _advance(conn, start, step, nxt, done)
+            conn.execute("COMMIT")
+            return max(n, 1)
+        rows, nxt, done = _pack_rows(conn, cursor, config)
+        existing = _existing_blocks(conn, start, rows, config.merge_ns)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    out = _block_rows(start, end, rows, config.merge_ns, existing)
+    with transaction(conn):
+        if _existing_blocks(conn, start, rows, config.merge_ns) != existing:
+            return None
+        insert_blocks(conn, out)
+        _advance(conn, start, step, nxt, done)
+    return max(len(rows), 1)
 
 
 def _compact_window_unlocked(
@@ -355,7 +382,7 @@ def _compact_window_unlocked(
     if activity is not None:
         activity.compacted(start)
     out = _block_rows(start, end, rows, config.merge_ns, existing)
-    with _transaction(conn):
+    with transaction(conn):
         (now_in_head,) = conn.execute(
             f"SELECT count(*) FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
         ).fetchone()
@@ -366,7 +393,7 @@ def _compact_window_unlocked(
             or _existing_blocks(conn, start, rows, config.merge_ns) != existing
         ):
             return None
-        _insert_blocks(conn, out)
+        insert_blocks(conn, out)
         conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
     log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
     return max(len(rows), 1)
@@ -419,10 +446,11 @@ def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tu
     return n, bound, bound >= end
 
 
-def _pack(
-    conn: sqlite3.Connection, start: int, end: int, cursor: int, config: CompactionConfig
-) -> tuple[int, int, bool]:
-    """Write the blocks of the next slice of series ids (about `step` staged readings).
+def _pack_rows(
+    conn: sqlite3.Connection, cursor: int, config: CompactionConfig
+) -> tuple[list[tuple[int, int, codec.Value]], int, bool]:
+    """The staged rows of the next slice of series ids (about `step` of them), in (series,
+    ts) order; the next cursor; whether this was the last slice.
 
     The slice width assumes readings spread evenly over the window's series ids.
     """
@@ -430,17 +458,15 @@ def _pack(
         f"SELECT sum(n), min(min_sid), max(max_sid) FROM {_CHUNKS}"
     ).fetchone()
     if not total:
-        return 0, cursor, True
+        return [], cursor, True
     cursor = max(cursor, lo)
     bound = cursor + max(1, (hi - lo + 1) * config.step // total)
-    rows = conn.execute(
+    rows: list[tuple[int, int, codec.Value]] = conn.execute(
         f"SELECT series_id, ts, value FROM {_STAGE} WHERE chunk IN (SELECT lo FROM {_CHUNKS}) "
         "AND series_id >= ? AND series_id < ? ORDER BY series_id, ts",
         (cursor, bound),
     ).fetchall()
-    if rows:
-        _write_blocks(conn, start, end, rows, config.merge_ns)
-    return len(rows), bound, bound > hi
+    return rows, bound, bound > hi
 
 
 def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, bool]:
@@ -475,7 +501,7 @@ def _write_blocks(
     merge_ns: int,
 ) -> None:
     existing = _existing_blocks(conn, start, rows, merge_ns)
-    _insert_blocks(conn, _block_rows(start, end, rows, merge_ns, existing))
+    insert_blocks(conn, _block_rows(start, end, rows, merge_ns, existing))
 
 
 _Existing = dict[int, tuple[int, int, int, bytes]]
@@ -523,248 +549,11 @@ def _block_rows(
         old = existing.get(sid)
         if old is not None:
             bstart, bend = old[1], old[2]
-            ts, values = _merge(codec.decode(old[3]), ts, values)
+            ts, values = merge_readings(codec.decode(old[3]), ts, values)
         # Small blocks are written in the cheap plain form: they live until the merge.
         plain = bool(merge_ns) and bend - bstart < merge_ns
-        out.append(_block_row(sid, bstart, bend, ts, values, plain=plain))
+        out.append(block_row(sid, bstart, bend, ts, values, plain=plain))
     return out
-
-
-def _block_row(
-    sid: int,
-    start: int,
-    end: int,
-    ts: list[int],
-    values: list[codec.Value],
-    *,
-    plain: bool = False,
-) -> tuple[object, ...]:
-    s = codec.summarize(ts, values)
-    data = codec.encode_plain(ts, values) if plain else codec.encode(ts, values)
-    return (
-        *(sid, start, end, s.count, s.first_ts, s.last_ts, s.first_value),
-        *(s.last_value, s.min, s.max, s.sum, data),
-    )
-
-
-def _insert_blocks(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
-    conn.executemany(
-        f"INSERT OR REPLACE INTO {BLOCKS} (series_id, start_ns, end_ns, count, first_ts, "
-        "last_ts, first_value, last_value, min, max, sum, data) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-
-
-_MERGE_STATE: Final = "temp.compaction_merge"
-
-
-def _merge_small_blocks(
-    conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, activity: Activity | None
-) -> int:
-    """One step of merging the oldest closed merge window's small blocks, a slice of series
-    ids at a time; returns the readings merged (at least 1 while a window is in progress).
-
-    The writer takes the end of the block with the greatest start as the bound below which
-    a reading may sit in a block, so that block's end must stay >= every block's last
-    reading. Merging moves a series' start back to the window start; so when no later block
-    exists, the series owning the newest small block is merged last, in a step of its own.
-
-    State (window, next series id, last series id, slice width, series merged last) lives
-    in a temp table; a new connection starts the window again, and series already merged
-    have no small block left in it, so every step is idempotent.
-    """
-    m = config.merge_ns
-    # The literal bound lets SQLite use store.m0003's partial index of the small blocks.
-    small = f"end_ns - start_ns < {int(m)}"
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
-        "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL, last INTEGER)"
-    )
-    if not conn.in_transaction:
-        # Read and encode with no write lock held; write under it, if nothing changed.
-        state = _merge_state(conn) or _start_merge(conn, now_ns, config, small, activity)
-        if state is None:
-            return 0
-        conn.execute("BEGIN")  # deferred: a snapshot for the reads
-        try:
-            ids, bound, done = _merge_slice(state)
-            rows = _slice_blocks(conn, state[0], m, ids)
-        finally:
-            conn.execute("COMMIT")
-        merged = _merged_blocks(state[0], state[0] + m, rows)
-        try:
-            with _transaction(conn):
-                _write_merge(conn, state, config, ids, rows, merged, bound, done)
-            return max(merged[2], 1)
-        except _BlocksChanged:
-            pass  # another compactor moved blocks meanwhile: do the step under the lock
-    with _transaction(conn):
-        state = _merge_state(conn) or _start_merge(conn, now_ns, config, small, activity)
-        if state is None:
-            return 0
-        ids, bound, done = _merge_slice(state)
-        rows = _slice_blocks(conn, state[0], m, ids)
-        merged = _merged_blocks(state[0], state[0] + m, rows)
-        _write_merge(conn, state, config, ids, rows, merged, bound, done)
-    return max(merged[2], 1)
-
-
-_MergeState = tuple[int, int, int, int, int | None]
-_BlockRows = list[tuple[int, int, int, int, bytes]]
-_Merged = tuple[list[tuple[object, ...]], list[tuple[int]], int]
-
-
-class _BlocksChanged(Exception):
-    """The blocks read before the write transaction are not all there any more."""
-
-
-def _merge_state(conn: sqlite3.Connection) -> _MergeState | None:
-    row = conn.execute(f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}")
-    state: _MergeState | None = row.fetchone()
-    return state
-
-
-def _merge_slice(state: _MergeState) -> tuple[list[int], int, bool]:
-    """The series ids of the next step, the next cursor, and whether the window is done."""
-    _start, cursor, hi, width, last = state
-    bound = min(cursor + width, hi + 1)
-    if cursor > hi:  # only the series merged last is left
-        assert last is not None
-        return [last], bound, True
-    return [i for i in range(cursor, bound) if i != last], bound, bound > hi and last is None
-
-
-def _slice_blocks(conn: sqlite3.Connection, start: int, m: int, ids: list[int]) -> _BlockRows:
-    rows: _BlockRows = conn.execute(
-        f"SELECT b.id, b.series_id, b.start_ns, b.end_ns, b.data FROM json_each(?) AS j "
-        f"JOIN {BLOCKS} AS b ON b.series_id = j.value AND b.start_ns >= ? AND b.start_ns < ? "
-        "ORDER BY b.series_id, b.start_ns",
-        (json.dumps(ids), start, start + m),
-    ).fetchall()
-    return rows
-
-
-def _write_merge(
-    conn: sqlite3.Connection,
-    state: _MergeState,
-    config: CompactionConfig,
-    ids: list[int],
-    rows: _BlockRows,
-    merged: _Merged,
-    bound: int,
-    done: bool,
-) -> None:
-    """Replace the slice's blocks by the merged ones and move the state on; raises
-    _BlocksChanged (rolling back) when the slice's blocks are not the ones `rows` holds."""
-    start, _cursor, _hi, width, _last = state
-    out, stale, n = merged
-    (now,) = conn.execute(
-        f"SELECT count(*) FROM json_each(?) AS j JOIN {BLOCKS} AS b ON b.series_id = j.value "
-        "AND b.start_ns >= ? AND b.start_ns < ?",
-        (json.dumps(ids), start, start + config.merge_ns),
-    ).fetchone()
-    if now != len(rows):
-        raise _BlocksChanged
-    if conn.executemany(f"DELETE FROM {BLOCKS} WHERE id = ?", stale).rowcount != len(stale):
-        raise _BlocksChanged
-    _insert_blocks(conn, out)
-    if done:
-        conn.execute(f"DELETE FROM {_MERGE_STATE}")
-        log.debug("merged small blocks window start_ns=%d", start)
-    else:
-        # Aim the next slice at about `step` readings.
-        width = max(1, min(width * 4, width * config.step // max(n, 1)))
-        conn.execute(f"UPDATE {_MERGE_STATE} SET cursor = ?, width = ?", (bound, width))
-
-
-def _start_merge(
-    conn: sqlite3.Connection,
-    now_ns: int,
-    config: CompactionConfig,
-    small: str,
-    activity: Activity | None,
-) -> tuple[int, int, int, int, int | None] | None:
-    """State for merging the oldest closed, settled merge window with small blocks."""
-    m = config.merge_ns
-    cursor = -(2**63)
-    for _ in range(_MAX_WINDOWS_SKIPPED + 1):
-        first = conn.execute(
-            f"SELECT start_ns FROM {BLOCKS} WHERE {small} AND start_ns >= ? "
-            "ORDER BY start_ns LIMIT 1",
-            (cursor,),
-        ).fetchone()
-        if first is None:
-            return None
-        start = first[0] - first[0] % m
-        if start + m > now_ns - config.merge_grace_ns:
-            return None
-        if activity is None or activity.merge_settled(start):
-            break
-        cursor = start + m
-    else:
-        return None
-    if activity is not None:
-        activity.merged(start)
-    lo, hi = conn.execute(
-        f"SELECT min(series_id), max(series_id) FROM {BLOCKS} "
-        f"WHERE start_ns >= ? AND start_ns < ? AND {small}",
-        (start, start + m),
-    ).fetchone()
-    last = None
-    later = conn.execute(
-        f"SELECT 1 FROM {BLOCKS} WHERE start_ns >= ? LIMIT 1", (start + m,)
-    ).fetchone()
-    if later is None:
-        (last,) = conn.execute(
-            f"SELECT series_id FROM {BLOCKS} WHERE start_ns < ? AND {small} "
-            "ORDER BY start_ns DESC LIMIT 1",
-            (start + m,),
-        ).fetchone()
-    state = (start, lo, hi, max(1, config.step * config.window_ns // m), last)
-    conn.execute(f"DELETE FROM {_MERGE_STATE}")
-    conn.execute(f"INSERT INTO {_MERGE_STATE} VALUES (?, ?, ?, ?, ?)", state)
-    return state
-
-
-def _merged_blocks(start: int, end: int, rows: _BlockRows) -> _Merged:
-    """Each series' blocks in [start, end) as one block: (block rows to insert, ids of the
-    blocks they replace, readings merged). Pure: decoding and encoding only."""
-    per_series: dict[int, list[tuple[int, int, int, bytes]]] = {}
-    for bid, sid, bstart, bend, data in rows:
-        per_series.setdefault(sid, []).append((bid, bstart, bend, data))
-    out = []
-    stale: list[tuple[int]] = []
-    n = 0
-    for sid, group in per_series.items():
-        if len(group) == 1 and group[0][1] == start and group[0][2] == end:
-            continue  # already merged
-        ts: list[int] = []
-        values: list[codec.Value] = []
-        for bid, _bstart, _bend, data in group:  # by start: blocks do not overlap
-            bts, bvalues = codec.decode(data)
-            if ts and bts[0] <= ts[-1]:
-                ts, values = _merge((ts, values), bts, bvalues)
-            else:
-                ts += bts
-                values += bvalues
-            stale.append((bid,))
-        n += len(ts)
-        out.append(_block_row(sid, start, end, ts, values))
-    return out, stale, n
-
-
-def _merge(
-    block: tuple[list[int], list[codec.Value]], ts: list[int], values: list[codec.Value]
-) -> tuple[list[int], list[codec.Value]]:
-    """Block readings plus head readings at timestamps the block lacks (the block wins)."""
-    bts, bvalues = block
-    if ts[0] > bts[-1]:
-        return bts + ts, bvalues + values
-    merged = dict(zip(ts, values, strict=True))
-    merged.update(zip(bts, bvalues, strict=True))
-    order = sorted(merged)
-    return order, [merged[t] for t in order]
 
 
 def apply_retention(
@@ -779,7 +568,7 @@ def apply_retention(
     """
     blocks_dropped = head_deleted = 0
     while True:
-        with _transaction(conn):
+        with transaction(conn):
             keys = conn.execute(
                 f"SELECT series_id, start_ns FROM {BLOCKS} WHERE start_ns < ? AND last_ts < ? "
                 "LIMIT ?",
@@ -790,7 +579,7 @@ def apply_retention(
         if len(keys) < batch_rows:
             break
     while True:
-        with _transaction(conn):
+        with transaction(conn):
             n = conn.execute(
                 f"DELETE FROM {HEAD} WHERE (ts, series_id) IN "
                 f"(SELECT ts, series_id FROM {HEAD} WHERE ts < ? ORDER BY ts LIMIT ?)",

@@ -35,7 +35,7 @@ from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
 from collector.ingest import Ingest
-from collector.maintainer import Maintainer
+from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
 from collector.tls import TlsFileError, server_context
@@ -153,6 +153,9 @@ async def serve(
         maintenance=maintenance,
         on_stored=maintainer.note if maintainer is not None else None,
         write_turn=maintainer.writer_turn if maintainer is not None else None,
+        wal_autocheckpoint=(
+            WRITER_WAL_AUTOCHECKPOINT if maintainer is not None else store.WAL_AUTOCHECKPOINT_PAGES
+        ),
         on_commit=committed,
     )
     metrics.queue_depth = writer.queue_depth

@@ -142,6 +142,7 @@ class Writer:
         on_commit: Callable[[float], None] | None = None,
         on_stored: Callable[[Sequence[int]], None] | None = None,
         write_turn: Callable[[], AbstractContextManager[None]] | None = None,
+        wal_autocheckpoint: int = store.WAL_AUTOCHECKPOINT_PAGES,
     ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
@@ -157,6 +158,8 @@ class Writer:
         # Wraps each ingest transaction in the writer thread; may wait first (how
         # collector.maintainer gets its turn at the write lock).
         self.write_turn = write_turn
+        # Another process checkpointing the WAL lets the writer raise its own threshold.
+        self.wal_autocheckpoint = wal_autocheckpoint
         self.credits = _Credits(queue_rows)
         # Unbounded as a container, bounded in effect: every batch item holds credits and
         # every HELLO item belongs to one of at most max_connections handlers.
@@ -243,6 +246,7 @@ class Writer:
     def _run(self) -> None:
         try:
             conn = store.connect(self.path, synchronous=self.synchronous, check_same_thread=False)
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
         except sqlite3.Error as exc:
             self._start_error = exc
             self._ready.set()

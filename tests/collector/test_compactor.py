@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from collector import compactor, scan, store
+from collector import compactor, merging, scan, store
 from collector.activity import Activity
 
 S = 10**9
@@ -201,24 +201,21 @@ def test_merge_without_a_later_block_keeps_the_newest_block_ending_last(tmp_path
     assert got == sorted(rows, key=lambda r: (r[1], r[0]))
 
 
+# Two levels, no grace periods, merges in slices of about 200 readings.
+MERGING = compactor.CompactionConfig(
+    window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
+)
+
+
 def test_merge_restarts_safely_on_a_new_connection(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
     rows = population(40, 25, seed=11)
     insert(conn, rows)
-    config = compactor.CompactionConfig(
-        window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
-    )
-    drain(conn, 12 * WINDOW, config)  # window 10 is a small block: merge window 0 may go
+    drain(conn, 12 * WINDOW, MERGING)  # window 10 is a small block: merge window 0 may go
     conn.close()
     conn = store.connect(path)
-    drain(
-        conn,
-        12 * WINDOW,
-        compactor.CompactionConfig(
-            window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
-        ),
-    )
+    drain(conn, 12 * WINDOW, MERGING)
     assert conn.execute(
         "SELECT count(*) FROM blocks WHERE start_ns = 0 AND end_ns = ?", (10 * WINDOW,)
     ).fetchone() == (40,)
@@ -234,15 +231,13 @@ def test_two_compactors_merging_at_once_lose_and_duplicate_nothing(
     conn = open_db(path, 40)
     rows = population(40, 25, seed=13)
     insert(conn, rows)
-    config = compactor.CompactionConfig(
-        window_ns=WINDOW, grace_ns=0, max_rows=200, merge_ns=10 * WINDOW, merge_grace_ns=0
-    )
+    config = MERGING
     while conn.execute(
         "SELECT count(*) FROM readings_head WHERE ts < ?", (20 * WINDOW,)
     ).fetchone()[0]:
         assert compactor.compact_once(conn, 20 * WINDOW, config)  # head windows first
     other = store.connect(path)
-    real = compactor._merged_blocks
+    real = merging._merged_blocks
     raced: list[int] = []
     late = (1, 5 * S + 3, 7.25)
 
@@ -253,7 +248,7 @@ def test_two_compactors_merging_at_once_lose_and_duplicate_nothing(
             raced[0] = drain(other, 20 * WINDOW, config)  # the other one does it all
         return real(*args)
 
-    monkeypatch.setattr(compactor, "_merged_blocks", merged_while_the_other_merges)
+    monkeypatch.setattr(merging, "_merged_blocks", merged_while_the_other_merges)
     drain(conn, 20 * WINDOW, config)
     assert raced and raced[0] > 0
     assert conn.execute(

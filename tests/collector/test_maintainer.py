@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -82,6 +83,34 @@ def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> No
         _send_old_window(daemon, token, 2, "b")
         wait_for(lambda: _blocks(db) == 2, "the new maintainer to compact", 30)
     assert "maintainer exited code=-9; starting it again" in daemon.log
+
+
+def _in_main_file(db: Path, tmp: Path) -> int:
+    """Readings in the database file proper: a copy without the WAL shows only what a
+    checkpoint has copied into it."""
+    copy = tmp / "main-only.db"
+    copy.write_bytes(db.read_bytes())
+    conn = sqlite3.connect(copy)
+    try:
+        return int(conn.execute("SELECT count(*) FROM readings_head").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_maintainer_checkpoints_the_wal(tmp_path: Path) -> None:
+    # The writer leaves checkpoints to the maintenance process (its own threshold, 20,000
+    # pages, is far away): a few readings reach the database file within a second or so.
+    db = tmp_path / "t.db"
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    with CollectorProcess(db) as daemon:
+        token = daemon.add_device("dev")
+        now = time.time_ns()
+        with WireClient(*daemon.ingest) as c:
+            assert isinstance(c.hello("dev", token), wire.Welcome)
+            ack = c.batch(1, [["s", "gauge", now + i, float(i), None, None] for i in range(7)])
+            assert isinstance(ack, wire.Ack) and ack.accepted == 7, ack
+        wait_for(lambda: _in_main_file(db, snap) == 7, "a checkpoint", 15)
 
 
 def test_maintainer_dies_with_the_daemon(tmp_path: Path) -> None:
