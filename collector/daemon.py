@@ -135,9 +135,12 @@ async def serve(
     metrics = Metrics()
     lim = cfg.limits
     # Compaction and retention run in a process of their own unless a hook replaces them.
-    maintainer = (
-        None if maintenance is not None else Maintainer(cfg.db, retention_ns=cfg.retention_ns)
-    )
+    maintainer = None
+    if maintenance is None:
+        try:
+            maintainer = Maintainer(cfg.db, retention_ns=cfg.retention_ns)
+        except OSError as exc:  # e.g. no /dev/shm for its locks
+            raise ConfigError(f"cannot set up the maintenance process: {exc}") from None
 
     def committed(seconds: float) -> None:
         if maintainer is not None:
@@ -162,7 +165,11 @@ async def serve(
     await writer.start()
     watchdog: asyncio.Task[None] | None = None
     if maintainer is not None:
-        maintainer.start()
+        try:
+            maintainer.start()
+        except OSError as exc:
+            await writer.close()
+            raise ConfigError(f"cannot start the maintenance process: {exc}") from None
         watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
     runner: web.AppRunner | None = None

@@ -182,7 +182,12 @@ def _main(
     root.handlers[:] = [logging.handlers.QueueHandler(logs)]
     root.setLevel(level)
     try:
-        conn = store.connect(db, factory=_TakingTurns)
+        # NORMAL: no fsync per commit. This process only moves readings that are already
+        # durable: a commit lost to a power cut leaves them in the head, and the writer's
+        # own FULL commits sync the one WAL file, so nothing after them can go missing.
+        # Measured: the commit of a 96,000-row window takes 5-6 ms instead of 16-21 ms
+        # (bench/bench_window_lock.py).
+        conn = store.connect(db, synchronous="NORMAL", factory=_TakingTurns)
         cast(_TakingTurns, conn).turns = turns
     except sqlite3.Error as exc:
         log.error("maintainer cannot open the database db=%s error=%s", db, exc)
