@@ -402,7 +402,8 @@ def _compact_window_unlocked(
 def _compact_small_window(conn: sqlite3.Connection, start: int, end: int, merge_ns: int) -> int:
     """A window of at most max_rows head rows in one step: pack its blocks, delete its rows.
 
-    The common case with 1-minute windows; one transaction, so no stage is needed.
+    Under the lock, inside the caller's transaction: the fallback of
+    _compact_window_unlocked (and its path when the caller holds a transaction).
     """
     rows = conn.execute(
         f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
