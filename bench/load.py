@@ -48,7 +48,7 @@ from typing import Any
 
 import psutil
 
-from collector import compactor
+from collector import store
 from schemas import wire
 
 LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
@@ -674,7 +674,7 @@ def _watch_total(
 
 def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
     """Wait (at most limit_s) until the head is compacted, the hours merged and the free
-    pages given back (collector.compactor.reclaim_space keeps them under 10% of the file),
+    pages given back (collector.store.reclaim_space keeps them under 10% of the file),
     or nothing moved for 45 s (the compactor merges an hour 30 s after its last reading
     arrived); report the compacted file."""
     t0 = time.monotonic()
@@ -683,7 +683,7 @@ def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
     keys = ("head_rows", "small_blocks", "free_pages")
     while time.monotonic() - t0 < limit_s and time.monotonic() - moved < 45:
         reclaimed = stats["free_pages"] < max(
-            compactor.RECLAIM_MIN_FREE_PAGES, stats["pages"] * compactor.RECLAIM_MIN_FREE_FRACTION
+            store.RECLAIM_MIN_FREE_PAGES, stats["pages"] * store.RECLAIM_MIN_FREE_FRACTION
         )
         if stats["head_rows"] == stats["small_blocks"] == 0 and reclaimed:
             break

@@ -32,8 +32,8 @@ Crash safety: every step is a transaction and the only other state is in temp ta
 which die with the connection; a new connection starts the window (or the merge) again and
 every step is idempotent, so a crash at any point leaves each reading readable exactly once.
 
-Retention (`apply_retention`) drops whole blocks that end before the cutoff and deletes
-head rows older than it, in small transactions.
+Retention (collector.retention) and giving free pages back (store.reclaim_space) live
+beside it; `maintenance` runs the latter once compaction has nothing to do.
 
 This module only moves stored readings; it never inserts new ones and opens no connection.
 """
@@ -48,6 +48,7 @@ from operator import itemgetter
 from typing import Final
 
 from collector import blocks as codec
+from collector import store
 from collector.activity import MAX_WINDOWS_SKIPPED, Activity
 from collector.blockwrites import block_row, insert_blocks, merge_readings, transaction
 from collector.merging import merge_small_blocks
@@ -85,15 +86,6 @@ STEP_ROWS: Final = 20_000
 # waits once for the writer's transaction in progress, and 20,000-reading steps left the
 # hourly merges behind a 100,000 readings/s backfill (docs/benchmarks.md).
 MERGE_STEP_ROWS: Final = 100_000
-# Free pages are given back to the file system (reclaim_space) once there are at least
-# this many (8 MiB of 4 KiB pages) and this share of the file, this many per step (~75 ms):
-# below that, the next windows' head rows reuse them anyway.
-RECLAIM_MIN_FREE_PAGES: Final = 2_048
-RECLAIM_MIN_FREE_FRACTION: Final = 0.1
-RECLAIM_STEP_PAGES: Final = 2_048
-_AUTO_VACUUM_INCREMENTAL: Final = 2
-# Rows deleted per retention transaction.
-RETENTION_BATCH_ROWS: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,39 +142,11 @@ def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None
     """
     if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
         return True
-    if reclaim_space(conn):
+    if store.reclaim_space(conn):
         return True
     if activity is not None:
         activity.prune()
     return False
-
-
-def reclaim_space(
-    conn: sqlite3.Connection,
-    *,
-    min_free_pages: int = RECLAIM_MIN_FREE_PAGES,
-    min_free_fraction: float = RECLAIM_MIN_FREE_FRACTION,
-    step_pages: int = RECLAIM_STEP_PAGES,
-) -> bool:
-    """One step of giving free pages back to the file system; True if it did one.
-
-    Compaction frees the head's pages and rewritten blocks' pages; the file keeps them
-    for reuse, so a backlog's transient head (a million rows or more) would stay on disk.
-    Once free pages pass both bounds, `PRAGMA incremental_vacuum` moves up to `step_pages`
-    pages from the end of the file into free slots and truncates it (at the next
-    checkpoint, in WAL mode). A database created without auto_vacuum is left alone.
-    Commits any open transaction (executescript): call it outside one.
-    """
-    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
-        return False
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    if free < max(min_free_pages, pages * min_free_fraction):
-        return False
-    # executescript: the sqlite3 module steps a statement without result rows once, and
-    # incremental_vacuum frees one page per step.
-    conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)});")
-    return True
 
 
 _STAGE: Final = "temp.compaction_stage"
@@ -418,6 +382,14 @@ def _compact_small_window(conn: sqlite3.Connection, start: int, end: int, merge_
     return max(len(rows), 1)
 
 
+def forget_staged_window(conn: sqlite3.Connection) -> None:
+    """Start a window part-way through compaction again from its first step (retention
+    deleted head rows: the delete step's row counts assume only the writer changed the
+    head since staging)."""
+    if _has_temp_tables(conn):
+        _clear_state(conn)
+
+
 def _has_temp_tables(conn: sqlite3.Connection) -> bool:
     row = conn.execute(
         "SELECT count(*) FROM temp.sqlite_master WHERE name IN "
@@ -555,49 +527,3 @@ def _block_rows(
         plain = bool(merge_ns) and bend - bstart < merge_ns
         out.append(block_row(sid, bstart, bend, ts, values, plain=plain))
     return out
-
-
-def apply_retention(
-    conn: sqlite3.Connection, cutoff_ns: int, *, batch_rows: int = RETENTION_BATCH_ROWS
-) -> tuple[int, int]:
-    """Drop blocks whose readings all precede `cutoff_ns`, and head rows before it.
-
-    Works in transactions of at most `batch_rows` rows each. Returns (blocks dropped, head
-    rows deleted). A block holding readings on both sides of the cutoff is kept whole.
-    Run it on the compacting connection, between maintenance calls; it is
-    cheap when there is nothing to drop, so it can run with every maintenance call.
-    """
-    blocks_dropped = head_deleted = 0
-    while True:
-        with transaction(conn):
-            keys = conn.execute(
-                f"SELECT series_id, start_ns FROM {BLOCKS} WHERE start_ns < ? AND last_ts < ? "
-                "LIMIT ?",
-                (cutoff_ns, cutoff_ns, batch_rows),
-            ).fetchall()
-            conn.executemany(f"DELETE FROM {BLOCKS} WHERE series_id = ? AND start_ns = ?", keys)
-        blocks_dropped += len(keys)
-        if len(keys) < batch_rows:
-            break
-    while True:
-        with transaction(conn):
-            n = conn.execute(
-                f"DELETE FROM {HEAD} WHERE (ts, series_id) IN "
-                f"(SELECT ts, series_id FROM {HEAD} WHERE ts < ? ORDER BY ts LIMIT ?)",
-                (cutoff_ns, batch_rows),
-            ).rowcount
-            if n and _has_temp_tables(conn):
-                # A window part-way through compaction starts again: the delete step's row
-                # counts assume only the writer changed the head since staging.
-                _clear_state(conn)
-        head_deleted += n
-        if n < batch_rows:
-            break
-    if blocks_dropped or head_deleted:
-        log.info(
-            "retention cutoff_ns=%d blocks_dropped=%d head_rows_deleted=%d",
-            cutoff_ns,
-            blocks_dropped,
-            head_deleted,
-        )
-    return blocks_dropped, head_deleted

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.queues import Queue
 from typing import Final, cast
 
-from collector import compactor, store
+from collector import compactor, retention, store
 from collector.activity import Activity, window_keys
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def step(
     if compactor.maintenance(conn, now_ns, activity):
         return True
     if retention_ns is not None:
-        compactor.apply_retention(conn, now_ns - retention_ns)
+        retention.apply_retention(conn, now_ns - retention_ns)
     return False
 
 

@@ -48,6 +48,13 @@ WAL_AUTOCHECKPOINT_PAGES: Final = 10_000
 # grows it to ~200 MB (under constant writes it seldom starts over); without the limit it
 # kept that size on disk until the collector stopped.
 WAL_SIZE_LIMIT_BYTES: Final = 64 * 2**20
+# Free pages are given back to the file system (reclaim_space) once there are at least
+# this many (8 MiB of 4 KiB pages) and this share of the file, this many per step (~75 ms):
+# below that, the next windows' head rows reuse them anyway.
+RECLAIM_MIN_FREE_PAGES: Final = 2_048
+RECLAIM_MIN_FREE_FRACTION: Final = 0.1
+RECLAIM_STEP_PAGES: Final = 2_048
+_AUTO_VACUUM_INCREMENTAL: Final = 2
 # How long a reader or writer waits for a lock before SQLITE_BUSY.
 BUSY_TIMEOUT_MS: Final = 5_000
 
@@ -219,7 +226,7 @@ def connect(
     if not readonly:
         # Before anything creates the file: takes effect in a new, empty database only
         # (a no-op otherwise). Lets the compactor give freed pages back to the file
-        # system (collector.compactor.reclaim_space); must precede the WAL switch.
+        # system (reclaim_space, below); must precede the WAL switch.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -239,3 +246,31 @@ def migrate(path: str | Path) -> list[str]:
         return pending
     finally:
         conn.close()
+
+
+def reclaim_space(
+    conn: sqlite3.Connection,
+    *,
+    min_free_pages: int = RECLAIM_MIN_FREE_PAGES,
+    min_free_fraction: float = RECLAIM_MIN_FREE_FRACTION,
+    step_pages: int = RECLAIM_STEP_PAGES,
+) -> bool:
+    """One step of giving free pages back to the file system; True if it did one.
+
+    Compaction frees the head's pages and rewritten blocks' pages; the file keeps them
+    for reuse, so a backlog's transient head (a million rows or more) would stay on disk.
+    Once free pages pass both bounds, `PRAGMA incremental_vacuum` moves up to `step_pages`
+    pages from the end of the file into free slots and truncates it (at the next
+    checkpoint, in WAL mode). A database created without auto_vacuum is left alone.
+    Commits any open transaction (executescript): call it outside one.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
+        return False
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    if free < max(min_free_pages, pages * min_free_fraction):
+        return False
+    # executescript: the sqlite3 module steps a statement without result rows once, and
+    # incremental_vacuum frees one page per step.
+    conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)});")
+    return True

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from collector import compactor, merging, scan, store
+from collector import compactor, merging, retention, scan, store
 from collector.activity import Activity
 
 S = 10**9
@@ -287,7 +287,7 @@ def test_retention_drops_whole_blocks_and_old_head_rows(tmp_path: Path) -> None:
     insert(conn, population(2, 5, seed=5))
     drain(conn, 3 * WINDOW + 5 * S)  # windows 0..2 in blocks, 3..4 in the head
     cutoff = 3 * WINDOW + 30 * S
-    dropped, deleted = compactor.apply_retention(conn, cutoff, batch_rows=4)
+    dropped, deleted = retention.apply_retention(conn, cutoff, batch_rows=4)
     assert dropped == 2 * 3  # every block ends before the cutoff
     assert deleted == 2 * 3  # head rows of the first half of window 3
     got = list(scan.read_range(conn, [1, 2], None, None))
@@ -295,7 +295,7 @@ def test_retention_drops_whole_blocks_and_old_head_rows(tmp_path: Path) -> None:
     assert len(got) == 2 * 5 * 6 - 2 * 3 * 6 - 6
     # A block straddling the cutoff stays whole.
     drain(conn, 10 * WINDOW)
-    assert compactor.apply_retention(conn, 4 * WINDOW + S) == (2, 0)  # window 3's blocks
+    assert retention.apply_retention(conn, 4 * WINDOW + S) == (2, 0)  # window 3's blocks
     assert conn.execute(
         "SELECT count(*) FROM blocks WHERE start_ns = ?", (4 * WINDOW,)
     ).fetchone() == (2,)
@@ -446,9 +446,9 @@ def test_retention_with_nothing_to_drop_keeps_compaction_going(tmp_path: Path) -
     step = "SELECT step, cursor FROM temp.compaction_state"
     before = conn.execute(step).fetchone()
     assert before is not None and before[0] == "pack"
-    assert compactor.apply_retention(conn, 0) == (0, 0)
+    assert retention.apply_retention(conn, 0) == (0, 0)
     assert conn.execute(step).fetchone() == before
-    assert compactor.apply_retention(conn, 1) == (0, 0)  # nothing that old either
+    assert retention.apply_retention(conn, 1) == (0, 0)  # nothing that old either
     drain(conn, 100 * WINDOW, config)
     assert head_count(conn) == 0
     assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (2400,)
@@ -462,7 +462,7 @@ def test_retention_during_compaction_restarts_the_window_safely(tmp_path: Path) 
     for _ in range(40):  # part-way through packing: some blocks written, head untouched
         compactor.compact_once(conn, 100 * WINDOW, config)
     cutoff = 5 * WINDOW
-    _, deleted = compactor.apply_retention(conn, cutoff)
+    _, deleted = retention.apply_retention(conn, cutoff)
     assert deleted > 0
     drain(conn, 100 * WINDOW, config)
     got = list(scan.read_range(conn, range(1, 41), None, None))
@@ -482,7 +482,7 @@ def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     assert free > 0.3 * pages
     steps = 0
-    while compactor.reclaim_space(conn, min_free_pages=8, step_pages=16):
+    while store.reclaim_space(conn, min_free_pages=8, step_pages=16):
         steps += 1
         assert steps < 10_000
     left = conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -490,4 +490,4 @@ def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA page_count").fetchone()[0] <= pages - free + left
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (40 * 720,)
-    assert not compactor.reclaim_space(conn)  # below the default bounds: nothing to do
+    assert not store.reclaim_space(conn)  # below the default bounds: nothing to do
