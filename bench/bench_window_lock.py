@@ -58,7 +58,7 @@ def _compact(conn: sqlite3.Connection, start: int) -> dict[str, float]:
         "SELECT series_id, ts, value FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
     ).fetchall()
     rows.sort(key=itemgetter(0))
-    existing = compactor._existing_blocks(conn, start, rows, cfg.merge_ns)
+    existing = compactor._existing_blocks(conn, start, rows, cfg)
     conn.execute("COMMIT")
     marks.append(time.perf_counter())
     out = compactor._block_rows(start, end, rows, cfg.merge_ns, existing)
@@ -67,7 +67,7 @@ def _compact(conn: sqlite3.Connection, start: int) -> dict[str, float]:
     conn.execute(
         "SELECT count(*) FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
     ).fetchone()
-    compactor._existing_blocks(conn, start, rows, cfg.merge_ns)
+    compactor._existing_blocks(conn, start, rows, cfg)
     marks.append(time.perf_counter())
     insert_blocks(conn, out)
     marks.append(time.perf_counter())

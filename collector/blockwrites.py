@@ -9,9 +9,10 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 from collector import blocks as codec
-from collector.store import BLOCKS
+from collector.store import BLOCKS, HORIZON
 
 
 @contextmanager
@@ -60,12 +61,18 @@ def block_row(
 
 
 def insert_blocks(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+    """Insert (or replace) block rows as made by `block_row`, and raise the horizon the
+    writer looks into blocks below (store.m0004) past their last readings."""
+    if not rows:
+        return
     conn.executemany(
         f"INSERT OR REPLACE INTO {BLOCKS} (series_id, start_ns, end_ns, count, first_ts, "
         "last_ts, first_value, last_value, min, max, sum, data) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    last = max(cast(int, row[5]) for row in rows)  # last_ts
+    conn.execute(f"UPDATE {HORIZON} SET below_ns = max(below_ns, ?)", (last + 1,))
 
 
 def merge_readings(

@@ -78,6 +78,15 @@ MERGE_GRACE_NS: Final = 300 * 10**9
 # holds a 2-minute window of 8,000 series at one reading per 10 s (96,000 rows). Once per
 # window, so it barely shows in the ACK latency; larger windows go in steps of STEP_ROWS.
 MAX_ROWS_PER_CALL: Final = 100_000
+# A backlog's windows are all closed by the clock at once: there the windows of one slot of
+# RUN_WINDOWS windows (10 minutes; slots are aligned, RUN_WINDOWS * WINDOW_NS divides
+# MERGE_NS) are compacted together once all of them have settled, into one small block per
+# series instead of five, up to RUN_MAX_ROWS head rows (~70 MB in memory while encoding).
+# Live windows close one at a time and are compacted one at a time as before. Measured in
+# docs/benchmarks.md: the writer waits for the lock, and this process spends CPU, per block
+# as much as per reading.
+RUN_WINDOWS: Final = 5
+RUN_MAX_ROWS: Final = 500_000
 # Rows one step of a large window (stage, pack, delete) handles: the step holds the write
 # lock throughout and a batch that arrives meanwhile waits for it.
 STEP_ROWS: Final = 20_000
@@ -103,6 +112,13 @@ class CompactionConfig:
     merge_grace_ns: int = MERGE_GRACE_NS
     step_rows: int = STEP_ROWS
     merge_step_rows: int = MERGE_STEP_ROWS
+    run_windows: int = 1
+    run_rows: int = RUN_MAX_ROWS
+
+    @property
+    def run_ns(self) -> int:
+        """Length of a slot whose closed, settled windows are compacted together."""
+        return self.window_ns * self.run_windows
 
     @property
     def step(self) -> int:
@@ -119,8 +135,17 @@ class CompactionConfig:
             raise ValueError(f"window_ns must be in (0, {codec.MAX_WINDOW_NS}]")
         if self.grace_ns < 0 or self.merge_grace_ns < 0:
             raise ValueError("grace_ns and merge_grace_ns must be >= 0")
-        if self.max_rows < 1 or self.step_rows < 1 or self.merge_step_rows < 1:
-            raise ValueError("max_rows, step_rows and merge_step_rows must be >= 1")
+        if min(self.max_rows, self.step_rows, self.merge_step_rows, self.run_rows) < 1:
+            raise ValueError("max_rows, step_rows, merge_step_rows and run_rows must be >= 1")
+        if self.run_windows < 1 or self.run_ns > codec.MAX_WINDOW_NS:
+            raise ValueError(f"run_windows must be >= 1, window_ns * run_windows <= "
+                             f"{codec.MAX_WINDOW_NS}")  # fmt: skip
+        if (
+            self.merge_ns
+            and self.run_windows > 1
+            and (self.merge_ns % self.run_ns or self.run_ns >= self.merge_ns)
+        ):
+            raise ValueError("window_ns * run_windows must divide merge_ns and be shorter")
         if self.merge_ns and (
             self.merge_ns <= self.window_ns
             or self.merge_ns % self.window_ns
@@ -132,7 +157,7 @@ class CompactionConfig:
             )
 
 
-DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS)
+DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS, run_windows=RUN_WINDOWS)
 
 
 def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None = None) -> bool:
@@ -247,7 +272,7 @@ def _compact_head(
             if activity is not None:
                 activity.compacted(start)
             if _chunk_end(conn, start, start + w, config.max_rows) >= start + w:
-                return _compact_small_window(conn, start, start + w, config.merge_ns)
+                return _compact_small_window(conn, start, start + w, config)
             _clear_state(conn)
             conn.execute(f"INSERT INTO {_STATE} VALUES (?, 'stage', ?)", (start, start))
             return 1  # the steps follow, each its own call
@@ -259,7 +284,7 @@ def _compact_head(
         elif step == "pack":
             rows, nxt, done = _pack_rows(conn, cursor, config)
             if rows:
-                _write_blocks(conn, start, end, rows, config.merge_ns)
+                _write_blocks(conn, start, end, rows, config)
             n = len(rows)
         else:
             n, nxt, done = _delete(conn, cursor, end)
@@ -299,14 +324,14 @@ def _staged_step_unlocked(
             conn.execute("COMMIT")
             return max(n, 1)
         rows, nxt, done = _pack_rows(conn, cursor, config)
-        existing = _existing_blocks(conn, start, rows, config.merge_ns)
+        existing = _existing_blocks(conn, start, rows, config)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
     out = _block_rows(start, end, rows, config.merge_ns, existing)
     with transaction(conn):
-        if _existing_blocks(conn, start, rows, config.merge_ns) != existing:
+        if _existing_blocks(conn, start, rows, config) != existing:
             return None
         insert_blocks(conn, out)
         _advance(conn, start, step, nxt, done)
@@ -333,18 +358,23 @@ def _compact_window_unlocked(
         start = _oldest_settled_window(conn, closed_before, w, activity)
         if start is None:
             return 0
-        end = start + w
-        if _chunk_end(conn, start, end, config.max_rows) < end:
-            return None
+        end = _run_end(conn, start, closed_before, config, activity)
+        if end is None:
+            return 0  # the rest of its slot is still settling: wait for it
+        limit = config.max_rows if end - start == w else config.run_rows
         rows = conn.execute(
-            f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+            f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ? LIMIT ?",
+            (start, end, limit + 1),
         ).fetchall()
+        if len(rows) > limit:
+            return None  # a window too large for one step (_run_end checked the slot)
         rows.sort(key=itemgetter(0))  # stable: each series keeps its ts order
-        existing = _existing_blocks(conn, start, rows, config.merge_ns)
+        existing = _existing_blocks(conn, start, rows, config)
     finally:
         conn.execute("COMMIT")
     if activity is not None:
-        activity.compacted(start)
+        for key in range(start, end, w):
+            activity.compacted(key)
     out = _block_rows(start, end, rows, config.merge_ns, existing)
     with transaction(conn):
         (now_in_head,) = conn.execute(
@@ -354,16 +384,54 @@ def _compact_window_unlocked(
         # count is the same rows; the blocks' ids change whenever a block is rewritten.
         if (
             now_in_head != len(rows)
-            or _existing_blocks(conn, start, rows, config.merge_ns) != existing
+            or _existing_blocks(conn, start, rows, config) != existing
+            or (end - start > w and _blocks_start_within(conn, start + 1, end))
         ):
             return None
         insert_blocks(conn, out)
         conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
-    log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
+    log.debug("compacted start_ns=%d windows=%d readings=%d", start, (end - start) // w, len(rows))
     return max(len(rows), 1)
 
 
-def _compact_small_window(conn: sqlite3.Connection, start: int, end: int, merge_ns: int) -> int:
+def _run_end(
+    conn: sqlite3.Connection,
+    start: int,
+    closed_before: int,
+    config: CompactionConfig,
+    activity: Activity | None,
+) -> int | None:
+    """End of the head range to compact from `start`, the oldest settled window: its slot
+    (RUN_WINDOWS windows) when the slot is closed, settled, has no blocks yet and fits in
+    run_rows; the window alone otherwise; None to wait while the rest of the slot settles.
+
+    A slot's blocks all start at the slot start then (a late window merges into them,
+    _existing_blocks), so a series' blocks never overlap.
+    """
+    w, run = config.window_ns, config.run_ns
+    if run == w or start % run or start + run > closed_before:
+        return start + w  # live windows close one at a time
+    if _blocks_start_within(conn, start, start + run):
+        return start + w  # compacted window by window already (a restart, late readings)
+    if activity is not None and not all(
+        activity.window_settled(k) for k in range(start + w, start + run, w)
+    ):
+        return None
+    if _chunk_end(conn, start, start + run, config.run_rows) < start + run:
+        return start + w
+    return start + run
+
+
+def _blocks_start_within(conn: sqlite3.Connection, lo: int, hi: int) -> bool:
+    row = conn.execute(
+        f"SELECT 1 FROM {BLOCKS} WHERE start_ns >= ? AND start_ns < ? LIMIT 1", (lo, hi)
+    ).fetchone()
+    return row is not None
+
+
+def _compact_small_window(
+    conn: sqlite3.Connection, start: int, end: int, config: CompactionConfig
+) -> int:
     """A window of at most max_rows head rows in one step: pack its blocks, delete its rows.
 
     Under the lock, inside the caller's transaction: the fallback of
@@ -376,7 +444,7 @@ def _compact_small_window(conn: sqlite3.Connection, start: int, end: int, merge_
     # (measured 12 ms less per 48,000 rows than ORDER BY series_id, ts in SQL).
     rows.sort(key=itemgetter(0))
     if rows:
-        _write_blocks(conn, start, end, rows, merge_ns)
+        _write_blocks(conn, start, end, rows, config)
     conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
     log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
     return max(len(rows), 1)
@@ -471,30 +539,35 @@ def _write_blocks(
     start: int,
     end: int,
     rows: list[tuple[int, int, codec.Value]],
-    merge_ns: int,
+    config: CompactionConfig,
 ) -> None:
-    existing = _existing_blocks(conn, start, rows, merge_ns)
-    insert_blocks(conn, _block_rows(start, end, rows, merge_ns, existing))
+    existing = _existing_blocks(conn, start, rows, config)
+    insert_blocks(conn, _block_rows(start, end, rows, config.merge_ns, existing))
 
 
 _Existing = dict[int, tuple[int, int, int, bytes]]
 
 
 def _existing_blocks(
-    conn: sqlite3.Connection, start: int, rows: list[tuple[int, int, codec.Value]], merge_ns: int
+    conn: sqlite3.Connection,
+    start: int,
+    rows: list[tuple[int, int, codec.Value]],
+    config: CompactionConfig,
 ) -> _Existing:
     """Per series of `rows` (sorted by series), the block already covering the window at
-    `start`, as (id, start, end, data): its own small block or, once merged, the merge
-    window's block. A series' blocks never overlap (the writer's duplicate check and
-    collector.scan find at most one block per reading), so late readings go into it."""
+    `start`, as (id, start, end, data): its own small block, its slot's block (_run_end)
+    or, once merged, the merge window's block. A series' blocks never overlap (the
+    writer's duplicate check and collector.scan find at most one block per reading), so
+    late readings go into it."""
     if not rows:
         return {}
-    starts = (start, start - start % merge_ns) if merge_ns else (start, start)
+    m = config.merge_ns
+    starts = (start, start - start % config.run_ns, start - start % m if m else start)
     return {
         sid: (bid, bstart, bend, data)
         for bid, sid, bstart, bend, data in conn.execute(
-            f"SELECT id, series_id, start_ns, end_ns, data FROM {BLOCKS} WHERE start_ns IN (?, ?) "
-            "AND series_id >= ? AND series_id <= ? AND end_ns > ?",
+            f"SELECT id, series_id, start_ns, end_ns, data FROM {BLOCKS} "
+            "WHERE start_ns IN (?, ?, ?) AND series_id >= ? AND series_id <= ? AND end_ns > ?",
             (*starts, rows[0][0], rows[-1][0], start),
         )
     }
@@ -510,13 +583,13 @@ def _block_rows(
     """The block rows for `rows` (sorted by series_id, ts), merged into `existing`."""
     if not rows:
         return []
-    # Cut the columns into per-series runs without a Python step per row (zip, Counter and
-    # slicing run in C).
-    sids, tss, vals = zip(*rows, strict=True)
+    # Cut the columns into per-series runs without a Python step per row (map, Counter and
+    # slicing run in C; zip(*rows) would make an iterator object per row: 2x slower).
+    sids, tss, vals = (list(map(itemgetter(i), rows)) for i in range(3))
     out = []
     pos = 0
     for sid, count in Counter(sids).items():  # in row order: by series_id
-        ts, values = list(tss[pos : pos + count]), list(vals[pos : pos + count])
+        ts, values = tss[pos : pos + count], vals[pos : pos + count]
         pos += count
         bstart, bend = start, end
         old = existing.get(sid)

@@ -33,6 +33,7 @@ SERIES: Final = "series"
 HEAD: Final = "readings_head"
 REJECTED: Final = "rejected"
 BLOCKS: Final = "blocks"
+HORIZON: Final = "compaction_horizon"
 RECENT_VIEW: Final = "readings_recent"
 BLOCKS_VIEW: Final = "blocks_summary"
 
@@ -195,6 +196,25 @@ def m0003_small_blocks(db: sqlite_utils.Database) -> None:
     db.execute(
         f"CREATE INDEX blocks_small_by_start ON {BLOCKS}(start_ns) "
         "WHERE end_ns - start_ns < 3600000000000"
+    )
+
+
+@migrations()
+def m0004_compaction_horizon(db: sqlite_utils.Database) -> None:
+    # One row: every reading held in a block has a timestamp below `below_ns`. The writer
+    # reads it in each transaction and looks into blocks (for readings resent after their
+    # window was compacted) only below it; collector.blockwrites.insert_blocks raises it
+    # with every block it writes. It only grows: retention dropping blocks leaves it, which
+    # costs at most a look into blocks that finds nothing.
+    db.executescript(
+        f"""
+        CREATE TABLE {HORIZON} (
+            id INTEGER PRIMARY KEY CHECK (id = 0),
+            below_ns INTEGER NOT NULL
+        );
+        INSERT INTO {HORIZON} (id, below_ns)
+            SELECT 0, coalesce(max(last_ts) + 1, 0) FROM {BLOCKS};
+        """
     )
 
 

@@ -506,9 +506,7 @@ class Writer:
 
     def _refresh_horizon(self, conn: sqlite3.Connection) -> None:
         """Remember where compacted blocks end: newer rows need no look into blocks."""
-        row = conn.execute(
-            f"SELECT end_ns FROM {store.BLOCKS} ORDER BY start_ns DESC LIMIT 1"
-        ).fetchone()
+        row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
         self._horizon = int(row[0]) if row else 0
 
     def _series_ids(

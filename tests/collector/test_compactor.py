@@ -343,7 +343,7 @@ from collector import compactor, store
 conn = store.connect(sys.argv[1])
 config = compactor.CompactionConfig(
     window_ns=int(sys.argv[2]), grace_ns=0, max_rows=int(sys.argv[4]), merge_ns=int(sys.argv[3]),
-    merge_grace_ns=0,
+    merge_grace_ns=0, run_windows=int(sys.argv[5]),
 )
 steps = 0
 while compactor.compact_once(conn, 10**18, config):
@@ -354,19 +354,24 @@ print("done", flush=True)
 
 
 @pytest.mark.parametrize(
-    ("merge_ns", "max_rows"),
-    [(0, 60), (5 * WINDOW, 60), (5 * WINDOW, 300)],
-    ids=["one-level", "two-level-staged", "two-level-whole-windows"],
+    ("merge_ns", "max_rows", "run_windows"),
+    [(0, 60, 1), (5 * WINDOW, 60, 1), (5 * WINDOW, 300, 1), (10 * WINDOW, 300, 5)],
+    ids=["one-level", "two-level-staged", "two-level-whole-windows", "two-level-slots"],
 )
 def test_sigkill_during_compaction_loses_and_duplicates_nothing(
-    tmp_path: Path, merge_ns: int, max_rows: int
+    tmp_path: Path, merge_ns: int, max_rows: int, run_windows: int
 ) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
     rows = population(40, 20, seed=6)
     insert(conn, rows[::2])
     config = compactor.CompactionConfig(
-        window_ns=WINDOW, grace_ns=0, max_rows=max_rows, merge_ns=merge_ns, merge_grace_ns=0
+        window_ns=WINDOW,
+        grace_ns=0,
+        max_rows=max_rows,
+        merge_ns=merge_ns,
+        merge_grace_ns=0,
+        run_windows=run_windows,
     )
     drain(conn, 4 * WINDOW, config)  # some windows compacted already
     insert(conn, rows[1::2])  # late readings for compacted windows and fresh ones
@@ -377,7 +382,16 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
     kills = 0
     for _ in range(6):
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(WINDOW), str(merge_ns), str(max_rows)],
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(path),
+                str(WINDOW),
+                str(merge_ns),
+                str(max_rows),
+                str(run_windows),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},
@@ -405,11 +419,11 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     drain(conn, 10**18, config)
     assert head_count(conn) == 0
-    if merge_ns:  # merge windows 0..3, all merged
+    if merge_ns:  # the 20 minutes' merge windows, all merged
         merged = conn.execute(
             "SELECT count(*) FROM blocks WHERE end_ns - start_ns = ?", (merge_ns,)
         ).fetchone()
-        assert merged == (4 * 40,)
+        assert merged == (20 * WINDOW // merge_ns * 40,)
     got = list(scan.read_range(conn, range(1, 41), None, None))
     want = sorted(rows, key=lambda r: (r[1], r[0]))
     assert got == want
@@ -491,3 +505,94 @@ def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (40 * 720,)
     assert not store.reclaim_space(conn)  # below the default bounds: nothing to do
+
+
+# Two levels, head windows compacted five at a time when their 5-minute slot is closed.
+SLOTS = compactor.CompactionConfig(
+    window_ns=WINDOW,
+    grace_ns=0,
+    max_rows=300,
+    merge_ns=10 * WINDOW,
+    merge_grace_ns=5 * WINDOW,
+    run_windows=5,
+    run_rows=1_000,
+)
+
+
+def block_spans(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    return conn.execute(
+        "SELECT start_ns, end_ns, count(*) FROM blocks GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+
+
+def test_a_closed_slot_is_compacted_into_one_block_per_series(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 20)
+    rows = population(20, 10, seed=20)
+    insert(conn, rows)
+    # Minute 0 closed, the slot's other windows not yet: window by window, as live.
+    drain(conn, WINDOW, SLOTS)
+    assert block_spans(conn) == [(0, WINDOW, 20)]
+    # A backlog: both slots closed at once. Slot 0 already has a block: window by window;
+    # slot 1 (minutes 5-9) becomes one block per series, in one step.
+    steps = drain(conn, 10 * WINDOW + 1, SLOTS)
+    assert block_spans(conn) == [
+        *((m * WINDOW, (m + 1) * WINDOW, 20) for m in range(5)),
+        (5 * WINDOW, 10 * WINDOW, 20),
+    ]
+    assert steps == 4 + 1  # four windows, then the slot
+    # A late reading for a window inside the slot goes into the slot's block.
+    late = (3, 7 * WINDOW + 5, 1.25)
+    insert(conn, [late])
+    drain(conn, 10 * WINDOW + 1, SLOTS)
+    assert conn.execute(
+        "SELECT start_ns, end_ns, count FROM blocks WHERE series_id = 3 AND start_ns >= ?",
+        (5 * WINDOW,),
+    ).fetchall() == [(5 * WINDOW, 10 * WINDOW, 31)]
+    drain(conn, 20 * WINDOW, SLOTS)  # the merge window closed: one block per series
+    assert block_spans(conn) == [(0, 10 * WINDOW, 20)]
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, range(1, 21), None, None))
+    assert got == sorted([*rows, late], key=lambda r: (r[1], r[0]))
+    horizon = conn.execute("SELECT below_ns FROM compaction_horizon").fetchone()[0]
+    assert horizon == 10 * WINDOW - 10 * S + 20 * 1000 + 1  # the last reading, plus one
+
+
+def test_a_slot_waits_for_its_windows_to_settle(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 10)
+    insert(conn, population(10, 5, seed=21))
+    clock = [100.0]
+    activity = Activity(WINDOW, SLOTS.merge_ns, clock=lambda: clock[0])
+    activity.note([3 * WINDOW + 7])  # minute 3 is still receiving readings
+    assert compactor.compact_once(conn, 6 * WINDOW, SLOTS, activity) == 0
+    assert head_count(conn) == 10 * 30
+    clock[0] += activity.quiet_s
+    assert compactor.compact_once(conn, 6 * WINDOW, SLOTS, activity) == 10 * 30
+    assert block_spans(conn) == [(0, 5 * WINDOW, 10)]
+
+
+def test_a_slot_too_large_goes_window_by_window(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = population(40, 5, seed=22)  # 1,200 rows in slot 0: more than run_rows
+    insert(conn, rows)
+    drain(conn, 5 * WINDOW, SLOTS)
+    assert block_spans(conn) == [(m * WINDOW, (m + 1) * WINDOW, 40) for m in range(5)]
+    assert list(scan.read_range(conn, range(1, 41), None, None)) == sorted(
+        rows, key=lambda r: (r[1], r[0])
+    )
+
+
+def test_resend_into_a_slot_block_is_found_by_the_horizon(tmp_path: Path) -> None:
+    # The writer looks into blocks only below compaction_horizon: a slot's blocks end after
+    # a later window's block starts, so the horizon is the greatest last reading written,
+    # not the end of the block with the greatest start.
+    conn = open_db(tmp_path / "t.db", 2)
+    insert(conn, [(1, m * WINDOW + 5, float(m)) for m in range(5)])
+    drain(conn, 5 * WINDOW, SLOTS)
+    assert block_spans(conn) == [(0, 5 * WINDOW, 1)]
+    insert(conn, [(2, 2 * WINDOW + 9, 2.5)])  # series 2, a window inside the slot
+    drain(conn, 5 * WINDOW, SLOTS)
+    assert block_spans(conn) == [(0, 5 * WINDOW, 1), (2 * WINDOW, 3 * WINDOW, 1)]
+    (horizon,) = conn.execute("SELECT below_ns FROM compaction_horizon").fetchone()
+    assert horizon == 4 * WINDOW + 6
+    held = scan.held_in_blocks(conn, [(0, 1, 4 * WINDOW + 5), (1, 2, 2 * WINDOW + 9)])
+    assert held == {0, 1}

@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -310,6 +310,51 @@ def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
     assert first.accepted == 1
     assert (again.accepted, again.duplicate) == (1, 1)
     assert _count(path, f"SELECT sum(count) FROM {store.SERIES}") == 2
+
+
+def test_resend_into_a_slot_block_ending_after_later_blocks_is_a_duplicate(tmp_path):
+    # A backlog's slot block (collector.compactor._run_end) can end after a block that
+    # starts later (a late window of another series): the writer's horizon is the greatest
+    # reading any block holds, so it still looks into the slot block for a resend.
+    from collector import compactor
+
+    path, token = _db(tmp_path)
+    w_ns = compactor.WINDOW_NS
+    old = 2_666_666 * 5 * w_ns  # a long-closed, slot-aligned time
+    config = compactor.CompactionConfig(
+        merge_ns=compactor.MERGE_NS, merge_grace_ns=86_400 * 10**9, run_windows=5
+    )
+    slot = [["a", "gauge", old + m * w_ns + 5, float(m), None, None] for m in range(5)]
+    other = ["b", "gauge", old + 2 * w_ns + 9, 2.5, None, None]
+
+    def compact() -> None:
+        conn = store.connect(path)
+        while compactor.compact_once(conn, old + 6 * w_ns, config):
+            pass
+        conn.close()
+
+    async def send(seq: int, readings: Sequence[object]) -> Any:
+        w = Writer(path)
+        await w.start()
+        try:
+            dev = await _device(w, token)
+            return await (await w.submit(dev.id, ING.prepare(seq, readings, 0)))
+        finally:
+            await w.close()
+
+    assert run(send(1, slot)).accepted == 5
+    compact()
+    assert run(send(2, [other])).accepted == 1
+    compact()
+    conn = store.connect(path, readonly=True)
+    spans = conn.execute(
+        f"SELECT start_ns - ?1, end_ns - ?1 FROM {store.BLOCKS} ORDER BY 1", (old,)
+    ).fetchall()
+    conn.close()
+    assert spans == [(0, 5 * w_ns), (2 * w_ns, 3 * w_ns)]
+    again = run(send(3, [slot[4]]))
+    assert (again.accepted, again.duplicate) == (0, 1)
+    assert _count(path, f"SELECT count(*) FROM {store.HEAD}") == 0
 
 
 def test_stored_timestamps_reach_the_activity_hook(tmp_path):
