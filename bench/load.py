@@ -611,6 +611,19 @@ def _machine_busy() -> tuple[float, float]:
     return sum(t) - idle, sum(t)
 
 
+def _machine_steal() -> tuple[float, float]:
+    """(CPU seconds the hypervisor gave to others, all CPU seconds) so far (Linux guests)."""
+    t = psutil.cpu_times()
+    return getattr(t, "steal", 0.0), sum(t)
+
+
+def _wal_mb(db: Path) -> float:
+    try:
+        return round(os.path.getsize(f"{db}-wal") / 2**20, 1)
+    except OSError:
+        return 0.0
+
+
 def _share(now: tuple[float, float], before: tuple[float, float]) -> float:
     return (now[0] - before[0]) / max(now[1] - before[1], 1e-9)
 
@@ -625,6 +638,7 @@ def _watch_total(
     cpu_prev = col.cpu_s()
     child_prev = col.children_cpu_s()
     busy_prev = _machine_busy()
+    steal_prev = _machine_steal()
     rss_max = col.rss_mb()
     t_start = time.time()
     while len(results) < n_procs:
@@ -640,6 +654,7 @@ def _watch_total(
             cpu = col.cpu_s()
             child = col.children_cpu_s()
             busy = _machine_busy()
+            steal = _machine_steal()
             stats = _db_stats(db, summed=False)
             rows.append({
                 "slice": f"{k * args.slice / 1e6:g}-{(k + 1) * args.slice / 1e6:g}M",
@@ -647,10 +662,11 @@ def _watch_total(
                 "seconds": round(dt, 2), "collector_cpu_s": round(cpu - cpu_prev, 1),
                 "maintainer_cpu_s": round(child - child_prev, 1),
                 "machine_busy": round(_share(busy, busy_prev), 2),
+                "steal": round(_share(steal, steal_prev), 3),
                 "head_rows": stats["head_rows"], "blocks": stats["blocks"],
-                "load_avg_1m": os.getloadavg()[0],
+                "wal_mb": _wal_mb(db), "load_avg_1m": os.getloadavg()[0],
             })  # fmt: skip
-            cpu_prev, child_prev, busy_prev = cpu, child, busy
+            cpu_prev, child_prev, busy_prev, steal_prev = cpu, child, busy, steal
             print(json.dumps(rows[-1]), file=sys.stderr)
         if time.time() - t_start > args.max_s and "stopped_early_at" not in report:
             with shared.sent.get_lock():  # hand out no more batches; in-flight ones finish

@@ -4,9 +4,10 @@ Connection handlers (on the event loop) call `Writer.submit`, which waits for qu
 (backpressure: a handler that cannot get credits stops reading its socket) and returns a
 future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
 ONE transaction: series ids resolved from an in-memory cache (new series inserted in the same
-transaction), `INSERT OR IGNORE` into the head with `executemany`, dead-letter rows, series
-stats and `devices.last_seq`. Only after COMMIT returns are the futures resolved, on the loop,
-via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
+transaction), `INSERT OR IGNORE` into the head in multi-row statements
+(collector.bulkinsert), dead-letter rows, series stats and `devices.last_seq`. Only after
+COMMIT returns are the futures resolved, on the loop, via `call_soon_threadsafe`: an ACK
+always follows the commit that holds its readings.
 
 A batch whose seq is <= the device's last committed seq is a resend: it stores nothing and is
 answered accepted=0, duplicate=<valid readings>, with the same rejects. A sqlite3 error
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector import devices, scan, store
+from collector.bulkinsert import BulkInsert
 from collector.ingest import PreparedBatch, SeriesKey
 from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
@@ -68,6 +70,11 @@ STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
 _INSERT_HEAD: Final = (
     f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
+)
+# A batch's head rows in a few multi-row statements, not one GIL handoff per row
+# (collector.bulkinsert).
+_insert_head: Final = BulkInsert(
+    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4
 )
 _INSERT_REJECTED: Final = (
     f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
@@ -471,7 +478,7 @@ class Writer:
         todo = [r for i, r in enumerate(rows) if i not in found] if found else rows
         conn.execute("SAVEPOINT batch")
         new: list[bool] | None = None
-        if conn.executemany(_INSERT_HEAD, todo).rowcount != len(todo):
+        if _insert_head(conn, todo) != len(todo):
             # Some rows were already stored (readings re-batched after a reconnect):
             # redo this batch row by row to learn exactly which ones are new.
             conn.execute("ROLLBACK TO batch")

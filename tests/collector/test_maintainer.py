@@ -9,7 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from collector import store
+from collector import compactor, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import wait_for
@@ -59,7 +59,9 @@ def _blocks(db: Path) -> int:
 
 
 def _send_old_window(daemon: CollectorProcess, token: str, seq: int, sensor: str) -> None:
-    ts = time.time_ns() - 3_600 * S  # a closed window: compacted once it settles (5 s)
+    # All five in one closed window (compacted once it settles, 5 s): one block per sensor.
+    w = compactor.WINDOW_NS
+    ts = (time.time_ns() - 3_600 * S) // w * w + 10 * S
     with WireClient(*daemon.ingest) as c:
         assert isinstance(c.hello("dev", token), wire.Welcome)
         ack = c.batch(seq, [[sensor, "gauge", ts + i * S, float(i), None, None] for i in range(5)])
