@@ -33,21 +33,16 @@ def merge_small_blocks(
     """One step of merging the oldest closed merge window's small blocks, a slice of series
     ids at a time; returns the readings merged (at least 1 while a window is in progress).
 
-    The writer takes the end of the block with the greatest start as the bound below which
-    a reading may sit in a block, so that block's end must stay >= every block's last
-    reading. Merging moves a series' start back to the window start; so when no later block
-    exists, the series owning the newest small block is merged last, in a step of its own.
-
-    State (window, next series id, last series id, slice width, series merged last) lives
-    in a temp table; a new connection starts the window again, and series already merged
-    have no small block left in it, so every step is idempotent.
+    State (window, next series id, last series id, slice width) lives in a temp table; a new
+    connection starts the window again, and series already merged have no small block left
+    in it, so every step is idempotent.
     """
     m = config.merge_ns
     # The literal bound lets SQLite use store.m0003's partial index of the small blocks.
     small = f"end_ns - start_ns < {int(m)}"
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
-        "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL, last INTEGER)"
+        "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL)"
     )
     if not conn.in_transaction:
         # Read and encode with no write lock held; write under it, if nothing changed.
@@ -78,7 +73,7 @@ def merge_small_blocks(
     return max(merged[2], 1)
 
 
-_MergeState = tuple[int, int, int, int, int | None]
+_MergeState = tuple[int, int, int, int]
 _BlockRows = list[tuple[int, int, int, int, bytes]]
 _Merged = tuple[list[tuple[object, ...]], list[tuple[int]], int]
 
@@ -88,19 +83,16 @@ class _BlocksChanged(Exception):
 
 
 def _merge_state(conn: sqlite3.Connection) -> _MergeState | None:
-    row = conn.execute(f"SELECT window_start, cursor, hi, width, last FROM {_MERGE_STATE}")
+    row = conn.execute(f"SELECT window_start, cursor, hi, width FROM {_MERGE_STATE}")
     state: _MergeState | None = row.fetchone()
     return state
 
 
 def _merge_slice(state: _MergeState) -> tuple[list[int], int, bool]:
     """The series ids of the next step, the next cursor, and whether the window is done."""
-    _start, cursor, hi, width, last = state
+    _start, cursor, hi, width = state
     bound = min(cursor + width, hi + 1)
-    if cursor > hi:  # only the series merged last is left
-        assert last is not None
-        return [last], bound, True
-    return [i for i in range(cursor, bound) if i != last], bound, bound > hi and last is None
+    return list(range(cursor, bound)), bound, bound > hi
 
 
 def _slice_blocks(conn: sqlite3.Connection, start: int, m: int, ids: list[int]) -> _BlockRows:
@@ -125,7 +117,7 @@ def _write_merge(
 ) -> None:
     """Replace the slice's blocks by the merged ones and move the state on; raises
     _BlocksChanged (rolling back) when the slice's blocks are not the ones `rows` holds."""
-    start, _cursor, _hi, width, _last = state
+    start, _cursor, _hi, width = state
     out, stale, n = merged
     (now,) = conn.execute(
         f"SELECT count(*) FROM json_each(?) AS j JOIN {BLOCKS} AS b ON b.series_id = j.value "
@@ -152,7 +144,7 @@ def _start_merge(
     config: CompactionConfig,
     small: str,
     activity: Activity | None,
-) -> tuple[int, int, int, int, int | None] | None:
+) -> _MergeState | None:
     """State for merging the oldest closed, settled merge window with small blocks."""
     m = config.merge_ns
     cursor = -(2**63)
@@ -179,19 +171,9 @@ def _start_merge(
         f"WHERE start_ns >= ? AND start_ns < ? AND {small}",
         (start, start + m),
     ).fetchone()
-    last = None
-    later = conn.execute(
-        f"SELECT 1 FROM {BLOCKS} WHERE start_ns >= ? LIMIT 1", (start + m,)
-    ).fetchone()
-    if later is None:
-        (last,) = conn.execute(
-            f"SELECT series_id FROM {BLOCKS} WHERE start_ns < ? AND {small} "
-            "ORDER BY start_ns DESC LIMIT 1",
-            (start + m,),
-        ).fetchone()
-    state = (start, lo, hi, max(1, config.merge_step * config.window_ns // m), last)
+    state = (start, lo, hi, max(1, config.merge_step * config.window_ns // m))
     conn.execute(f"DELETE FROM {_MERGE_STATE}")
-    conn.execute(f"INSERT INTO {_MERGE_STATE} VALUES (?, ?, ?, ?, ?)", state)
+    conn.execute(f"INSERT INTO {_MERGE_STATE} VALUES (?, ?, ?, ?)", state)
     return state
 
 

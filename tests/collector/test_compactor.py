@@ -175,10 +175,12 @@ def test_two_levels_small_blocks_then_merged(tmp_path: Path) -> None:
     assert got == sorted(rows + late, key=lambda r: (r[1], r[0]))
 
 
-def test_merge_without_a_later_block_keeps_the_newest_block_ending_last(tmp_path: Path) -> None:
-    # The writer looks for resent readings in blocks only below the end of the block with
-    # the greatest start; merging an idle collector's last hour must never lower that bound
-    # below a stored reading, at any step.
+def test_merge_of_an_idle_collectors_last_hour_keeps_the_horizon_above_every_reading(
+    tmp_path: Path,
+) -> None:
+    # The writer looks for resent readings in blocks only below compaction_horizon; merging
+    # moves blocks' starts back to the hour's start and must never leave a stored reading
+    # at or above it, at any step.
     conn = open_db(tmp_path / "t.db", 40)
     rows = [(sid, ts, v) for sid, ts, v in population(40, 5, seed=12) if sid != 7]
     rows.append((7, 95 * S, 1.0))
@@ -190,13 +192,15 @@ def test_merge_without_a_later_block_keeps_the_newest_block_ending_last(tmp_path
     steps = 0
     while compactor.compact_once(conn, 100 * WINDOW, config):
         steps += 1
-        newest = conn.execute("SELECT end_ns FROM blocks ORDER BY start_ns DESC LIMIT 1").fetchone()
-        if newest is not None:
-            assert conn.execute("SELECT max(last_ts) FROM blocks").fetchone()[0] < newest[0]
+        (horizon,) = conn.execute("SELECT below_ns FROM compaction_horizon").fetchone()
+        assert conn.execute("SELECT coalesce(max(last_ts), -1) FROM blocks").fetchone()[0] < horizon
     assert steps > 12  # 10 head windows, then the merge in several slices
     assert conn.execute("SELECT DISTINCT start_ns, end_ns FROM blocks").fetchall() == [
         (0, 10 * WINDOW)
     ]
+    assert conn.execute("SELECT below_ns FROM compaction_horizon").fetchone() == (
+        9 * WINDOW + 59 * S + 1,
+    )
     got = list(scan.read_range(conn, range(1, 41), None, None))
     assert got == sorted(rows, key=lambda r: (r[1], r[0]))
 
