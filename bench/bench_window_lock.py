@@ -8,6 +8,7 @@ is time the ingest writer waits (collector.maintainer.Turns).
 
     python bench/bench_window_lock.py                      # the process's setting
     python bench/bench_window_lock.py --synchronous FULL   # as the writer commits
+    python bench/bench_window_lock.py --run-windows 5      # a backlog's 10-minute slots
 
 Nothing here is used by the product.
 """
@@ -49,9 +50,9 @@ def _fill(conn: sqlite3.Connection, windows: int) -> None:
         conn.execute("COMMIT")
 
 
-def _compact(conn: sqlite3.Connection, start: int) -> dict[str, float]:
+def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float]:
     cfg = compactor.DEFAULT_CONFIG
-    end = start + compactor.WINDOW_NS
+    end = start + span * compactor.WINDOW_NS
     marks = [time.perf_counter()]
     conn.execute("BEGIN")
     rows = conn.execute(
@@ -85,21 +86,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     ap.add_argument("--windows", type=int, default=5)
+    ap.add_argument(
+        "--run-windows", type=int, default=1, help="windows compacted together (a slot)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-lock-") as tmp:
         path = Path(tmp) / "lock.db"
         store.migrate(path)
         conn = store.connect(path, synchronous=args.synchronous)
-        _fill(conn, args.windows + 1)
-        print(f"synchronous={args.synchronous}, {SERIES * PER_WINDOW:,} head rows per window, ms")
-        print("| window | read | encode | check | insert | delete | commit | locked | µs/reading |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        span = args.run_windows
+        _fill(conn, (args.windows + 1) * span)
+        n = SERIES * PER_WINDOW * span
+        print(f"synchronous={args.synchronous}, {n:,} head rows per step ({span} windows), ms")
+        print("| step | read | encode | check | insert | delete | commit | locked | "
+              "µs/reading locked | µs/reading unlocked |")  # fmt: skip
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for k in range(args.windows):
-            ms = _compact(conn, k * compactor.WINDOW_NS)
-            per = 1e3 * ms["locked"] / (SERIES * PER_WINDOW)
+            ms = _compact(conn, k * span * compactor.WINDOW_NS, span)
+            per = 1e3 * ms["locked"] / n
+            free = 1e3 * (ms["read"] + ms["encode"]) / n
             cols = " | ".join(f"{ms[n]:.1f}" for n in ("read", "encode", "check", "insert",
                                                          "delete", "commit", "locked"))  # fmt: skip
-            print(f"| {k} | {cols} | {per:.2f} |")
+            print(f"| {k} | {cols} | {per:.2f} | {free:.2f} |")
         conn.close()
 
 

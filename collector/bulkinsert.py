@@ -2,9 +2,9 @@
 
 Why: sqlite3's `executemany` releases and takes back the GIL around every row's
 `sqlite3_step`. The writer thread shares the GIL with the event loop thread, which decodes
-and validates batches, and every handoff can wait for it: 496-row batches into a head-like
-table ran at 78k rows/s with a busy Python thread beside them against 120k alone; one
-statement per up to 512 rows ran at ~165k rows/s either way (`bench/bench_insert_gil.py`).
+and validates batches, and every handoff can wait for it: 496-row batches into the head
+ran at 117k rows/s with a busy Python thread beside them against 175k alone; one statement
+per up to 512 rows ran at ~205k rows/s either way (`bench/bench_insert_gil.py`).
 
 Chunks are powers of two up to `MAX_ROWS_PER_STATEMENT` (fewer if the SQLite build allows
 fewer variables), so a connection prepares at most ten statement texts per table and its
