@@ -176,9 +176,13 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
     # taken[(device, sensor)] = the highest counter value the agent durably took.
     taken: dict[tuple[str, str], int] = {}
     kills = 0
+    # Inputs finished (log lines) when each agent started its phase: an agent whose phase's
+    # input has finished samples no more, so waiting for its spool to grow would never end.
+    finished_before: dict[str, int] = {}
     try:
         for a in agents:
             a.configure(port, counter_input(sensors(a, 0), size.samples), spool_max=size.spool_max)
+            finished_before[a.device] = a.finished_inputs()
             a.start()
         wait_for(lambda: committed_total(db) >= size.sensors * size.agents, "first readings")
         daemon.kill()
@@ -191,6 +195,7 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
                     lambda a=a, b=base, t=threshold: (
                         sum(len(v) for v in a.spooled().values())  # type: ignore[misc]
                         >= min(b + t, size.spool_max)
+                        or a.finished_inputs() > finished_before[a.device]
                     ),
                     f"{a.device} sampling",
                     60,
@@ -212,6 +217,7 @@ def run_down_scenario(tmp_path: Path, size: DownSize, seed: int) -> dict[str, fl
                     counter_input(sensors(a, phase + 1), size.samples),
                     spool_max=size.spool_max,
                 )
+                finished_before[a.device] = a.finished_inputs()
                 a.start()
         last = size.rounds
         for a in agents:
