@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Final
 
 from collector import writer
+from collector.durations import UNITS, duration_ns
 from collector.errors import ConfigError
 from schemas import wire
 
@@ -134,25 +134,17 @@ _LIMITS: Final = {f.name: f for f in dataclasses.fields(Limits)}
 _ZERO_MEANS_OFF: Final = frozenset({"max_readings_per_s_per_device"})
 
 
-_DURATION_RE: Final = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
-_DURATION_NS: Final = {
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-    "d": 86_400_000_000_000,
-    "w": 604_800_000_000_000,
-}
-
-
 def parse_duration_ns(value: str, setting: str) -> int:
-    """'30d', '12h', '90m', '3600s', '2w' -> nanoseconds. Raises ConfigError."""
-    m = _DURATION_RE.match(value)
-    if not m or int(m.group(1)) <= 0:
+    """'30d', '12h', '90m', '1.5h', '2w' (collector.durations) -> nanoseconds.
+
+    Raises ConfigError."""
+    ns = duration_ns(value)
+    if ns is None or ns <= 0:
         raise ConfigError(
-            f"setting '{setting}': expected a positive duration such as 30d, 12h or 90m, "
-            f"got {value!r}"
+            f"setting '{setting}': expected a positive duration such as 30d, 12h or 90m "
+            f"(units: {UNITS}), got {value!r}"
         )
-    return int(m.group(1)) * _DURATION_NS[m.group(2)]
+    return ns
 
 
 def parse_addr(value: str, setting: str) -> tuple[str, int]:

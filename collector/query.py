@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 from collector import scan, store
+from collector.durations import NS_PER_S, duration_ns
 from collector.errors import ConfigError
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
@@ -37,23 +38,10 @@ log = logging.getLogger(__name__)
 Row = dict[str, object]
 Order = Literal["asc", "desc"]
 
-NS_PER_S: Final = 1_000_000_000
 MAX_TS_NS: Final = (1 << 63) - 1
 AGGS: Final = ("avg", "min", "max", "sum", "count", "first", "last")
 ORDERS: Final = ("asc", "desc")
 
-# Relative times and durations: `15m`, `2h`, `7d`, `500ms`, `1w`.
-_UNIT_NS: Final[dict[str, int]] = {
-    "ns": 1,
-    "us": 1_000,
-    "ms": 1_000_000,
-    "s": NS_PER_S,
-    "m": 60 * NS_PER_S,
-    "h": 3_600 * NS_PER_S,
-    "d": 86_400 * NS_PER_S,
-    "w": 7 * 86_400 * NS_PER_S,
-}
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d|w)\s*$")
 # RFC 3339 / ISO 8601: date, optional time with up to 9 fractional digits, optional offset.
 # A time without an offset is UTC (documented in docs/api.md).
 _ISO_RE: Final = re.compile(
@@ -111,13 +99,12 @@ def parse_duration(text: str, *, option: str) -> int:
 
     Raises ConfigError naming `option`.
     """
-    m = _DURATION_RE.match(text)
-    if m is None:
+    ns = duration_ns(text)
+    if ns is None:
         raise ConfigError(
             f"{option}: {text!r} is not a duration (a number and a unit: ns, us, ms, s, m, h, "
             "d or w, e.g. 15m)"
         )
-    ns = round(float(m.group(1)) * _UNIT_NS[m.group(2)])
     if ns <= 0:
         raise ConfigError(f"{option}: duration must be positive, got {text!r}")
     return ns
@@ -137,7 +124,7 @@ def parse_time(text: str, *, option: str, now_ns: int) -> int:
     if t.startswith("@") and t[1:].isdigit():
         return _check_range(int(t[1:]), text, option)
     rel = t[1:] if t.startswith("-") else t
-    if _DURATION_RE.match(rel):
+    if duration_ns(rel) is not None:
         return _check_range(now_ns - parse_duration(rel, option=option), text, option)
     m = _ISO_RE.match(t)
     if m is None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from collector import store
-from collector.query import NS_PER_S, Filters, Row, SeriesInfo, readings, resolve_series
+from collector.durations import NS_PER_S
+from collector.query import Filters, Row, SeriesInfo, readings, resolve_series
 
 
 @dataclass(slots=True)

@@ -58,7 +58,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 @click.option(
     "--retention",
     metavar="DURATION",
-    help="Delete readings older than this (e.g. 30d, 12h); default: keep forever.",
+    help="Delete readings older than this (e.g. 30d, 12h, 1.5h, 2w); default: keep forever.",
 )
 @click.option("--max-connections", type=int, help="Most concurrent agent connections.")
 @click.option(

@@ -94,3 +94,17 @@ def test_tls_and_limit_settings_from_file_env_and_flags(tmp_path: Path) -> None:
     assert cfg.limits.max_readings_per_s_per_device == 50
     assert Config().tls_mode == "off"
     assert Config().limits.max_connections_per_ip == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [("30d", 30 * 86_400 * 10**9), ("1.5h", 5_400 * 10**9), ("2w", 14 * 86_400 * 10**9)],
+)
+def test_retention_takes_the_query_options_durations(text: str, ns: int) -> None:
+    assert load_config(None, env={}, overrides={"retention": text}).retention_ns == ns
+
+
+@pytest.mark.parametrize("text", ["0s", "30", "thirty days", "-1d"])
+def test_bad_retention_is_one_clear_error(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"setting 'retention': expected a positive duration"):
+        load_config(None, env={}, overrides={"retention": text})
