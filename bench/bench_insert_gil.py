@@ -7,6 +7,8 @@ GIL around every row, so each row can wait for the other thread; a multi-row
 
     python bench/bench_insert_gil.py                # both ways, alone and beside a busy thread
     python bench/bench_insert_gil.py --batches 2000
+    python bench/bench_insert_gil.py --savepoints   # 40 batches per transaction, with and
+                                                    # without a savepoint around each batch
 
 Writes 496-reading batches of 8 series from 1,000 devices at scattered timestamps (a
 backfill) into a head table like collector.store's, one transaction per batch, WAL,
@@ -71,10 +73,44 @@ def _run(path: Path, how: str, busy: bool, batches: int) -> float:
     return rate
 
 
+def _run_grouped(path: Path, savepoints: bool, batches: int) -> float:
+    """Multi-row inserts, 40 batches per FULL transaction (a group commit), optionally each
+    batch in a savepoint (its first change to a page copies the page)."""
+    store.migrate(path)
+    conn = store.connect(path)
+    rnd = random.Random(1)
+    base = 1_600_000_000 * S
+    t0 = time.perf_counter()
+    for g in range(0, batches, 40):
+        conn.execute("BEGIN IMMEDIATE")
+        for b in range(g, min(g + 40, batches)):
+            dev = rnd.randrange(1_000)
+            t = base + b * 10_000_000 + dev * 1_000
+            rows = [(t + j // 8 * 10 * S, dev * 8 + j % 8, 20.5 + j, 5) for j in range(BATCH)]
+            if savepoints:
+                conn.execute("SAVEPOINT batch")
+            MULTI(conn, rows)
+            if savepoints:
+                conn.execute("RELEASE batch")
+        conn.execute("COMMIT")
+    rate = batches * BATCH / (time.perf_counter() - t0)
+    conn.close()
+    return rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=4_000)
+    ap.add_argument("--savepoints", action="store_true", help="savepoint per batch or not")
     args = ap.parse_args()
+    if args.savepoints:
+        with tempfile.TemporaryDirectory(prefix="bench-sp-") as tmp:
+            print("| 40 batches per transaction | rows/s |")
+            print("|---|---:|")
+            for sp in (True, False):
+                rate = _run_grouped(Path(tmp) / f"sp-{sp}.db", sp, args.batches)
+                print(f"| {'a savepoint per batch' if sp else 'no savepoints'} | {rate:,.0f} |")
+        return
     print(
         f"{platform.machine()}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
     )

@@ -378,8 +378,13 @@ class Writer:
             return self._commit_locked(conn, items)
 
     def _commit_locked(
-        self, conn: sqlite3.Connection, items: list[_BatchItem]
+        self, conn: sqlite3.Connection, items: list[_BatchItem], *, careful: bool = False
     ) -> list[BatchOutcome]:
+        """Store `items` in one transaction. Optimistic first: batches go in without a
+        savepoint each (one costs a copy of every page the batch touches: 20-30% of the head
+        insert's time, bench/bench_insert_gil.py --savepoints); if a batch finds some of its
+        readings already stored, the transaction is rolled back and done again `careful`ly,
+        each batch in a savepoint so that one can be redone row by row."""
         t0 = time.perf_counter()
         new_series: list[tuple[int, SeriesKey]] = []
         pending_seq: dict[int, int] = {}
@@ -401,7 +406,7 @@ class Writer:
                 if b.seq <= last:
                     outcomes.append(BatchOutcome(b.seq, 0, b.valid_count, b.rejects, resend=True))
                     continue
-                accepted = self._insert(conn, dev, b, stats, new_series)
+                accepted = self._insert(conn, dev, b, stats, new_series, careful)
                 pending_seq[dev] = b.seq
                 dev_rows[dev] = (b.seq, b.received_ns)
                 dead.extend(
@@ -426,6 +431,11 @@ class Writer:
             if dead:
                 conn.executemany(_INSERT_REJECTED, dead)
             conn.execute("COMMIT")
+        except _Overlap:
+            self._rollback(conn)
+            for dev, key in new_series:
+                self._series.get(dev, {}).pop(key, None)
+            return self._commit_locked(conn, items, careful=True)
         except sqlite3.Error as exc:
             self._rollback(conn)
             for dev, key in new_series:
@@ -466,8 +476,11 @@ class Writer:
         b: PreparedBatch,
         stats: dict[int, list[object]],
         new_series: list[tuple[int, SeriesKey]],
+        careful: bool,
     ) -> int:
-        """Insert one batch's rows; returns how many of its valid readings were new."""
+        """Insert one batch's rows; returns how many of its valid readings were new.
+
+        Raises _Overlap, unless `careful`, when some were stored already."""
         if not b.ts:
             return 0
         sids = self._series_ids(conn, dev, b.keys, new_series)
@@ -476,14 +489,18 @@ class Writer:
         # Late rows already moved into blocks are duplicates the head's key cannot see.
         found = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else set()
         todo = [r for i, r in enumerate(rows) if i not in found] if found else rows
-        conn.execute("SAVEPOINT batch")
+        if careful:
+            conn.execute("SAVEPOINT batch")
         new: list[bool] | None = None
         if _insert_head(conn, todo) != len(todo):
             # Some rows were already stored (readings re-batched after a reconnect):
             # redo this batch row by row to learn exactly which ones are new.
+            if not careful:
+                raise _Overlap
             conn.execute("ROLLBACK TO batch")
             new = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in todo]
-        conn.execute("RELEASE batch")
+        if careful:
+            conn.execute("RELEASE batch")
         if found or new is not None:
             fresh = iter(new) if new is not None else None
             mask = [
@@ -567,6 +584,10 @@ class Writer:
                 conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.warning("rollback failed error=%s", exc)
+
+
+class _Overlap(Exception):
+    """A batch found some of its readings stored already (the optimistic pass gives up)."""
 
 
 def _weight(item: object) -> int:
