@@ -9,13 +9,13 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
 from collector import devices, store
 from collector.ingest import Ingest
-from collector.writer import Writer, _Credits
+from collector.writer import Writer, _BatchItem, _Credits
 
 ING = Ingest.from_kinds()
 T = TypeVar("T")
@@ -428,3 +428,36 @@ def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
     assert [o.accepted for o in outcomes] == [50] * 40
     assert _count(path) == 2000
     assert len(steps) > 10  # and the maintenance kept running meanwhile
+
+
+def test_a_group_with_an_overlapping_batch_is_redone_with_its_new_series(tmp_path):
+    # The writer stores a group of batches without a savepoint each; a batch that finds
+    # some of its readings stored already makes it roll the group back and redo it with
+    # savepoints. A series created earlier in the group must come back with the redo.
+    path, _token = _db(tmp_path)
+    conn = store.connect(path)
+    (dev,) = conn.execute(f"SELECT id FROM {store.DEVICES}").fetchone()
+    w = Writer(path)
+
+    def item(seq: int, readings: list[object]) -> _BatchItem:
+        batch = ING.prepare(seq, readings, time.time_ns())
+        return _BatchItem(dev, batch, cast(Any, None), 1)
+
+    old = ["old", "temperature", 1, 20.5, None, None]
+    first = w._commit_locked(conn, [item(1, [old])])
+    assert [(o.accepted, o.duplicate) for o in first] == [(1, 0)]
+    group = [
+        item(2, [["fresh", "temperature", 5, 21.0, None, None]]),  # a new series
+        item(3, [old, ["old", "temperature", 2, 20.75, None, None]]),  # one stored already
+    ]
+    outs = w._commit_locked(conn, group)
+    assert [(o.accepted, o.duplicate) for o in outs] == [(1, 0), (1, 1)]
+    rows = conn.execute(
+        f"SELECT s.sensor, h.ts, h.value FROM {store.HEAD} AS h "
+        f"JOIN {store.SERIES} AS s ON s.id = h.series_id ORDER BY h.ts"
+    ).fetchall()
+    assert rows == [("old", 1, 20.5), ("old", 2, 20.75), ("fresh", 5, 21.0)]
+    (fresh_id,) = conn.execute(f"SELECT id FROM {store.SERIES} WHERE sensor = 'fresh'").fetchone()
+    assert fresh_id in w._series[dev].values()
+    assert conn.execute(f"SELECT last_seq FROM {store.DEVICES}").fetchone() == (3,)
+    conn.close()
