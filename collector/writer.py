@@ -10,7 +10,9 @@ COMMIT returns are the futures resolved, on the loop, via `call_soon_threadsafe`
 always follows the commit that holds its readings.
 
 A batch whose seq is <= the device's last committed seq is a resend: it stores nothing and is
-answered accepted=0, duplicate=<valid readings>, with the same rejects. A sqlite3 error
+answered accepted=0, duplicate=<valid readings>, with the same rejects. A new batch holding
+readings already stored (re-batched after a reconnect) has the group redone with a savepoint
+per batch, to learn row by row which readings are new (`_commit_locked`). A sqlite3 error
 (disk full, I/O error, lock timeout) rolls the transaction back and answers every batch of
 the group with RETRY; the next group tries again, so ingest resumes by itself once the fault
 clears. HELLO authentication runs here too, so it sees the committed `last_seq`.
