@@ -24,7 +24,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from collector import compactor, store
-from collector.blockwrites import insert_blocks
+from collector.blockwrites import covering_blocks, head_block_rows, insert_blocks
 
 S = 10**9
 SERIES = 8_000
@@ -59,16 +59,16 @@ def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float
         "SELECT series_id, ts, value FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
     ).fetchall()
     rows.sort(key=itemgetter(0))
-    existing = compactor._existing_blocks(conn, start, rows, cfg)
+    existing = covering_blocks(conn, start, rows, cfg)
     conn.execute("COMMIT")
     marks.append(time.perf_counter())
-    out = compactor._block_rows(start, end, rows, cfg.merge_ns, existing)
+    out = head_block_rows(start, end, rows, cfg.merge_ns, existing)
     marks.append(time.perf_counter())
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(
         "SELECT count(*) FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
     ).fetchone()
-    compactor._existing_blocks(conn, start, rows, cfg)
+    covering_blocks(conn, start, rows, cfg)
     marks.append(time.perf_counter())
     insert_blocks(conn, out)
     marks.append(time.perf_counter())

@@ -1,18 +1,24 @@
 """Writing blocks: the compactor's transactions and block rows, shared by its two levels
 (collector.compactor: head windows into small blocks; collector.merging: hours of small
-blocks into one block per series). No connection of its own, no scheduling.
+blocks into one block per series), and the head's rows made into blocks merged with the
+blocks already covering them. No connection of its own, no scheduling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
+from operator import itemgetter
+from typing import TYPE_CHECKING, cast
 
 from collector import blocks as codec
 from collector.store import BLOCKS, HORIZON
+
+if TYPE_CHECKING:
+    from collector.compactor import CompactionConfig
 
 
 @contextmanager
@@ -86,3 +92,73 @@ def merge_readings(
     merged.update(zip(bts, bvalues, strict=True))
     order = sorted(merged)
     return order, [merged[t] for t in order]
+
+
+def write_head_blocks(
+    conn: sqlite3.Connection,
+    start: int,
+    end: int,
+    rows: list[tuple[int, int, codec.Value]],
+    config: CompactionConfig,
+) -> None:
+    """Blocks for head rows (sorted by series_id, ts) of [start, end), merged into the blocks
+    covering them."""
+    existing = covering_blocks(conn, start, rows, config)
+    insert_blocks(conn, head_block_rows(start, end, rows, config.merge_ns, existing))
+
+
+Covering = dict[int, tuple[int, int, int, bytes]]
+
+
+def covering_blocks(
+    conn: sqlite3.Connection,
+    start: int,
+    rows: list[tuple[int, int, codec.Value]],
+    config: CompactionConfig,
+) -> Covering:
+    """Per series of `rows` (sorted by series), the block already covering the window at
+    `start`, as (id, start, end, data): its own small block, its slot's block (compactor._run_end)
+    or, once merged, the merge window's block. A series' blocks never overlap (the
+    writer's duplicate check and collector.scan find at most one block per reading), so
+    late readings go into it."""
+    if not rows:
+        return {}
+    m = config.merge_ns
+    starts = (start, start - start % config.run_ns, start - start % m if m else start)
+    return {
+        sid: (bid, bstart, bend, data)
+        for bid, sid, bstart, bend, data in conn.execute(
+            f"SELECT id, series_id, start_ns, end_ns, data FROM {BLOCKS} "
+            "WHERE start_ns IN (?, ?, ?) AND series_id >= ? AND series_id <= ? AND end_ns > ?",
+            (*starts, rows[0][0], rows[-1][0], start),
+        )
+    }
+
+
+def head_block_rows(
+    start: int,
+    end: int,
+    rows: list[tuple[int, int, codec.Value]],
+    merge_ns: int,
+    existing: Covering,
+) -> list[tuple[object, ...]]:
+    """The block rows for `rows` (sorted by series_id, ts), merged into `existing`."""
+    if not rows:
+        return []
+    # Cut the columns into per-series runs without a Python step per row (map, Counter and
+    # slicing run in C; zip(*rows) would make an iterator object per row: 2x slower).
+    sids, tss, vals = (list(map(itemgetter(i), rows)) for i in range(3))
+    out = []
+    pos = 0
+    for sid, count in Counter(sids).items():  # in row order: by series_id
+        ts, values = tss[pos : pos + count], vals[pos : pos + count]
+        pos += count
+        bstart, bend = start, end
+        old = existing.get(sid)
+        if old is not None:
+            bstart, bend = old[1], old[2]
+            ts, values = merge_readings(codec.decode(old[3]), ts, values)
+        # Small blocks are written in the cheap plain form: they live until the merge.
+        plain = bool(merge_ns) and bend - bstart < merge_ns
+        out.append(block_row(sid, bstart, bend, ts, values, plain=plain))
+    return out
