@@ -10,14 +10,14 @@ Two levels. First, the head: a window [k * W, (k + 1) * W) (W = 2 minutes) is cl
 ends at least the grace period before `now_ns`, and settled once no reading arrived for it
 for a few seconds (collector.activity; matters for backlogs, whose windows are closed by the
 clock while they still fill); the oldest closed, settled window with head readings is
-compacted in three kinds of step: stage (copy a chunk of its head rows into a
-per-connection temp table, sorted by series), pack (write one small block per series for a
-slice of series ids, collector.blocks), delete (remove the staged rows from the head); a
-window of at most max_rows rows is done in one step. So the head holds about two and a half
-minutes of readings and a live per-series read stays cheap. Second, the merge: once an hour
-[h * M, (h + 1) * M) is closed (plus its own grace) and settled, each series' small blocks
-in it are replaced by one block, a slice of series per step (collector.merging), which
-gives the long blocks' ~3 bytes per reading. The head always comes first.
+compacted: a window of at most max_rows rows (or, in a backlog, a closed 10-minute slot of
+five windows) in one step, a larger one in steps (collector.staging: stage a chunk of its
+head rows into a per-connection temp table sorted by series, pack one small block per
+series for a slice of series ids, delete the staged rows from the head). So the head holds
+about two and a half minutes of readings and a live per-series read stays cheap. Second,
+the merge: once an hour [h * M, (h + 1) * M) is closed (plus its own grace) and settled,
+each series' small blocks in it are replaced by one block, a slice of series per step
+(collector.merging), which gives the long blocks' ~3 bytes per reading. The head always comes first.
 docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
@@ -47,7 +47,7 @@ from operator import itemgetter
 from typing import Final
 
 from collector import blocks as codec
-from collector import store
+from collector import staging, store
 from collector.activity import MAX_WINDOWS_SKIPPED, Activity
 from collector.blockwrites import (
     covering_blocks,
@@ -180,38 +180,6 @@ def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None
     return False
 
 
-_STAGE: Final = "temp.compaction_stage"
-_STATE: Final = "temp.compaction_state"
-_CHUNKS: Final = "temp.compaction_chunks"
-# Per-connection work state (temp tables). The window is copied into the stage a chunk
-# (a time range of about max_rows head rows) at a time, each chunk sorted by series: keyed
-# (chunk, series_id, ts), every copy appends at the B-tree's right edge (a (series_id, ts)
-# key measured 2-3x slower: each chunk touches every series' pages). `chunks` records each
-# chunk's head row count and series range; the state row says which step is next. A new
-# connection (a restart) has none of them and starts the oldest closed window again:
-# every step is idempotent.
-_TEMP_SCHEMA: Final = (
-    f"CREATE TABLE IF NOT EXISTS {_STAGE} (chunk INTEGER NOT NULL, series_id INTEGER NOT NULL, "
-    "ts INTEGER NOT NULL, value, PRIMARY KEY (chunk, series_id, ts)) WITHOUT ROWID",
-    f"CREATE TABLE IF NOT EXISTS {_STATE} (window_start INTEGER NOT NULL, "
-    "step TEXT NOT NULL, cursor INTEGER NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS {_CHUNKS} (lo INTEGER PRIMARY KEY, hi INTEGER NOT NULL, "
-    "n INTEGER NOT NULL, min_sid INTEGER, max_sid INTEGER)",
-)
-
-
-def _chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> int:
-    """Timestamp bound after about `max_rows` head rows from `cursor` (at most `end`)."""
-    row = conn.execute(
-        f"SELECT ts FROM {HEAD} WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
-        (cursor, end, max_rows),
-    ).fetchone()
-    if row is None:
-        return end
-    ts: int = row[0]
-    return max(ts, cursor + 1)  # many rows on one timestamp: take them all
-
-
 def compact_once(
     conn: sqlite3.Connection,
     now_ns: int,
@@ -254,94 +222,32 @@ def _compact_head(
 ) -> int:
     w = config.window_ns
     closed_before = (now_ns - config.grace_ns) // w * w
-    if not _has_temp_tables(conn):
-        for statement in _TEMP_SCHEMA:
-            conn.execute(statement)  # not executescript: it would commit the caller's work
+    staging.ensure_tables(conn)
     if not conn.in_transaction:
         # Read and encode with no write lock held where the step allows it.
-        staged = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
+        staged = staging.current(conn)
         if staged is None:
             handled = _compact_window_unlocked(conn, closed_before, config, activity)
         elif staged[1] != "delete":
-            handled = _staged_step_unlocked(conn, staged, config)
+            handled = staging.step_unlocked(conn, staged, config)
         else:
             handled = None
         if handled is not None:
             return handled
     with transaction(conn):
-        state = conn.execute(f"SELECT window_start, step, cursor FROM {_STATE}").fetchone()
-        if state is None:
-            found = _oldest_settled_window(conn, closed_before, w, activity)
-            if found is None:
-                return 0
-            start = found
-            if activity is not None:
-                activity.compacted(start)
-            if _chunk_end(conn, start, start + w, config.max_rows) >= start + w:
-                return _compact_small_window(conn, start, start + w, config)
-            _clear_state(conn)
-            conn.execute(f"INSERT INTO {_STATE} VALUES (?, 'stage', ?)", (start, start))
-            return 1  # the steps follow, each its own call
-        start, step, cursor = state
-        end = start + w
-        n: int
-        if step == "stage":
-            n, nxt, done = _stage(conn, cursor, end, config.step)
-        elif step == "pack":
-            rows, nxt, done = _pack_rows(conn, cursor, config)
-            if rows:
-                write_head_blocks(conn, start, end, rows, config)
-            n = len(rows)
-        else:
-            n, nxt, done = _delete(conn, cursor, end)
-        _advance(conn, start, step, nxt, done)
-    return max(n, 1)
-
-
-def _advance(conn: sqlite3.Connection, start: int, step: str, nxt: int, done: bool) -> None:
-    """Move a staged window's state to the next chunk or the next kind of step."""
-    if not done:
-        conn.execute(f"UPDATE {_STATE} SET cursor = ?", (nxt,))
-    elif step == "stage":
-        conn.execute(f"UPDATE {_STATE} SET step = 'pack', cursor = ?", (-(2**63),))
-    elif step == "pack":
-        conn.execute(f"UPDATE {_STATE} SET step = 'delete', cursor = ?", (start,))
-    else:
-        _clear_state(conn)
-        log.debug("compacted window start_ns=%d", start)
-
-
-def _staged_step_unlocked(
-    conn: sqlite3.Connection, state: tuple[int, str, int], config: CompactionConfig
-) -> int | None:
-    """A stage or pack step of a large window, holding the write lock only to write blocks.
-
-    Staging only reads the head and writes temp tables, which take no lock on the database
-    file. A pack step reads its slice of the stage and the blocks it merges into, encodes,
-    then writes if those blocks are unchanged; None (redo under the lock) if not.
-    """
-    start, step, cursor = state
-    end = start + config.window_ns
-    conn.execute("BEGIN")  # deferred: a read snapshot; temp tables need no lock
-    try:
-        if step == "stage":
-            n, nxt, done = _stage(conn, cursor, end, config.step)
-            _advance(conn, start, step, nxt, done)
-            conn.execute("COMMIT")
-            return max(n, 1)
-        rows, nxt, done = _pack_rows(conn, cursor, config)
-        existing = covering_blocks(conn, start, rows, config)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    out = head_block_rows(start, end, rows, config.merge_ns, existing)
-    with transaction(conn):
-        if covering_blocks(conn, start, rows, config) != existing:
-            return None
-        insert_blocks(conn, out)
-        _advance(conn, start, step, nxt, done)
-    return max(len(rows), 1)
+        state = staging.current(conn)
+        if state is not None:
+            return staging.step_locked(conn, state, config)
+        found = _oldest_settled_window(conn, closed_before, w, activity)
+        if found is None:
+            return 0
+        start = found
+        if activity is not None:
+            activity.compacted(start)
+        if staging.chunk_end(conn, start, start + w, config.max_rows) >= start + w:
+            return _compact_small_window(conn, start, start + w, config)
+        staging.begin(conn, start)
+        return 1  # the steps follow, each its own call
 
 
 def _compact_window_unlocked(
@@ -423,7 +329,7 @@ def _run_end(
         activity.window_settled(k) for k in range(start + w, start + run, w)
     ):
         return None
-    if _chunk_end(conn, start, start + run, config.run_rows) < start + run:
+    if staging.chunk_end(conn, start, start + run, config.run_rows) < start + run:
         return start + w
     return start + run
 
@@ -454,87 +360,3 @@ def _compact_small_window(
     conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
     log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
     return max(len(rows), 1)
-
-
-def forget_staged_window(conn: sqlite3.Connection) -> None:
-    """Start a window part-way through compaction again from its first step (retention
-    deleted head rows: the delete step's row counts assume only the writer changed the
-    head since staging)."""
-    if _has_temp_tables(conn):
-        _clear_state(conn)
-
-
-def _has_temp_tables(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM temp.sqlite_master WHERE name IN "
-        "('compaction_stage', 'compaction_state', 'compaction_chunks')"
-    ).fetchone()
-    return bool(row[0] == len(_TEMP_SCHEMA))
-
-
-def _clear_state(conn: sqlite3.Connection) -> None:
-    for table in (_STATE, _STAGE, _CHUNKS):
-        conn.execute(f"DELETE FROM {table}")
-
-
-def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tuple[int, int, bool]:
-    """Copy the next chunk of the window's head rows into the series-ordered stage."""
-    bound = _chunk_end(conn, cursor, end, max_rows)
-    n = conn.execute(
-        f"INSERT INTO {_STAGE} SELECT ?, series_id, ts, value FROM {HEAD} "
-        "WHERE ts >= ? AND ts < ? ORDER BY series_id, ts",
-        (cursor, cursor, bound),
-    ).rowcount
-    conn.execute(
-        f"INSERT INTO {_CHUNKS} SELECT ?, ?, ?, min(series_id), max(series_id) FROM {_STAGE} "
-        "WHERE chunk = ?",
-        (cursor, bound, n, cursor),
-    )
-    return n, bound, bound >= end
-
-
-def _pack_rows(
-    conn: sqlite3.Connection, cursor: int, config: CompactionConfig
-) -> tuple[list[tuple[int, int, codec.Value]], int, bool]:
-    """The staged rows of the next slice of series ids (about `step` of them), in (series,
-    ts) order; the next cursor; whether this was the last slice.
-
-    The slice width assumes readings spread evenly over the window's series ids.
-    """
-    total, lo, hi = conn.execute(
-        f"SELECT sum(n), min(min_sid), max(max_sid) FROM {_CHUNKS}"
-    ).fetchone()
-    if not total:
-        return [], cursor, True
-    cursor = max(cursor, lo)
-    bound = cursor + max(1, (hi - lo + 1) * config.step // total)
-    rows: list[tuple[int, int, codec.Value]] = conn.execute(
-        f"SELECT series_id, ts, value FROM {_STAGE} WHERE chunk IN (SELECT lo FROM {_CHUNKS}) "
-        "AND series_id >= ? AND series_id < ? ORDER BY series_id, ts",
-        (cursor, bound),
-    ).fetchall()
-    return rows, bound, bound > hi
-
-
-def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, bool]:
-    """Delete the next chunk of the window's head rows that are now in blocks.
-
-    Rows not in the stage arrived late, after their part of the window was staged: they
-    stay in the head and a later call merges them into the block. A chunk whose head row
-    count is what was staged has no such rows and is deleted as a plain range.
-    """
-    chunk = conn.execute(
-        f"SELECT lo, hi, n FROM {_CHUNKS} WHERE lo >= ? ORDER BY lo LIMIT 1", (cursor,)
-    ).fetchone()
-    if chunk is None:
-        return 0, end, True
-    lo, hi, staged = chunk
-    where = "ts >= ?1 AND ts < ?2"
-    (now_in_head,) = conn.execute(f"SELECT count(*) FROM {HEAD} WHERE {where}", (lo, hi)).fetchone()
-    if now_in_head != staged:
-        where += (
-            f" AND EXISTS (SELECT 1 FROM {_STAGE} AS s WHERE s.chunk = ?1 "
-            f"AND s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)"
-        )
-    n: int = conn.execute(f"DELETE FROM {HEAD} WHERE {where}", (lo, hi)).rowcount
-    return n, hi, hi >= end

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from typing import Final
 
-from collector import compactor
+from collector import staging
 from collector.blockwrites import transaction
 from collector.store import BLOCKS, HEAD
 
@@ -51,7 +51,7 @@ def apply_retention(
                 (cutoff_ns, batch_rows),
             ).rowcount
             if n:
-                compactor.forget_staged_window(conn)
+                staging.forget_staged_window(conn)
         head_deleted += n
         if n < batch_rows:
             break
