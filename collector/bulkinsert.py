@@ -33,6 +33,11 @@ class BulkInsert:
         self._texts: dict[int, str] = {}
         self._group = "(" + ", ".join("?" * width) + ")"
 
+    @property
+    def one_row(self) -> str:
+        """The statement for a single row (to learn row by row which ones are new)."""
+        return self._text(1)
+
     def __call__(self, conn: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> int:
         most = _rows_per_statement(conn, self.width)
         done = inserted = 0

@@ -70,9 +70,6 @@ RETRY_AFTER_MS: Final = 1_000
 MAINTENANCE_INTERVAL_MS: Final = 1_000
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
 
-_INSERT_HEAD: Final = (
-    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
-)
 # A batch's head rows in a few multi-row statements, not one GIL handoff per row
 # (collector.bulkinsert).
 _insert_head: Final = BulkInsert(
@@ -391,6 +388,7 @@ class Writer:
         new_series: list[tuple[int, SeriesKey]] = []
         pending_seq: dict[int, int] = {}
         outcomes: list[BatchOutcome] = []
+        stored: list[PreparedBatch] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             # Under the write lock: compaction (here or in collector.maintainer) cannot move
@@ -409,6 +407,7 @@ class Writer:
                     outcomes.append(BatchOutcome(b.seq, 0, b.valid_count, b.rejects, resend=True))
                     continue
                 accepted = self._insert(conn, dev, b, stats, new_series, careful)
+                stored.append(b)
                 pending_seq[dev] = b.seq
                 dev_rows[dev] = (b.seq, b.received_ns)
                 dead.extend(
@@ -434,14 +433,10 @@ class Writer:
                 conn.executemany(_INSERT_REJECTED, dead)
             conn.execute("COMMIT")
         except _Overlap:
-            self._rollback(conn)
-            for dev, key in new_series:
-                self._series.get(dev, {}).pop(key, None)
+            self._undo(conn, new_series)
             return self._commit_locked(conn, items, careful=True)
         except sqlite3.Error as exc:
-            self._rollback(conn)
-            for dev, key in new_series:
-                self._series.get(dev, {}).pop(key, None)
+            self._undo(conn, new_series)
             if not self._failing:
                 log.error("commit failed, answering RETRY until storage recovers error=%s", exc)
             self._failing = True
@@ -453,6 +448,10 @@ class Writer:
             log.warning("storage recovered, commits succeed again")
             self._failing = False
         self._last_seq.update(pending_seq)
+        if self.on_stored is not None:  # after COMMIT: a rolled-back pass notes nothing
+            for b in stored:
+                if b.ts:
+                    self.on_stored(b.ts)
         elapsed = time.perf_counter() - t0
         if self.on_commit is not None:
             self.on_commit(elapsed)
@@ -500,7 +499,7 @@ class Writer:
             if not careful:
                 raise _Overlap
             conn.execute("ROLLBACK TO batch")
-            new = [conn.execute(_INSERT_HEAD, r).rowcount == 1 for r in todo]
+            new = [conn.execute(_insert_head.one_row, r).rowcount == 1 for r in todo]
         if careful:
             conn.execute("RELEASE batch")
         if found or new is not None:
@@ -510,8 +509,6 @@ class Writer:
                 for i in range(len(rows))
             ]
         _accumulate(stats, sids, b.ts, b.values, mask)
-        if self.on_stored is not None:
-            self.on_stored(b.ts)
         if mask is None:
             return b.valid_count
         n = b.scalar_rows
@@ -578,6 +575,12 @@ class Writer:
             self._rollback(conn)
             log.warning("maintenance failed error=%s", exc)
         sched.ran(t0, time.monotonic(), more=more, loaded=loaded)
+
+    def _undo(self, conn: sqlite3.Connection, new_series: list[tuple[int, SeriesKey]]) -> None:
+        """Roll the group back and forget the series ids it created."""
+        self._rollback(conn)
+        for dev, key in new_series:
+            self._series.get(dev, {}).pop(key, None)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
