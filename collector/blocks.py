@@ -166,10 +166,16 @@ def _deltas(xs: Sequence[int]) -> list[int]:
 
 
 def _ts_column(ts: Sequence[int]) -> tuple[int, bytes]:
-    """(unit, column): deltas are divided by their gcd, so ms or s clocks pack as small."""
+    """(unit, column): deltas are divided by their gcd, so ms or s clocks pack as small.
+
+    Raises ValueError unless the timestamps are strictly increasing (checked on the deltas
+    the column needs anyway).
+    """
     if len(ts) < 2:
         return 1, _shuffle(array("q", ts))
     d = list(map(operator.sub, ts[1:], ts[:-1]))
+    if min(d) <= 0:
+        raise ValueError("timestamps must be strictly increasing")
     unit = math.gcd(*d)
     if unit > 1:
         d = list(map(operator.floordiv, d, repeat(unit)))
@@ -259,11 +265,9 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes:
     n = len(ts)
     if n == 0 or n != len(values):
         raise ValueError(f"need as many values as timestamps, at least one: {n} != {len(values)}")
-    if any(map(operator.ge, ts[:-1], ts[1:])):
-        raise ValueError("timestamps must be strictly increasing")
+    unit, tcolumn = _ts_column(ts)
     codec, scale, vbytes = _encode_values(values)
     body = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
-    unit, tcolumn = _ts_column(ts)
     payload = body.compress(tcolumn) + body.compress(vbytes) + body.flush()
     return bytes((FORMAT_VERSION, codec, scale)) + _varint(n) + _varint(unit) + payload
 

@@ -3,23 +3,19 @@
 Connection handlers (on the event loop) call `Writer.submit`, which waits for queue credits
 (backpressure: a handler that cannot get credits stops reading its socket) and returns a
 future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
-ONE transaction: series ids resolved from an in-memory cache (new series inserted in the same
-transaction), `INSERT OR IGNORE` into the head in multi-row statements
-(collector.bulkinsert), dead-letter rows, series stats and `devices.last_seq`. Only after
-COMMIT returns are the futures resolved, on the loop, via `call_soon_threadsafe`: an ACK
-always follows the commit that holds its readings.
+ONE transaction (collector.batchstore: series ids, head rows, dedup against compacted blocks,
+dead letters, series stats, `devices.last_seq`; a resend is answered accepted=0,
+duplicate=<valid readings>). Only after COMMIT returns are the futures resolved, on the
+loop, via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
 
-A batch whose seq is <= the device's last committed seq is a resend: it stores nothing and is
-answered accepted=0, duplicate=<valid readings>, with the same rejects. A new batch holding
-readings already stored (re-batched after a reconnect) has the group redone with a savepoint
-per batch, to learn row by row which readings are new (`_commit_locked`). A sqlite3 error
-(disk full, I/O error, lock timeout) rolls the transaction back and answers every batch of
-the group with RETRY; the next group tries again, so ingest resumes by itself once the fault
-clears. HELLO authentication runs here too, so it sees the committed `last_seq`.
+A sqlite3 error (disk full, I/O error, lock timeout) rolls the transaction back and answers
+every batch of the group with RETRY; the next group tries again, so ingest resumes by itself
+once the fault clears. HELLO authentication runs here too, so it sees the committed
+`last_seq`.
 
 Compaction runs in another process (collector.maintainer), which also writes the file: each
 ingest transaction is wrapped in `write_turn` (let the maintenance process write first when
-it waits) and reads the compaction horizon under the lock. An optional maintenance hook
+it waits). An optional maintenance hook
 runs in this thread instead (tests; collector.pacing decides when).
 
 This module owns the write connection; it does no socket I/O and no validation.
@@ -40,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from collector import devices, scan, store
-from collector.bulkinsert import BulkInsert
-from collector.ingest import PreparedBatch, SeriesKey
+from collector import devices, store
+from collector.batchstore import BatchStore
+from collector.ingest import PreparedBatch
 from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
 
@@ -69,26 +65,6 @@ RETRY_AFTER_MS: Final = 1_000
 # With no maintenance work waiting, the hook is asked again this often (idle or not).
 MAINTENANCE_INTERVAL_MS: Final = 1_000
 STORAGE_UNAVAILABLE: Final = "storage_unavailable"
-
-# A batch's head rows in a few multi-row statements, not one GIL handoff per row
-# (collector.bulkinsert).
-_insert_head: Final = BulkInsert(
-    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4
-)
-_INSERT_REJECTED: Final = (
-    f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
-    "path, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# ?N parameters are reused: 1 first_ts, 2 last_ts, 3 last_value, 4 count, 5 id. The right-hand
-# sides see the old row, so last_value is compared against the old last_ts.
-_UPDATE_SERIES: Final = (
-    f"UPDATE {store.SERIES} SET first_ts = min(coalesce(first_ts, ?1), ?1), "
-    "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
-    "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
-)
-_UPDATE_DEVICE: Final = (
-    f"UPDATE {store.DEVICES} SET last_seq = max(last_seq, ?1), last_seen_ns = ?2 WHERE id = ?3"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +152,9 @@ class Writer:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self.crashed: asyncio.Event | None = None
-        # Writer-thread state: caches of what is committed.
-        self._series: dict[int, dict[SeriesKey, int]] = {}
-        self._last_seq: dict[int, int] = {}
+        # Writer-thread state: what is committed, and how a group is stored.
+        self._batches = BatchStore()
         self._failing = False
-        # Rows with ts below this may already sit in a compacted block (0: no blocks yet).
-        self._horizon = 0
 
     # ---------------------------------------------------------------- loop side
 
@@ -366,77 +339,20 @@ class Writer:
                 )
             # The registry row is committed state; the cache only ever runs ahead of it
             # inside a transaction that is then committed.
-            self._last_seq[dev.id] = dev.last_seq
+            self._batches.committed_seq(dev.id, dev.last_seq)
             return HelloOutcome(auth, dev.last_seq)
         except sqlite3.Error as exc:
             log.warning("device lookup failed device=%s error=%s", item.name, exc)
             return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
 
     def _commit(self, conn: sqlite3.Connection, items: list[_BatchItem]) -> list[BatchOutcome]:
-        with self.write_turn() if self.write_turn is not None else nullcontext():
-            return self._commit_locked(conn, items)
-
-    def _commit_locked(
-        self, conn: sqlite3.Connection, items: list[_BatchItem], *, careful: bool = False
-    ) -> list[BatchOutcome]:
-        """Store `items` in one transaction. Optimistic first: batches go in without a
-        savepoint each (one costs a copy of every page the batch touches: 20-30% of the head
-        insert's time, bench/bench_insert_gil.py --savepoints); if a batch finds some of its
-        readings already stored, the transaction is rolled back and done again `careful`ly,
-        each batch in a savepoint so that one can be redone row by row."""
         t0 = time.perf_counter()
-        new_series: list[tuple[int, SeriesKey]] = []
-        pending_seq: dict[int, int] = {}
-        outcomes: list[BatchOutcome] = []
-        stored: list[PreparedBatch] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            # Under the write lock: compaction (here or in collector.maintainer) cannot move
-            # more readings into blocks before this transaction ends.
-            self._refresh_horizon(conn)
-            stats: dict[int, list[object]] = {}
-            dev_rows: dict[int, tuple[int, int]] = {}
-            dead: list[tuple[object, ...]] = []
-            for item in items:
-                b = item.batch
-                dev = item.device_id
-                last = pending_seq.get(dev)
-                if last is None:
-                    last = self._device_seq(conn, dev)
-                if b.seq <= last:
-                    outcomes.append(BatchOutcome(b.seq, 0, b.valid_count, b.rejects, resend=True))
-                    continue
-                accepted = self._insert(conn, dev, b, stats, new_series, careful)
-                stored.append(b)
-                pending_seq[dev] = b.seq
-                dev_rows[dev] = (b.seq, b.received_ns)
-                dead.extend(
-                    (
-                        dev,
-                        b.received_ns,
-                        b.seq,
-                        d.index,
-                        d.raw,
-                        d.reading,
-                        d.code,
-                        d.path,
-                        d.message,
-                    )
-                    for d in b.dead_letters
+            with self.write_turn() if self.write_turn is not None else nullcontext():
+                outcomes, stored = self._batches.store(
+                    conn, [(it.device_id, it.batch) for it in items]
                 )
-                outcomes.append(BatchOutcome(b.seq, accepted, b.valid_count - accepted, b.rejects))
-            if stats:
-                conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
-            if dev_rows:
-                conn.executemany(_UPDATE_DEVICE, [(s, t, d) for d, (s, t) in dev_rows.items()])
-            if dead:
-                conn.executemany(_INSERT_REJECTED, dead)
-            conn.execute("COMMIT")
-        except _Overlap:
-            self._undo(conn, new_series)
-            return self._commit_locked(conn, items, careful=True)
         except sqlite3.Error as exc:
-            self._undo(conn, new_series)
             if not self._failing:
                 log.error("commit failed, answering RETRY until storage recovers error=%s", exc)
             self._failing = True
@@ -447,8 +363,7 @@ class Writer:
         if self._failing:
             log.warning("storage recovered, commits succeed again")
             self._failing = False
-        self._last_seq.update(pending_seq)
-        if self.on_stored is not None:  # after COMMIT: a rolled-back pass notes nothing
+        if self.on_stored is not None:
             for b in stored:
                 if b.ts:
                     self.on_stored(b.ts)
@@ -456,111 +371,11 @@ class Writer:
         if self.on_commit is not None:
             self.on_commit(elapsed)
         return [
-            BatchOutcome(o.seq, o.accepted, o.duplicate, o.rejects, None, o.resend, elapsed)
-            for o in outcomes
+            BatchOutcome(
+                it.batch.seq, o.accepted, o.duplicate, it.batch.rejects, None, o.resend, elapsed
+            )
+            for it, o in zip(items, outcomes, strict=True)
         ]
-
-    def _device_seq(self, conn: sqlite3.Connection, dev: int) -> int:
-        seq = self._last_seq.get(dev)
-        if seq is None:
-            row = conn.execute(
-                f"SELECT last_seq FROM {store.DEVICES} WHERE id = ?", (dev,)
-            ).fetchone()
-            seq = int(row[0]) if row else 0
-            self._last_seq[dev] = seq
-        return seq
-
-    def _insert(
-        self,
-        conn: sqlite3.Connection,
-        dev: int,
-        b: PreparedBatch,
-        stats: dict[int, list[object]],
-        new_series: list[tuple[int, SeriesKey]],
-        careful: bool,
-    ) -> int:
-        """Insert one batch's rows; returns how many of its valid readings were new.
-
-        Raises _Overlap, unless `careful`, when some were stored already."""
-        if not b.ts:
-            return 0
-        sids = self._series_ids(conn, dev, b.keys, new_series)
-        rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
-        mask: list[bool] | None = None
-        # Late rows already moved into blocks are duplicates the head's key cannot see.
-        found = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else set()
-        todo = [r for i, r in enumerate(rows) if i not in found] if found else rows
-        if careful:
-            conn.execute("SAVEPOINT batch")
-        new: list[bool] | None = None
-        if _insert_head(conn, todo) != len(todo):
-            # Some rows were already stored (readings re-batched after a reconnect):
-            # redo this batch row by row to learn exactly which ones are new.
-            if not careful:
-                raise _Overlap
-            conn.execute("ROLLBACK TO batch")
-            new = [conn.execute(_insert_head.one_row, r).rowcount == 1 for r in todo]
-        if careful:
-            conn.execute("RELEASE batch")
-        if found or new is not None:
-            fresh = iter(new) if new is not None else None
-            mask = [
-                False if i in found else (next(fresh) if fresh is not None else True)
-                for i in range(len(rows))
-            ]
-        _accumulate(stats, sids, b.ts, b.values, mask)
-        if mask is None:
-            return b.valid_count
-        n = b.scalar_rows
-        accepted = sum(mask[:n])
-        for size in b.composite_sizes:
-            accepted += any(mask[n : n + size])
-            n += size
-        return accepted
-
-    def _in_blocks(self, conn: sqlite3.Connection, sids: list[int], tss: list[int]) -> set[int]:
-        """Indexes of the rows whose (series, ts) a compacted block already holds."""
-        below = [
-            (i, sid, ts)
-            for i, (sid, ts) in enumerate(zip(sids, tss, strict=True))
-            if ts < self._horizon
-        ]
-        return scan.held_in_blocks(conn, below)
-
-    def _refresh_horizon(self, conn: sqlite3.Connection) -> None:
-        """Remember where compacted blocks end: newer rows need no look into blocks."""
-        row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
-        self._horizon = int(row[0]) if row else 0
-
-    def _series_ids(
-        self,
-        conn: sqlite3.Connection,
-        dev: int,
-        keys: list[SeriesKey],
-        new_series: list[tuple[int, SeriesKey]],
-    ) -> list[int]:
-        cache = self._series.get(dev)
-        if cache is None:
-            cache = self._series[dev] = {}
-        try:
-            return [cache[k] for k in keys]
-        except KeyError:
-            pass
-        for key in dict.fromkeys(k for k in keys if k not in cache):
-            row = conn.execute(
-                f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
-                "AND kind = ? AND unit = ? AND tags = ?",
-                (dev, *key),
-            ).fetchone()
-            if row is None:
-                row = conn.execute(
-                    f"INSERT INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
-                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                    (dev, *key),
-                ).fetchone()
-                new_series.append((dev, key))
-            cache[key] = int(row[0])
-        return [cache[k] for k in keys]
 
     def _maintain(self, conn: sqlite3.Connection, sched: MaintenanceClock, *, loaded: bool) -> None:
         if self.maintenance is None:
@@ -576,12 +391,6 @@ class Writer:
             log.warning("maintenance failed error=%s", exc)
         sched.ran(t0, time.monotonic(), more=more, loaded=loaded)
 
-    def _undo(self, conn: sqlite3.Connection, new_series: list[tuple[int, SeriesKey]]) -> None:
-        """Roll the group back and forget the series ids it created."""
-        self._rollback(conn)
-        for dev, key in new_series:
-            self._series.get(dev, {}).pop(key, None)
-
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
@@ -591,35 +400,8 @@ class Writer:
                 log.warning("rollback failed error=%s", exc)
 
 
-class _Overlap(Exception):
-    """A batch found some of its readings stored already (the optimistic pass gives up)."""
-
-
 def _weight(item: object) -> int:
     return item.weight if isinstance(item, _BatchItem) else 1
-
-
-def _accumulate(
-    stats: dict[int, list[object]],
-    sids: list[int],
-    tss: list[int],
-    values: Sequence[object],
-    mask: list[bool] | None,
-) -> None:
-    """Fold rows into per-series [first_ts, last_ts, last_value, count]."""
-    for i, (sid, ts, value) in enumerate(zip(sids, tss, values, strict=True)):
-        if mask is not None and not mask[i]:
-            continue
-        s = stats.get(sid)
-        if s is None:
-            stats[sid] = [ts, ts, value, 1]
-            continue
-        if ts < s[0]:  # type: ignore[operator]  # ints by construction
-            s[0] = ts
-        if ts >= s[1]:  # type: ignore[operator]  # ints by construction
-            s[1] = ts
-            s[2] = value
-        s[3] += 1  # type: ignore[operator]  # int by construction
 
 
 class _Credits:

@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 
 from collector import devices, store
-from collector.ingest import Ingest
-from collector.writer import Writer, _BatchItem, _Credits
+from collector.batchstore import BatchStore
+from collector.ingest import Ingest, PreparedBatch
+from collector.writer import Writer, _Credits
 
 ING = Ingest.from_kinds()
 T = TypeVar("T")
@@ -431,33 +432,38 @@ def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
 
 
 def test_a_group_with_an_overlapping_batch_is_redone_with_its_new_series(tmp_path):
-    # The writer stores a group of batches without a savepoint each; a batch that finds
-    # some of its readings stored already makes it roll the group back and redo it with
-    # savepoints. A series created earlier in the group must come back with the redo.
+    # A group of batches is stored without a savepoint each; a batch that finds some of
+    # its readings stored already makes the group roll back and be redone with savepoints.
+    # A series created earlier in the group must come back with the redo (its cached id
+    # from the rolled-back pass would name a series row that no longer exists).
     path, _token = _db(tmp_path)
     conn = store.connect(path)
     (dev,) = conn.execute(f"SELECT id FROM {store.DEVICES}").fetchone()
-    w = Writer(path)
+    batches = BatchStore()
 
-    def item(seq: int, readings: list[object]) -> _BatchItem:
-        batch = ING.prepare(seq, readings, time.time_ns())
-        return _BatchItem(dev, batch, cast(Any, None), 1)
+    def batch(seq: int, readings: list[object]) -> tuple[int, PreparedBatch]:
+        return dev, ING.prepare(seq, readings, time.time_ns())
 
     old = ["old", "temperature", 1, 20.5, None, None]
-    first = w._commit_locked(conn, [item(1, [old])])
+    first, _stored = batches.store(conn, [batch(1, [old])])
     assert [(o.accepted, o.duplicate) for o in first] == [(1, 0)]
     group = [
-        item(2, [["fresh", "temperature", 5, 21.0, None, None]]),  # a new series
-        item(3, [old, ["old", "temperature", 2, 20.75, None, None]]),  # one stored already
+        batch(2, [["fresh", "temperature", 5, 21.0, None, None]]),  # a new series
+        batch(3, [old, ["old", "temperature", 2, 20.75, None, None]]),  # one stored already
     ]
-    outs = w._commit_locked(conn, group)
+    outs, stored = batches.store(conn, group)
     assert [(o.accepted, o.duplicate) for o in outs] == [(1, 0), (1, 1)]
+    assert [b.seq for b in stored] == [2, 3]
+    # And the next group finds the redone series through the cache.
+    later, _stored = batches.store(
+        conn, [batch(4, [["fresh", "temperature", 6, 22.0, None, None]])]
+    )
+    assert [(o.accepted, o.duplicate) for o in later] == [(1, 0)]
     rows = conn.execute(
         f"SELECT s.sensor, h.ts, h.value FROM {store.HEAD} AS h "
         f"JOIN {store.SERIES} AS s ON s.id = h.series_id ORDER BY h.ts"
     ).fetchall()
-    assert rows == [("old", 1, 20.5), ("old", 2, 20.75), ("fresh", 5, 21.0)]
-    (fresh_id,) = conn.execute(f"SELECT id FROM {store.SERIES} WHERE sensor = 'fresh'").fetchone()
-    assert fresh_id in w._series[dev].values()
-    assert conn.execute(f"SELECT last_seq FROM {store.DEVICES}").fetchone() == (3,)
+    assert rows == [("old", 1, 20.5), ("old", 2, 20.75), ("fresh", 5, 21.0), ("fresh", 6, 22.0)]
+    assert conn.execute(f"SELECT count(*) FROM {store.SERIES}").fetchone() == (2,)
+    assert conn.execute(f"SELECT last_seq FROM {store.DEVICES}").fetchone() == (4,)
     conn.close()

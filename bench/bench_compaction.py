@@ -1,0 +1,114 @@
+"""CPU the maintenance process spends per reading to compact a backlog, level by level.
+
+Fills the head of a temporary database with a backlog shaped like bench/load.py's --total
+mode (1,000 devices x 8 sensors, one reading per sensor every 10 s of device time, the same
+value generator), then runs collector.compactor the way the maintenance process does once
+every window is closed and settled: first the head (slots of five windows into small
+blocks), then the hourly merges, then giving free pages back. Reports the process CPU time
+per reading of each level and the file's bytes per reading afterwards.
+
+    python bench/bench_compaction.py                 # 2 hours of device time, 5.76M readings
+    python bench/bench_compaction.py --hours 0.5 --devices 200
+
+This is the cost the end-to-end run (bench/load.py --total) pays once windows start to settle,
+on the cores the load generators and the ingest daemon share. Nothing here is used by the
+product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.load import DEVICE_SENSORS, DeviceClock
+from collector import compactor, store
+from collector.store import BLOCKS, HEAD, SERIES
+
+S = 10**9
+T0_NS = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
+
+
+def _fill(conn: sqlite3.Connection, devices: int, hours: float) -> int:
+    conn.executemany(
+        "INSERT INTO devices (id, name, token_hash, created_ns) VALUES (?, ?, 'x', 0)",
+        [(d, f"dev{d}") for d in range(1, devices + 1)],
+    )
+    conn.executemany(
+        f"INSERT INTO {SERIES} (id, device_id, sensor, kind, unit) VALUES (?, ?, ?, ?, ?)",
+        [
+            (d * len(DEVICE_SENSORS) + i + 1, d + 1, name, kind, unit or "")
+            for d in range(devices)
+            for i, (name, kind, unit) in enumerate(DEVICE_SENSORS)
+        ],
+    )
+    args = argparse.Namespace(interval_s=10.0, t0_ns=T0_NS, connections=devices)
+    clocks = [DeviceClock(d, args) for d in range(devices)]
+    ticks = int(hours * 360)
+    n = 0
+    for _ in range(0, ticks, 30):  # five minutes of device time per transaction
+        rows = []
+        for d, clock in enumerate(clocks):  # device d + 1
+            for i, (_s, _k, ts, value, _u, _m) in enumerate(clock.batch(30)):
+                sid = d * len(DEVICE_SENSORS) + i % len(DEVICE_SENSORS) + 1
+                rows.append((ts, sid, int(value) if type(value) is bool else value))
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO {HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+                         rows)  # fmt: skip
+        conn.execute("COMMIT")
+        n += len(rows)
+    return n
+
+
+def _head_rows(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {HEAD}").fetchone()[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=1000, help="devices of 8 sensors each")
+    ap.add_argument("--hours", type=float, default=2.0, help="device time in the backlog")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-compaction-") as tmp:
+        path = Path(tmp) / "compaction.db"
+        store.migrate(path)
+        conn = store.connect(path, synchronous="NORMAL")
+        n = _fill(conn, args.devices, args.hours)
+        now = T0_NS + int(args.hours * 3600 * S) + 2 * compactor.MERGE_NS
+        print(f"{n:,} readings of {args.devices * len(DEVICE_SENSORS):,} series, "
+              f"{args.hours} h of device time; Python {platform.python_version()}, "
+              f"SQLite {sqlite3.sqlite_version}, {platform.machine()}")  # fmt: skip
+        print("| level | steps | CPU s | µs/reading | wall s |")
+        print("|---|---:|---:|---:|---:|")
+        levels: list[tuple[str, Callable[[], object]]] = [
+            (
+                "head -> small blocks",
+                lambda: _head_rows(conn) and compactor.compact_once(conn, now),
+            ),
+            ("hourly merges", lambda: compactor.compact_once(conn, now)),
+            ("free pages back", lambda: store.reclaim_space(conn)),
+        ]
+        total = 0.0
+        for name, step in levels:
+            c0, w0, steps = time.process_time(), time.perf_counter(), 0
+            while step():
+                steps += 1
+            cpu = time.process_time() - c0
+            total += cpu
+            wall = time.perf_counter() - w0
+            print(f"| {name} | {steps} | {cpu:.2f} | {1e6 * cpu / n:.2f} | {wall:.2f} |")
+        print(f"| all | | {total:.2f} | {1e6 * total / n:.2f} | |")
+        left = _head_rows(conn)
+        blocks = conn.execute(f"SELECT count(*) FROM {BLOCKS}").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        size = path.stat().st_size
+        print(f"head rows left {left}, blocks {blocks:,}, {size / n:.2f} bytes per reading")
+
+
+if __name__ == "__main__":
+    main()
