@@ -101,10 +101,7 @@ class BatchStore:
         stored: list[PreparedBatch] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            # Under the write lock: compaction (collector.maintainer) cannot move more
-            # readings into blocks before this transaction ends.
-            row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
-            self._horizon = int(row[0]) if row else 0
+            self._read_horizon(conn)
             stats: dict[int, list[object]] = {}
             dev_rows: dict[int, tuple[int, int]] = {}
             dead: list[tuple[object, ...]] = []
@@ -125,8 +122,7 @@ class BatchStore:
                     for d in b.dead_letters
                 )  # fmt: skip
                 outcomes.append(Stored(accepted, b.valid_count - accepted))
-            if stats:
-                conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
+            _write_stats(conn, stats)
             if dev_rows:
                 conn.executemany(_UPDATE_DEVICE, [(s, t, d) for d, (s, t) in dev_rows.items()])
             if dead:
@@ -139,6 +135,23 @@ class BatchStore:
             raise
         self._last_seq.update(pending_seq)
         return outcomes, stored
+
+    def insert_unsequenced(self, conn: sqlite3.Connection, device_id: int, b: PreparedBatch) -> int:
+        """Store one batch's readings inside the caller's write transaction, with no seq
+        check and no device row update (dead-letter replay, collector.replay); returns how
+        many of its valid readings were new. If the caller rolls back, drop this store: its
+        series cache may name rows that were never committed."""
+        self._read_horizon(conn)
+        stats: dict[int, list[object]] = {}
+        accepted = self._insert(conn, device_id, b, stats, [], careful=True)
+        _write_stats(conn, stats)
+        return accepted
+
+    def _read_horizon(self, conn: sqlite3.Connection) -> None:
+        # Under the write lock: compaction (collector.maintainer) cannot move more readings
+        # into blocks before this transaction ends.
+        row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
+        self._horizon = int(row[0]) if row else 0
 
     def _device_seq(self, conn: sqlite3.Connection, dev: int) -> int:
         seq = self._last_seq.get(dev)
@@ -248,6 +261,11 @@ class BatchStore:
 
 class _Overlap(Exception):
     """A batch found some of its readings stored already (the optimistic pass gives up)."""
+
+
+def _write_stats(conn: sqlite3.Connection, stats: dict[int, list[object]]) -> None:
+    if stats:
+        conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
 
 
 def _accumulate(

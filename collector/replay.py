@@ -9,7 +9,6 @@ reject is stamped `replayed_ns` in the same transaction that inserts its reading
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +17,11 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 
 from collector import store
+from collector.batchstore import BatchStore
 from collector.query import Filters, series_where
-from collector.scan import held_in_blocks
 
 if TYPE_CHECKING:
-    from collector.ingest import Ingest, PreparedBatch
+    from collector.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,9 @@ def replay_rejected(
 
     The one write path of this module. It opens its own write connection and works in
     chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
-    (INSERT OR IGNORE on the readings key, after the same look into compacted blocks the
-    writer makes, shaped into series rows by `collector.ingest` exactly as live ingest
-    shapes them) and stamps their rejects with `replayed_ns`. A
+    (shaped into series rows by `collector.ingest` and stored by `collector.batchstore`
+    exactly as live ingest does, minus the seq check: a reading a compacted block or the
+    head holds already is a duplicate) and stamps their rejects with `replayed_ns`. A
     stamped reject is never looked at again, so a second run (or a run interrupted between
     chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
     ingests: each side waits on `busy_timeout` for the other's short transaction.
@@ -78,6 +77,7 @@ def replay_rejected(
                     break
                 after = rows[-1][0]
                 moved: list[int] = []
+                batches = BatchStore()  # its caches live as long as this transaction
                 for rid, device_id, received, raw in rows:
                     try:
                         reading = msgpack.unpackb(raw, raw=False, timestamp=2)
@@ -86,7 +86,7 @@ def replay_rejected(
                     prepared = ingest.prepare(0, [reading], received)
                     if prepared.rejects:
                         continue
-                    _insert_rows(conn, device_id, prepared)
+                    batches.insert_unsequenced(conn, device_id, prepared)
                     moved.append(rid)
                 conn.executemany(
                     f"UPDATE {store.REJECTED} SET replayed_ns = ? WHERE id = ?",
@@ -102,37 +102,3 @@ def replay_rejected(
         conn.close()
     log.info("replayed rejects checked=%d replayed=%d", checked, replayed)
     return ReplayResult(checked, replayed, checked - replayed)
-
-
-def _insert_rows(conn: sqlite3.Connection, device_id: int, prepared: PreparedBatch) -> None:
-    for key, ts, value, lag_ms in zip(
-        prepared.keys, prepared.ts, prepared.values, prepared.lag_ms, strict=True
-    ):
-        sensor, fld, kind, unit, tags = key
-        params = (device_id, sensor, fld, kind, unit, tags)
-        conn.execute(
-            f"INSERT OR IGNORE INTO {store.SERIES} (device_id, sensor, field, kind, unit, tags) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            params,
-        )
-        (sid,) = conn.execute(
-            f"SELECT id FROM {store.SERIES} WHERE device_id = ? AND sensor = ? AND field = ? "
-            "AND kind = ? AND unit = ? AND tags = ?",
-            params,
-        ).fetchone()
-        if held_in_blocks(conn, [(0, sid, ts)]):
-            continue  # already stored and compacted: a duplicate, as in the writer
-        cur = conn.execute(
-            f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
-            "VALUES (?, ?, ?, ?)",
-            (ts, sid, value, lag_ms),
-        )
-        if cur.rowcount == 1:
-            conn.execute(
-                f"UPDATE {store.SERIES} SET count = count + 1, "
-                "first_ts = MIN(COALESCE(first_ts, ?1), ?1), "
-                "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
-                "ELSE last_value END, "
-                "last_ts = MAX(COALESCE(last_ts, ?1), ?1) WHERE id = ?3",
-                (ts, value, sid),
-            )
