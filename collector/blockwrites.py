@@ -6,7 +6,6 @@ blocks already covering them. No connection of its own, no scheduling.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, cast
 
 from collector import blocks as codec
-from collector.store import BLOCKS, HORIZON
+from collector.store import BLOCKS, HORIZON, write_turn
 
 if TYPE_CHECKING:
     from collector.compactor import CompactionConfig
@@ -38,8 +37,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("RELEASE compaction")
         return
     # A connection may ask for its turn first (collector.maintainer: the writer pauses).
-    turn = getattr(conn, "write_turn", None)
-    with turn() if turn is not None else contextlib.nullcontext():
+    with write_turn(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield

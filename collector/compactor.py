@@ -173,11 +173,24 @@ def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None
     """
     if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
         return True
-    if store.reclaim_space(conn):
+    if not _closed_rows_waiting(conn, now_ns, DEFAULT_CONFIG) and store.reclaim_space(conn):
         return True
     if activity is not None:
         activity.prune()
     return False
+
+
+def _closed_rows_waiting(conn: sqlite3.Connection, now_ns: int, config: CompactionConfig) -> bool:
+    """Whether the head holds rows of a closed window that is still settling (a backlog).
+
+    The pages compaction frees then are the pages the head's next rows take, so giving them
+    back to the file system would only move pages to no end, and hold the write lock doing
+    it (measured: 7 steps of ~0.1-0.6 s each in the first 30 s of a backfill).
+    """
+    w = config.window_ns
+    closed_before = (now_ns - config.grace_ns) // w * w
+    row = conn.execute(f"SELECT 1 FROM {HEAD} WHERE ts < ? LIMIT 1", (closed_before,))
+    return row.fetchone() is not None
 
 
 def compact_once(

@@ -22,6 +22,7 @@ This module opens connections and creates tables; it does not insert readings (t
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Final, Literal
@@ -291,6 +292,19 @@ def reclaim_space(
     if free < max(min_free_pages, pages * min_free_fraction):
         return False
     # executescript: the sqlite3 module steps a statement without result rows once, and
-    # incremental_vacuum frees one page per step.
-    conn.executescript(f"PRAGMA incremental_vacuum({int(step_pages)});")
+    # incremental_vacuum frees one page per step. In the connection's write turn, like
+    # every other write of the maintenance process (collector.maintainer.Turns): the
+    # writer then waits on the turn, woken when this commits, not in SQLite's busy handler
+    # (which sleeps up to 100 ms between tries).
+    with write_turn(conn):
+        conn.executescript(
+            f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step_pages)}); COMMIT;"
+        )
     return True
+
+
+def write_turn(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[None]:
+    """The connection's `write_turn()` context (collector.maintainer gives its connection
+    one: the ingest writer pauses meanwhile), or nothing for a plain connection."""
+    turn = getattr(conn, "write_turn", None)
+    return turn() if turn is not None else contextlib.nullcontext()
