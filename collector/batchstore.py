@@ -129,7 +129,7 @@ class BatchStore:
                 conn.executemany(_INSERT_REJECTED, dead)
             conn.execute("COMMIT")
         except BaseException:
-            self._rollback(conn)
+            rollback(conn)
             for dev, key in new_series:  # their ids were never committed
                 self._series.get(dev, {}).pop(key, None)
             raise
@@ -250,13 +250,15 @@ class BatchStore:
             cache[key] = int(row[0])
         return [cache[k] for k in keys]
 
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                log.warning("rollback failed error=%s", exc)
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the transaction in progress, if any; a failure to do so is logged (the
+    connection's next BEGIN fails the same way and is answered there)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("rollback failed error=%s", exc)
 
 
 class _Overlap(Exception):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector import devices, store
-from collector.batchstore import BatchStore
+from collector.batchstore import BatchStore, rollback
 from collector.ingest import PreparedBatch
 from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
@@ -387,17 +387,9 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._rollback(conn)
+            rollback(conn)
             log.warning("maintenance failed error=%s", exc)
         sched.ran(t0, time.monotonic(), more=more, loaded=loaded)
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                log.warning("rollback failed error=%s", exc)
 
 
 def _weight(item: object) -> int:
