@@ -162,6 +162,9 @@ async def serve(
         on_commit=committed,
     )
     metrics.queue_depth = writer.queue_depth
+    if maintainer is not None:
+        m = maintainer
+        metrics.maintainer_restarts = lambda: m.restarts
     await writer.start()
     watchdog: asyncio.Task[None] | None = None
     if maintainer is not None:

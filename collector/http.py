@@ -1,7 +1,8 @@
 """The collector's HTTP side (aiohttp, same process and loop as the ingest server).
 
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
-`/metrics` (Prometheus text) and `/api/v1/devices` (registry + last seen + connected). Other
+`/metrics` (Prometheus text: the in-process counters and what the file holds,
+collector.storagestats) and `/api/v1/devices` (registry + last seen + connected). Other
 modules add routes through route-registering callables passed to `create_app`; the query
 API (`collector.http_api`) adds the other /api/v1 routes, and its read token (when set)
 covers /api/v1/devices too. /healthz, /readyz and /metrics stay open, for health checks and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import devices, http_api, store
+from collector import devices, http_api, storagestats, store
 from collector.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 RouteRegistrar = Callable[[web.Application], None]
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain"
@@ -72,7 +76,14 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = request.app[STATE_KEY].metrics.render()
+    state = request.app[STATE_KEY]
+    try:
+        storage = await asyncio.to_thread(storagestats.read, state.db_path)
+    except (sqlite3.Error, OSError) as exc:
+        # The counters still help; the storage gauges are left out until the file reads.
+        log.warning("metrics: cannot read the database error=%s", exc)
+        storage = None
+    text = state.metrics.render(storage)
     return web.Response(text=text, content_type=PROMETHEUS_CONTENT_TYPE, charset="utf-8")
 
 

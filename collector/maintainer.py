@@ -99,6 +99,7 @@ class Maintainer:
         self._ctx = ctx
         self._args = (db, retention_ns, self._inbox, self._logs)
         self._process = self._new_process()
+        self.restarts = 0
         root = logging.getLogger()
         self._listener = logging.handlers.QueueListener(
             self._logs, *root.handlers, respect_handler_level=True
@@ -123,6 +124,7 @@ class Maintainer:
         if self._process.is_alive():
             return False
         log.error("maintainer exited code=%s; starting it again", self._process.exitcode)
+        self.restarts += 1
         self._turns = Turns(self._ctx)  # it may have died holding its turn
         self._process = self._new_process()
         self._process.start()

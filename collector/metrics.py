@@ -11,7 +11,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collector.storagestats import StorageStats
 
 # Commit latency buckets in seconds: an fsync'd group commit costs ~0.2-5 ms on a local
 # disk; the upper buckets catch checkpoints and storage stalls.
@@ -80,6 +83,8 @@ class Metrics:
     batch_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS_S))
     devices: dict[str, DeviceStats] = field(default_factory=dict)
     queue_depth: Callable[[], int] = lambda: 0
+    # Times the maintenance process had to be started again (collector.maintainer).
+    maintainer_restarts: Callable[[], int] = lambda: 0
 
     def device(self, name: str) -> DeviceStats:
         stats = self.devices.get(name)
@@ -90,8 +95,9 @@ class Metrics:
     def refused(self, reason: str) -> None:
         self.connections_refused[reason] = self.connections_refused.get(reason, 0) + 1
 
-    def render(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+    def render(self, storage: StorageStats | None = None) -> str:
+        """The Prometheus text exposition format (version 0.0.4); the storage gauges when
+        `storage` is given (the caller reads them from the file)."""
         out: list[str] = []
 
         def metric(name: str, mtype: str, help_: str, samples: Sequence[tuple[str, float]]) -> None:
@@ -164,6 +170,42 @@ class Metrics:
             "Open connections per device.",
             [(_labels(device=d), s.connected) for d, s in sorted(self.devices.items())],
         )
+        metric(
+            "telemetry_maintainer_restarts_total",
+            "counter",
+            "Times the maintenance process exited and was started again.",
+            [("", self.maintainer_restarts())],
+        )
+        if storage is not None:
+            oldest = storage.head_oldest_ns
+            gauges: list[tuple[str, str, float | None]] = [
+                (
+                    "telemetry_head_rows",
+                    "Readings in the head, not compacted yet.",
+                    storage.head_rows,
+                ),
+                (
+                    "telemetry_head_oldest_timestamp_seconds",
+                    "Timestamp of the head's oldest reading (absent when the head is empty); "
+                    "for live data, time() minus this is how far compaction is behind.",
+                    None if oldest is None else oldest / 1e9,
+                ),
+                ("telemetry_blocks", "Compacted blocks.", storage.blocks),
+                (
+                    "telemetry_small_blocks",
+                    "Blocks not merged into their hour yet.",
+                    storage.small_blocks,
+                ),
+                ("telemetry_db_bytes", "Size of the database file.", storage.db_bytes),
+                ("telemetry_wal_bytes", "Size of the write-ahead log.", storage.wal_bytes),
+                (
+                    "telemetry_db_free_bytes",
+                    "Free pages kept in the database file.",
+                    storage.free_bytes,
+                ),
+            ]
+            for name, help_, gauge in gauges:
+                metric(name, "gauge", help_, [] if gauge is None else [("", gauge)])
         return "\n".join(out) + "\n"
 
 

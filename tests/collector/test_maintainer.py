@@ -4,9 +4,11 @@ comes back if it dies, and never outlives the daemon."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 from collector import compactor, store
@@ -68,6 +70,17 @@ def _send_old_window(daemon: CollectorProcess, token: str, seq: int, sensor: str
         assert isinstance(ack, wire.Ack) and ack.accepted == 5, ack
 
 
+def _metric(daemon: CollectorProcess, name: str) -> float | None:
+    """One unlabelled sample of /metrics, None when the metric has no sample."""
+    assert daemon.http is not None
+    host, port = daemon.http
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert f"# TYPE {name} " in text, name
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found.group(1))
+
+
 def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     with CollectorProcess(db) as daemon:
@@ -75,6 +88,13 @@ def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> No
         first = _maintainer(daemon)
         _send_old_window(daemon, token, 1, "a")
         wait_for(lambda: _blocks(db) == 1, "the first window to be compacted", 30)
+        # What an operator watches: the head drained into one block, no restart yet.
+        assert _metric(daemon, "telemetry_head_rows") == 0
+        assert _metric(daemon, "telemetry_head_oldest_timestamp_seconds") is None
+        assert _metric(daemon, "telemetry_blocks") == 1
+        assert _metric(daemon, "telemetry_small_blocks") == 1
+        assert (_metric(daemon, "telemetry_db_bytes") or 0) > 0
+        assert _metric(daemon, "telemetry_maintainer_restarts_total") == 0
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: _gone(first), "the maintainer to die", 10)
         wait_for(
@@ -82,8 +102,10 @@ def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> No
             "a new maintainer",
             30,
         )
+        assert _metric(daemon, "telemetry_maintainer_restarts_total") == 1
         _send_old_window(daemon, token, 2, "b")
         wait_for(lambda: _blocks(db) == 2, "the new maintainer to compact", 30)
+        assert _metric(daemon, "telemetry_blocks") == 2
     assert "maintainer exited code=-9; starting it again" in daemon.log
 
 
