@@ -1,7 +1,8 @@
 """The read-side commands: `telemetry query`, `series`, `tail`, `rejected` and `export`.
 
 Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
-or a running collector's HTTP API (`--url`, through the small urllib client `_Remote` below),
+or a running collector's HTTP API (`--url`, through the small client in
+`collector.commands.remote`),
 and prints through `collector.formats`. Argument parsing is
 `collector.query`'s, so the CLI and the HTTP API accept the same forms and fail the same way.
 
@@ -11,13 +12,10 @@ Must not: hold the write lock (only `rejected --replay` writes, through
 
 from __future__ import annotations
 
-import http.client
-import json
 import sqlite3
 import sys
 import time
-import urllib.parse
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO, TypeVar
@@ -26,6 +24,7 @@ import click
 
 from collector import formats, store
 from collector import query as ql
+from collector.commands.remote import Remote, filter_params, range_params
 from collector.errors import ConfigError
 from collector.replay import replay_rejected
 from collector.tail import Tail
@@ -33,10 +32,6 @@ from collector.tail import Tail
 DEFAULT_DB: Final = "./telemetry.db"
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
-# Rows per HTTP page when a command reads through --url.
-REMOTE_PAGE_ROWS: Final = 5_000
-# Seconds to wait for the collector's HTTP API to answer one request.
-REMOTE_TIMEOUT_S: Final = 30.0
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -186,124 +181,6 @@ def _out_format(fmt: str | None, out: TextIO) -> str:
     return fmt if fmt is not None else formats.default_format(out)
 
 
-# ---------------------------------------------------------------- HTTP client (--url)
-
-
-class _Remote:
-    """The few GETs the commands need from a collector's HTTP API (http.client, no deps)."""
-
-    def __init__(self, url: str, token: str | None) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"--url: {url!r} is not an http:// or https:// URL")
-        self.parts = parts
-        self.base = url.rstrip("/")
-        self.token = token
-
-    def _request(
-        self, path: str, params: Sequence[tuple[str, str]]
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        cls = (
-            http.client.HTTPSConnection
-            if self.parts.scheme == "https"
-            else http.client.HTTPConnection
-        )
-        conn = cls(self.parts.netloc, timeout=REMOTE_TIMEOUT_S)
-        qs = urllib.parse.urlencode(list(params))
-        target = f"{self.parts.path.rstrip('/')}/api/v1/{path}" + (f"?{qs}" if qs else "")
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        try:
-            conn.request("GET", target, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            raise click.ClickException(f"--url: cannot reach {self.base}: {exc}") from None
-        if resp.status != 200:
-            try:
-                body = json.loads(resp.read() or b"{}")
-                msg = body.get("error") if isinstance(body, dict) else None
-            except ValueError:
-                msg = None
-            conn.close()
-            raise click.ClickException(f"{self.base}: HTTP {resp.status}: {msg or resp.reason}")
-        return conn, resp
-
-    def get(self, path: str, params: Sequence[tuple[str, str]]) -> dict[str, object]:
-        conn, resp = self._request(path, params)
-        try:
-            data = json.loads(resp.read())
-        finally:
-            conn.close()
-        assert isinstance(data, dict)
-        return data
-
-    def rows(
-        self, path: str, key: str, params: Sequence[tuple[str, str]], limit: int | None
-    ) -> Iterator[ql.Row]:
-        """Follow `next` cursors; stops after `limit` rows."""
-        n = 0
-        cursor: str | None = None
-        while True:
-            page = REMOTE_PAGE_ROWS if limit is None else min(REMOTE_PAGE_ROWS, limit - n)
-            p = [*params, ("limit", str(page))] + ([("cursor", cursor)] if cursor else [])
-            data = self.get(path, p)
-            batch = data.get(key)
-            assert isinstance(batch, list)
-            for row in batch:
-                yield row
-                n += 1
-            nxt = data.get("next")
-            if not isinstance(nxt, str) or (limit is not None and n >= limit):
-                return
-            cursor = nxt
-
-    def stream(
-        self, params: Sequence[tuple[str, str]], deadline: float | None
-    ) -> Generator[ql.Row, None, None]:
-        """Readings from /stream (Server-Sent Events) as they arrive, until `deadline`."""
-        conn, resp = self._request("stream", params)
-        try:
-            while True:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return
-                    conn.sock.settimeout(left)  # a quiet stream still ends on time
-                raw = resp.readline()
-                if not raw:
-                    return  # the collector ended the stream (shutdown)
-                line = raw.decode().rstrip("\r\n")
-                if line == ": ready":
-                    click.echo(f"tail: following {self.base}", err=True)
-                elif line.startswith("data: "):
-                    row = json.loads(line[6:])
-                    assert isinstance(row, dict)
-                    yield row
-        except TimeoutError:
-            return  # --for elapsed while the stream was quiet
-        finally:
-            conn.close()
-
-
-def _filter_params(f: ql.Filters) -> list[tuple[str, str]]:
-    p: list[tuple[str, str]] = []
-    p += [("device", d) for d in f.devices]
-    p += [("sensor", s) for s in f.sensors]
-    p += [("kind", k) for k in f.kinds]
-    p += [("field", x) for x in f.fields]
-    p += [("tag", f"{k}={v}") for k, v in f.tags]
-    return p
-
-
-def _range_params(r: _Range) -> list[tuple[str, str]]:
-    p: list[tuple[str, str]] = []
-    if r.since is not None:
-        p.append(("since", f"@{r.since}"))
-    if r.until is not None:
-        p.append(("until", f"@{r.until}"))
-    return p
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -365,8 +242,8 @@ def query(
     fmt = _out_format(fmt, out)
     columns = ql.AGGREGATE_COLUMNS if aggf else ql.READING_COLUMNS
     if url is not None:
-        remote = _Remote(url, token)
-        params = _filter_params(f) + _range_params(r)
+        remote = Remote(url, token)
+        params = filter_params(f) + range_params(r.since, r.until)
         if latest:
             data = remote.get("latest", params)
             rows_l = data.get("readings")
@@ -430,7 +307,7 @@ def series(
     out = sys.stdout
     fmt = _out_format(fmt, out)
     if url is not None:
-        data = _Remote(url, token).get("series", _filter_params(f))
+        data = Remote(url, token).get("series", filter_params(f))
         rows = data.get("series")
         assert isinstance(rows, list)
     else:
@@ -486,7 +363,7 @@ def tail(
 
     try:
         if url is not None:
-            _tail_remote(_Remote(url, token), f, emit, deadline)
+            _tail_remote(Remote(url, token), f, emit, deadline)
         else:
             _tail_file(db, f, emit, deadline)
     except KeyboardInterrupt:
@@ -514,12 +391,12 @@ def _tail_file(
 
 
 def _tail_remote(
-    remote: _Remote,
+    remote: Remote,
     f: ql.Filters,
     emit: Callable[[Sequence[ql.Row]], bool],
     deadline: float | None,
 ) -> None:
-    rows = remote.stream(_filter_params(f), deadline)
+    rows = remote.stream(filter_params(f), deadline)
     try:
         for row in rows:
             if emit([row]):
@@ -598,9 +475,13 @@ def rejected(
         return
     fmt = _out_format(fmt, out)
     if url is not None:
-        p = [("device", d) for d in devices] + _range_params(r) + [("code", c) for c in codes]
+        p = (
+            [("device", d) for d in devices]
+            + range_params(r.since, r.until)
+            + [("code", c) for c in codes]
+        )
         p += [("order", ordr)] + ([("pending", "true")] if pending else [])
-        rows = _Remote(url, token).rows("rejected", "rejected", p, limit)
+        rows = Remote(url, token).rows("rejected", "rejected", p, limit)
         formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
         return
     conn = _open(db)
@@ -667,8 +548,8 @@ def export(
     try:
         columns = ql.AGGREGATE_COLUMNS if aggf else ql.READING_COLUMNS
         if url is not None:
-            remote = _Remote(url, token)
-            params = _filter_params(f) + _range_params(r)
+            remote = Remote(url, token)
+            params = filter_params(f) + range_params(r.since, r.until)
             if every_ns is not None and aggf is not None:
                 params += [("every", f"{every_ns}ns"), ("agg", aggf)]
                 rows = remote.rows("aggregate", "aggregates", params, None)
