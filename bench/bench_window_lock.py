@@ -2,9 +2,10 @@
 
 Fills a temporary database with head windows of 8,000 series x 12 readings (a 2-minute
 window at one reading per 10 s, 96,000 rows) and compacts them the way the maintenance
-process does (collector.compactor): read and encode with no lock held, then check, insert
-the small blocks, delete the head rows and commit under the lock. The time under the lock
-is time the ingest writer waits (collector.maintainer.Turns).
+process does (collector.compactor): read and encode with no lock held, then, under the lock,
+check the blocks covering the window, delete the head rows (the DELETE's row count is the
+check that none arrived meanwhile), insert the small blocks and commit. The time under the
+lock is time the ingest writer waits (collector.maintainer.Turns).
 
     python bench/bench_window_lock.py                      # the process's setting
     python bench/bench_window_lock.py --synchronous FULL   # as the writer commits
@@ -65,18 +66,19 @@ def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float
     out = head_block_rows(start, end, rows, cfg.merge_ns, existing)
     marks.append(time.perf_counter())
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute(
-        "SELECT count(*) FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
-    ).fetchone()
     covering_blocks(conn, start, rows, cfg)
+    marks.append(time.perf_counter())
+    # The DELETE's row count is the check that no late rows arrived (collector.compactor).
+    deleted = conn.execute(
+        "DELETE FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
+    ).rowcount
+    assert deleted == len(rows)
     marks.append(time.perf_counter())
     insert_blocks(conn, out)
     marks.append(time.perf_counter())
-    conn.execute("DELETE FROM readings_head WHERE ts >= ? AND ts < ?", (start, end))
-    marks.append(time.perf_counter())
     conn.execute("COMMIT")
     marks.append(time.perf_counter())
-    names = ("read", "encode", "check", "insert", "delete", "commit")
+    names = ("read", "encode", "check", "delete", "insert", "commit")
     ms = {n: 1e3 * (b - a) for n, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
     ms["locked"] = 1e3 * (marks[-1] - marks[2])
     return ms

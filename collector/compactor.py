@@ -301,22 +301,30 @@ def _compact_window_unlocked(
         for key in range(start, end, w):
             activity.compacted(key)
     out = head_block_rows(start, end, rows, config.merge_ns, existing)
-    with transaction(conn):
-        (now_in_head,) = conn.execute(
-            f"SELECT count(*) FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
-        ).fetchone()
-        # The writer only adds head rows and only compaction removes them, so an equal
-        # count is the same rows; the blocks' ids change whenever a block is rewritten.
-        if (
-            now_in_head != len(rows)
-            or covering_blocks(conn, start, rows, config) != existing
-            or (end - start > w and _blocks_start_within(conn, start + 1, end))
-        ):
-            return None
-        insert_blocks(conn, out)
-        conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
+    try:
+        with transaction(conn):
+            # The blocks' ids change whenever a block is rewritten.
+            if covering_blocks(conn, start, rows, config) != existing or (
+                end - start > w and _blocks_start_within(conn, start + 1, end)
+            ):
+                return None
+            # The writer only adds head rows and only compaction removes them, so deleting
+            # as many as were read deletes the same rows. The DELETE's count is the check:
+            # counting first walked the range twice under the lock (~50 ms for a slot).
+            deleted = conn.execute(
+                f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+            ).rowcount
+            if deleted != len(rows):
+                raise _HeadChanged
+            insert_blocks(conn, out)
+    except _HeadChanged:
+        return None  # rolled back: late readings arrived meanwhile
     log.debug("compacted start_ns=%d windows=%d readings=%d", start, (end - start) // w, len(rows))
     return max(len(rows), 1)
+
+
+class _HeadChanged(Exception):
+    """A window's head rows are not the ones read before the write transaction."""
 
 
 def _run_end(

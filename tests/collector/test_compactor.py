@@ -20,6 +20,7 @@ import pytest
 
 from collector import compactor, merging, retention, scan, store
 from collector.activity import Activity
+from collector.blockwrites import head_block_rows
 
 S = 10**9
 WINDOW = 60 * S
@@ -512,6 +513,34 @@ def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (40 * 720,)
     assert not store.reclaim_space(conn)  # below the default bounds: nothing to do
+
+
+def test_a_reading_that_lands_while_a_window_is_encoded_is_compacted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window is read and encoded with no lock held; the writer may add a late reading to
+    # it meanwhile. The write must notice (the window's head rows are not the ones read),
+    # leave everything as it was and let the step redo the window under the lock.
+    path = tmp_path / "t.db"
+    conn = open_db(path, 3)
+    insert(conn, [(sid, 10 * S + sid, 1.0) for sid in (1, 2, 3)])
+    other = store.connect(path)
+    encoded: list[Any] = []
+
+    def late_reading_meanwhile(*args: Any) -> Any:
+        if not encoded:
+            insert(other, [(2, 20 * S, 2.0)])  # the writer's commit, between read and write
+        encoded.append(args[2])
+        return head_block_rows(*args)
+
+    monkeypatch.setattr(compactor, "head_block_rows", late_reading_meanwhile)
+    assert compactor.compact_once(conn, 100 * WINDOW, CONFIG) == 4  # redone under the lock
+    assert len(encoded[0]) == 3  # what the unlocked pass had read
+    assert head_count(conn) == 0
+    rows = conn.execute("SELECT series_id, count, first_ts, last_ts FROM blocks ORDER BY 1")
+    assert rows.fetchall() == [(1, 1, 10 * S + 1, 10 * S + 1), (2, 2, 10 * S + 2, 20 * S),
+                               (3, 1, 10 * S + 3, 10 * S + 3)]  # fmt: skip
+    other.close()
 
 
 class _RecordingTurns(sqlite3.Connection):
