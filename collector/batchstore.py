@@ -136,14 +136,16 @@ class BatchStore:
         self._last_seq.update(pending_seq)
         return outcomes, stored
 
-    def insert_unsequenced(self, conn: sqlite3.Connection, device_id: int, b: PreparedBatch) -> int:
-        """Store one batch's readings inside the caller's write transaction, with no seq
+    def insert_unsequenced(
+        self, conn: sqlite3.Connection, group: Sequence[tuple[int, PreparedBatch]]
+    ) -> list[int]:
+        """Store (device id, batch) pairs inside the caller's write transaction, with no seq
         check and no device row update (dead-letter replay, collector.replay); returns how
-        many of its valid readings were new. If the caller rolls back, drop this store: its
-        series cache may name rows that were never committed."""
+        many of each batch's valid readings were new. If the caller rolls back, drop this
+        store: its series cache may name rows that were never committed."""
         self._read_horizon(conn)
         stats: dict[int, list[object]] = {}
-        accepted = self._insert(conn, device_id, b, stats, [], careful=True)
+        accepted = [self._insert(conn, dev, b, stats, [], careful=True) for dev, b in group]
         _write_stats(conn, stats)
         return accepted
 

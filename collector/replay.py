@@ -21,7 +21,7 @@ from collector.batchstore import BatchStore
 from collector.query import Filters, series_where
 
 if TYPE_CHECKING:
-    from collector.ingest import Ingest
+    from collector.ingest import Ingest, PreparedBatch
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def replay_rejected(
                     break
                 after = rows[-1][0]
                 moved: list[int] = []
-                batches = BatchStore()  # its caches live as long as this transaction
+                passing: list[tuple[int, PreparedBatch]] = []
                 for rid, device_id, received, raw in rows:
                     try:
                         reading = msgpack.unpackb(raw, raw=False, timestamp=2)
@@ -86,8 +86,10 @@ def replay_rejected(
                     prepared = ingest.prepare(0, [reading], received)
                     if prepared.rejects:
                         continue
-                    batches.insert_unsequenced(conn, device_id, prepared)
+                    passing.append((device_id, prepared))
                     moved.append(rid)
+                # A store of its own: its caches live as long as this transaction.
+                BatchStore().insert_unsequenced(conn, passing)
                 conn.executemany(
                     f"UPDATE {store.REJECTED} SET replayed_ns = ? WHERE id = ?",
                     [(stamp, rid) for rid in moved],
