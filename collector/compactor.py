@@ -121,6 +121,10 @@ class CompactionConfig:
     run_windows: int = 1
     run_rows: int = RUN_MAX_ROWS
 
+    def closed_before(self, now_ns: int) -> int:
+        """Start of the oldest window not closed at `now_ns` (it ends within the grace)."""
+        return (now_ns - self.grace_ns) // self.window_ns * self.window_ns
+
     @property
     def run_ns(self) -> int:
         """Length of a slot whose closed, settled windows are compacted together."""
@@ -187,9 +191,9 @@ def _closed_rows_waiting(conn: sqlite3.Connection, now_ns: int, config: Compacti
     back to the file system would only move pages to no end, and hold the write lock doing
     it (measured: 7 steps of ~0.1-0.6 s each in the first 30 s of a backfill).
     """
-    w = config.window_ns
-    closed_before = (now_ns - config.grace_ns) // w * w
-    row = conn.execute(f"SELECT 1 FROM {HEAD} WHERE ts < ? LIMIT 1", (closed_before,))
+    row = conn.execute(
+        f"SELECT 1 FROM {HEAD} WHERE ts < ? LIMIT 1", (config.closed_before(now_ns),)
+    )
     return row.fetchone() is not None
 
 
@@ -234,7 +238,7 @@ def _compact_head(
     conn: sqlite3.Connection, now_ns: int, config: CompactionConfig, activity: Activity | None
 ) -> int:
     w = config.window_ns
-    closed_before = (now_ns - config.grace_ns) // w * w
+    closed_before = config.closed_before(now_ns)
     staging.ensure_tables(conn)
     if not conn.in_transaction:
         # Read and encode with no write lock held where the step allows it.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from collector import blocks as codec
 from collector.activity import MAX_WINDOWS_SKIPPED, Activity
 from collector.blockwrites import block_row, insert_blocks, merge_readings, transaction
-from collector.store import BLOCKS
+from collector.store import BLOCKS, small_blocks
 
 if TYPE_CHECKING:
     from collector.compactor import CompactionConfig
@@ -38,8 +38,7 @@ def merge_small_blocks(
     in it, so every step is idempotent.
     """
     m = config.merge_ns
-    # The literal bound lets SQLite use store.m0003's partial index of the small blocks.
-    small = f"end_ns - start_ns < {int(m)}"
+    small = small_blocks(m)
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
         "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL)"

@@ -32,9 +32,8 @@ def read(path: str | Path) -> StorageStats:
     try:
         head_rows, oldest = conn.execute(f"SELECT count(*), min(ts) FROM {store.HEAD}").fetchone()
         (blocks,) = conn.execute(f"SELECT count(*) FROM {store.BLOCKS}").fetchone()
-        # The literal bound lets SQLite count store.m0003's partial index of small blocks.
         (small,) = conn.execute(
-            f"SELECT count(*) FROM {store.BLOCKS} WHERE end_ns - start_ns < {int(MERGE_NS)}"
+            f"SELECT count(*) FROM {store.BLOCKS} WHERE {store.small_blocks(MERGE_NS)}"
         ).fetchone()
         page = conn.execute("PRAGMA page_size").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]

@@ -200,6 +200,13 @@ def m0003_small_blocks(db: sqlite_utils.Database) -> None:
     )
 
 
+def small_blocks(merge_ns: int) -> str:
+    """The WHERE condition of the blocks shorter than `merge_ns` (not merged into their hour
+    yet). The bound is a literal, so SQLite can use m0003's partial index (whose condition
+    is this one with compactor.MERGE_NS) to find and count them."""
+    return f"end_ns - start_ns < {int(merge_ns)}"
+
+
 @migrations()
 def m0004_compaction_horizon(db: sqlite_utils.Database) -> None:
     # One row: every reading held in a block has a timestamp below `below_ns`. The writer
