@@ -2,9 +2,9 @@
 
 Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
 or a running collector's HTTP API (`--url`, through the small client in
-`collector.commands.remote`),
-and prints through `collector.formats`. Argument parsing is
-`collector.query`'s, so the CLI and the HTTP API accept the same forms and fail the same way.
+`collector.commands.remote`), and prints through `collector.formats`. The options they share
+and their parsing (`collector.query`'s, so the CLI and the HTTP API accept the same forms
+and fail the same way) are in `collector.commands.options`.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
 `collector.replay`), or buffer a whole export in memory.
@@ -12,181 +12,40 @@ Must not: hold the write lock (only `rejected --replay` writes, through
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Final, TextIO, TypeVar
+from typing import Final, TextIO
 
 import click
 
-from collector import formats, store
+from collector import formats
 from collector import query as ql
+from collector.commands.options import (
+    filter_options,
+    filters,
+    format_option,
+    open_db,
+    out_format,
+    range_options,
+    source_options,
+    time_range,
+)
 from collector.commands.remote import Remote, filter_params, range_params
 from collector.errors import ConfigError
 from collector.replay import replay_rejected
 from collector.tail import Tail
 
-DEFAULT_DB: Final = "./telemetry.db"
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
-
-F = TypeVar("F", bound=Callable[..., object])
-
-
-# ---------------------------------------------------------------- shared options
-
-
-def _source_options(fn: F) -> F:
-    fn = click.option(
-        "--token",
-        envvar="TELEMETRY_TOKEN",
-        help="Read token for --url (env TELEMETRY_TOKEN).",
-    )(fn)
-    fn = click.option(
-        "--url",
-        metavar="URL",
-        help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:7879) instead of --db.",
-    )(fn)
-    fn = click.option(
-        "--db",
-        "db",
-        default=DEFAULT_DB,
-        show_default=True,
-        metavar="PATH",
-        envvar="TELEMETRY_DB",
-        help="Database file to read (env TELEMETRY_DB).",
-    )(fn)
-    return fn
-
-
-def _format_option(
-    choices: Sequence[str] = formats.FORMATS, default: str | None = None
-) -> Callable[[F], F]:
-    def deco(fn: F) -> F:
-        return click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(list(choices)),
-            default=default,
-            help="Output format (default: table on a terminal, jsonl otherwise)."
-            if default is None
-            else f"Output format (default: {default}).",
-        )(fn)
-
-    return deco
-
-
-def _filter_options(fn: F) -> F:
-    fn = click.option(
-        "--field",
-        "fields",
-        multiple=True,
-        metavar="NAME",
-        help="Field of a composite kind (gps: lat, lon, alt). Repeatable.",
-    )(fn)
-    fn = click.option(
-        "--tag",
-        "tags",
-        multiple=True,
-        metavar="K=V",
-        help="Only series with this tag. Repeatable (all must match).",
-    )(fn)
-    fn = click.option(
-        "--kind",
-        "kinds",
-        multiple=True,
-        metavar="KIND",
-        help="Sensor kind (temperature, gps, ...). Repeatable.",
-    )(fn)
-    fn = click.option(
-        "--sensor",
-        "sensors",
-        multiple=True,
-        metavar="GLOB",
-        help="Sensor name glob, e.g. 'air-*'. Repeatable.",
-    )(fn)
-    fn = click.option(
-        "--device",
-        "devices",
-        multiple=True,
-        metavar="GLOB",
-        help="Device name glob, e.g. 'greenhouse-*'. Repeatable.",
-    )(fn)
-    return fn
-
-
-def _range_options(fn: F) -> F:
-    fn = click.option(
-        "--until", metavar="TIME", help="End of the range, exclusive (same forms as --since)."
-    )(fn)
-    fn = click.option(
-        "--since",
-        metavar="TIME",
-        help="Start of the range, inclusive: 15m, 2h, 7d (ago), now, "
-        "2026-11-25T10:00:00Z, 2026-11-25 (UTC unless an offset is given).",
-    )(fn)
-    return fn
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    since: int | None
-    until: int | None
-
-
-def _filters(
-    devices: tuple[str, ...],
-    sensors: tuple[str, ...],
-    kinds: tuple[str, ...],
-    tags: tuple[str, ...],
-    fields: tuple[str, ...],
-) -> ql.Filters:
-    return ql.Filters(
-        devices=devices,
-        sensors=sensors,
-        kinds=kinds,
-        fields=fields,
-        tags=tuple(ql.parse_tag(t) for t in tags),
-    )
-
-
-def _range(since: str | None, until: str | None) -> _Range:
-    now = ql.now_ns()
-    lo = None if since is None else ql.parse_time(since, option="--since", now_ns=now)
-    hi = None if until is None else ql.parse_time(until, option="--until", now_ns=now)
-    if lo is not None and hi is not None and lo >= hi:
-        raise ConfigError("--until: must be after --since")
-    return _Range(lo, hi)
-
-
-def _open(db: str) -> sqlite3.Connection:
-    if not Path(db).is_file():
-        raise ConfigError(f"--db: no database at {db} (give --db PATH or --url)")
-    try:
-        conn = store.connect(db, readonly=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"--db: cannot open {db}: {exc}") from None
-    try:
-        conn.execute(f"SELECT 1 FROM {store.SERIES} LIMIT 1").fetchall()
-    except sqlite3.Error as exc:
-        conn.close()
-        raise ConfigError(f"--db: {db} is not a telemetry database ({exc})") from None
-    return conn
-
-
-def _out_format(fmt: str | None, out: TextIO) -> str:
-    return fmt if fmt is not None else formats.default_format(out)
 
 
 # ---------------------------------------------------------------- commands
 
 
 @click.command("query")
-@_filter_options
-@_range_options
+@filter_options
+@range_options
 @click.option("--latest", is_flag=True, help="Only the last reading of each series.")
 @click.option(
     "--every", metavar="DURATION", help="Bucket width for aggregates, e.g. 5m (needs --agg)."
@@ -196,8 +55,8 @@ def _out_format(fmt: str | None, out: TextIO) -> str:
 )
 @click.option("--limit", type=int, metavar="N", help="At most N rows.")
 @click.option("--order", default="asc", show_default=True, metavar="asc|desc", help="Time order.")
-@_format_option()
-@_source_options
+@format_option()
+@source_options
 def query(
     devices: tuple[str, ...],
     sensors: tuple[str, ...],
@@ -225,8 +84,8 @@ def query(
       telemetry query --sensor air-temp --since 7d --every 1h --agg avg
       telemetry query --kind gps --field lat --since 15m --format csv
     """
-    f = _filters(devices, sensors, kinds, tags, fields)
-    r = _range(since, until)
+    f = filters(devices, sensors, kinds, tags, fields)
+    r = time_range(since, until)
     ordr = ql.parse_order(order)
     if limit is not None:
         ql.parse_limit(limit)
@@ -239,7 +98,7 @@ def query(
     if latest and every_ns is not None:
         raise ConfigError("--latest: cannot be combined with --every/--agg")
     out = sys.stdout
-    fmt = _out_format(fmt, out)
+    fmt = out_format(fmt, out)
     columns = ql.AGGREGATE_COLUMNS if aggf else ql.READING_COLUMNS
     if url is not None:
         remote = Remote(url, token)
@@ -261,7 +120,7 @@ def query(
                 remote.rows("readings", "readings", params, limit), columns, fmt, out
             )
         return
-    conn = _open(db)
+    conn = open_db(db)
     try:
         series = ql.resolve_series(conn, f)
         if latest:
@@ -288,9 +147,9 @@ def query(
 
 
 @click.command()
-@_filter_options
-@_format_option()
-@_source_options
+@filter_options
+@format_option()
+@source_options
 def series(
     devices: tuple[str, ...],
     sensors: tuple[str, ...],
@@ -303,15 +162,15 @@ def series(
     token: str | None,
 ) -> None:
     """List series: device, sensor, field, kind, unit, tags, first/last timestamp, count."""
-    f = _filters(devices, sensors, kinds, tags, fields)
+    f = filters(devices, sensors, kinds, tags, fields)
     out = sys.stdout
-    fmt = _out_format(fmt, out)
+    fmt = out_format(fmt, out)
     if url is not None:
         data = Remote(url, token).get("series", filter_params(f))
         rows = data.get("series")
         assert isinstance(rows, list)
     else:
-        conn = _open(db)
+        conn = open_db(db)
         try:
             rows = [ql.series_row(s) for s in ql.resolve_series(conn, f)]
         finally:
@@ -320,11 +179,11 @@ def series(
 
 
 @click.command()
-@_filter_options
+@filter_options
 @click.option("--count", "max_rows", type=int, metavar="N", help="Exit after N readings.")
 @click.option("--for", "duration", metavar="DURATION", help="Exit after this long, e.g. 30s.")
-@_format_option()
-@_source_options
+@format_option()
+@source_options
 def tail(
     devices: tuple[str, ...],
     sensors: tuple[str, ...],
@@ -343,14 +202,14 @@ def tail(
     Stop with Ctrl-C, --count or --for. Readings that arrive older than their series'
     newest stored reading (out of order within one series) are not shown.
     """
-    f = _filters(devices, sensors, kinds, tags, fields)
+    f = filters(devices, sensors, kinds, tags, fields)
     if max_rows is not None:
         ql.parse_limit(max_rows, option="--count")
     deadline = None
     if duration is not None:
         deadline = time.monotonic() + ql.parse_duration(duration, option="--for") / 1e9
     out = sys.stdout
-    fmt = _out_format(fmt, out)
+    fmt = out_format(fmt, out)
     writer = formats.RowWriter(fmt, ql.READING_COLUMNS, out)
 
     def emit(rows: Sequence[ql.Row]) -> bool:
@@ -375,7 +234,7 @@ def tail(
 def _tail_file(
     db: str, f: ql.Filters, emit: Callable[[Sequence[ql.Row]], bool], deadline: float | None
 ) -> None:
-    conn = _open(db)
+    conn = open_db(db)
     try:
         cursor = Tail.start(conn, f)
         # On stderr, so scripts (and tests) know from when on readings count as new.
@@ -409,7 +268,7 @@ def _tail_remote(
 @click.option(
     "--device", "devices", multiple=True, metavar="GLOB", help="Device name glob. Repeatable."
 )
-@_range_options
+@range_options
 @click.option(
     "--code",
     "codes",
@@ -433,8 +292,8 @@ def _tail_remote(
     type=click.Path(dir_okay=False),
     help="User-defined kinds file to validate against when replaying.",
 )
-@_format_option()
-@_source_options
+@format_option()
+@source_options
 def rejected(
     devices: tuple[str, ...],
     since: str | None,
@@ -451,7 +310,7 @@ def rejected(
     token: str | None,
 ) -> None:
     """Browse the dead-letter table of rejected readings, or replay it with --replay."""
-    r = _range(since, until)
+    r = time_range(since, until)
     ordr = ql.parse_order(order)
     if limit is not None:
         ql.parse_limit(limit)
@@ -459,7 +318,7 @@ def rejected(
     if replay:
         if url is not None:
             raise ConfigError("--replay: writes to the database file; use --db, not --url")
-        _open(db).close()
+        open_db(db).close()
         from collector.ingest import Ingest
         from schemas.kinds import KindFileError, load_kinds_file
 
@@ -473,7 +332,7 @@ def rejected(
             f"{result.still_rejected} still rejected"
         )
         return
-    fmt = _out_format(fmt, out)
+    fmt = out_format(fmt, out)
     if url is not None:
         p = (
             [("device", d) for d in devices]
@@ -484,7 +343,7 @@ def rejected(
         rows = Remote(url, token).rows("rejected", "rejected", p, limit)
         formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
         return
-    conn = _open(db)
+    conn = open_db(db)
     try:
         formats.write_rows(
             ql.list_rejected(
@@ -506,8 +365,8 @@ def rejected(
 
 
 @click.command()
-@_filter_options
-@_range_options
+@filter_options
+@range_options
 @click.option(
     "--every", metavar="DURATION", help="Export aggregates in buckets this wide (needs --agg)."
 )
@@ -519,8 +378,8 @@ def rejected(
     metavar="FILE",
     help="Write to FILE instead of standard output.",
 )
-@_format_option(("csv", "jsonl"), default="jsonl")
-@_source_options
+@format_option(("csv", "jsonl"), default="jsonl")
+@source_options
 def export(
     devices: tuple[str, ...],
     sensors: tuple[str, ...],
@@ -538,8 +397,8 @@ def export(
     token: str | None,
 ) -> None:
     """Stream a filtered range as CSV or JSON Lines (constant memory for any size)."""
-    f = _filters(devices, sensors, kinds, tags, fields)
-    r = _range(since, until)
+    f = filters(devices, sensors, kinds, tags, fields)
+    r = time_range(since, until)
     if (every is None) != (agg is None):
         raise ConfigError("--every: and --agg go together" if every else "--agg: needs --every")
     every_ns = None if every is None else ql.parse_duration(every, option="--every")
@@ -557,7 +416,7 @@ def export(
                 rows = remote.rows("readings", "readings", params, None)
             formats.write_rows(rows, columns, fmt, out)
             return
-        conn = _open(db)
+        conn = open_db(db)
         try:
             series_l = ql.resolve_series(conn, f)
             if every_ns is not None and aggf is not None:

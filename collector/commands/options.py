@@ -1,0 +1,167 @@
+"""What the read commands (collector.commands.query) share: their options and what the
+options parse to.
+
+`--db/--url/--token` (where to read), `--format`, the series filters (`--device`,
+`--sensor`, `--kind`, `--tag`, `--field`) and the time range (`--since/--until`), parsed
+by `collector.query` so the CLI and the HTTP API accept the same forms and fail the same
+way; and the read-only connection behind `--db`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO, TypeVar
+
+import click
+
+from collector import formats, store
+from collector import query as ql
+from collector.config import DEFAULT_DB
+from collector.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def source_options(fn: F) -> F:
+    fn = click.option(
+        "--token",
+        envvar="TELEMETRY_TOKEN",
+        help="Read token for --url (env TELEMETRY_TOKEN).",
+    )(fn)
+    fn = click.option(
+        "--url",
+        metavar="URL",
+        help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:7879) instead of --db.",
+    )(fn)
+    fn = click.option(
+        "--db",
+        "db",
+        default=DEFAULT_DB,
+        show_default=True,
+        metavar="PATH",
+        envvar="TELEMETRY_DB",
+        help="Database file to read (env TELEMETRY_DB).",
+    )(fn)
+    return fn
+
+
+def format_option(
+    choices: Sequence[str] = formats.FORMATS, default: str | None = None
+) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        return click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(list(choices)),
+            default=default,
+            help="Output format (default: table on a terminal, jsonl otherwise)."
+            if default is None
+            else f"Output format (default: {default}).",
+        )(fn)
+
+    return deco
+
+
+def filter_options(fn: F) -> F:
+    fn = click.option(
+        "--field",
+        "fields",
+        multiple=True,
+        metavar="NAME",
+        help="Field of a composite kind (gps: lat, lon, alt). Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--tag",
+        "tags",
+        multiple=True,
+        metavar="K=V",
+        help="Only series with this tag. Repeatable (all must match).",
+    )(fn)
+    fn = click.option(
+        "--kind",
+        "kinds",
+        multiple=True,
+        metavar="KIND",
+        help="Sensor kind (temperature, gps, ...). Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--sensor",
+        "sensors",
+        multiple=True,
+        metavar="GLOB",
+        help="Sensor name glob, e.g. 'air-*'. Repeatable.",
+    )(fn)
+    fn = click.option(
+        "--device",
+        "devices",
+        multiple=True,
+        metavar="GLOB",
+        help="Device name glob, e.g. 'greenhouse-*'. Repeatable.",
+    )(fn)
+    return fn
+
+
+def range_options(fn: F) -> F:
+    fn = click.option(
+        "--until", metavar="TIME", help="End of the range, exclusive (same forms as --since)."
+    )(fn)
+    fn = click.option(
+        "--since",
+        metavar="TIME",
+        help="Start of the range, inclusive: 15m, 2h, 7d (ago), now, "
+        "2026-11-25T10:00:00Z, 2026-11-25 (UTC unless an offset is given).",
+    )(fn)
+    return fn
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    since: int | None
+    until: int | None
+
+
+def filters(
+    devices: tuple[str, ...],
+    sensors: tuple[str, ...],
+    kinds: tuple[str, ...],
+    tags: tuple[str, ...],
+    fields: tuple[str, ...],
+) -> ql.Filters:
+    return ql.Filters(
+        devices=devices,
+        sensors=sensors,
+        kinds=kinds,
+        fields=fields,
+        tags=tuple(ql.parse_tag(t) for t in tags),
+    )
+
+
+def time_range(since: str | None, until: str | None) -> TimeRange:
+    now = ql.now_ns()
+    lo = None if since is None else ql.parse_time(since, option="--since", now_ns=now)
+    hi = None if until is None else ql.parse_time(until, option="--until", now_ns=now)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError("--until: must be after --since")
+    return TimeRange(lo, hi)
+
+
+def open_db(db: str) -> sqlite3.Connection:
+    if not Path(db).is_file():
+        raise ConfigError(f"--db: no database at {db} (give --db PATH or --url)")
+    try:
+        conn = store.connect(db, readonly=True)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"--db: cannot open {db}: {exc}") from None
+    try:
+        conn.execute(f"SELECT 1 FROM {store.SERIES} LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise ConfigError(f"--db: {db} is not a telemetry database ({exc})") from None
+    return conn
+
+
+def out_format(fmt: str | None, out: TextIO) -> str:
+    return fmt if fmt is not None else formats.default_format(out)
