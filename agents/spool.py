@@ -1,9 +1,15 @@
 """The durable, bounded on-disk queue of readings waiting for the collector's ACK.
 
-One SQLite file in WAL mode (stdlib sqlite3), two tables:
+One SQLite file in WAL mode (stdlib sqlite3), three tables:
 
     readings(id INTEGER PRIMARY KEY, seq INTEGER NULL, body BLOB)   body = msgpack wire array
     meta(key TEXT PRIMARY KEY, value INTEGER)                       next_seq, dropped, ...
+    identity(stream TEXT)                                           the stream id (one row)
+
+The stream id (protocol v1.1, HELLO.stream) is made with the spool: 32 hex digits of a random
+128-bit value. The seq counter belongs to it, so a new spool (state lost) is a new stream
+whose seq starts at 1, and the collector never takes its batches for resends of the old
+one. A spool made before stream ids existed keeps the default stream "" and its numbering.
 
 A reading is stored with seq NULL ("pending"). The transport seals a batch when it is about
 to send: the oldest pending readings get the next seq number in one transaction, so a batch
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -58,6 +65,7 @@ CREATE TABLE IF NOT EXISTS readings (
 );
 CREATE INDEX IF NOT EXISTS readings_by_seq ON readings(seq) WHERE seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS identity (stream TEXT NOT NULL);
 """
 # Shortest gap between two "spool full" log lines.
 DROP_LOG_INTERVAL_S: Final = 60.0
@@ -117,6 +125,14 @@ class Spool:
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value)
                 )
+            if self._db.execute("SELECT count(*) FROM identity").fetchone()[0] == 0:
+                # A spool that already numbered batches keeps the default stream.
+                legacy = self._meta("next_seq") > 1
+                self._db.execute(
+                    "INSERT INTO identity(stream) VALUES (?)",
+                    ("" if legacy else secrets.token_hex(16),),
+                )
+        self.stream_id: str = self._db.execute("SELECT stream FROM identity").fetchone()[0]
         self._pending: int = self._db.execute(
             "SELECT count(*) FROM readings WHERE seq IS NULL"
         ).fetchone()[0]
@@ -274,6 +290,18 @@ class Spool:
                 n = self._db.execute("DELETE FROM readings WHERE seq = ?", (seq,)).rowcount
                 self._bump("acked_readings", n - rejected)
                 self._bump("rejected_total", rejected)
+            self._sealed -= n
+            self._notify_space()
+        return n
+
+    def drop_batch(self, seq: int) -> int:
+        """Drop sealed batch `seq`, which the collector can never accept (an ERROR named
+        it); its readings count as dropped, reported in the next HELLO. Returns how many."""
+        with self._lock:
+            with self._tx():
+                n = self._db.execute("DELETE FROM readings WHERE seq = ?", (seq,)).rowcount
+                self._bump("dropped_total", n)
+                self._bump("dropped_unreported", n)
             self._sealed -= n
             self._notify_space()
         return n

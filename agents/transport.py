@@ -5,10 +5,14 @@ One session per TCP connection:
   2. WELCOME.last_seq: batches with seq <= last_seq are committed, the spool deletes them;
   3. resend every sealed, unacknowledged batch in seq order, then seal and send new ones;
   4. ACK deletes the batch (its rejected readings are logged and counted, never resent);
-     RETRY waits retry_after_ms and sends the same batch again.
-One batch is in flight at a time: the collector's idempotency is keyed on seq ("seq <=
-last_seq is a resend"), so commits must happen in seq order; with a window, a RETRYed batch k
-resent after k+1 was committed would be taken for a duplicate and lost.
+     RETRY waits retry_after_ms and sends the same batch again; a non-fatal ERROR naming the
+     batch's seq (protocol v1.1: it can never be accepted as sent) drops it, counted as
+     dropped and reported in the next HELLO.
+HELLO carries the spool's stream id (v1.1): seq numbers and WELCOME.last_seq are per
+(device, stream), so a new spool starts a new sequence. A fatal ERROR session_replaced (a
+newer connection of the same stream took over) ends the session like any fatal error.
+One batch is in flight at a time: commits then happen in seq order, which keeps
+WELCOME.last_seq a true resume point.
 
 Heartbeats: a PING every heartbeat period (the smaller of WELCOME.heartbeat_ms and the
 config's); no byte from the collector for 2 periods + 1 s means the link is dead, so a dead
@@ -84,6 +88,7 @@ class TransportStats:
     batches_acked: int = 0
     resends: int = 0
     retries: int = 0
+    batches_dropped: int = 0
     readings_acked: int = 0
     readings_rejected: int = 0
     readings_duplicate: int = 0
@@ -104,7 +109,8 @@ class _Link:
         self.writer = writer
         self.conn = conn
         self.heartbeat_s = heartbeat_s
-        self.responses: asyncio.Queue[Ack | Retry] = asyncio.Queue()
+        # ACK, RETRY, or a non-fatal ERROR naming a batch (v1.1).
+        self.responses: asyncio.Queue[Ack | Retry | Error] = asyncio.Queue()
         self.nonce = 0
 
     @property
@@ -216,11 +222,12 @@ class Transport:
             self.stats.connects += 1
             self._progress.set()
             log.info(
-                "connected collector=%s:%d device_id=%s last_seq=%d already_committed=%d "
-                "reported_dropped=%d",
+                "connected collector=%s:%d device_id=%s stream=%s last_seq=%d "
+                "already_committed=%d reported_dropped=%d",
                 self.cfg.host,
                 self.cfg.port,
                 self.cfg.device_id,
+                self.spool.stream_id or "-",
                 welcome.last_seq,
                 committed,
                 dropped,
@@ -271,6 +278,7 @@ class Transport:
             agent=AGENT_NAME,
             agent_version=__version__,
             dropped=dropped,
+            stream=self.spool.stream_id,
         )
         writer.write(conn.send(hello))
         try:
@@ -314,6 +322,8 @@ class Transport:
                         raise AuthFailed(f"{event.code}: {event.message}")
                     case Error(fatal=True):
                         raise LinkDown(f"collector error {event.code}: {event.message}")
+                    case Error(seq=seq) if seq:
+                        link.responses.put_nowait(event)  # the answer to that batch
                     case Error():
                         log.warning("collector error code=%s message=%s", event.code, event.message)
                     case Bye():
@@ -367,6 +377,20 @@ class Transport:
                 raise LinkDown(f"cannot send batch seq={batch.seq}: {exc}") from None
             self.stats.batches_sent += 1
             resp = await self._response(link, batch.seq, ack_timeout_s)
+            if isinstance(resp, Error):
+                # The collector can never accept this batch as it is: resending it would
+                # stall the stream forever. Dropped, counted, and said in the log.
+                n = await asyncio.to_thread(self.spool.drop_batch, batch.seq)
+                self.stats.batches_dropped += 1
+                log.error(
+                    "collector refused a batch, dropping it seq=%d readings=%d code=%s message=%s",
+                    batch.seq,
+                    n,
+                    resp.code,
+                    resp.message,
+                )
+                self._progress.set()
+                return
             if isinstance(resp, Retry):
                 self.stats.retries += 1
                 log.debug(
@@ -382,7 +406,7 @@ class Transport:
             self._progress.set()
             return
 
-    async def _response(self, link: _Link, seq: int, timeout_s: float) -> Ack | Retry:
+    async def _response(self, link: _Link, seq: int, timeout_s: float) -> Ack | Retry | Error:
         try:
             async with asyncio.timeout(timeout_s):
                 while True:

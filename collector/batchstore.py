@@ -1,12 +1,18 @@
 """How a group of prepared batches is stored in one write transaction.
 
 `BatchStore.store(conn, group)` is what the writer thread (collector.writer) does with each
-group it takes off its queue: for every batch, in order, skip it as a resend if its seq is
-not above the device's last committed seq; else resolve its series ids (an in-memory cache;
-new series are inserted in the same transaction), drop the readings a compacted block
-already holds (looked up only below the compaction horizon, store.m0004), and
-`INSERT OR IGNORE` the rest into the head in multi-row statements (collector.bulkinsert).
-Then the series stats, `devices.last_seq` and the dead-letter rows, and COMMIT.
+group it takes off its queue. Per (device, stream) of the group it reads the committed
+`streams` row under the write lock: a batch sent under an epoch that is no longer the
+stream's (a newer HELLO fenced its session, in this process or another) is not stored at all
+and comes back `fenced`. Every other batch is stored: its series ids are resolved (an
+in-memory cache; new series are inserted in the same transaction), the readings a compacted
+block already holds are dropped (looked up only below the compaction horizon, store.m0004),
+and the rest go into the head with `INSERT OR IGNORE` in multi-row statements
+(collector.bulkinsert). A resend (seq not above the stream's last seq) is stored the same
+way, row by row: its readings that were never stored are stored and counted accepted, so a
+reading is never answered "duplicate" unless its (series, timestamp) is stored. Then the
+series stats, the streams' `last_seq` (and `devices.last_seq` for the default stream), the
+dead-letter rows, and COMMIT.
 
 Optimistic first: batches go in without a savepoint each (one costs a copy of every page the
 batch touches: 20-30% of the head insert's time, bench/bench_insert_gil.py --savepoints). A
@@ -14,8 +20,9 @@ batch that finds some of its readings stored already (re-batched after a reconne
 the transaction roll back; the group is then done again with a savepoint per batch, so that
 batch can be redone row by row to learn exactly which readings are new.
 
-The caches (series ids, last seq per device, the horizon) only ever hold committed state:
-whatever a rolled-back transaction added to them is taken out again.
+The caches (series ids, the horizon) only ever hold committed state: whatever a rolled-back
+transaction added to them is taken out again. Stream rows are read fresh in every
+transaction: another collector process may have moved them.
 
 Runs in the writer thread only; no queue, no threads, no event loop.
 """
@@ -49,9 +56,32 @@ _UPDATE_SERIES: Final = (
     "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
     "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
 )
+# ?1 seq, ?2 last seen, ?3 device id, ?4 stream. devices.last_seq mirrors the default stream.
 _UPDATE_DEVICE: Final = (
-    f"UPDATE {store.DEVICES} SET last_seq = max(last_seq, ?1), last_seen_ns = ?2 WHERE id = ?3"
+    f"UPDATE {store.DEVICES} SET last_seq = CASE WHEN ?4 = '' THEN max(last_seq, ?1) "
+    "ELSE last_seq END, last_seen_ns = ?2 WHERE id = ?3"
 )
+_UPSERT_STREAM: Final = (
+    f"INSERT INTO {store.STREAMS} (device_id, stream, last_seq, created_ns, last_seen_ns) "
+    "VALUES (?3, ?4, ?1, ?2, ?2) ON CONFLICT (device_id, stream) DO UPDATE SET "
+    "last_seq = max(last_seq, ?1), last_seen_ns = ?2"
+)
+_DEAD_SEEN: Final = (
+    f"SELECT 1 FROM {store.REJECTED} WHERE device_id = ? AND seq = ? AND idx = ? AND raw = ?"
+)
+_SELECT_STREAM: Final = (
+    f"SELECT last_seq, epoch FROM {store.STREAMS} WHERE device_id = ? AND stream = ?"
+)
+
+
+class Session(NamedTuple):
+    """Who sent a batch: the device, its sequence stream, and the epoch its session got at
+    HELLO (collector.devices.open_session). Epoch 0 is never fenced (in-process callers
+    without a HELLO: tests, dead-letter replay)."""
+
+    device_id: int
+    stream: str = ""
+    epoch: int = 0
 
 
 class Stored(NamedTuple):
@@ -60,6 +90,8 @@ class Stored(NamedTuple):
     accepted: int
     duplicate: int
     resend: bool = False
+    # Not stored: a newer session of the same (device, stream) holds the stream now.
+    fenced: bool = False
 
 
 class BatchStore:
@@ -67,16 +99,11 @@ class BatchStore:
 
     def __init__(self) -> None:
         self._series: dict[int, dict[SeriesKey, int]] = {}
-        self._last_seq: dict[int, int] = {}
         # Rows with ts below this may already sit in a compacted block (0: no blocks yet).
         self._horizon = 0
 
-    def committed_seq(self, device_id: int, seq: int) -> None:
-        """Note a device's committed last seq, read by another statement (HELLO)."""
-        self._last_seq[device_id] = seq
-
     def store(
-        self, conn: sqlite3.Connection, group: Sequence[tuple[int, PreparedBatch]]
+        self, conn: sqlite3.Connection, group: Sequence[tuple[Session | int, PreparedBatch]]
     ) -> tuple[list[Stored], list[PreparedBatch]]:
         """Store (device id, batch) pairs in one transaction, begun and committed here.
 
@@ -91,40 +118,52 @@ class BatchStore:
     def _store(
         self,
         conn: sqlite3.Connection,
-        group: Sequence[tuple[int, PreparedBatch]],
+        group: Sequence[tuple[Session | int, PreparedBatch]],
         *,
         careful: bool,
     ) -> tuple[list[Stored], list[PreparedBatch]]:
         new_series: list[tuple[int, SeriesKey]] = []
-        pending_seq: dict[int, int] = {}
         outcomes: list[Stored] = []
         stored: list[PreparedBatch] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._read_horizon(conn)
             stats: dict[int, list[object]] = {}
-            dev_rows: dict[int, tuple[int, int]] = {}
+            # (device, stream) -> [last seq, epoch, seen_ns, stored]: committed, then this
+            # group's (stored: 1 once a batch of it was stored in this transaction).
+            streams: dict[tuple[int, str], list[int]] = {}
             dead: list[tuple[object, ...]] = []
-            for dev, b in group:
-                last = pending_seq.get(dev)
-                if last is None:
-                    last = self._device_seq(conn, dev)
-                if b.seq <= last:
-                    outcomes.append(Stored(0, b.valid_count, resend=True))
+            for who, b in group:
+                sess = who if isinstance(who, Session) else Session(who)
+                dev = sess.device_id
+                st = streams.get(sess[:2])
+                if st is None:
+                    row = conn.execute(_SELECT_STREAM, sess[:2]).fetchone()
+                    st = streams[sess[:2]] = [*(row or (0, 0)), 0, 0]
+                if sess.epoch and sess.epoch != st[1]:
+                    outcomes.append(Stored(0, 0, fenced=True))
                     continue
-                accepted = self._insert(conn, dev, b, stats, new_series, careful)
-                stored.append(b)
-                pending_seq[dev] = b.seq
-                dev_rows[dev] = (b.seq, b.received_ns)
+                resend = 0 < b.seq <= st[0]
+                # A resend usually overlaps what is stored: straight to the row-by-row path.
+                accepted = self._insert(conn, dev, b, stats, new_series, careful or resend)
+                if accepted or not resend:
+                    stored.append(b)
+                st[0] = max(st[0], b.seq)
+                st[2], st[3] = b.received_ns, 1
                 dead.extend(
                     (dev, b.received_ns, b.seq, d.index, d.raw, d.reading, d.code, d.path,
                      d.message)
                     for d in b.dead_letters
+                    # A resend's rejects are kept once, unless first seen now.
+                    if not resend or not conn.execute(_DEAD_SEEN, (dev, b.seq, d.index, d.raw))
+                    .fetchone()
                 )  # fmt: skip
-                outcomes.append(Stored(accepted, b.valid_count - accepted))
+                outcomes.append(Stored(accepted, b.valid_count - accepted, resend=resend))
             _write_stats(conn, stats)
-            if dev_rows:
-                conn.executemany(_UPDATE_DEVICE, [(s, t, d) for d, (s, t) in dev_rows.items()])
+            seen = [(st[0], st[2], d, name) for (d, name), st in streams.items() if st[3]]
+            if seen:
+                conn.executemany(_UPSERT_STREAM, seen)
+                conn.executemany(_UPDATE_DEVICE, seen)
             if dead:
                 conn.executemany(_INSERT_REJECTED, dead)
             conn.execute("COMMIT")
@@ -133,7 +172,6 @@ class BatchStore:
             for dev, key in new_series:  # their ids were never committed
                 self._series.get(dev, {}).pop(key, None)
             raise
-        self._last_seq.update(pending_seq)
         return outcomes, stored
 
     def insert_unsequenced(
@@ -154,16 +192,6 @@ class BatchStore:
         # into blocks before this transaction ends.
         row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
         self._horizon = int(row[0]) if row else 0
-
-    def _device_seq(self, conn: sqlite3.Connection, dev: int) -> int:
-        seq = self._last_seq.get(dev)
-        if seq is None:
-            row = conn.execute(
-                f"SELECT last_seq FROM {store.DEVICES} WHERE id = ?", (dev,)
-            ).fetchone()
-            seq = int(row[0]) if row else 0
-            self._last_seq[dev] = seq
-        return seq
 
     def _insert(
         self,

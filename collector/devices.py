@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Final
 
-from collector.store import DEVICES
+from collector.store import DEVICES, STREAMS
 
 # Device names appear in logs, metrics labels and URLs: keep them short and plain.
 DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
@@ -158,6 +158,33 @@ def authenticate(
     if device.revoked_ns is not None:
         return AuthResult(None, "device revoked")
     return AuthResult(device)
+
+
+def open_session(
+    conn: sqlite3.Connection, device_id: int, stream: str, now_ns: int
+) -> tuple[int, int]:
+    """Start a session of (device, stream): returns its committed last seq and the new epoch.
+
+    Raising the stream's epoch fences every older session of it, in this process or any
+    other sharing the file: collector.batchstore stores a batch only while the epoch it was
+    sent under is still the stream's (protocol v1.1). Commits (one statement).
+    """
+    row = conn.execute(
+        f"INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns, last_seen_ns) "
+        "VALUES (?1, ?2, 0, 1, ?3, ?3) ON CONFLICT (device_id, stream) DO UPDATE SET "
+        "epoch = epoch + 1, last_seen_ns = ?3 RETURNING last_seq, epoch",
+        (device_id, stream, now_ns),
+    ).fetchall()[0]  # fetchall: the statement must finish for its implicit COMMIT
+    return int(row[0]), int(row[1])
+
+
+def streams(conn: sqlite3.Connection, device_id: int) -> list[tuple[str, int, int | None]]:
+    """(stream, last_seq, last_seen_ns) of a device's streams, the default stream first."""
+    rows = conn.execute(
+        f"SELECT stream, last_seq, last_seen_ns FROM {STREAMS} WHERE device_id = ? ORDER BY stream",
+        (device_id,),
+    ).fetchall()
+    return [(str(r[0]), int(r[1]), r[2]) for r in rows]
 
 
 class _txn:

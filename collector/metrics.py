@@ -76,6 +76,7 @@ class Metrics:
     duplicate: int = 0
     retries: int = 0
     bad_frames: int = 0
+    sessions_replaced: int = 0
     bytes_in: int = 0
     commits: int = 0
     commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS_S))
@@ -138,6 +139,9 @@ class Metrics:
                [("", self.retries)])  # fmt: skip
         metric("telemetry_bad_frames_total", "counter", "Frames that failed to decode.",
                [("", self.bad_frames)])  # fmt: skip
+        metric("telemetry_sessions_replaced_total", "counter",
+               "Sessions closed because a newer HELLO of the same device and stream arrived.",
+               [("", self.sessions_replaced)])  # fmt: skip
         metric(
             "telemetry_bytes_in_total",
             "counter",

@@ -75,6 +75,9 @@ class _Session:
     proto: wire.Connection
     device: str = ""
     device_id: int = 0
+    # v1.1: the agent's sequence stream ("" for a v1.0 agent) and this session's epoch.
+    stream: str = ""
+    epoch: int = 0
     ip: str = ""
     # Identities the verified client certificate names (mutual TLS), else None.
     cert_ids: set[str] | None = None
@@ -85,6 +88,8 @@ class _Session:
     blocked_readings: int = 0
     rate_limited_logged: bool = False
     stopping: bool = False
+    # Set when a newer session of this (device, stream) took over (protocol v1.1).
+    superseded: bool = False
     # Batches submitted and not yet answered; the read loop waits on `waiter` for room.
     pending: int = 0
     waiter: asyncio.Future[None] | None = None
@@ -92,6 +97,18 @@ class _Session:
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def replaced(self) -> None:
+        """A newer session of this (device, stream) took over: tell the agent and close
+        (batches it still has in flight are fenced by the writer: not stored)."""
+        self.superseded = True
+        with contextlib.suppress(LocalProtocolError):
+            data = self.proto.send(
+                wire.Error(errors.SESSION_REPLACED, "a newer session of this stream connected")
+            )
+            if not self.writer.is_closing():
+                self.writer.write(data)
+        self.stop()
 
     def stop(self) -> None:
         """Stop reading: the handler finishes what it submitted, says BYE and closes."""
@@ -151,6 +168,8 @@ class Server:
         # Per device id; a device's bucket outlives its connections (reconnecting does not
         # refill it). One small object per device that ever sent a batch.
         self._buckets: dict[int, _Bucket] = {}
+        # The live session of each (device id, stream): a newer HELLO replaces it.
+        self._live: dict[tuple[int, str], _Session] = {}
         self._server: asyncio.Server | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._closing = asyncio.Event()
@@ -214,6 +233,7 @@ class Server:
             wire.Role.COLLECTOR,
             max_frame_bytes=lim.max_frame_bytes,
             bad_frame_budget=lim.bad_frame_budget,
+            max_send_bytes=wire.MAX_FRAME_BYTES,
         )
         ip = str(peername[0]) if isinstance(peername, tuple) else peer
         s = _Session(reader, writer, peer, proto, ip=ip)
@@ -248,6 +268,8 @@ class Server:
             reason = "internal error"
         finally:
             self._sessions.discard(s)
+            if self._live.get((s.device_id, s.stream)) is s:
+                del self._live[(s.device_id, s.stream)]
             left = self._per_ip.pop(ip, 1) - 1
             if left:
                 self._per_ip[ip] = left
@@ -275,6 +297,8 @@ class Server:
         # Every submitted batch is answered before the connection ends (unless the socket
         # failed, or the daemon's shutdown deadline cancels this wait).
         await self._until_pending_below(s, 1)
+        if s.superseded:
+            return "session replaced"
         if s.stopping and s.proto.state is not wire.State.CLOSED:
             await self._send(s, wire.Bye(errors.SHUTTING_DOWN))
             return "shutdown"
@@ -317,7 +341,16 @@ class Server:
                         s, errors.AUTH_FAILED, "the client certificate does not name this device"
                     )
                     return "auth failed"
-                outcome = await self.writer.hello(event.device_id, event.token, event.dropped)
+                if event.stream and not wire.STREAM_ID_RE.match(event.stream):
+                    await self._refuse(
+                        s,
+                        errors.BAD_MESSAGE,
+                        "HELLO.stream must be 1-64 letters, digits, '_', '.', ':' or '-'",
+                    )
+                    return "bad stream id"
+                outcome = await self.writer.hello(
+                    event.device_id, event.token, event.dropped, event.stream
+                )
         except TimeoutError:
             await self._refuse(s, errors.HANDSHAKE_TIMEOUT, "no HELLO in time")
             return "handshake timeout"
@@ -334,6 +367,21 @@ class Server:
             await self._refuse(s, code, message)
             return "auth failed"
         s.device, s.device_id = device.name, device.id
+        s.stream, s.epoch = event.stream, outcome.epoch
+        old = self._live.get((s.device_id, s.stream))
+        self._live[(s.device_id, s.stream)] = s
+        if old is not None:
+            # One live session per (device, stream) (docs/protocol.md §9): the newest wins.
+            # Another collector sharing the store learns it from the epoch at its next commit.
+            self.metrics.sessions_replaced += 1
+            log.warning(
+                "session replaced device=%s stream=%s old_peer=%s new_peer=%s",
+                s.device,
+                s.stream or "-",
+                old.peer,
+                s.peer,
+            )
+            old.replaced()
         lim = self.limits
         await self._send(
             s,
@@ -342,11 +390,13 @@ class Server:
                 max_frame_bytes=lim.max_frame_bytes,
                 max_batch_readings=wire.MAX_BATCH_READINGS,
                 heartbeat_ms=lim.heartbeat_ms,
+                minor=wire.PROTOCOL_MINOR,
             ),
         )
         log.info(
-            "connected device=%s peer=%s agent=%s/%s last_seq=%d%s",
+            "connected device=%s stream=%s peer=%s agent=%s/%s last_seq=%d%s",
             s.device,
+            s.stream or "-",
             s.peer,
             event.agent or "-",
             event.agent_version or "-",
@@ -368,7 +418,9 @@ class Server:
                 event = s.proto.next_event()
             except RemoteProtocolError as exc:
                 self.metrics.bad_frames += 1
-                await self._send(s, wire.Error(exc.code, exc.message, exc.fatal))
+                # Naming the seq of a bad BATCH lets the agent drop it: it can never be
+                # accepted, and every BATCH gets one answer (docs/protocol.md §9).
+                await self._send(s, wire.Error(exc.code, exc.message, exc.fatal, exc.seq))
                 if exc.fatal:
                     log.warning(
                         "protocol error device=%s peer=%s code=%s message=%s",
@@ -431,7 +483,7 @@ class Server:
                 await self._until_pending_below(s, self.limits.max_inflight_batches)
                 t0 = time.perf_counter()
                 batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
-                fut = await self.writer.submit(s.device_id, batch)
+                fut = await self.writer.submit(s.device_id, batch, stream=s.stream, epoch=s.epoch)
                 s.pending += 1
                 fut.add_done_callback(functools.partial(self._answer, s, t0))
                 # ACKs are written from the callback; waiting here for the socket's write
@@ -512,6 +564,29 @@ class Server:
         stats = m.device(s.device)
         m.batches += 1
         stats.batches += 1
+        if outcome.fenced:
+            # A newer session of this stream exists (maybe on another collector): nothing
+            # of this batch was stored; the agent reconnects and resumes from WELCOME.
+            if s.proto.state is not wire.State.CLOSED:
+                log.warning(
+                    "session fenced device=%s stream=%s peer=%s seq=%d",
+                    s.device,
+                    s.stream or "-",
+                    s.peer,
+                    outcome.seq,
+                )
+                self._write(
+                    s,
+                    wire.Error(
+                        errors.SESSION_REPLACED,
+                        "a newer session of this stream connected; batch not stored",
+                        True,
+                        outcome.seq,
+                    ),
+                )
+                s.superseded = True
+                s.stop()
+            return
         if outcome.retry_after_ms is not None:
             m.retries += 1
             stats.retries += 1
@@ -547,7 +622,11 @@ class Server:
             data = s.proto.send(event)
         except LocalProtocolError:
             if isinstance(event, wire.Ack) and s.proto.state is not wire.State.CLOSED:
-                data = s.proto.send(_shortened(event))
+                try:
+                    data = s.proto.send(_shortened(event, SHORT_REJECT_CHARS))
+                except LocalProtocolError:
+                    # Still too large (multi-byte text): keep codes and paths, drop messages.
+                    data = s.proto.send(_shortened(event, SHORT_REJECT_CHARS, 0))
             elif s.proto.state is wire.State.CLOSED and isinstance(event, wire.Ack | wire.Retry):
                 # The agent said BYE with batches still in flight: answer them anyway.
                 data = wire.encode(event)
@@ -557,10 +636,12 @@ class Server:
             s.writer.write(data)
 
 
-def _shortened(ack: wire.Ack) -> wire.Ack:
-    """The same ACK with reject messages cut short, so it fits in one frame."""
+def _shortened(ack: wire.Ack, path_chars: int, message_chars: int | None = None) -> wire.Ack:
+    """The same ACK with reject paths and messages cut short, so it fits in one frame
+    (docs/protocol.md §8: a collector frame is never over MAX_FRAME_BYTES)."""
+    msg_chars = path_chars if message_chars is None else message_chars
     rejects = tuple(
-        wire.Reject(r.index, r.code, r.path[:SHORT_REJECT_CHARS], r.message[:SHORT_REJECT_CHARS])
+        wire.Reject(r.index, r.code, r.path[:path_chars], r.message[:msg_chars])
         for r in ack.rejects
     )
     return wire.Ack(ack.seq, ack.accepted, ack.duplicate, rejects)

@@ -5,7 +5,9 @@ sqlite-utils' `Migrations` at collector start-up (migrate -> start writer -> lis
 are additive: a new migration function, never an edited one.
 
 Tables (docs/storage.md has the full description):
-    devices         one row per device: hashed token, revocation, last committed seq
+    devices         one row per device: hashed token, revocation, last seen
+    streams         one row per (device, stream): last committed seq and the session epoch
+                    (protocol v1.1; the default stream "" is a v1.0 agent's)
     series          one row per (device, sensor, field, kind, unit, tags): the series id
     readings_head   recent readings, keyed (ts, series_id) WITHOUT ROWID: appends at the
                     right edge of the B-tree, so ingest stays flat as the file grows
@@ -35,6 +37,7 @@ HEAD: Final = "readings_head"
 REJECTED: Final = "rejected"
 BLOCKS: Final = "blocks"
 HORIZON: Final = "compaction_horizon"
+STREAMS: Final = "streams"
 RECENT_VIEW: Final = "readings_recent"
 BLOCKS_VIEW: Final = "blocks_summary"
 
@@ -222,6 +225,31 @@ def m0004_compaction_horizon(db: sqlite_utils.Database) -> None:
         );
         INSERT INTO {HORIZON} (id, below_ns)
             SELECT 0, coalesce(max(last_ts) + 1, 0) FROM {BLOCKS};
+        """
+    )
+
+
+@migrations()
+def m0005_streams(db: sqlite_utils.Database) -> None:
+    # Protocol v1.1: sequence numbers and the resume point are per (device, stream), and the
+    # newest HELLO of a stream fences older sessions through `epoch` (checked in each write
+    # transaction, so the rule holds across collector processes sharing the file). The
+    # default stream "" takes over each device's v1.0 last_seq; devices.last_seq keeps
+    # mirroring it for listings. The index lets a resend's rejects be kept once.
+    db.executescript(
+        f"""
+        CREATE TABLE {STREAMS} (
+            device_id INTEGER NOT NULL REFERENCES {DEVICES}(id),
+            stream TEXT NOT NULL,
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            epoch INTEGER NOT NULL DEFAULT 0,
+            created_ns INTEGER NOT NULL,
+            last_seen_ns INTEGER,
+            PRIMARY KEY (device_id, stream)
+        ) WITHOUT ROWID;
+        INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns, last_seen_ns)
+            SELECT id, '', last_seq, 0, created_ns, last_seen_ns FROM {DEVICES};
+        CREATE INDEX rejected_by_seq ON {REJECTED}(device_id, seq);
         """
     )
 

@@ -3,15 +3,16 @@
 Connection handlers (on the event loop) call `Writer.submit`, which waits for queue credits
 (backpressure: a handler that cannot get credits stops reading its socket) and returns a
 future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
-ONE transaction (collector.batchstore: series ids, head rows, dedup against compacted blocks,
-dead letters, series stats, `devices.last_seq`; a resend is answered accepted=0,
-duplicate=<valid readings>). Only after COMMIT returns are the futures resolved, on the
+ONE transaction (collector.batchstore: session fencing, series ids, head rows, dedup against
+head and compacted blocks, dead letters, series stats, the stream's `last_seq`). Only after
+COMMIT returns are the futures resolved, on the
 loop, via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
 
 A sqlite3 error (disk full, I/O error, lock timeout) rolls the transaction back and answers
 every batch of the group with RETRY; the next group tries again, so ingest resumes by itself
 once the fault clears. HELLO authentication runs here too, so it sees the committed
-`last_seq`.
+`last_seq`; it also opens the session of (device, stream), whose new epoch fences older
+sessions of that stream (collector.devices.open_session).
 
 Compaction runs in another process (collector.maintainer), which also writes the file: each
 ingest transaction is wrapped in `write_turn` (let the maintenance process write first when
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector import devices, store
-from collector.batchstore import BatchStore, rollback
+from collector.batchstore import BatchStore, Session, rollback
 from collector.ingest import PreparedBatch
 from collector.pacing import MaintenanceClock
 from schemas.wire import Reject
@@ -51,8 +52,7 @@ batch that arrives meanwhile waits for it). It returns True when more work is wa
 writer then calls it again at once while the queue is idle, and after group commits within
 pacing.MAINTENANCE_SHARE of its time under load; otherwise it calls again after the interval. It
 runs its own transaction(s) (a transaction it leaves open is committed, a sqlite3 error
-rolls it back). It must not delete or renumber series rows nor change devices.last_seq:
-the writer caches both."""
+rolls it back). It must not delete or renumber series rows: the writer caches their ids."""
 
 # Default bound on rows waiting for the writer: ~0.3 s of ingest at the measured rate, so
 # a saturated collector answers within ~0.5 s and holds ~25 MB of decoded readings at most.
@@ -78,6 +78,8 @@ class BatchOutcome:
     retry_after_ms: int | None = None
     resend: bool = False
     commit_s: float = 0.0
+    # Not stored: a newer session of the same (device, stream) holds the stream now.
+    fenced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,13 @@ class HelloOutcome:
     auth: devices.AuthResult
     last_seq: int = 0
     storage_error: bool = False
+    # The session's epoch for (device, stream); batches are submitted under it.
+    epoch: int = 0
 
 
 @dataclass(slots=True)
 class _BatchItem:
-    device_id: int
+    session: Session
     batch: PreparedBatch
     future: asyncio.Future[BatchOutcome]
     weight: int
@@ -100,6 +104,7 @@ class _HelloItem:
     name: str
     token: str
     dropped: int
+    stream: str
     future: asyncio.Future[HelloOutcome]
 
 
@@ -175,21 +180,29 @@ class Writer:
     def queue_depth(self) -> int:
         return self._queued
 
-    async def hello(self, name: str, token: str, dropped: int = 0) -> HelloOutcome:
-        """Authenticate a HELLO in the writer thread (it may register the device)."""
+    async def hello(
+        self, name: str, token: str, dropped: int = 0, stream: str = ""
+    ) -> HelloOutcome:
+        """Authenticate a HELLO in the writer thread (it may register the device) and open
+        the session of (device, stream): its last seq and the epoch that fences older ones."""
         fut: asyncio.Future[HelloOutcome] = self._get_loop().create_future()
-        self._put(_HelloItem(name, token, dropped, fut))
+        self._put(_HelloItem(name, token, dropped, stream, fut))
         return await fut
 
-    async def submit(self, device_id: int, batch: PreparedBatch) -> asyncio.Future[BatchOutcome]:
+    async def submit(
+        self, device_id: int, batch: PreparedBatch, *, stream: str = "", epoch: int = 0
+    ) -> asyncio.Future[BatchOutcome]:
         """Queue a batch once credits allow (this await is the backpressure point).
 
-        Returns the future of its outcome, resolved after the commit that holds it.
+        Returns the future of its outcome, resolved after the commit that holds it. `epoch`
+        is the session's (HelloOutcome.epoch): if a newer session of the stream exists by
+        the commit, the batch is not stored and its outcome says `fenced`. Epoch 0: no
+        session check.
         """
         weight = await self.credits.acquire(max(1, batch.row_count + len(batch.dead_letters)))
         fut: asyncio.Future[BatchOutcome] = self._get_loop().create_future()
         fut.add_done_callback(lambda _f: self.credits.release(weight))
-        self._put(_BatchItem(device_id, batch, fut, weight))
+        self._put(_BatchItem(Session(device_id, stream, epoch), batch, fut, weight))
         return fut
 
     async def close(self) -> None:
@@ -337,10 +350,8 @@ class Writer:
                     f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? WHERE id = ?",
                     (item.dropped, dev.id),
                 )
-            # The registry row is committed state; the cache only ever runs ahead of it
-            # inside a transaction that is then committed.
-            self._batches.committed_seq(dev.id, dev.last_seq)
-            return HelloOutcome(auth, dev.last_seq)
+            last_seq, epoch = devices.open_session(conn, dev.id, item.stream, time.time_ns())
+            return HelloOutcome(auth, last_seq, epoch=epoch)
         except sqlite3.Error as exc:
             log.warning("device lookup failed device=%s error=%s", item.name, exc)
             return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
@@ -350,7 +361,7 @@ class Writer:
         try:
             with self.write_turn() if self.write_turn is not None else nullcontext():
                 outcomes, stored = self._batches.store(
-                    conn, [(it.device_id, it.batch) for it in items]
+                    conn, [(it.session, it.batch) for it in items]
                 )
         except sqlite3.Error as exc:
             if not self._failing:
@@ -372,7 +383,14 @@ class Writer:
             self.on_commit(elapsed)
         return [
             BatchOutcome(
-                it.batch.seq, o.accepted, o.duplicate, it.batch.rejects, None, o.resend, elapsed
+                it.batch.seq,
+                o.accepted,
+                o.duplicate,
+                () if o.fenced else it.batch.rejects,
+                None,
+                o.resend,
+                elapsed,
+                o.fenced,
             )
             for it, o in zip(items, outcomes, strict=True)
         ]

@@ -29,6 +29,8 @@ IDLE_TIMEOUT: Final = "idle_timeout"
 SERVER_BUSY: Final = "server_busy"
 SHUTTING_DOWN: Final = "shutting_down"
 INTERNAL_ERROR: Final = "internal_error"
+# v1.1: a newer HELLO for the same (device, stream) took the session over.
+SESSION_REPLACED: Final = "session_replaced"
 
 ERROR_CODES: Final = frozenset(
     {
@@ -45,6 +47,7 @@ ERROR_CODES: Final = frozenset(
         SERVER_BUSY,
         SHUTTING_DOWN,
         INTERNAL_ERROR,
+        SESSION_REPLACED,
     }
 )
 
@@ -62,14 +65,16 @@ class RemoteProtocolError(ProtocolError):
 
     `code` is the wire error code for the ERROR reply; `fatal` says whether the connection
     is now closed (oversized frame, broken handshake, bad-frame budget spent) or only this
-    frame was discarded and the stream is still in sync.
+    frame was discarded and the stream is still in sync. `seq` is the seq of the BATCH the
+    bad frame held, when it could be read (0 otherwise): the ERROR reply names it.
     """
 
-    def __init__(self, code: str, message: str, *, fatal: bool) -> None:
+    def __init__(self, code: str, message: str, *, fatal: bool, seq: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.seq = seq
 
     def __repr__(self) -> str:
         return f"RemoteProtocolError({self.code!r}, {self.message!r}, fatal={self.fatal})"

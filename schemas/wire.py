@@ -9,16 +9,21 @@ Framing: every frame is a 4-byte unsigned big-endian length N, then N bytes hold
 one msgpack value: an array whose first element is the message type.
 
     type  name     direction            fields after the type code
-    1     HELLO    agent -> collector   version, device_id, token, agent, agent_version, dropped
+    1     HELLO    agent -> collector   version, device_id, token, agent, agent_version, dropped,
+                                        stream (v1.1)
     2     WELCOME  collector -> agent   version, last_seq, max_frame_bytes, max_batch_readings,
-                                        heartbeat_ms
+                                        heartbeat_ms, minor (v1.1)
     3     BATCH    agent -> collector   seq, readings
     4     ACK      collector -> agent   seq, accepted, duplicate, rejects
     5     RETRY    collector -> agent   seq, reason, retry_after_ms
     6     PING     either               nonce
     7     PONG     either               nonce
-    8     ERROR    either               code, message, fatal
+    8     ERROR    either               code, message, fatal, seq (v1.1)
     9     BYE      either               reason
+
+Version 1.1 only appended optional fields (a v1.0 peer ignores them): HELLO.stream names the
+agent's sequence stream (seq and the resume point are per (device, stream)),
+WELCOME.minor says the collector speaks 1.1, ERROR.seq names the BATCH an error answers.
 
 A reading is an array `[sensor, kind, ts, value, unit, tags]`: ts is int nanoseconds since
 the Unix epoch (UTC; the msgpack Timestamp extension is accepted too), unit and tags may be
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +61,11 @@ from schemas import errors
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION: Final = 1
+# Minor version this module speaks: 1.1 appended HELLO.stream, WELCOME.minor and ERROR.seq.
+PROTOCOL_MINOR: Final = 1
+# A stream id: short enough for a log line and a key column, wide enough for 128 random bits
+# in hex (32 characters, what agents should use) or a UUID.
+STREAM_ID_RE: Final = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
 
 # 4-byte big-endian unsigned length prefix: any language reads a frame with two reads.
 FRAME_HEADER_BYTES: Final = 4
@@ -163,6 +174,8 @@ class Hello:
     # Readings the agent's spool dropped (full) since it last said so; reported, not fatal.
     dropped: int = 0
     version: int = PROTOCOL_VERSION
+    # v1.1: the agent's sequence stream ("" = the device's default stream, v1.0 behaviour).
+    stream: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +185,8 @@ class Welcome:
     max_batch_readings: int = MAX_BATCH_READINGS
     heartbeat_ms: int = HEARTBEAT_MS
     version: int = PROTOCOL_VERSION
+    # v1.1: the minor protocol version the collector speaks (0 when a v1.0 collector omits it).
+    minor: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +238,8 @@ class Error:
     code: str
     message: str
     fatal: bool = True
+    # v1.1: the BATCH seq this error answers (0: none, or the seq could not be read).
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +300,29 @@ def decode_body(body: bytes | bytearray | memoryview) -> Event:
 
     Raises RemoteProtocolError (non-fatal): `malformed_frame` when the body is not exactly one
     valid msgpack value within the limits, `bad_message` when it is not a well-formed v1
-    message.
+    message. When the body starts like a BATCH with a valid seq, the error carries that seq.
     """
+    try:
+        return _decode_body(body)
+    except RemoteProtocolError as exc:
+        exc.seq = exc.seq or _batch_seq(body)
+        raise
+
+
+def _batch_seq(body: bytes | bytearray | memoryview) -> int:
+    """The seq of a body that begins `[3, seq, ...]` with a valid seq, else 0 (error path)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), 1), **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
+    unpacker.feed(body)
+    try:
+        if unpacker.read_array_header() < 2 or unpacker.unpack() != MessageType.BATCH:
+            return 0
+        seq = unpacker.unpack()
+    except (*_DECODE_ERRORS, StopIteration):
+        return 0
+    return seq if type(seq) is int and 0 < seq <= MAX_INT64 else 0
+
+
+def _decode_body(body: bytes | bytearray | memoryview) -> Event:
     try:
         value = _unpack_message(body)
     except _NotAnArray:
@@ -358,6 +396,7 @@ def _to_array(event: Event) -> list[object]:
                 event.agent,
                 event.agent_version,
                 event.dropped,
+                *((event.stream,) if event.stream else ()),
             ]
         case Welcome():
             return [
@@ -367,6 +406,7 @@ def _to_array(event: Event) -> list[object]:
                 event.max_frame_bytes,
                 event.max_batch_readings,
                 event.heartbeat_ms,
+                *((event.minor,) if event.minor else ()),
             ]
         case Batch():
             readings = [r.to_wire() if isinstance(r, Reading) else r for r in event.readings]
@@ -381,7 +421,8 @@ def _to_array(event: Event) -> list[object]:
         case Pong():
             return [MessageType.PONG, event.nonce]
         case Error():
-            return [MessageType.ERROR, event.code, event.message, event.fatal]
+            tail = (event.seq,) if event.seq else ()
+            return [MessageType.ERROR, event.code, event.message, event.fatal, *tail]
         case Bye():
             return [MessageType.BYE, event.reason]
     raise LocalProtocolError(f"not a protocol event: {event!r}")
@@ -478,6 +519,7 @@ def parse_message(value: object) -> Event:
                 agent=f.str_(4, "agent", ""),
                 agent_version=f.str_(5, "agent_version", ""),
                 dropped=f.uint(6, "dropped", 0),
+                stream=f.str_(7, "stream", ""),
             )
         case MessageType.WELCOME:
             return Welcome(
@@ -486,6 +528,7 @@ def parse_message(value: object) -> Event:
                 max_frame_bytes=f.uint(3, "max_frame_bytes", MAX_FRAME_BYTES),
                 max_batch_readings=f.uint(4, "max_batch_readings", MAX_BATCH_READINGS),
                 heartbeat_ms=f.uint(5, "heartbeat_ms", HEARTBEAT_MS),
+                minor=f.uint(6, "minor", 0),
             )
         case MessageType.RETRY:
             return Retry(f.uint(1, "seq"), f.str_(2, "reason"), f.uint(3, "retry_after_ms"))
@@ -494,7 +537,12 @@ def parse_message(value: object) -> Event:
         case MessageType.PONG:
             return Pong(f.uint(1, "nonce", 0))
         case MessageType.ERROR:
-            return Error(f.str_(1, "code"), f.str_(2, "message", ""), f.bool_(3, "fatal", True))
+            return Error(
+                f.str_(1, "code"),
+                f.str_(2, "message", ""),
+                f.bool_(3, "fatal", True),
+                f.uint(4, "seq", 0),
+            )
         case MessageType.BYE:
             return Bye(f.str_(1, "reason", ""))
     raise AssertionError(f"unhandled message type {mtype}")  # pragma: no cover
@@ -528,10 +576,15 @@ class Connection:
         *,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         bad_frame_budget: int = BAD_FRAME_BUDGET,
+        max_send_bytes: int | None = None,
     ) -> None:
         self.role = role
         self.state = State.AWAIT_HELLO
         self.max_frame_bytes = max_frame_bytes
+        # Largest body this side sends; None: the same as max_frame_bytes. A collector sends
+        # up to MAX_FRAME_BYTES whatever it accepts (docs/protocol.md §8), so a large ACK of
+        # rejects still fits when its own receive limit is set lower.
+        self.max_send_bytes = max_send_bytes
         self.bad_frame_budget = bad_frame_budget
         self.bad_frames = 0
         self.bytes_received = 0
@@ -593,24 +646,25 @@ class Connection:
             # export of the buffer and make the next `receive_data` fail with BufferError.
             event = decode_body(self._buf[start : start + length])
         except RemoteProtocolError as exc:
-            return self._bad_frame(exc.code, exc.message)
+            return self._bad_frame(exc.code, exc.message, exc.seq)
         self._check_receive(event)
         return event
 
-    def _fail(self, code: str, message: str) -> None:
+    def _fail(self, code: str, message: str, seq: int = 0) -> None:
         self.state = State.CLOSED
         self._buf.clear()
         self._pos = 0
-        raise RemoteProtocolError(code, message, fatal=True)
+        raise RemoteProtocolError(code, message, fatal=True, seq=seq)
 
-    def _bad_frame(self, code: str, message: str) -> _NeedData:
+    def _bad_frame(self, code: str, message: str, seq: int = 0) -> _NeedData:
         self.bad_frames += 1
         if self.bad_frames > self.bad_frame_budget:
             self._fail(
                 errors.TOO_MANY_BAD_FRAMES,
                 f"{message} (bad-frame budget of {self.bad_frame_budget} spent)",
+                seq,
             )
-        raise RemoteProtocolError(code, message, fatal=False)
+        raise RemoteProtocolError(code, message, fatal=False, seq=seq)
 
     def _check_receive(self, event: Event) -> None:
         peer = Role.COLLECTOR if self.role is Role.AGENT else Role.AGENT
@@ -645,10 +699,10 @@ class Connection:
                 f"{self.state.value}"
             )
         data = encode(event)
-        if len(data) - FRAME_HEADER_BYTES > self.max_frame_bytes:
+        limit = self.max_frame_bytes if self.max_send_bytes is None else self.max_send_bytes
+        if len(data) - FRAME_HEADER_BYTES > limit:
             raise LocalProtocolError(
-                f"{type(event).__name__} frame of {len(data)} bytes exceeds the limit of "
-                f"{self.max_frame_bytes}"
+                f"{type(event).__name__} frame of {len(data)} bytes exceeds the limit of {limit}"
             )
         self._advance(event, sent=True)
         return data
@@ -678,7 +732,9 @@ __all__ = [
     "MAX_STR_BYTES",
     "MSGPACK_MAX_DEPTH",
     "NEED_DATA",
+    "PROTOCOL_MINOR",
     "PROTOCOL_VERSION",
+    "STREAM_ID_RE",
     "Ack",
     "Batch",
     "Bye",

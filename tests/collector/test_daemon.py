@@ -71,9 +71,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProces
         yield d
 
 
-def connect(d: CollectorProcess, name: str, token: str) -> WireClient:
+def connect(d: CollectorProcess, name: str, token: str, stream: str = "") -> WireClient:
     c = WireClient(*d.ingest)
-    welcome = c.hello(name, token)
+    welcome = c.hello(name, token, stream=stream)
     assert isinstance(welcome, wire.Welcome), welcome
     return c
 
@@ -346,7 +346,8 @@ def test_limits_handshake_idle_and_max_connections(tmp_path: Path) -> None:
                 err = c.recv(answer_pings=False)
             assert isinstance(err, wire.Error) and err.code == errors.IDLE_TIMEOUT
             assert c.closed_by_peer()
-        a, b = connect(d, "lim-1", token), connect(d, "lim-1", token)
+        # Two streams of one device are two live sessions (one stream's would replace).
+        a, b = connect(d, "lim-1", token, "s-a"), connect(d, "lim-1", token, "s-b")
         with WireClient(*d.ingest) as third:
             err = third.recv()
             assert isinstance(err, wire.Error) and err.code == errors.SERVER_BUSY

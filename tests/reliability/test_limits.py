@@ -53,8 +53,9 @@ def test_connections_per_source_address_are_limited(tmp_path: Path) -> None:
     conf.write_text("[limits]\nmax_connections_per_ip = 2\n")
     with CollectorProcess(db, "--config", str(conf), env=ENV) as d:
         first, second = WireClient(*d.ingest), WireClient(*d.ingest)
-        for c in (first, second):
-            assert isinstance(c.hello("a", tokens["a"]), wire.Welcome)
+        # Two streams of one device: two live sessions (one stream's would replace).
+        for i, c in enumerate((first, second)):
+            assert isinstance(c.hello("a", tokens["a"], stream=f"st-{i}"), wire.Welcome)
         with WireClient(*d.ingest) as third:
             ev = third.recv()
             assert isinstance(ev, wire.Error) and ev.code == errors.SERVER_BUSY and ev.fatal

@@ -78,9 +78,12 @@ def _open(port: int, kind: str, hello: wire.Hello | None = None) -> Conn:
 
 
 def run_loris(port: int, token: str, size: LorisSize) -> list[Conn]:
-    hello = wire.Hello(device_id="loris", token=token)
-    conns = [_open(port, "authenticated", hello) for _ in range(size.authenticated)]
-    conns += [_open(port, "slowloris", hello) for _ in range(size.slowloris)]
+    # One stream per connection: sessions of one stream would replace each other.
+    def hello(i: int) -> wire.Hello:
+        return wire.Hello(device_id="loris", token=token, stream=f"loris-{i}")
+
+    conns = [_open(port, "authenticated", hello(i)) for i in range(size.authenticated)]
+    conns += [_open(port, "slowloris", hello(-i)) for i in range(1, size.slowloris + 1)]
     conns += [_open(port, "idle") for _ in range(size.idle)]
     sel = selectors.DefaultSelector()
     for c in conns:

@@ -125,6 +125,7 @@ def test_invalid_frame(vector: dict[str, Any]) -> None:
         with pytest.raises(RemoteProtocolError) as exc:
             conn.next_event()
         assert (exc.value.code, exc.value.fatal) == (step["error"], step["fatal"])
+        assert exc.value.seq == step.get("seq", 0)  # v1.1: the ERROR names the BATCH
         assert (conn.state is State.CLOSED) == step["fatal"]
     if conn.state is not State.CLOSED and not vector["eof"]:
         assert conn.next_event() is NEED_DATA

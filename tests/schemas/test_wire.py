@@ -149,8 +149,8 @@ def test_timestamp_extension_decodes_to_int_nanoseconds(ts: msgpack.Timestamp, n
 
 def test_extra_trailing_fields_are_ignored() -> None:
     """Fields are additive within v1: a newer peer may append fields."""
-    body = msgpack.packb([1, 1, "dev", "tok", "a", "1", 0, "future", {"x": 1}])
-    assert wire.decode_body(body) == Hello("dev", "tok", "a", "1", 0)
+    body = msgpack.packb([1, 1, "dev", "tok", "a", "1", 0, "st-1", "future", {"x": 1}])
+    assert wire.decode_body(body) == Hello("dev", "tok", "a", "1", 0, stream="st-1")
 
 
 def test_optional_fields_take_their_defaults() -> None:
