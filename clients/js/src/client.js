@@ -90,6 +90,10 @@ class Deque {
   peek(i = 0) {
     return this.items[this.head + i];
   }
+  unshiftAll(xs) {
+    this.items = xs.concat(this.items.slice(this.head));
+    this.head = 0;
+  }
   shift() {
     const x = this.items[this.head];
     this.items[this.head++] = undefined;
@@ -375,6 +379,14 @@ export class TelemetryClient extends EventEmitter {
     this._droppedInHello = 0;
     const last = typeof msg.lastSeq === "bigint" ? Number.MAX_SAFE_INTEGER : msg.lastSeq;
     this._nextSeq = Math.max(this._nextSeq, last + 1);
+    const b = this._batch;
+    if (b && (b.entries.length > this._batchLimit() || b.frame.length - FRAME_HEADER_BYTES > this._frameLimit())) {
+      // This collector takes smaller batches than the one waiting: split it into new ones
+      // (the seq is left unused: gaps are allowed). Readings already committed under the old
+      // seq come back as duplicates, never stored twice.
+      this._batch = null;
+      this._queue.unshiftAll(b.entries);
+    }
     const hb = Math.min(this.heartbeatMs ?? msg.heartbeatMs, msg.heartbeatMs) || 15000;
     s.heartbeat = setInterval(() => this._beat(s, hb), Math.max(20, Math.floor(hb / 4)));
     this.emit("welcome", msg);
@@ -473,9 +485,17 @@ export class TelemetryClient extends EventEmitter {
     this.stats.batches += 1;
   }
 
+  _batchLimit() {
+    return Math.min(this.maxBatchReadings, this.welcome.maxBatchReadings || MAX_BATCH_READINGS);
+  }
+
+  _frameLimit() {
+    return this.welcome.maxFrameBytes || MAX_FRAME_BYTES;
+  }
+
   _formBatch() {
-    const limit = Math.min(this.maxBatchReadings, this.welcome.maxBatchReadings || MAX_BATCH_READINGS);
-    const maxBody = (this.welcome.maxFrameBytes || MAX_FRAME_BYTES) - BATCH_OVERHEAD_BYTES;
+    const limit = this._batchLimit();
+    const maxBody = this._frameLimit() - BATCH_OVERHEAD_BYTES;
     const entries = [];
     let size = 0;
     while (this._queue.length && entries.length < limit) {
@@ -494,7 +514,7 @@ export class TelemetryClient extends EventEmitter {
     if (!entries.length) return null;
     const seq = this._nextSeq++;
     const frame = encodeBatchFrame(seq, entries.map((e) => e.bytes));
-    if (frame.length - FRAME_HEADER_BYTES > (this.welcome.maxFrameBytes || MAX_FRAME_BYTES)) {
+    if (frame.length - FRAME_HEADER_BYTES > this._frameLimit()) {
       throw new Error("internal: batch frame over the limit");
     }
     return { seq, entries, frame };

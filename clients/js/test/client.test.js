@@ -188,6 +188,32 @@ test("connection lost with a batch in flight: reconnect, resume after last_seq, 
   assert.equal(client.stats.reconnects, 1);
 });
 
+test("a collector that takes smaller batches gets the waiting batch split", async () => {
+  let cut = false;
+  fake = await new FakeCollector((s, m) => {
+    if (m.type === "HELLO" && fake.hellos.length === 2) {
+      return s.send({ ...fake.welcome(), maxBatchReadings: 2 });
+    }
+    if (m.type === "BATCH" && !cut) {
+      cut = true;
+      return s.close();
+    }
+    return fake.answer(s, m);
+  }).start();
+  newClient();
+  const res = await client.send(counters(5));
+  assert.equal(res.acked, 5);
+  assert.deepEqual(
+    fake.batches.map((b) => [b.seq, b.readings.map((r) => r[3])]),
+    [
+      [1, [1, 2, 3, 4, 5]],
+      [2, [1, 2]],
+      [3, [3, 4]],
+      [4, [5]],
+    ],
+  );
+});
+
 test("new batches continue after WELCOME.last_seq", async () => {
   fake = await new FakeCollector().start();
   fake.lastSeq = 41;
