@@ -45,6 +45,11 @@ import {
 export const CLIENT_NAME = "telemetry-js";
 export const CLIENT_VERSION = "0.1.0";
 
+// Heartbeat deadlines use a monotonic clock: a wall-clock step must not kill a live link.
+const monotonicMs = () => performance.now();
+// v1.1 stream ids: "" (the device's default stream) or 1..64 of these characters.
+const STREAM_RE = /^[A-Za-z0-9_.:-]{0,64}$/;
+
 // ERROR codes after which reconnecting cannot help.
 const FATAL_FOR_CLIENT = new Set([ErrorCode.AUTH_FAILED, ErrorCode.UNSUPPORTED_VERSION]);
 // Non-fatal ERROR codes that answer a malformed BATCH (v1.1 §4).
@@ -131,6 +136,9 @@ export class TelemetryClient extends EventEmitter {
     this.token = options.token;
     this.tls = options.tls ?? false;
     this.stream = options.stream ?? newStreamId();
+    if (typeof this.stream !== "string" || !STREAM_RE.test(this.stream)) {
+      throw new TypeError("stream must be up to 64 characters of [A-Za-z0-9_.:-]");
+    }
     this.agent = options.agent ?? CLIENT_NAME;
     this.agentVersion = options.agentVersion ?? CLIENT_VERSION;
     this.maxQueueReadings = options.maxQueueReadings ?? 100000;
@@ -275,7 +283,7 @@ export class TelemetryClient extends EventEmitter {
         socket = net.connect(opts);
       }
       socket.setNoDelay(true);
-      const s = { socket, conn, reason: null, lastReceived: Date.now(), lastSent: Date.now(), heartbeat: null };
+      const s = { socket, conn, reason: null, lastReceived: monotonicMs(), lastSent: monotonicMs(), heartbeat: null };
       this._session = s;
       const handshake = setTimeout(() => this._drop(s, new Error("no WELCOME within the connect timeout")), this.connectTimeoutMs);
       socket.once(this.tls ? "secureConnect" : "connect", () => {
@@ -292,7 +300,7 @@ export class TelemetryClient extends EventEmitter {
         });
       });
       socket.on("data", (chunk) => {
-        s.lastReceived = Date.now();
+        s.lastReceived = monotonicMs();
         conn.receiveData(chunk);
         this._drain(s);
       });
@@ -317,7 +325,7 @@ export class TelemetryClient extends EventEmitter {
   _write(s, msg) {
     if (s.socket.destroyed) return;
     s.socket.write(s.conn.send(msg));
-    s.lastSent = Date.now();
+    s.lastSent = monotonicMs();
   }
 
   _drop(s, reason) {
@@ -395,9 +403,9 @@ export class TelemetryClient extends EventEmitter {
   }
 
   _beat(s, hb) {
-    const now = Date.now();
+    const now = monotonicMs();
     if (now - s.lastReceived > 2 * hb + 1000) {
-      this._drop(s, new Error(`no byte from the collector for ${now - s.lastReceived} ms`));
+      this._drop(s, new Error(`no byte from the collector for ${Math.round(now - s.lastReceived)} ms`));
     } else if (now - s.lastSent >= hb) {
       this._nonce = (this._nonce + 1) % 2 ** 31;
       this._write(s, { type: "PING", nonce: this._nonce });
@@ -480,7 +488,7 @@ export class TelemetryClient extends EventEmitter {
       if (!this._batch) return this._pump();
     }
     s.socket.write(this._batch.frame);
-    s.lastSent = Date.now();
+    s.lastSent = monotonicMs();
     this._inFlight = true;
     this.stats.batches += 1;
   }

@@ -51,6 +51,8 @@ test("HELLO names the device, the client and a fresh 128-bit stream id", async (
   assert.equal(hello.stream, client.stream);
   const other = new TelemetryClient({ address: fake.address, deviceId: "d", token: "t" });
   assert.notEqual(other.stream, client.stream);
+  assert.throws(() => new TelemetryClient({ address: fake.address, deviceId: "d", token: "t", stream: "a b" }), TypeError);
+  assert.equal(new TelemetryClient({ address: fake.address, deviceId: "d", token: "t", stream: "" }).stream, "");
 });
 
 test("readings go in batches and each send() learns its own rejects", async () => {
