@@ -296,18 +296,19 @@ def _finish(proc: subprocess.Popen[str], lines: _Lines, n: int) -> dict[str, obj
 def test_resumes_after_a_collector_restart(js: Path, tmp_path: Path) -> None:
     n = 4000
     first = CollectorProcess(tmp_path / "t.db").start()
-    token = first.add_device("dev-js")
-    host, port = first.ingest
-    with _stream(js, _env(first, "dev-js", token), n) as (proc, lines):
-        try:
+    try:
+        token = first.add_device("dev-js")
+        host, port = first.ingest
+        with _stream(js, _env(first, "dev-js", token), n) as (proc, lines):
             assert lines.next_json()["phase"] == "half"
-        finally:
             first.terminate()
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")  # the second half is queued while the collector is away
-        proc.stdin.flush()
-        with CollectorProcess(tmp_path / "t.db", "--listen", f"{host}:{port}"):
-            stats = _finish(proc, lines, n)
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")  # the second half waits while the collector is away
+            proc.stdin.flush()
+            with CollectorProcess(tmp_path / "t.db", "--listen", f"{host}:{port}"):
+                stats = _finish(proc, lines, n)
+    finally:
+        first.kill()  # a no-op once terminated
     assert isinstance(stats["reconnects"], int) and stats["reconnects"] >= 1
     assert stats["accepted"] == n and stats["duplicate"] == 0
     assert _counter_values(tmp_path / "t.db", "dev-js", "e2e/stream") == list(range(1, n + 1))
