@@ -78,7 +78,7 @@ try {
   const { accepted, duplicate, rejected, dropped } = client.stats;
   const more = dropped ? `, ${dropped} dropped` : "";
   process.stdout.write(
-    `sent ${result.count} readings: ${accepted} accepted, ${duplicate} duplicate, ${rejected} rejected${more}\n`,
+    `sent ${result.count} reading${result.count === 1 ? "" : "s"}: ${accepted} accepted, ${duplicate} duplicate, ${rejected} rejected${more}\n`,
   );
   for (const r of result.rejects.slice(0, 5)) {
     process.stderr.write(`counter: reading ${r.index} rejected: ${r.code} at ${r.path || "(reading)"}: ${r.message}\n`);
