@@ -2,7 +2,7 @@
 // became of each one. It owns the socket, the timers and a bounded in-memory queue; the
 // protocol itself (frames, messages, states) is wire.js.
 //
-// Delivery (docs/protocol.md §9, /work v1.1 additions):
+// Delivery (docs/protocol.md §9, with the additive protocol v1.1 rules):
 //   - HELLO carries a `stream` id, 32 random hex digits made per client instance: the queue
 //     lives in memory, so a new instance is a new stream whose seq starts at 1. A v1.0
 //     collector ignores the field.

@@ -16,7 +16,7 @@ export class FakeCollector {
     this.minor = minor;
     this.lastSeq = 0;
     this.sessions = [];
-    this.batches = []; // every BATCH received: {session, seq, readings, bytes}
+    this.batches = []; // every BATCH received: {session, seq, readings}
     this.hellos = [];
     this.waiters = [];
     this.server = net.createServer((socket) => this._accept(socket));
