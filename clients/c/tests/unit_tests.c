@@ -29,7 +29,7 @@ static const char *current = "";
 /* ------------------------------------------------------------------ fake collector */
 
 enum act { ACT_ACK, ACT_RETRY, ACT_CLOSE, ACT_ERROR_SEQ, ACT_ERROR_V10, ACT_SILENT, ACT_EXAMPLE_ACK,
-           ACT_BIG_ACK, ACT_BYE };
+           ACT_BIG_ACK, ACT_BYE, ACT_GARBAGE };
 
 #define MAX_FRAMES 512
 
@@ -56,6 +56,7 @@ typedef struct fake {
     uint8_t rx[1 << 16];
     size_t rx_len, rx_pos;
     int eof;
+    size_t recv_max; /* 0: as many bytes as asked for */
     uint8_t tx[1 << 20];
     size_t tx_len, tx_parsed, conn_start;
     frame_rec frames[MAX_FRAMES];
@@ -219,6 +220,14 @@ static void on_batch(fake *f, const tm_msg *m)
         finish(f, &o);
         break;
     }
+    case ACT_GARBAGE: {
+        /* 17 undecodable frames: one more than the bad-frame budget */
+        static const uint8_t bad[5] = {0, 0, 0, 1, 0xc1};
+        int k;
+        for (k = 0; k < 17; k++)
+            push(f, bad, sizeof bad);
+        break;
+    }
     case ACT_BYE: {
         out_frame o;
         tm_writer *w = begin(&o, 1, TM_MSG_BYE);
@@ -322,6 +331,8 @@ static long f_recv(void *ctx, uint8_t *buf, size_t n, uint32_t timeout_ms)
     if (avail) {
         if (n > avail)
             n = avail;
+        if (f->recv_max && n > f->recv_max)
+            n = f->recv_max;
         memcpy(buf, f->rx + f->rx_pos, n);
         f->rx_pos += n;
         return (long)n;
@@ -529,6 +540,45 @@ static void test_worked_example(void)
     CHECK(strcmp(S.codes[0], "out_of_range") == 0 && strcmp(S.paths[0], "value") == 0);
     CHECK(C.stats.readings_accepted == 1 && C.stats.readings_rejected == 1);
     CHECK(tm_client_pending(&C) == 0);
+}
+
+static void test_collector_bytes_one_at_a_time(void)
+{
+    tm_config cfg = base_config();
+    tm_reading r = counter_reading("s/1", 1);
+    setup("one_byte_reads", &cfg, sizeof BUF);
+    F.recv_max = 1;
+    F.actions[0] = ACT_RETRY;
+    F.nactions = 1;
+    F.ping_after_welcome = 1;
+    CHECK(tm_client_add(&C, &r, NULL) == TM_OK);
+    CHECK(tm_client_flush(&C, 5000) == TM_OK);
+    CHECK(C.stats.retries == 1 && C.stats.readings_accepted == 1 && C.stats.bad_frames == 0);
+}
+
+static void test_bad_frame_budget(void)
+{
+    tm_config cfg = base_config();
+    tm_reading r = counter_reading("s/1", 1);
+    int err[32], i, fatal = 0, nonfatal = 0;
+    setup("bad_frame_budget", &cfg, sizeof BUF);
+    F.actions[0] = ACT_GARBAGE;
+    F.nactions = 1;
+    CHECK(tm_client_add(&C, &r, NULL) == TM_OK);
+    CHECK(tm_client_flush(&C, 60000) == TM_OK);
+    CHECK(frames_of(TM_MSG_ERROR, err, 32) == 17);
+    for (i = 0; i < 17; i++) {
+        const tm_msg *m = &F.frames[err[i]].msg;
+        if (m->u.error.fatal && m->u.error.code.len == 19 &&
+            memcmp(m->u.error.code.ptr, "too_many_bad_frames", 19) == 0)
+            fatal++;
+        else if (!m->u.error.fatal && m->u.error.code.len == 15 &&
+                 memcmp(m->u.error.code.ptr, "malformed_frame", 15) == 0)
+            nonfatal++;
+    }
+    CHECK(nonfatal == 16 && fatal == 1);
+    CHECK(C.stats.bad_frames == 17 && C.stats.disconnects == 1);
+    CHECK(C.stats.readings_accepted == 1 && C.stats.resends == 1);
 }
 
 static void test_retry_resends_same_bytes(void)
@@ -871,6 +921,8 @@ int main(int argc, char **argv)
     logging = argc > 1 && strcmp(argv[1], "-v") == 0;
     test_worked_example();
     test_retry_resends_same_bytes();
+    test_collector_bytes_one_at_a_time();
+    test_bad_frame_budget();
     test_reconnect_resends_unacked_batch();
     test_resume_after_lost_ack();
     test_error_naming_seq_drops_batch();
