@@ -126,9 +126,10 @@ def encode_command(message: dict[str, Any]) -> str | None:
     f = message["fields"]
     match message["type"]:
         case "HELLO":
+            stream = f" {s_hex(f['stream'])}" if "stream" in f else ""
             return (
                 f"hello {s_hex(f['device_id'])} {s_hex(f['token'])} {s_hex(f['agent'])} "
-                f"{s_hex(f['agent_version'])} {f['dropped']}"
+                f"{s_hex(f['agent_version'])} {f['dropped']}{stream}"
             )
         case "BATCH":
             rs = " ".join(s_reading(r) for r in f["readings"])
@@ -137,7 +138,7 @@ def encode_command(message: dict[str, Any]) -> str | None:
             return f"{message['type'].lower()} {f['nonce']}"
         case "BYE":
             return f"bye {s_hex(f['reason'])}"
-        case "ERROR":
+        case "ERROR" if "seq" not in f:  # an ERROR naming a seq is the collector's
             return f"error {s_hex(f['code'])} {s_hex(f['message'])} {int(f['fatal'])}"
     return None
 
