@@ -277,7 +277,9 @@ int tm_encode_hello(tm_writer *w, const tm_hello *h)
 {
     size_t at = frame_begin(w);
     int rc;
-    tm__mp_array(w, h->stream ? 8u : 7u);
+    /* v1.1: an empty stream is the default stream and is left out, as v1.0 sent it */
+    int with_stream = h->stream != NULL && h->stream[0] != '\0';
+    tm__mp_array(w, with_stream ? 8u : 7u);
     tm__mp_uint(w, TM_MSG_HELLO);
     tm__mp_uint(w, TM_PROTOCOL_VERSION);
     if ((rc = tm__mp_str(w, h->device_id)) != TM_OK)
@@ -289,7 +291,7 @@ int tm_encode_hello(tm_writer *w, const tm_hello *h)
     if ((rc = tm__mp_str(w, h->agent_version ? h->agent_version : "")) != TM_OK)
         return rc;
     tm__mp_uint(w, h->dropped);
-    if (h->stream)
+    if (with_stream)
         rc = tm__mp_str(w, h->stream);
     return frame_end(w, at, rc);
 }
