@@ -10,12 +10,13 @@ import { EventStream } from "./sse.js";
 import { STATUS_ORDER, deviceStatus, loadDevices } from "./status.js";
 
 const SPARK_WINDOW_MS = 15 * 60_000;
-const SPARK_EVERY = "30s";
-const SPARK_EVERY_MS = 30_000;
+const SPARK_EVERY = "10s";
+const SPARK_EVERY_MS = 10_000;
 const RATE_WINDOW_MS = 10_000;
 const DEVICES_POLL_MS = 5_000;
 const LATEST_POLL_MS = 30_000;
 const TICK_MS = 500;
+const PRUNE_MS = 30_000;
 
 const COLUMNS = [
   { key: "name", label: "Device" },
@@ -328,6 +329,11 @@ export function fleetPage(root, ctx) {
     timers.push(setInterval(refreshDevices, DEVICES_POLL_MS));
     timers.push(setInterval(refreshLatest, LATEST_POLL_MS));
     timers.push(setInterval(render, TICK_MS));
+    // Every series the stream mentioned keeps its buckets: drop those past the window.
+    timers.push(setInterval(() => {
+      const oldest = serverNowMs() - SPARK_WINDOW_MS - SPARK_EVERY_MS;
+      for (const b of series.values()) b.prune(oldest);
+    }, PRUNE_MS));
   }
 
   start();

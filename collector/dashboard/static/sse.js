@@ -32,20 +32,24 @@ export class EventStream {
   async run() {
     let delay = BACKOFF_FIRST_MS;
     while (!this.closed) {
+      let outcome = "failed";
       try {
-        if (await this.once()) delay = BACKOFF_FIRST_MS;
+        outcome = await this.once();
       } catch (err) {
         if (this.closed) return;
         if (err && err.name !== "AbortError") console.debug("event stream:", err.message);
       }
       if (this.closed) return;
-      this.onState("reconnecting");
+      if (outcome === "ended") delay = BACKOFF_FIRST_MS;
+      // A refused token stays refused until the page gets a new one: say so, retry slowly.
+      if (outcome === "refused") delay = BACKOFF_MAX_MS;
+      else this.onState("reconnecting");
       await new Promise((ok) => setTimeout(ok, delay * (0.5 + Math.random())));
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
     }
   }
 
-  // One connection; true if it was established.
+  // One connection: "ended" once it was established and closed, or "refused" (401).
   async once() {
     const controller = (this.controller = new AbortController());
     const headers = { ...authHeaders(), Accept: "text/event-stream" };
@@ -53,7 +57,7 @@ export class EventStream {
     const resp = await fetch(this.url, { headers, cache: "no-store", signal: controller.signal });
     if (resp.status === 401) {
       this.onState("refused");
-      return false;
+      return "refused";
     }
     if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
     this.connects += 1;
@@ -78,7 +82,7 @@ export class EventStream {
       clearTimeout(watchdog);
       reader.releaseLock();
     }
-    return true;
+    return "ended";
   }
 
   dispatch(block) {
