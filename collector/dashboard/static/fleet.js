@@ -181,19 +181,26 @@ export function fleetPage(root, ctx) {
     const now = serverNowMs();
     for (const d of devices.values()) {
       const seen = lastSeenMs(d);
-      d.status = deviceStatus(seen, d.info && d.info.revoked, ctx);
-      d.row.dataset.status = d.status;
-      const badge = d.cells.status.firstChild;
-      badge.textContent = d.status;
-      badge.className = `badge ${d.status}`;
-      d.cells.lastSeen.textContent = seen === null ? "never" : formatAge(now - seen);
+      const status = deviceStatus(seen, d.info && d.info.revoked, ctx);
+      if (status !== d.status) {
+        d.status = d.row.dataset.status = status;
+        const badge = d.cells.status.firstChild;
+        badge.textContent = status;
+        badge.className = `badge ${status}`;
+      }
+      setText(d.cells.lastSeen, seen === null ? "never" : formatAge(now - seen));
       d.cells.lastSeen.title = seen === null ? "" : new Date(seen).toISOString();
-      d.cells.rate.textContent = formatRate(rate(d, now));
-      d.cells.rejects.textContent = d.info ? formatNumber(d.info.since_start.rejected) : "–";
-      d.cells.drops.textContent = d.info ? formatNumber(d.info.spool_dropped) : "–";
+      setText(d.cells.rate, formatRate(rate(d, now)));
+      setText(d.cells.rejects, d.info ? formatNumber(d.info.since_start.rejected) : "–");
+      setText(d.cells.drops, d.info ? formatNumber(d.info.spool_dropped) : "–");
       if (d.main && d.dirty) drawSpark(d, now);
     }
     arrange(false);
+  }
+
+  // Writes only what changed: a large fleet re-renders twice a second.
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
   }
 
   function drawSpark(d, now) {
