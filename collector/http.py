@@ -2,11 +2,12 @@
 
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
 `/metrics` (Prometheus text: the in-process counters and what the file holds,
-collector.storagestats) and `/api/v1/devices` (registry + last seen + connected). Other
-modules add routes through route-registering callables passed to `create_app`; the query
-API (`collector.http_api`) adds the other /api/v1 routes, and its read token (when set)
-covers /api/v1/devices too. /healthz, /readyz and /metrics stay open, for health checks and
-scrapers.
+collector.storagestats), `/api/v1/metrics` (the same numbers as JSON, for the dashboard) and
+`/api/v1/devices` (registry + last seen + connected). Other modules add routes through
+route-registering callables passed to `create_app`; the query API (`collector.http_api`)
+adds the other /api/v1 routes, and its read token (when set) covers /api/v1/devices and
+/api/v1/metrics too; the dashboard (`collector.dashboard`) adds `/` under the same token.
+/healthz, /readyz and /metrics stay open, for health checks and scrapers.
 
 Handlers never touch the write connection: database reads use their own read-only
 connection in a worker thread (`asyncio.to_thread`), so the loop never blocks on SQLite.
@@ -18,20 +19,26 @@ import asyncio
 import datetime as dt
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from aiohttp import web
 
-from collector import devices, http_api, storagestats, store
-from collector.metrics import Metrics
+from collector import dashboard, devices, http_api, storagestats, store
+from collector.metrics import Histogram, Metrics
+from collector.storagestats import StorageStats
 
 log = logging.getLogger(__name__)
 
 RouteRegistrar = Callable[[web.Application], None]
 PROMETHEUS_CONTENT_TYPE: Final = "text/plain"
+# Reading the storage gauges walks the head (~15 ms for a live head of 150,000 rows): JSON
+# readers (dashboards refreshing every few seconds, however many are open) share one read per
+# this many seconds.
+STORAGE_CACHE_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +52,17 @@ class AppState:
     read_token: str | None = None
 
 
+@dataclass(slots=True)
+class _StorageCache:
+    stats: StorageStats | None = None
+    read_at: float = float("-inf")
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 STATE_KEY: Final = web.AppKey("telemetry_state", AppState)
+_STORAGE_CACHE: Final = web.AppKey("telemetry_storage_cache", _StorageCache)
 DEVICES_PATH: Final = "/api/v1/devices"
+METRICS_JSON_PATH: Final = "/api/v1/metrics"
 
 
 def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Application:
@@ -59,8 +75,11 @@ def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Ap
     for register in routes:
         register(app)
     http_api.register(app, str(state.db_path), token=state.read_token)
-    # Registered after the query API so its read-token check covers this route too.
+    # Registered after the query API so its read-token check covers these routes too.
     app.router.add_get(DEVICES_PATH, http_api.guard(_devices))
+    app.router.add_get(METRICS_JSON_PATH, http_api.guard(_metrics_json))
+    app[_STORAGE_CACHE] = _StorageCache()
+    dashboard.register(app, token=state.read_token)
     return app
 
 
@@ -75,16 +94,85 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
+async def _read_storage(path: Path) -> StorageStats | None:
     try:
-        storage = await asyncio.to_thread(storagestats.read, state.db_path)
+        return await asyncio.to_thread(storagestats.read, path)
     except (sqlite3.Error, OSError) as exc:
         # The counters still help; the storage gauges are left out until the file reads.
         log.warning("metrics: cannot read the database error=%s", exc)
-        storage = None
+        return None
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    storage = await _read_storage(state.db_path)
     text = state.metrics.render(storage)
     return web.Response(text=text, content_type=PROMETHEUS_CONTENT_TYPE, charset="utf-8")
+
+
+async def _cached_storage(request: web.Request) -> StorageStats | None:
+    cache = request.app[_STORAGE_CACHE]
+    async with cache.lock:  # concurrent readers wait for one read instead of each reading
+        if time.monotonic() - cache.read_at >= STORAGE_CACHE_S:
+            cache.stats = await _read_storage(request.app[STATE_KEY].db_path)
+            cache.read_at = time.monotonic()
+        return cache.stats
+
+
+def _histogram(h: Histogram) -> dict[str, object]:
+    return {
+        "count": h.count,
+        "sum": h.total,
+        "buckets": [[bound, n] for bound, n in zip(h.buckets, h.counts, strict=False)],
+        "over": h.counts[-1],
+    }
+
+
+def metrics_json(m: Metrics, storage: StorageStats | None, now_ns: int) -> dict[str, object]:
+    """The numbers of /metrics as one JSON object (counters since start; gauges now).
+
+    `compaction_lag_s`: how far the head's oldest reading lies behind `now_ns` (null when
+    the head is empty or the file could not be read).
+    """
+    lag = None
+    if storage is not None and storage.head_oldest_ns is not None:
+        lag = max(0.0, (now_ns - storage.head_oldest_ns) / 1e9)
+    return {
+        "now_ns": now_ns,
+        "connections": {
+            "open": m.connections_open,
+            "total": m.connections_total,
+            "refused": dict(m.connections_refused),
+        },
+        "batches": m.batches,
+        "readings": {"accepted": m.accepted, "rejected": m.rejected, "duplicate": m.duplicate},
+        "retries": m.retries,
+        "bad_frames": m.bad_frames,
+        "bytes_in": m.bytes_in,
+        "commits": m.commits,
+        "commit_seconds": _histogram(m.commit_seconds),
+        "batch_seconds": _histogram(m.batch_seconds),
+        "writer_queue_depth": m.queue_depth(),
+        "maintainer_restarts": m.maintainer_restarts(),
+        "storage": None
+        if storage is None
+        else {
+            "head_rows": storage.head_rows,
+            "head_oldest_ns": storage.head_oldest_ns,
+            "blocks": storage.blocks,
+            "small_blocks": storage.small_blocks,
+            "db_bytes": storage.db_bytes,
+            "wal_bytes": storage.wal_bytes,
+            "free_bytes": storage.free_bytes,
+        },
+        "compaction_lag_s": lag,
+    }
+
+
+async def _metrics_json(request: web.Request) -> web.Response:
+    storage = await _cached_storage(request)
+    body = metrics_json(request.app[STATE_KEY].metrics, storage, time.time_ns())
+    return web.json_response(body)
 
 
 def _iso(ns: int | None) -> str | None:
@@ -140,4 +228,5 @@ async def _devices(request: web.Request) -> web.Response:
                 },
             }
         )
-    return web.json_response({"devices": out})
+    # The collector's clock, so a page can tell a last-seen age without trusting its own.
+    return web.json_response({"devices": out, "now_ns": time.time_ns()})

@@ -6,6 +6,7 @@
     GET /api/v1/latest      the last reading of each matching series
     GET /api/v1/rejected    the dead-letter table
     GET /api/v1/stream      Server-Sent Events: readings committed after the request
+                            (collector.http_stream)
 
 docs/api.md is the reference. The collector's HTTP server (`collector.http`) calls
 `register(app, db_path)` and serves /api/v1/devices itself (it holds the live connection
@@ -32,10 +33,9 @@ from typing import Final, TypeVar
 from aiohttp import web
 from multidict import MultiMapping
 
-from collector import query, store
+from collector import http_stream, query, store
 from collector.errors import ConfigError
-from collector.formats import dumps_json, dumps_row
-from collector.tail import Tail
+from collector.formats import dumps_json
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ PREFIX: Final = "/api/v1"
 # a page is built in memory, so the cap bounds what one request costs.
 DEFAULT_PAGE_ROWS: Final = 1_000
 MAX_PAGE_ROWS: Final = 10_000
-# How often a stream looks for new commits (one PRAGMA when idle), and how often it sends a
-# comment line so proxies and clients see the connection alive.
-STREAM_POLL_S: Final = 0.2
-STREAM_KEEPALIVE_S: Final = 15.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -131,17 +127,20 @@ def guard(handler: Handler) -> Handler:
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         cfg = request.app[_CONFIG]
-        if cfg.token is not None:
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {cfg.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return _error(401, "a valid read token is required", "Authorization")
+        if cfg.token is not None and not bearer_ok(request, cfg.token):
+            return _error(401, "a valid read token is required", "Authorization")
         try:
             return await handler(request)
         except BadParam as exc:
             return _error(400, exc.message, exc.param)
 
     return wrapped
+
+
+def bearer_ok(request: web.Request, token: str) -> bool:
+    """True when the request carries `Authorization: Bearer <token>` (constant-time check)."""
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 def _error(status: int, message: str, param: str) -> web.Response:
@@ -403,41 +402,26 @@ async def _rejected(request: web.Request) -> web.Response:
 
 
 async def _stream(request: web.Request) -> web.StreamResponse:
-    _check_known(request.query, _FILTER_PARAMS)
-    f = _filters(request.query)
-    cfg = request.app[_CONFIG]
-    conn = await asyncio.to_thread(
-        store.connect, cfg.db_path, readonly=True, check_same_thread=False
-    )
-    try:
-        tail = await asyncio.to_thread(Tail.start, conn, f)
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    q = request.query
+    _check_known(q, _FILTER_PARAMS | {"throttle", "every"})
+    throttle_text, every_text = _one(q, "throttle"), _one(q, "every")
+    throttle = every = None
+    if throttle_text is not None:
+        throttle = _parse(
+            "throttle", lambda: query.parse_duration(throttle_text, option="throttle")
         )
-        await resp.prepare(request)
-        # Tells the client the cursor is set: everything after this line is new.
-        await resp.write(b": ready\n\n")
-        loop = asyncio.get_running_loop()
-        last_sent = loop.time()
-        while not cfg.stopping.is_set():
-            rows = await asyncio.to_thread(tail.poll, conn)
-            if rows:
-                chunk = "".join(
-                    f"id: {r['ts_ns']}.{r['series_id']}\nevent: reading\ndata: {dumps_row(r)}\n\n"
-                    for r in rows
-                )
-                await resp.write(chunk.encode())
-                last_sent = loop.time()
-            elif loop.time() - last_sent >= STREAM_KEEPALIVE_S:
-                await resp.write(b": keepalive\n\n")
-                last_sent = loop.time()
-            try:
-                await asyncio.wait_for(cfg.stopping.wait(), STREAM_POLL_S)
-            except TimeoutError:
-                pass
-        return resp
-    except ConnectionResetError:
-        log.debug("stream client went away peer=%s", request.remote)
-        raise
-    finally:
-        await asyncio.to_thread(conn.close)
+        if not http_stream.MIN_THROTTLE_NS <= throttle <= http_stream.MAX_THROTTLE_NS:
+            raise BadParam("throttle", "throttle: between 200ms and 60s")
+    if every_text is not None:
+        if throttle is None:
+            raise BadParam("every", "every: only with throttle (buckets of the summaries)")
+        every = _parse("every", lambda: query.parse_duration(every_text, option="every"))
+    resume = None
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id:
+        resume = http_stream.parse_event_id(last_id)
+        if resume is None:
+            raise BadParam("Last-Event-ID", "Last-Event-ID: not an event id sent by this stream")
+    cfg = request.app[_CONFIG]
+    spec = http_stream.StreamSpec(_filters(q), resume, throttle, every)
+    return await http_stream.serve(request, cfg.db_path, cfg.stopping, spec)

@@ -52,6 +52,17 @@ class Tail:
             conn.execute("COMMIT")
         return t
 
+    def rewind(self, ts_ns: int, series_id: int) -> None:
+        """Follow from just after the reading keyed (ts_ns, series_id) instead of from now.
+
+        Readings of every followed series that sort after that key (timestamp, then series
+        id) are new, even those already stored; the next `poll` reads them. Used to resume an
+        event stream from its Last-Event-ID.
+        """
+        for sid in self.series:
+            self.marks[sid] = ts_ns if sid <= series_id else ts_ns - 1
+        self._data_version = None  # read at the next poll even if nothing was committed since
+
     def poll(self, conn: sqlite3.Connection) -> list[Row]:
         """Readings committed since the last poll, ordered by (ts, series id)."""
         version = _data_version(conn)

@@ -1,10 +1,10 @@
 """`telemetry demo`: a collector and a few simulated agents on this machine, shown live.
 
 Runs the real programs as child processes — `telemetry collector` on a local SQLite file and
-one `telemetry agent` per simulated device — registers the devices, and prints readings as
-they are committed. One device deliberately sends some invalid readings so the dead-letter
-table has something to show. Ctrl-C (or the end of `--duration`) stops the agents, then the
-collector, and exits 0.
+one `telemetry agent` per simulated device — registers the devices, prints the address of
+the collector's live dashboard first, then readings as they are committed. One device
+deliberately sends some invalid readings so the dead-letter table has something to show.
+Ctrl-C (or the end of `--duration`) stops the agents, then the collector, and exits 0.
 
 This module starts and stops processes and reads the database read-only; it never writes
 readings itself.
@@ -278,7 +278,8 @@ def _follow(db: Path) -> Iterator[tuple[list[dict[str, object]], int, int]]:
 def demo(duration: float | None, n_agents: int, db: Path, quiet: bool) -> None:
     """Run a collector and simulated agents locally and show readings arriving live.
 
-    The collector listens on 127.0.0.1 (ports chosen at run time, printed at start) and
+    The first line is the address of the live dashboard (open it in a browser). The
+    collector listens on 127.0.0.1 (ports chosen at run time, printed at start) and
     writes to --db; each agent is a real `telemetry agent` process with its own on-disk
     spool. Device tokens, spools and logs are kept in `.NAME-demo` beside the database
     (`.telemetry-demo` for telemetry.db), so running the demo again on the same file
@@ -296,6 +297,8 @@ def demo(duration: float | None, n_agents: int, db: Path, quiet: bool) -> None:
     ]
     tokens = _register(db, workdir, names)
     collector, ingest, http = _start_collector(db, workdir)
+    # First, so it is on screen to open while the rest scrolls by.
+    click.echo(f"dashboard: http://{http}/")
     click.echo(f"collector: ingest {ingest}, HTTP http://{http}, database {db}")
     agents: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
