@@ -82,13 +82,13 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
         sys.exit(_dry_run(cfg))
     import asyncio
 
-    from agents.runner import Runner
+    from agents.runner import DeviceRefused, Runner
     from agents.spool import SpoolError
 
     runner = Runner(cfg)
     try:
         asyncio.run(_serve(runner, once=once))
-    except SpoolError as exc:
+    except (SpoolError, DeviceRefused) as exc:
         raise click.ClickException(str(exc)) from None
     except asyncio.CancelledError:
         log.info("agent stopped")

@@ -28,6 +28,13 @@ from schemas.wire import Reading
 log = logging.getLogger(__name__)
 
 
+class DeviceRefused(Exception):
+    """A one-shot run (`once`) ended because the collector refused the device id or token.
+
+    Waiting cannot fix that, so `--once` stops instead of retrying (the long-running agent
+    keeps retrying at its backoff cap: the registry may be fixed meanwhile)."""
+
+
 @dataclass(slots=True)
 class InputStats:
     samples: int = 0
@@ -115,36 +122,53 @@ class Runner:
             len(spool),
         )
         self._queue = []
+        refused = ""
         try:
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._spool_writer(spool, transport))
                 if once:
-                    await self._run_once(spool, transport)
+                    refused = await self._run_once(spool, transport)
                     writer.cancel()
-                    return
-                tg.create_task(transport.run())
-                for inp in self._inputs:
-                    tg.create_task(self._poll(inp, spool, transport))
-                if self.cfg.metrics_interval_s:
-                    tg.create_task(
-                        self._self_metrics(self.cfg.metrics_interval_s, spool, transport)
-                    )
+                else:
+                    tg.create_task(transport.run())
+                    for inp in self._inputs:
+                        tg.create_task(self._poll(inp, spool, transport))
+                    if self.cfg.metrics_interval_s:
+                        tg.create_task(
+                            self._self_metrics(self.cfg.metrics_interval_s, spool, transport)
+                        )
         finally:
             spool.remove_space_listener(space_freed)
             if self._own_spool:
                 await asyncio.to_thread(spool.close)
+        if refused:
+            # Raised outside the TaskGroup so it arrives as itself, not in an ExceptionGroup.
+            c = self.cfg
+            raise DeviceRefused(
+                f"the collector at {c.host}:{c.port} refused device {c.device_id!r} "
+                f"({refused}): check device_id and the token (telemetry devices add/list)"
+            )
 
-    async def _run_once(self, spool: Spool, transport: Transport) -> None:
+    async def _run_once(self, spool: Spool, transport: Transport) -> str:
+        """Sample every input once and send; returns why the collector refused the device
+        ('' when everything was acknowledged)."""
         for inp in self._inputs:
             await self._sample(inp, spool, transport)
+        refused = ""
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(transport.run())
             while len(spool):
+                # The transport retries a refused HELLO at its backoff cap; its counter is
+                # what tells a one-shot run to give up.
+                if transport.stats.auth_failures:
+                    refused = transport.stats.last_error or "auth_failed"
+                    break
                 # Polled as well as awaited: progress may land between the check and the wait.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await transport.wait_progress()
             sender.cancel()
+        return refused
 
     async def _poll(self, inp: _Input, spool: Spool, transport: Transport) -> None:
         interval = inp.cfg.interval_s
