@@ -233,10 +233,10 @@ def test_http_health_metrics_and_devices(daemon: CollectorProcess) -> None:
         assert http_get(daemon.http, "/readyz")[0] == 200
         status, text = http_get(daemon.http, "/metrics")
         assert status == 200
-        assert 'telemetry_readings_accepted_total{device="http-1"} 4' in text
-        assert 'telemetry_readings_rejected_total{device="http-1"} 1' in text
+        assert 'telemetry_device_readings_accepted_total{device="http-1"} 4' in text
+        assert 'telemetry_device_readings_rejected_total{device="http-1"} 1' in text
         assert "telemetry_commit_seconds_count" in text
-        assert "telemetry_connections " in text
+        assert "telemetry_connections_open " in text
         status, body = http_get(daemon.http, "/api/v1/devices")
         assert status == 200
         rows = [r for r in json.loads(body)["devices"] if "http-1" in r.values()]
