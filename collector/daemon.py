@@ -31,6 +31,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from collector import http_api, store
+from collector import reload as reloading
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
@@ -38,7 +39,7 @@ from collector.ingest import Ingest
 from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
-from collector.tls import TlsFileError, server_context
+from collector.tls import SwappableContext, TlsFileError, server_context
 from collector.writer import Maintenance, Writer
 from schemas.kinds import KindFileError, KindSpec, load_kinds_file
 from schemas.readings import ReadingValidator
@@ -118,15 +119,29 @@ async def serve(
     routes: Sequence[RouteRegistrar] = (),
     maintenance: Maintenance | None = None,
     stop: asyncio.Event | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> int:
-    """Run the daemon until `stop` is set or a signal arrives; returns the exit code."""
+    """Run the daemon until `stop` is set or a signal arrives; returns the exit code.
+
+    SIGHUP reloads (`collector.reload`): `reload()` gives the config as it reads now (the
+    command reads its file, environment and flags again); without it the same settings are
+    checked again and their files (kinds, TLS) re-read.
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    reload_requested = asyncio.Event()
+    for sig, handler in (
+        (signal.SIGTERM, stop.set),
+        (signal.SIGINT, stop.set),
+        # Installed first thing: SIGHUP's default action would end the process.
+        (signal.SIGHUP, reload_requested.set),
+    ):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    ingest = Ingest(ReadingValidator(load_kinds(cfg)))
+            loop.add_signal_handler(sig, handler)
+    kinds = load_kinds(cfg)
+    ingest = Ingest(ReadingValidator(kinds))
     ssl_ctx = tls_context(cfg)
+    tls_swap = SwappableContext(ssl_ctx) if ssl_ctx is not None else None
     try:
         applied = store.migrate(cfg.db)
     except (sqlite3.Error, OSError) as exc:
@@ -175,6 +190,10 @@ async def serve(
             raise ConfigError(f"cannot start the maintenance process: {exc}") from None
         watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
+    reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
+    reloads = asyncio.create_task(
+        _reloads(reload_requested, reloader, reload or (lambda: cfg)), name="reloads"
+    )
     runner: web.AppRunner | None = None
     exit_code = 0
     gc_thresholds = gc.get_threshold()
@@ -248,6 +267,7 @@ async def serve(
                 await server_task
     finally:
         gc.set_threshold(*gc_thresholds)
+        reloads.cancel()
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()
@@ -257,6 +277,21 @@ async def serve(
             await runner.cleanup()
     log.info("stopped")
     return exit_code
+
+
+async def _reloads(
+    requested: asyncio.Event, reloader: reloading.Reloader, read: Callable[[], Config]
+) -> None:
+    """Apply a reload for each SIGHUP; a bad config is one ERROR line, never an exit."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        try:
+            loaded = await asyncio.to_thread(reloading.load, read)
+        except (ConfigError, OSError, ValueError) as exc:
+            reloading.log.error("reload failed, keeping the running config: %s", exc)
+            continue
+        reloader.apply(loaded)
 
 
 async def _watch(maintainer: Maintainer) -> None:
@@ -271,8 +306,15 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg
         loop.call_soon_threadsafe(fn, arg)
 
 
-def run(cfg: Config, *, routes: Sequence[RouteRegistrar] = ()) -> int:
-    """Run the daemon in a fresh event loop (uvloop when installed); returns the exit code."""
+def run(
+    cfg: Config,
+    *,
+    routes: Sequence[RouteRegistrar] = (),
+    reload: Callable[[], Config] | None = None,
+) -> int:
+    """Run the daemon in a fresh event loop (uvloop when installed); returns the exit code.
+
+    `reload` reads the settings again on SIGHUP (see `serve`)."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -281,4 +323,4 @@ def run(cfg: Config, *, routes: Sequence[RouteRegistrar] = ()) -> int:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(cfg, routes=routes))
+        return runner.run(serve(cfg, routes=routes, reload=reload))

@@ -93,6 +93,6 @@ def collector_cmd(config_file: str | None, check_config: bool, **flags: object) 
     logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT, stream=sys.stderr)
     from collector.daemon import run
 
-    code = run(cfg)
+    code = run(cfg, reload=lambda: load_config(config_file, overrides=flags))
     if code:
         sys.exit(code)
