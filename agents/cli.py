@@ -20,6 +20,7 @@ from agents.config import AgentConfig, AgentConfigError, InputConfig, load_confi
 
 if TYPE_CHECKING:
     from agents.runner import Runner
+    from agents.sources import Source
     from schemas.wire import Reading
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
     from agents.runner import DeviceRefused, Runner
     from agents.spool import SpoolError
 
-    runner = Runner(cfg)
+    runner = Runner(cfg, reader=lambda: _read(config_path))
     try:
         asyncio.run(_serve(runner, once=once))
     except (SpoolError, DeviceRefused) as exc:
@@ -110,6 +111,14 @@ def _load(path: Path) -> AgentConfig:
     return cfg
 
 
+def _read(path: Path) -> tuple[AgentConfig, list[tuple[InputConfig, Source]]]:
+    """The config and its built inputs, read again for a reload. Raises AgentConfigError."""
+    from agents.runner import build_inputs
+
+    cfg = load_config(path)
+    return cfg, build_inputs(cfg)
+
+
 def _without_ssl() -> None:
     """Keep asyncio from importing ssl when TLS is off.
 
@@ -131,6 +140,9 @@ async def _serve(runner: Runner, *, once: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    # systemd's ExecReload sends SIGHUP; its default action would end the agent. A one-shot
+    # run has nothing to reload but must not die of it either.
+    loop.add_signal_handler(signal.SIGHUP, (lambda: None) if once else runner.request_reload)
     await runner.run(once=once)
 
 
