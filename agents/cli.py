@@ -49,7 +49,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
     help="Print the readings each input produces now; no spool, no connection (implies --once).",
 )
 @click.option(
-    "--check-config", is_flag=True, help="Validate the config and every input, then exit."
+    "--check-config",
+    is_flag=True,
+    help="Validate the config and every input (programs of command inputs, sensor kinds), "
+    "print a summary and exit; each problem is one error line (exit status 2).",
+)
+@click.option(
+    "--kinds",
+    "kinds_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --check-config: the collector's kinds file, so inputs may use its kinds.",
 )
 @click.option(
     "--log-level",
@@ -58,7 +67,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
     show_default=True,
     help="Log verbosity (logs go to stderr).",
 )
-def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_level: str) -> None:
+def agent(
+    config_path: Path,
+    once: bool,
+    dry_run: bool,
+    check_config: bool,
+    kinds_file: Path | None,
+    log_level: str,
+) -> None:
     """Run a device agent: read inputs, spool readings on disk, stream them to a collector.
 
     \b
@@ -74,10 +90,15 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
     )
     cfg = _load(config_path)
     if check_config:
-        click.echo(
-            f"{config_path}: ok: device_id={cfg.device_id} collector={cfg.host}:{cfg.port} "
-            f"inputs={len(cfg.inputs)} spool={cfg.spool_path}"
-        )
+        from agents.check import describe, problems
+
+        found = problems(cfg, kinds_file=kinds_file)
+        if found:
+            prefix = click.get_current_context().command_path
+            for problem in found:
+                click.echo(f"{prefix}: error: {problem}", err=True)
+            sys.exit(2)
+        click.echo(describe(cfg, config_path))
         return
     if dry_run:
         sys.exit(_dry_run(cfg))

@@ -102,15 +102,63 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
         ) from None
 
 
-def check_config(cfg: Config) -> tuple[KindSpec, ...]:
-    """Everything `--check-config` checks beyond parsing: the kinds and TLS files.
+def check_db(cfg: Config) -> None:
+    """The database file can be created or opened for writing. Raises ConfigError.
 
-    Raises ConfigError.
+    SQLite writes its -wal and -shm files beside the database, so the directory itself must
+    be writable, and it is not created: a mistyped path should not become a new database.
     """
-    tls_context(cfg)
+    path = Path(os.path.abspath(cfg.db))
+    parent = path.parent
+    where = f"setting 'db': {cfg.db}"
+    if path.is_dir():
+        raise ConfigError(f"{where} is a directory, not a database file")
+    if not parent.exists():
+        below = next((p for p in parent.parents if p.exists()), None)
+        if below is not None and not below.is_dir():
+            raise ConfigError(f"{where}: {below} is not a directory")
+        raise ConfigError(f"{where}: directory {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise ConfigError(f"{where}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{where}: directory {parent} is not writable by this user (SQLite keeps its "
+            "-wal and -shm files there)"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"{where}: the file is not readable and writable by this user")
+
+
+def config_problems(cfg: Config) -> tuple[list[str], tuple[KindSpec, ...]]:
+    """Every problem that would stop the daemon at start (one line each), and the kinds.
+
+    Beyond parsing: the database path, the TLS files, the HTTP read token, the kinds file."""
+    problems: list[str] = []
+    for check in (check_db, tls_context, _check_http_token):
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    kinds: tuple[KindSpec, ...] = ()
+    try:
+        kinds = load_kinds(cfg)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems, kinds
+
+
+def _check_http_token(cfg: Config) -> None:
     if cfg.http_addr is not None:
         http_api.require_token(cfg.http_addr[0], cfg.http_token)
-    return load_kinds(cfg)
+
+
+def check_config(cfg: Config) -> tuple[KindSpec, ...]:
+    """Everything `--check-config` checks beyond parsing (`config_problems`); returns the
+    kinds. Raises ConfigError with the first problem."""
+    problems, kinds = config_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+    return kinds
 
 
 async def serve(
