@@ -62,7 +62,14 @@ def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
 
 
 @click.command("collector", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="TELEMETRY_CONFIG",
+    help="TOML config file (env TELEMETRY_CONFIG). Its db setting is also where "
+    "`telemetry devices`, `query` and the other read commands look.",
+)
 @click.option(
     "--listen", help=f"Ingest address HOST:PORT (default {DEFAULT_LISTEN}; port 0 picks one)."
 )

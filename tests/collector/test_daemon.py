@@ -416,8 +416,9 @@ def test_check_config_merges_file_env_and_flags(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "config ok" in out.stdout
-    assert "db='from-env.db'" in out.stdout and "log_level='WARNING'" in out.stdout
-    assert "max_connections=9" in out.stdout
+    assert "from-env.db" in out.stdout and "from-file.db" not in out.stdout
+    assert "log level    WARNING" in out.stdout
+    assert "9 connections" in out.stdout
 
 
 def test_sqlite_file_is_plain(tmp_path: Path) -> None:
