@@ -7,9 +7,14 @@ never the HTTP read token.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,6 +43,35 @@ def test_database_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> N
     assert "setting 'db'" in line and str(missing) in line and "does not exist" in line
     assert res.stdout == ""
     assert not missing.exists()
+
+
+def test_database_directory_that_is_not_writable_is_an_error() -> None:
+    # Root may write anywhere, so as root the check runs as an unprivileged user; the
+    # directory is made outside pytest's private (mode 0700) temporary tree.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("setpriv is needed to run this test as root (Debian: util-linux)")
+            pytest.skip("run as root: needs setpriv (Debian: apt-get install util-linux)")
+        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    base = Path(tempfile.mkdtemp(prefix="telemetry-ro-"))
+    try:
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)
+        ro.chmod(0o555)
+        res = subprocess.run(
+            [*prefix, sys.executable, "-m", "collector", "collector", "--db", str(ro / "t.db"),
+             "--check-config"],
+            capture_output=True, text=True, timeout=60, check=False, cwd=str(ROOT),
+        )  # fmt: skip
+        assert res.returncode == 2, res.stderr
+        (line,) = _errors(res)
+        assert "setting 'db'" in line and str(ro) in line and "not writable" in line
+    finally:
+        shutil.rmtree(base)
 
 
 def test_database_under_a_file_is_an_error(tmp_path: Path) -> None:
