@@ -1,12 +1,13 @@
-"""What a re-read agent config changes, for SIGHUP (pure: no I/O, no asyncio).
+"""What a re-read agent config changes, for SIGHUP (no asyncio; only `tls_files` reads).
 
 `plan(running, new)` sorts the differences:
 * inputs and `metrics_interval`: applied (changed inputs restart, unchanged ones keep
   running, so a `count`-limited input does not start over);
 * `[batch]`: applied to the running connection (`max_delay_ms` now, `max_readings` from the
   next connection on);
-* collector address, token, `[tls]`, heartbeat, timeouts, backoff: applied by reconnecting
-  with the same spool (unacknowledged batches are resent, as after any reconnect);
+* collector address, token, `[tls]` (its settings, or the contents of its files: a renewed
+  certificate), heartbeat, timeouts, backoff: applied by reconnecting with the same spool
+  (unacknowledged batches are resent, as after any reconnect);
 * `device_id` and `[spool]`: not applied, they need a restart: the spool's sequence numbers
   belong to one device on one file. They keep their running values.
 `agents.runner.Runner.reload` carries the plan out and logs `summary` in one line.
@@ -18,7 +19,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agents.config import AgentConfig, InputConfig
+from agents.config import AgentConfig, InputConfig, TlsConfig
 
 # (field, how the config file names it)
 _CONNECTION = (
@@ -49,8 +50,10 @@ class Plan:
     summary: str
 
 
-def plan(running: AgentConfig, new: AgentConfig) -> Plan:
-    """Compare the running config with a newly read one; see the module docstring."""
+def plan(running: AgentConfig, new: AgentConfig, *, tls_files_changed: bool = False) -> Plan:
+    """Compare the running config with a newly read one; see the module docstring.
+
+    `tls_files_changed`: the certificate files' contents differ from those in use."""
     done: list[str] = []
     not_applied = [
         f"{label} {_show(getattr(running, name))} -> {_show(getattr(new, name))}"
@@ -84,6 +87,8 @@ def plan(running: AgentConfig, new: AgentConfig) -> Plan:
     link += [
         f"{label} changed" for n, label in _CONNECTION if getattr(running, n) != getattr(new, n)
     ]
+    if tls_files_changed and running.tls == new.tls:
+        link.append("[tls] files changed")
     if link:
         done.append(", ".join(link) + ": reconnecting")
     summary = "; ".join(done) if done else "nothing changed"
@@ -117,3 +122,21 @@ def _secs(v: float | None) -> str:
 
 def _show(v: object) -> str:
     return f"{v:g}s" if isinstance(v, float) else str(v)  # floats here are seconds
+
+
+def tls_files(tls: TlsConfig) -> bytes:
+    """The contents of the TLS files in use (empty when TLS is off), to notice a renewal.
+
+    Reads files: call it from a worker thread."""
+    if not tls.enabled:
+        return b""
+    out = b""
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        data = b""
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b"\0unreadable"
+        out += len(data).to_bytes(8, "big") + data
+    return out

@@ -101,6 +101,7 @@ class Runner:
         self._tg: asyncio.TaskGroup | None = None
         self._transport_task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
+        self._tls_files = b""
         self._inputs = [_Input(c, s) for c, s in build_inputs(cfg, ctx)] if with_inputs else []
         self._own_spool = spool is None
         self.spool = spool
@@ -147,6 +148,7 @@ class Runner:
                     writer.cancel()
                 else:
                     self._tg = tg
+                    self._tls_files = await asyncio.to_thread(reloading.tls_files, self.cfg.tls)
                     self._transport_task = tg.create_task(transport.run())
                     for inp in self._inputs:
                         self._start_input(inp, spool)
@@ -209,7 +211,7 @@ class Runner:
                 reload_log.info("reloaded config: nothing to read (no config file)")
                 continue
             try:
-                cfg, built = await asyncio.to_thread(self._reader)
+                cfg, built, tls_files = await asyncio.to_thread(self._read_config)
             except AgentConfigError as exc:
                 reload_log.error("reload failed, keeping the running config: %s", exc)
                 continue
@@ -219,13 +221,29 @@ class Runner:
                     "restart (this agent started without TLS)"
                 )
                 continue
-            await self.reload(cfg, built, spool)
+            await self.reload(cfg, built, spool, tls_files=tls_files)
+
+    def _read_config(self) -> tuple[AgentConfig, list[tuple[InputConfig, Source]], bytes]:
+        """The config, its inputs and its TLS files' contents (in a worker thread)."""
+        assert self._reader is not None
+        cfg, built = self._reader()
+        return cfg, built, reloading.tls_files(cfg.tls)
 
     async def reload(
-        self, cfg: AgentConfig, built: Sequence[tuple[InputConfig, Source]], spool: Spool
+        self,
+        cfg: AgentConfig,
+        built: Sequence[tuple[InputConfig, Source]],
+        spool: Spool,
+        *,
+        tls_files: bytes | None = None,
     ) -> str:
-        """Apply a re-read config (see agents.reload); returns the logged summary line."""
-        p = reloading.plan(self.cfg, cfg)
+        """Apply a re-read config (see agents.reload); returns the logged summary line.
+
+        `tls_files`: `agents.reload.tls_files` of the new config (None: not compared)."""
+        changed = tls_files is not None and tls_files != self._tls_files
+        p = reloading.plan(self.cfg, cfg, tls_files_changed=changed)
+        if tls_files is not None and (p.reconnect or not p.cfg.tls.enabled):
+            self._tls_files = tls_files
         old = self._inputs
         stopped = [old[i] for i in p.stopped]
         for inp in stopped:

@@ -165,3 +165,47 @@ def test_sighup_with_a_new_collector_address_and_token_moves_there(
         assert token not in agent.text()
         wait_for(lambda: stored(second.db, "air") > 5, "readings at the new collector")
         assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_renewed_certificates_on_both_ends_are_picked_up_by_reloads(tmp_path: Path) -> None:
+    """The collector's certificate moves to a new CA; each end is reloaded in turn."""
+    from collector import certs
+
+    pki = {}
+    for name in ("old", "new"):
+        d = pki[name] = tmp_path / name
+        certs.create_ca(d)
+        certs.issue(d, "collector", server=True, hosts=("127.0.0.1",))
+    live = tmp_path / "live"
+    live.mkdir()
+
+    def install(name: str, *files: str) -> None:
+        for f in files:
+            (live / f).write_bytes((pki[name] / f).read_bytes())
+
+    install("old", "collector.pem", "collector.key", "ca.pem")
+    args = ("--tls-cert", str(live / "collector.pem"), "--tls-key", str(live / "collector.key"))
+    with CollectorProcess(tmp_path / "c.db", *args) as daemon:
+        agent = AgentProcess(tmp_path, daemon.ingest[1], daemon.add_device("hup-1"))
+        tls = f'[tls]\nenabled = true\nca_file = "{live / "ca.pem"}"\n'
+        agent.write(agent.head + tls + agent.spool + simulated("air"))
+        try:
+            agent.start()
+            wait_for(lambda: stored(daemon.db, "air") > 0, "readings over TLS")
+
+            install("new", "collector.pem", "collector.key")
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "tls certificates replaced" in daemon.log, "the collector's reload")
+            air = stored(daemon.db, "air")  # the open connection keeps streaming
+            wait_for(lambda: stored(daemon.db, "air") > air + 5, "readings after it")
+
+            install("new", "ca.pem")
+            line = agent.hup(1)
+            assert "[tls] files changed: reconnecting" in line, line
+            wait_for(lambda: agent.text().count("connected collector=") == 2, "a reconnect")
+            air = stored(daemon.db, "air")
+            wait_for(lambda: stored(daemon.db, "air") > air + 5, "readings over the new chain")
+            assert "certificate was refused" not in agent.text()
+        finally:
+            agent.stop()
