@@ -33,13 +33,20 @@ FORMATS = ("table", "csv", "json", "jsonl")
 _db_option = db_option("SQLite database file")
 
 
-def _open(loc: DbLocation, *, create: bool = False) -> sqlite3.Connection:
+_NAME_IT = "name the collector's with --db PATH or --config FILE"
+
+
+def _open(loc: DbLocation, *, create: bool | None = None, remedy: str = "") -> sqlite3.Connection:
+    """Open (and migrate) the registry's database; `create`: None when the command cannot
+    create one, else whether it was asked to."""
     db = loc.path
     if not create and not Path(db).exists():
-        raise ConfigError(
-            f"{missing(loc).format_message()}; to make a new database here, add --create "
-            "(the collector also creates it at its first start)"
-        )
+        if create is False:
+            remedy = (
+                f"{_NAME_IT}, or add --create to make a new one here (the collector also "
+                "creates it at its first start)"
+            )
+        raise missing(loc, remedy or _NAME_IT)
     try:
         store.migrate(db)
         return store.connect(db)
@@ -146,7 +153,7 @@ def list_cmd(
         click.echo(_render(_fetch(url, token), fmt), nl=False)
         return
     # Listing never creates a database at a mistyped path.
-    conn = _open(database(db, config_file))
+    conn = _open(database(db, config_file), remedy=f"{_NAME_IT}, or --url")
     try:
         rows = registry.list_devices(conn)
         totals = {

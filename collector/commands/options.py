@@ -176,7 +176,10 @@ def time_range(since: str | None, until: str | None) -> TimeRange:
     return TimeRange(lo, hi)
 
 
-def missing(loc: DbLocation) -> ConfigError:
+def missing(
+    loc: DbLocation,
+    remedy: str = "give --db PATH, --config FILE (the collector's config) or --url",
+) -> ConfigError:
     """The error for a database file that does not exist, saying where it was looked for."""
     how = loc.source
     if loc.from_default:
@@ -184,10 +187,7 @@ def missing(loc: DbLocation) -> ConfigError:
             "default; nothing set by --db, TELEMETRY_DB, --config, TELEMETRY_CONFIG or "
             f"{DEFAULT_CONFIG_FILE}"
         )
-    return ConfigError(
-        f"--db: no database at {loc.path} ({how}); give --db PATH, --config FILE (the "
-        "collector's config) or --url"
-    )
+    return ConfigError(f"--db: no database at {loc.path} ({how}); {remedy}")
 
 
 def open_db(loc: DbLocation | str) -> sqlite3.Connection:

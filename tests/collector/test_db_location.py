@@ -69,6 +69,10 @@ def test_devices_add_will_not_create_a_database_silently(tmp_path: Path) -> None
     assert devices_in(db) == ["d1"]
     code, _, _ = run("devices", "add", "d2", "--db", str(db))  # it exists now
     assert code == 0 and devices_in(db) == ["d1", "d2"]
+    other = tmp_path / "other.db"
+    code, _, err = run("devices", "revoke", "d1", "--db", str(other))
+    assert code == 2 and str(other) in err and "--create" not in err
+    assert not other.exists()
 
 
 def test_config_file_names_the_database_for_admin_and_read_commands(tmp_path: Path) -> None:
