@@ -20,6 +20,7 @@ from agents.config import AgentConfig, AgentConfigError, InputConfig, load_confi
 
 if TYPE_CHECKING:
     from agents.runner import Runner
+    from agents.sources import Source
     from schemas.wire import Reading
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,16 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
     help="Print the readings each input produces now; no spool, no connection (implies --once).",
 )
 @click.option(
-    "--check-config", is_flag=True, help="Validate the config and every input, then exit."
+    "--check-config",
+    is_flag=True,
+    help="Validate the config and every input (programs of command inputs, sensor kinds), "
+    "print a summary and exit; each problem is one error line (exit status 2).",
+)
+@click.option(
+    "--kinds",
+    "kinds_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --check-config: the collector's kinds file, so inputs may use its kinds.",
 )
 @click.option(
     "--log-level",
@@ -57,7 +67,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
     show_default=True,
     help="Log verbosity (logs go to stderr).",
 )
-def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_level: str) -> None:
+def agent(
+    config_path: Path,
+    once: bool,
+    dry_run: bool,
+    check_config: bool,
+    kinds_file: Path | None,
+    log_level: str,
+) -> None:
     """Run a device agent: read inputs, spool readings on disk, stream them to a collector.
 
     \b
@@ -73,22 +90,27 @@ def agent(config_path: Path, once: bool, dry_run: bool, check_config: bool, log_
     )
     cfg = _load(config_path)
     if check_config:
-        click.echo(
-            f"{config_path}: ok: device_id={cfg.device_id} collector={cfg.host}:{cfg.port} "
-            f"inputs={len(cfg.inputs)} spool={cfg.spool_path}"
-        )
+        from agents.check import describe, problems
+
+        found = problems(cfg, kinds_file=kinds_file)
+        if found:
+            prefix = click.get_current_context().command_path
+            for problem in found:
+                click.echo(f"{prefix}: error: {problem}", err=True)
+            sys.exit(2)
+        click.echo(describe(cfg, config_path))
         return
     if dry_run:
         sys.exit(_dry_run(cfg))
     import asyncio
 
-    from agents.runner import Runner
+    from agents.runner import DeviceRefused, Runner
     from agents.spool import SpoolError
 
-    runner = Runner(cfg)
+    runner = Runner(cfg, reader=lambda: _read(config_path))
     try:
         asyncio.run(_serve(runner, once=once))
-    except SpoolError as exc:
+    except (SpoolError, DeviceRefused) as exc:
         raise click.ClickException(str(exc)) from None
     except asyncio.CancelledError:
         log.info("agent stopped")
@@ -108,6 +130,14 @@ def _load(path: Path) -> AgentConfig:
     except AgentConfigError as exc:
         raise click.UsageError(str(exc)) from None
     return cfg
+
+
+def _read(path: Path) -> tuple[AgentConfig, list[tuple[InputConfig, Source]]]:
+    """The config and its built inputs, read again for a reload. Raises AgentConfigError."""
+    from agents.runner import build_inputs
+
+    cfg = load_config(path)
+    return cfg, build_inputs(cfg)
 
 
 def _without_ssl() -> None:
@@ -131,6 +161,9 @@ async def _serve(runner: Runner, *, once: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
+    # systemd's ExecReload sends SIGHUP; its default action would end the agent. A one-shot
+    # run has nothing to reload but must not die of it either.
+    loop.add_signal_handler(signal.SIGHUP, (lambda: None) if once else runner.request_reload)
     await runner.run(once=once)
 
 

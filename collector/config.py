@@ -50,6 +50,10 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LISTEN: Final = "127.0.0.1:7878"
 DEFAULT_HTTP: Final = "127.0.0.1:7879"
 DEFAULT_DB: Final = "./telemetry.db"
+# Where the read and admin commands look for the collector's config when not told.
+DEFAULT_CONFIG_FILE = "/etc/telemetry/collector.toml"
+CONFIG_ENV: Final = "TELEMETRY_CONFIG"
+DB_ENV: Final = "TELEMETRY_DB"
 # Smallest frame limit a collector may set: HELLO with a long device id and token is ~1 KiB.
 MIN_FRAME_BYTES: Final = 4096
 
@@ -204,6 +208,53 @@ def _read_file(path: str) -> dict[str, object]:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DbLocation:
+    """The database a read or admin command opens, and how it was found."""
+
+    path: str
+    # "--db", "TELEMETRY_DB", "db in FILE (how FILE was found)", or "default"
+    source: str
+
+    @property
+    def from_default(self) -> bool:
+        return self.source == "default"
+
+
+def locate_db(
+    db: str | None, config_file: str | None, env: Mapping[str, str] | None = None
+) -> DbLocation:
+    """The collector's database, as the read and admin commands find it.
+
+    `--db`, else TELEMETRY_DB, else the `db` setting of the collector's config file
+    (`--config FILE`, else TELEMETRY_CONFIG, else DEFAULT_CONFIG_FILE when it exists), else
+    ./telemetry.db. The environment beats the file, as it does for the collector itself.
+    Raises ConfigError when the config file cannot be read or its `db` is not a string.
+    """
+    env = os.environ if env is None else env
+    if db:
+        return DbLocation(db, "--db")
+    if env.get(DB_ENV):
+        return DbLocation(env[DB_ENV], DB_ENV)
+    found = ""
+    if config_file:
+        found = "--config"
+    elif env.get(CONFIG_ENV):
+        config_file, found = env[CONFIG_ENV], CONFIG_ENV
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file, found = DEFAULT_CONFIG_FILE, "the default config file"
+    if config_file is None:
+        return DbLocation(DEFAULT_DB, "default")
+    value = _read_file(config_file).get("db")
+    if value is None:
+        return DbLocation(DEFAULT_DB, f"default: {config_file} ({found}) sets no db")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"setting 'db' (config file {config_file}): expected a string, got {value!r}"
+        )
+    return DbLocation(value, f"db in {config_file}, from {found}")
 
 
 def load_config(

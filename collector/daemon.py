@@ -31,6 +31,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from collector import http_api, store
+from collector import reload as reloading
 from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
@@ -38,7 +39,7 @@ from collector.ingest import Ingest
 from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
-from collector.tls import TlsFileError, server_context
+from collector.tls import SwappableContext, TlsFileError, server_context
 from collector.writer import Maintenance, Writer
 from schemas.kinds import KindFileError, KindSpec, load_kinds_file
 from schemas.readings import ReadingValidator
@@ -101,15 +102,63 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
         ) from None
 
 
-def check_config(cfg: Config) -> tuple[KindSpec, ...]:
-    """Everything `--check-config` checks beyond parsing: the kinds and TLS files.
+def check_db(cfg: Config) -> None:
+    """The database file can be created or opened for writing. Raises ConfigError.
 
-    Raises ConfigError.
+    SQLite writes its -wal and -shm files beside the database, so the directory itself must
+    be writable, and it is not created: a mistyped path should not become a new database.
     """
-    tls_context(cfg)
+    path = Path(os.path.abspath(cfg.db))
+    parent = path.parent
+    where = f"setting 'db': {cfg.db}"
+    if path.is_dir():
+        raise ConfigError(f"{where} is a directory, not a database file")
+    if not parent.exists():
+        below = next((p for p in parent.parents if p.exists()), None)
+        if below is not None and not below.is_dir():
+            raise ConfigError(f"{where}: {below} is not a directory")
+        raise ConfigError(f"{where}: directory {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise ConfigError(f"{where}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{where}: directory {parent} is not writable by this user (SQLite keeps its "
+            "-wal and -shm files there)"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"{where}: the file is not readable and writable by this user")
+
+
+def config_problems(cfg: Config) -> tuple[list[str], tuple[KindSpec, ...]]:
+    """Every problem that would stop the daemon at start (one line each), and the kinds.
+
+    Beyond parsing: the database path, the TLS files, the HTTP read token, the kinds file."""
+    problems: list[str] = []
+    for check in (check_db, tls_context, _check_http_token):
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    kinds: tuple[KindSpec, ...] = ()
+    try:
+        kinds = load_kinds(cfg)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems, kinds
+
+
+def _check_http_token(cfg: Config) -> None:
     if cfg.http_addr is not None:
         http_api.require_token(cfg.http_addr[0], cfg.http_token)
-    return load_kinds(cfg)
+
+
+def check_config(cfg: Config) -> tuple[KindSpec, ...]:
+    """Everything `--check-config` checks beyond parsing (`config_problems`); returns the
+    kinds. Raises ConfigError with the first problem."""
+    problems, kinds = config_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0])
+    return kinds
 
 
 async def serve(
@@ -118,15 +167,29 @@ async def serve(
     routes: Sequence[RouteRegistrar] = (),
     maintenance: Maintenance | None = None,
     stop: asyncio.Event | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> int:
-    """Run the daemon until `stop` is set or a signal arrives; returns the exit code."""
+    """Run the daemon until `stop` is set or a signal arrives; returns the exit code.
+
+    SIGHUP reloads (`collector.reload`): `reload()` gives the config as it reads now (the
+    command reads its file, environment and flags again); without it the same settings are
+    checked again and their files (kinds, TLS) re-read.
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    reload_requested = asyncio.Event()
+    for sig, handler in (
+        (signal.SIGTERM, stop.set),
+        (signal.SIGINT, stop.set),
+        # Installed first thing: SIGHUP's default action would end the process.
+        (signal.SIGHUP, reload_requested.set),
+    ):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    ingest = Ingest(ReadingValidator(load_kinds(cfg)))
+            loop.add_signal_handler(sig, handler)
+    kinds = load_kinds(cfg)
+    ingest = Ingest(ReadingValidator(kinds))
     ssl_ctx = tls_context(cfg)
+    tls_swap = SwappableContext(ssl_ctx) if ssl_ctx is not None else None
     try:
         applied = store.migrate(cfg.db)
     except (sqlite3.Error, OSError) as exc:
@@ -175,6 +238,10 @@ async def serve(
             raise ConfigError(f"cannot start the maintenance process: {exc}") from None
         watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
+    reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
+    reloads = asyncio.create_task(
+        _reloads(reload_requested, reloader, reload or (lambda: cfg)), name="reloads"
+    )
     runner: web.AppRunner | None = None
     exit_code = 0
     gc_thresholds = gc.get_threshold()
@@ -248,6 +315,7 @@ async def serve(
                 await server_task
     finally:
         gc.set_threshold(*gc_thresholds)
+        reloads.cancel()
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()
@@ -257,6 +325,21 @@ async def serve(
             await runner.cleanup()
     log.info("stopped")
     return exit_code
+
+
+async def _reloads(
+    requested: asyncio.Event, reloader: reloading.Reloader, read: Callable[[], Config]
+) -> None:
+    """Apply a reload for each SIGHUP; a bad config is one ERROR line, never an exit."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        try:
+            loaded = await asyncio.to_thread(reloading.load, read)
+        except (ConfigError, OSError, ValueError) as exc:
+            reloading.log.error("reload failed, keeping the running config: %s", exc)
+            continue
+        reloader.apply(loaded)
 
 
 async def _watch(maintainer: Maintainer) -> None:
@@ -271,8 +354,15 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg
         loop.call_soon_threadsafe(fn, arg)
 
 
-def run(cfg: Config, *, routes: Sequence[RouteRegistrar] = ()) -> int:
-    """Run the daemon in a fresh event loop (uvloop when installed); returns the exit code."""
+def run(
+    cfg: Config,
+    *,
+    routes: Sequence[RouteRegistrar] = (),
+    reload: Callable[[], Config] | None = None,
+) -> int:
+    """Run the daemon in a fresh event loop (uvloop when installed); returns the exit code.
+
+    `reload` reads the settings again on SIGHUP (see `serve`)."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -281,4 +371,4 @@ def run(cfg: Config, *, routes: Sequence[RouteRegistrar] = ()) -> int:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(cfg, routes=routes))
+        return runner.run(serve(cfg, routes=routes, reload=reload))

@@ -172,6 +172,9 @@ def _main(
     _die_with_parent()
     # Ctrl-C reaches the whole process group: the daemon decides when this process stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So does a hangup; SIGHUP means "reload" to the daemon and this process has nothing to
+    # reload, so it must not die of it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stopping = False
 
     def on_term(_sig: int, _frame: object) -> None:

@@ -107,8 +107,12 @@ class Metrics:
             for labels, value in samples:
                 out.append(f"{name}{labels} {_num(value)}")
 
-        metric("telemetry_connections", "gauge", "Open agent connections.",
-               [("", self.connections_open)])  # fmt: skip
+        metric(
+            "telemetry_connections_open",
+            "gauge",
+            "Open agent connections.",
+            [("", self.connections_open)],
+        )
         metric(
             "telemetry_connections_total",
             "counter",
@@ -123,17 +127,15 @@ class Metrics:
         )
         metric("telemetry_batches_total", "counter", "BATCH frames answered.",
                [("", self.batches)])  # fmt: skip
-        for what, value in (
-            ("accepted", self.accepted),
-            ("rejected", self.rejected),
-            ("duplicate", self.duplicate),
-        ):
+        # One family per meaning: the collector-wide count has no labels, the per-device
+        # series are a family of their own (telemetry_device_*), so sum() of either family
+        # counts every reading once.
+        for what in ("accepted", "rejected", "duplicate"):
             metric(
                 f"telemetry_readings_{what}_total",
                 "counter",
-                f"Readings {what}.",
-                [("", value)]
-                + [(_labels(device=d), getattr(s, what)) for d, s in sorted(self.devices.items())],
+                f"Readings {what}, all devices.",
+                [("", getattr(self, what))],
             )
         metric("telemetry_retries_total", "counter", "Batches answered with RETRY.",
                [("", self.retries)])  # fmt: skip
@@ -145,9 +147,22 @@ class Metrics:
         metric(
             "telemetry_bytes_in_total",
             "counter",
-            "Bytes received from agents.",
-            [("", self.bytes_in)]
-            + [(_labels(device=d), s.bytes_in) for d, s in sorted(self.devices.items())],
+            "Bytes received from agents, including those before a device identified itself.",
+            [("", self.bytes_in)],
+        )
+        devices = sorted(self.devices.items())
+        for what in ("accepted", "rejected", "duplicate"):
+            metric(
+                f"telemetry_device_readings_{what}_total",
+                "counter",
+                f"Readings {what}, per device.",
+                [(_labels(device=d), getattr(s, what)) for d, s in devices],
+            )
+        metric(
+            "telemetry_device_bytes_in_total",
+            "counter",
+            "Bytes received per device, from its HELLO on.",
+            [(_labels(device=d), s.bytes_in) for d, s in devices],
         )
         metric("telemetry_writer_queue_depth", "gauge", "Batches waiting for the writer.",
                [("", self.queue_depth())])  # fmt: skip
@@ -172,7 +187,7 @@ class Metrics:
             "telemetry_device_connected",
             "gauge",
             "Open connections per device.",
-            [(_labels(device=d), s.connected) for d, s in sorted(self.devices.items())],
+            [(_labels(device=d), s.connected) for d, s in devices],
         )
         metric(
             "telemetry_maintainer_restarts_total",

@@ -9,7 +9,9 @@ another.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -56,6 +58,48 @@ def server_context(
         except OSError as exc:
             raise TlsFileError("client_ca", str(client_ca), _detail(exc)) from None
     return ctx
+
+
+class SwappableContext:
+    """The listener's TLS context, whose certificates can be replaced for new connections.
+
+    The listening socket keeps the context it was created with; its `sni_callback` (called
+    by OpenSSL for every ClientHello, with or without a server name) moves each new
+    connection to the current context before the certificate is chosen, so `replace` takes
+    effect at the next handshake while open connections keep theirs. The verify mode must
+    stay the same (on vs mutual decides how sessions check HELLO), so only certificates,
+    key and client CA change.
+    """
+
+    def __init__(self, listener: ssl.SSLContext) -> None:
+        self.listener = listener
+        self.current = listener
+        listener.sni_callback = self._pick
+
+    def replace(self, ctx: ssl.SSLContext) -> None:
+        """Use `ctx` for connections from now on (same verify mode as the listener's)."""
+        if ctx.verify_mode != self.listener.verify_mode:
+            raise ValueError("the TLS verify mode cannot change without a restart")
+        self.current = ctx
+
+    def _pick(self, sslobj: ssl.SSLObject, _server_name: str | None, _ctx: object) -> None:
+        if self.current is not self.listener:
+            sslobj.context = self.current
+
+
+def files_digest(paths: Iterable[str | Path | None]) -> str:
+    """SHA-256 over the named files' bytes (None: empty; a missing file: a marker),
+    so a reload can tell whether certificate files changed under the same names."""
+    h = hashlib.sha256()
+    for p in paths:
+        data = b""
+        if p is not None:
+            try:
+                data = Path(p).read_bytes()
+            except OSError:
+                data = b"\0missing"
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
 
 
 def cert_device_ids(peercert: object) -> set[str]:

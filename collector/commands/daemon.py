@@ -8,7 +8,9 @@ parses and checks them (`--check-config` stops there), sets up logging and hands
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -17,14 +19,57 @@ from collector.config import (
     DEFAULT_HTTP,
     DEFAULT_LISTEN,
     SYNCHRONOUS_MODES,
+    Config,
     load_config,
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
+    """The effective settings in a few lines a person reads (`--check-config`)."""
+    source = f"config ok ({config_file})" if config_file else "config ok (no config file)"
+    db = Path(os.path.abspath(cfg.db))
+    if db.exists():
+        db_state = f"exists, {db.stat().st_size / 1e6:.1f} MB"
+    else:
+        db_state = "created at start"
+    http = "off"
+    if cfg.http_addr is not None:
+        http = f"{cfg.http}  ({'read token set' if cfg.http_token else 'no read token'})"
+    tls = {"off": "off", "on": f"on ({cfg.tls_cert})"}.get(
+        cfg.tls_mode, f"mutual ({cfg.tls_cert}; device certificates from {cfg.tls_client_ca})"
+    )
+    devices = "registered only"
+    if cfg.allow_unknown_devices:
+        devices = "unknown devices register themselves (demos only)"
+    lim = cfg.limits
+    rate = lim.max_readings_per_s_per_device or "unlimited"
+    lines = [
+        source,
+        f"  ingest       {cfg.listen}  TLS {tls}",
+        f"  http         {http}",
+        f"  database     {db}  ({db_state}; synchronous={cfg.synchronous})",
+        f"  kinds        {', '.join(kinds) if kinds else 'built-in only'}"
+        + (f"  ({cfg.kinds})" if cfg.kinds else ""),
+        f"  retention    {cfg.retention or 'keep everything'}",
+        f"  devices      {devices}",
+        f"  limits       {lim.max_connections} connections, {lim.max_connections_per_ip} per "
+        f"address, {rate} readings/s per device",
+        f"  log level    {cfg.log_level}",
+    ]
+    return "\n".join(lines)
+
+
 @click.command("collector", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="TELEMETRY_CONFIG",
+    help="TOML config file (env TELEMETRY_CONFIG). Its db setting is also where "
+    "`telemetry devices`, `query` and the other read commands look.",
+)
 @click.option(
     "--listen", help=f"Ingest address HOST:PORT (default {DEFAULT_LISTEN}; port 0 picks one)."
 )
@@ -76,23 +121,33 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 @click.option("--bad-frame-budget", type=int, help="Undecodable frames tolerated per connection.")
 @click.option("--queue-rows", type=int, help="Rows waiting for the writer before backpressure.")
 @click.option("--txn-max-rows", type=int, help="Most rows per group-commit transaction.")
-@click.option("--check-config", is_flag=True, help="Check the settings, print them and exit.")
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Check the settings and the files they name (database directory, kinds, TLS), "
+    "print a summary and exit; each problem is one error line (exit status 2).",
+)
 def collector_cmd(config_file: str | None, check_config: bool, **flags: object) -> None:
     """Run the collector daemon in the foreground.
 
     Agents connect to the ingest address; /healthz, /readyz, /metrics and /api/v1/ are
     served on the HTTP address. Stop with SIGTERM or Ctrl-C (graceful, within 5 s).
     """
-    from collector.daemon import check_config as check_settings
+    from collector.daemon import config_problems
 
     cfg = load_config(config_file, overrides=flags)
-    check_settings(cfg)
+    problems, kinds = config_problems(cfg)
+    if problems:
+        prefix = click.get_current_context().command_path
+        for problem in problems:
+            click.echo(f"{prefix}: error: {problem}", err=True)
+        sys.exit(2)
     if check_config:
-        click.echo(f"config ok: {cfg}")
+        click.echo(describe(cfg, config_file, [k.name for k in kinds]))
         return
     logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT, stream=sys.stderr)
     from collector.daemon import run
 
-    code = run(cfg)
+    code = run(cfg, reload=lambda: load_config(config_file, overrides=flags))
     if code:
         sys.exit(code)

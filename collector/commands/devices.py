@@ -1,7 +1,11 @@
 """`telemetry devices`: add a device (printing its token once), list, revoke.
 
-Works on the database file directly (`--db`, default ./telemetry.db), creating and migrating
-it when needed, so devices can be registered before the collector first starts. The running
+Works on the database file directly: the collector's, found like the read commands find it
+(`--db`, TELEMETRY_DB, the `db` setting of `--config FILE` / TELEMETRY_CONFIG /
+/etc/telemetry/collector.toml, else ./telemetry.db; `collector.commands.options.database`),
+named on stderr by the commands that write. `add` migrates the file, and creates it only
+with `--create` (so devices can be registered before the collector first starts, but a
+mistyped or misfound path is an error rather than a new empty database). The running
 collector sees a change at the device's next HELLO. Registry logic is `collector.devices`.
 """
 
@@ -21,20 +25,28 @@ import click
 
 from collector import devices as registry
 from collector import store
-from collector.config import DEFAULT_DB
+from collector.commands.options import config_option, database, db_option, missing
+from collector.config import DbLocation
 from collector.errors import ConfigError
 
 FORMATS = ("table", "csv", "json", "jsonl")
-_db_option = click.option(
-    "--db",
-    default=DEFAULT_DB,
-    show_default=True,
-    envvar="TELEMETRY_DB",
-    help="SQLite database file.",
-)
+_db_option = db_option("SQLite database file")
 
 
-def _open(db: str) -> sqlite3.Connection:
+_NAME_IT = "name the collector's with --db PATH or --config FILE"
+
+
+def _open(loc: DbLocation, *, create: bool | None = None, remedy: str = "") -> sqlite3.Connection:
+    """Open (and migrate) the registry's database; `create`: None when the command cannot
+    create one, else whether it was asked to."""
+    db = loc.path
+    if not create and not Path(db).exists():
+        if create is False:
+            remedy = (
+                f"{_NAME_IT}, or add --create to make a new one here (the collector also "
+                "creates it at its first start)"
+            )
+        raise missing(loc, remedy or _NAME_IT)
     try:
         store.migrate(db)
         return store.connect(db)
@@ -67,24 +79,36 @@ _token_option = click.option(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @_db_option
+@config_option
 @_format_option
 @_url_option
 @_token_option
 @click.pass_context
 def devices_group(
-    ctx: click.Context, db: str, fmt: str, url: str | None, token: str | None
+    ctx: click.Context,
+    db: str | None,
+    config_file: str | None,
+    fmt: str,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Manage the devices allowed to send readings; alone, list them (like `devices list`)."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_cmd, db=db, fmt=fmt, url=url, token=token)
+        ctx.invoke(list_cmd, db=db, config_file=config_file, fmt=fmt, url=url, token=token)
 
 
 @devices_group.command("add")
 @click.argument("name")
 @_db_option
-def add(name: str, db: str) -> None:
+@config_option
+@click.option(
+    "--create",
+    is_flag=True,
+    help="Create the database when it does not exist yet (before the collector's first start).",
+)
+def add(name: str, db: str | None, config_file: str | None, create: bool) -> None:
     """Register device NAME and print its token (shown only this once)."""
-    conn = _open(db)
+    conn = _open(database(db, config_file, writes=True), create=create)
     try:
         _, token = registry.add_device(conn, name, time.time_ns())
     except registry.DeviceError as exc:
@@ -102,9 +126,10 @@ def add(name: str, db: str) -> None:
 @devices_group.command("revoke")
 @click.argument("name")
 @_db_option
-def revoke(name: str, db: str) -> None:
+@config_option
+def revoke(name: str, db: str | None, config_file: str | None) -> None:
     """Revoke device NAME: its next HELLO is refused; stored readings stay."""
-    conn = _open(db)
+    conn = _open(database(db, config_file, writes=True))
     try:
         registry.revoke_device(conn, name, time.time_ns())
     except registry.DeviceError as exc:
@@ -116,18 +141,19 @@ def revoke(name: str, db: str) -> None:
 
 @devices_group.command("list")
 @_db_option
+@config_option
 @_format_option
 @_url_option
 @_token_option
-def list_cmd(db: str, fmt: str, url: str | None, token: str | None) -> None:
+def list_cmd(
+    db: str | None, config_file: str | None, fmt: str, url: str | None, token: str | None
+) -> None:
     """List registered devices: last seen, readings stored, revocation."""
     if url is not None:
         click.echo(_render(_fetch(url, token), fmt), nl=False)
         return
-    if not Path(db).exists():
-        # Listing must not create an empty database at a mistyped path.
-        raise ConfigError(f"option '--db': no database at {db} (give --db PATH or --url)")
-    conn = _open(db)
+    # Listing never creates a database at a mistyped path.
+    conn = _open(database(db, config_file), remedy=f"{_NAME_IT}, or --url")
     try:
         rows = registry.list_devices(conn)
         totals = {

@@ -1,14 +1,16 @@
 """What the read commands (collector.commands.query) share: their options and what the
 options parse to.
 
-`--db/--url/--token` (where to read), `--format`, the series filters (`--device`,
-`--sensor`, `--kind`, `--tag`, `--field`) and the time range (`--since/--until`), parsed
-by `collector.query` so the CLI and the HTTP API accept the same forms and fail the same
-way; and the read-only connection behind `--db`.
+`--db/--config/--url/--token` (where to read: `database` finds the collector's database as
+`collector.config.locate_db` says and names it on stderr), `--format`, the series filters
+(`--device`, `--sensor`, `--kind`, `--tag`, `--field`) and the time range
+(`--since/--until`), parsed by `collector.query` so the CLI and the HTTP API accept the same
+forms and fail the same way; and the read-only connection behind `--db`.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import click
 
 from collector import formats, store
 from collector import query as ql
-from collector.config import DEFAULT_DB
+from collector.config import DEFAULT_CONFIG_FILE, DbLocation, locate_db
 from collector.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -36,16 +38,42 @@ def source_options(fn: F) -> F:
         metavar="URL",
         help="Ask a running collector's HTTP API (e.g. http://127.0.0.1:7879) instead of --db.",
     )(fn)
-    fn = click.option(
-        "--db",
-        "db",
-        default=DEFAULT_DB,
-        show_default=True,
-        metavar="PATH",
-        envvar="TELEMETRY_DB",
-        help="Database file to read (env TELEMETRY_DB).",
-    )(fn)
+    fn = config_option(fn)
+    fn = db_option("Database file to read")(fn)
     return fn
+
+
+DB_HELP = (
+    "(default: env TELEMETRY_DB, else the db setting of the collector's config file, "
+    "else ./telemetry.db)."
+)
+
+
+def db_option(what: str) -> Callable[[F], F]:
+    """`--db PATH`; unset, `database()` finds the collector's database."""
+    return click.option("--db", "db", metavar="PATH", help=f"{what} {DB_HELP}")
+
+
+def config_option(fn: F) -> F:
+    return click.option(
+        "--config",
+        "config_file",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="The collector's config file: use the database its db setting names "
+        f"(default: env TELEMETRY_CONFIG, else {DEFAULT_CONFIG_FILE} when present).",
+    )(fn)
+
+
+def database(db: str | None, config_file: str | None, *, writes: bool = False) -> DbLocation:
+    """The database to open; one stderr line names it when it came from a config file or
+    the environment, and always for a command that writes (stdout stays data only)."""
+    loc = locate_db(db, config_file)
+    if writes or loc.source not in ("--db", "default"):
+        ctx = click.get_current_context(silent=True)
+        prefix = ctx.command_path if ctx is not None else "telemetry"
+        click.echo(f"{prefix}: database {os.path.abspath(loc.path)} ({loc.source})", err=True)
+    return loc
 
 
 def format_option(
@@ -148,9 +176,27 @@ def time_range(since: str | None, until: str | None) -> TimeRange:
     return TimeRange(lo, hi)
 
 
-def open_db(db: str) -> sqlite3.Connection:
+def missing(
+    loc: DbLocation,
+    remedy: str = "give --db PATH, --config FILE (the collector's config) or --url",
+) -> ConfigError:
+    """The error for a database file that does not exist, saying where it was looked for."""
+    how = loc.source
+    if loc.from_default:
+        how = (
+            "default; nothing set by --db, TELEMETRY_DB, --config, TELEMETRY_CONFIG or "
+            f"{DEFAULT_CONFIG_FILE}"
+        )
+    return ConfigError(f"--db: no database at {loc.path} ({how}); {remedy}")
+
+
+def open_db(loc: DbLocation | str) -> sqlite3.Connection:
+    """A read-only connection to the database. Raises ConfigError."""
+    if isinstance(loc, str):
+        loc = DbLocation(loc, "--db")
+    db = loc.path
     if not Path(db).is_file():
-        raise ConfigError(f"--db: no database at {db} (give --db PATH or --url)")
+        raise missing(loc)
     try:
         conn = store.connect(db, readonly=True)
     except sqlite3.Error as exc:

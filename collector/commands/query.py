@@ -1,6 +1,7 @@
 """The read-side commands: `telemetry query`, `series`, `tail`, `rejected` and `export`.
 
-Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
+Each reads the database file directly (`--db`, or the one the collector's config names:
+`collector.commands.options.database`; read-only connection: never blocks ingest)
 or a running collector's HTTP API (`--url`, through the small client in
 `collector.commands.remote`), and prints through `collector.formats`. The options they share
 and their parsing (`collector.query`'s, so the CLI and the HTTP API accept the same forms
@@ -22,6 +23,7 @@ import click
 from collector import formats
 from collector import query as ql
 from collector.commands.options import (
+    database,
     filter_options,
     filters,
     format_option,
@@ -32,6 +34,7 @@ from collector.commands.options import (
     time_range,
 )
 from collector.commands.remote import Remote, filter_params, range_params
+from collector.config import DbLocation
 from collector.errors import ConfigError
 from collector.replay import replay_rejected
 from collector.tail import Tail
@@ -71,7 +74,8 @@ def query(
     limit: int | None,
     order: str,
     fmt: str | None,
-    db: str,
+    db: str | None,
+    config_file: str | None,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -120,7 +124,7 @@ def query(
                 remote.rows("readings", "readings", params, limit), columns, fmt, out
             )
         return
-    conn = open_db(db)
+    conn = open_db(database(db, config_file))
     try:
         series = ql.resolve_series(conn, f)
         if latest:
@@ -157,7 +161,8 @@ def series(
     tags: tuple[str, ...],
     fields: tuple[str, ...],
     fmt: str | None,
-    db: str,
+    db: str | None,
+    config_file: str | None,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -170,7 +175,7 @@ def series(
         rows = data.get("series")
         assert isinstance(rows, list)
     else:
-        conn = open_db(db)
+        conn = open_db(database(db, config_file))
         try:
             rows = [ql.series_row(s) for s in ql.resolve_series(conn, f)]
         finally:
@@ -193,7 +198,8 @@ def tail(
     max_rows: int | None,
     duration: str | None,
     fmt: str | None,
-    db: str,
+    db: str | None,
+    config_file: str | None,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -224,7 +230,7 @@ def tail(
         if url is not None:
             _tail_remote(Remote(url, token), f, emit, deadline)
         else:
-            _tail_file(db, f, emit, deadline)
+            _tail_file(database(db, config_file), f, emit, deadline)
     except KeyboardInterrupt:
         pass
     finally:
@@ -232,13 +238,16 @@ def tail(
 
 
 def _tail_file(
-    db: str, f: ql.Filters, emit: Callable[[Sequence[ql.Row]], bool], deadline: float | None
+    db: DbLocation,
+    f: ql.Filters,
+    emit: Callable[[Sequence[ql.Row]], bool],
+    deadline: float | None,
 ) -> None:
     conn = open_db(db)
     try:
         cursor = Tail.start(conn, f)
         # On stderr, so scripts (and tests) know from when on readings count as new.
-        click.echo(f"tail: following {db}", err=True)
+        click.echo(f"tail: following {db.path}", err=True)
         while True:
             if emit(cursor.poll(conn)):
                 return
@@ -305,7 +314,8 @@ def rejected(
     replay: bool,
     kinds_file: str | None,
     fmt: str | None,
-    db: str,
+    db: str | None,
+    config_file: str | None,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -318,7 +328,8 @@ def rejected(
     if replay:
         if url is not None:
             raise ConfigError("--replay: writes to the database file; use --db, not --url")
-        open_db(db).close()
+        loc = database(db, config_file, writes=True)
+        open_db(loc).close()
         from collector.ingest import Ingest
         from schemas.kinds import KindFileError, load_kinds_file
 
@@ -326,7 +337,7 @@ def rejected(
             extra = load_kinds_file(kinds_file) if kinds_file else ()
         except KindFileError as exc:
             raise ConfigError(f"--kinds: {exc}") from None
-        result = replay_rejected(db, Ingest.from_kinds(extra), devices=devices)
+        result = replay_rejected(loc.path, Ingest.from_kinds(extra), devices=devices)
         click.echo(
             f"replayed {result.replayed} of {result.checked} pending rejects; "
             f"{result.still_rejected} still rejected"
@@ -343,7 +354,7 @@ def rejected(
         rows = Remote(url, token).rows("rejected", "rejected", p, limit)
         formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
         return
-    conn = open_db(db)
+    conn = open_db(database(db, config_file))
     try:
         formats.write_rows(
             ql.list_rejected(
@@ -392,7 +403,8 @@ def export(
     agg: str | None,
     output: str | None,
     fmt: str,
-    db: str,
+    db: str | None,
+    config_file: str | None,
     url: str | None,
     token: str | None,
 ) -> None:
@@ -416,7 +428,7 @@ def export(
                 rows = remote.rows("readings", "readings", params, None)
             formats.write_rows(rows, columns, fmt, out)
             return
-        conn = open_db(db)
+        conn = open_db(database(db, config_file))
         try:
             series_l = ql.resolve_series(conn, f)
             if every_ns is not None and aggf is not None:

@@ -61,7 +61,9 @@ def test_load_good_config_resolves_paths_and_token_file():
 def test_check_config_good_file():
     res = _run("--config", str(GOOD), "--check-config")
     assert res.returncode == 0, res.stderr
-    assert "ok: device_id=fixture-1 collector=127.0.0.1:7700 inputs=3" in res.stdout
+    assert f"{GOOD}: ok" in res.stdout
+    assert "fixture-1 -> collector 127.0.0.1:7700" in res.stdout
+    assert "inputs       3" in res.stdout and "tok-123" not in res.stdout
 
 
 BAD_CASES = [

@@ -233,10 +233,10 @@ def test_http_health_metrics_and_devices(daemon: CollectorProcess) -> None:
         assert http_get(daemon.http, "/readyz")[0] == 200
         status, text = http_get(daemon.http, "/metrics")
         assert status == 200
-        assert 'telemetry_readings_accepted_total{device="http-1"} 4' in text
-        assert 'telemetry_readings_rejected_total{device="http-1"} 1' in text
+        assert 'telemetry_device_readings_accepted_total{device="http-1"} 4' in text
+        assert 'telemetry_device_readings_rejected_total{device="http-1"} 1' in text
         assert "telemetry_commit_seconds_count" in text
-        assert "telemetry_connections " in text
+        assert "telemetry_connections_open " in text
         status, body = http_get(daemon.http, "/api/v1/devices")
         assert status == 200
         rows = [r for r in json.loads(body)["devices"] if "http-1" in r.values()]
@@ -417,8 +417,9 @@ def test_check_config_merges_file_env_and_flags(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "config ok" in out.stdout
-    assert "db='from-env.db'" in out.stdout and "log_level='WARNING'" in out.stdout
-    assert "max_connections=9" in out.stdout
+    assert "from-env.db" in out.stdout and "from-file.db" not in out.stdout
+    assert "log level    WARNING" in out.stdout
+    assert "9 connections" in out.stdout
 
 
 def test_sqlite_file_is_plain(tmp_path: Path) -> None:

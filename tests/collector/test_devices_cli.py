@@ -20,7 +20,7 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 def test_add_prints_token_once_and_stores_only_its_hash(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
-    code, out, err = _run("devices", "add", "greenhouse-1", "--db", db)
+    code, out, err = _run("devices", "add", "greenhouse-1", "--db", db, "--create")
     assert code == 0
     token = out.strip()
     assert len(token) >= 40 and "\n" not in token
@@ -35,7 +35,7 @@ def test_add_prints_token_once_and_stores_only_its_hash(tmp_path: Path) -> None:
 
 def test_duplicate_and_bad_names_are_usage_errors(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
-    assert _run("devices", "add", "d1", "--db", db)[0] == 0
+    assert _run("devices", "add", "d1", "--db", db, "--create")[0] == 0
     code, _, err = _run("devices", "add", "d1", "--db", db)
     assert code == 2 and "already exists" in err
     code, _, err = _run("devices", "add", "bad name", "--db", db)
@@ -47,7 +47,7 @@ def test_duplicate_and_bad_names_are_usage_errors(tmp_path: Path) -> None:
 def test_list_formats_and_revoke(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
     for name in ("b-dev", "a-dev"):
-        assert _run("devices", "add", name, "--db", db)[0] == 0
+        assert _run("devices", "add", name, "--db", db, "--create")[0] == 0
     assert _run("devices", "revoke", "b-dev", "--db", db)[0] == 0
     _, out, _ = _run("devices", "list", "--db", db, "--format", "json")
     rows = json.loads(out)
@@ -73,7 +73,7 @@ def test_every_devices_command_has_help() -> None:
 
 def test_devices_alone_lists_like_devices_list(tmp_path: Path) -> None:
     db = str(tmp_path / "t.db")
-    assert _run("devices", "add", "pump-1", "--db", db)[0] == 0
+    assert _run("devices", "add", "pump-1", "--db", db, "--create")[0] == 0
     code, out, _ = _run("devices", "--db", db, "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
