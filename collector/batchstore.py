@@ -106,16 +106,19 @@ class BatchStore:
             dev_rows: dict[int, tuple[int, int]] = {}
             dead: list[tuple[object, ...]] = []
             for dev, b in group:
-                last = pending_seq.get(dev)
-                if last is None:
-                    last = self._device_seq(conn, dev)
-                if b.seq <= last:
-                    outcomes.append(Stored(0, b.valid_count, resend=True))
-                    continue
+                if b.sequenced:
+                    last = pending_seq.get(dev)
+                    if last is None:
+                        last = self._device_seq(conn, dev)
+                    if b.seq <= last:
+                        outcomes.append(Stored(0, b.valid_count, resend=True))
+                        continue
                 accepted = self._insert(conn, dev, b, stats, new_series, careful)
                 stored.append(b)
-                pending_seq[dev] = b.seq
-                dev_rows[dev] = (b.seq, b.received_ns)
+                if b.sequenced:
+                    pending_seq[dev] = b.seq
+                # last_seq = max(last_seq, seq): an unsequenced batch (seq 0) leaves it alone.
+                dev_rows[dev] = (max(b.seq, dev_rows.get(dev, (0, 0))[0]), b.received_ns)
                 dead.extend(
                     (dev, b.received_ns, b.seq, d.index, d.raw, d.reading, d.code, d.path,
                      d.message)

@@ -35,6 +35,8 @@ from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
 from collector.ingest import Ingest
+from collector.inputmap import load_inputs
+from collector.inputs import Inputs
 from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
@@ -109,7 +111,9 @@ def check_config(cfg: Config) -> tuple[KindSpec, ...]:
     tls_context(cfg)
     if cfg.http_addr is not None:
         http_api.require_token(cfg.http_addr[0], cfg.http_token)
-    return load_kinds(cfg)
+    kinds = load_kinds(cfg)
+    load_inputs(cfg.inputs, tuple(ReadingValidator(kinds).kinds))
+    return kinds
 
 
 async def serve(
@@ -178,7 +182,9 @@ async def serve(
     runner: web.AppRunner | None = None
     exit_code = 0
     gc_thresholds = gc.get_threshold()
+    inputs: Inputs | None = None
     try:
+        inputs = Inputs.build(cfg, writer, ingest, ssl_ctx)
         bound: asyncio.Future[tuple[str, int]] = loop.create_future()
         server_task = asyncio.create_task(
             server.run(*cfg.listen_addr, bound.set_result), name="ingest-server"
@@ -204,7 +210,9 @@ async def serve(
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
             runner = web.AppRunner(
-                create_app(state, routes), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
+                create_app(state, [*routes, inputs.register]),
+                access_log=None,
+                shutdown_timeout=HTTP_SHUTDOWN_S,
             )
             await runner.setup()
             site = web.TCPSite(runner, *cfg.http_addr)
@@ -214,15 +222,17 @@ async def serve(
                 raise ConfigError(f"setting 'http': cannot listen on {cfg.http}: {exc}") from None
             h = runner.addresses[0]
             http_desc = f"{h[0]}:{h[1]}"
+        forward_desc = await inputs.start(cfg.forward_addr)
         # Start-up objects (modules, validators, kind tables) never die: keep the cyclic GC
         # from rescanning them, which shortens its pauses (ACK latency tail).
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)  # put back at exit: tests run serve() in-process
         log.info(
-            "listening ingest=%s:%d http=%s tls=%s",
+            "listening ingest=%s:%d http=%s forward=%s tls=%s",
             ingest_host,
             ingest_port,
             http_desc,
+            forward_desc,
             cfg.tls_mode,
         )
         sd_notify("READY=1\nSTATUS=listening")
@@ -238,6 +248,7 @@ async def serve(
         log.info("shutting down")
         sd_notify("STOPPING=1")
         await server.shutdown()
+        await inputs.stop(lim.shutdown_timeout_s)
         try:
             async with asyncio.timeout(lim.shutdown_timeout_s):
                 await asyncio.shield(server_task)
@@ -248,6 +259,8 @@ async def serve(
                 await server_task
     finally:
         gc.set_threshold(*gc_thresholds)
+        if inputs is not None:
+            await inputs.stop(0.1)
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()

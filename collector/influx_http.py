@@ -1,0 +1,346 @@
+"""InfluxDB line-protocol writes over HTTP: `POST /api/v2/write` and the v1 `POST /write`.
+
+What an InfluxDB client (Telegraf `outputs.influxdb_v2`/`outputs.influxdb`, the
+influxdb-client libraries, Vector's `influxdb_metrics` sink) sends is stored like an
+agent's BATCH: authenticated per device, validated by `collector.ingest` against the same
+schemas, committed by the one writer, answered only after that commit.
+
+- Auth: `Authorization: Token <device token>` (v2 and v1); v1 also `?u=<device>&p=<token>`
+  or HTTP Basic (user = device, password = token). The device is the token's owner
+  (`collector.inputauth`); missing or wrong credentials answer 401.
+- Body: line protocol (`collector.lineprotocol`), optionally `Content-Encoding: gzip`
+  (aiohttp decompresses it in bounded chunks; at most `max_body_bytes` decompressed bytes
+  are read, more answers 413; a Content-Length over it answers 413 before reading).
+- `precision`: v2 `ns|us|ms|s`, v1 also `n|u|m|h`; a point without a timestamp gets the
+  receive time. `org`, `bucket`, `db`, `rp` are accepted and ignored: the device is the
+  only namespace.
+- Mapping: `collector.inputmap.point_readings` (sensor = measurement/field, tags = tags).
+- Partial writes: the good points of a body are stored; every bad line (does not parse) and
+  every rejected field (fails validation) goes to the dead-letter table (idx = its line
+  number, message starting "line N:"); the answer is then 400
+  `{"code": "invalid", "message": "partial write: line N: <reason> ..."}` naming the first
+  bad line. Clients do not resend a 400, and a resend would store nothing twice anyway:
+  readings are deduplicated on (series, timestamp) and the batches carry no sequence
+  number (PreparedBatch.sequenced = False), so they never touch the device's last_seq.
+- 204 only after every batch of the body committed. The writer's queue full for
+  `SUBMIT_WAIT_S` answers 429, a storage error (writer RETRY) or a stopped writer 503,
+  both with Retry-After; whatever part was committed is deduplicated when the client resends.
+
+No SQL here (the registry is read through collector.inputauth); counters in `InfluxMetrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from collector import inputauth, lineprotocol, store
+from collector.ingest import DeadLetter, Ingest, PreparedBatch
+from collector.inputmap import INVALID, InfluxMapping, dead_letter, point_readings
+from collector.writer import BatchOutcome, Writer
+from schemas.wire import Reject
+
+log = logging.getLogger(__name__)
+
+V2_PATH: Final = "/api/v2/write"
+V1_PATH: Final = "/write"
+# Decompressed body limit. Telegraf's default batch (1000 metrics) is ~100-300 KB; 32 MiB
+# leaves room for large batches while bounding what one request holds in memory (the
+# decoded readings cost ~10x the text).
+MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+# Readings per submitted batch: the wire protocol's max_batch_readings, so one HTTP body
+# costs the writer what the same readings cost over TCP.
+BATCH_READINGS: Final = 10_000
+# How long a request waits for room in the writer's queue before it answers 429.
+SUBMIT_WAIT_S: Final = 10.0
+# Retry-After on 429/503: the writer's own RETRY hint is 1 s.
+RETRY_AFTER_S: Final = 1
+_READ_CHUNK_BYTES: Final = 64 * 1024
+_PRECISION_NS: Final = {
+    "ns": 1,
+    "n": 1,
+    "us": 1_000,
+    "u": 1_000,
+    "µ": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_V2_PRECISIONS: Final = ("ns", "us", "ms", "s")
+
+
+@dataclass(slots=True)
+class InfluxMetrics:
+    """Counters of the line-protocol input since start (rendered on /metrics/inputs)."""
+
+    requests: int = 0
+    bytes_in: int = 0
+    lines: int = 0
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    status: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def answered(self, status: int) -> None:
+        self.status[status] = self.status.get(status, 0) + 1
+
+    def render(self) -> str:
+        p = "telemetry_input_influx"
+        lines = [
+            f"# TYPE {p}_requests_total counter",
+            f"{p}_requests_total {self.requests}",
+            f"# TYPE {p}_bytes_total counter",
+            f"{p}_bytes_total {self.bytes_in}",
+            f"# TYPE {p}_lines_total counter",
+            f"{p}_lines_total {self.lines}",
+            f"# TYPE {p}_readings_total counter",
+            f'{p}_readings_total{{outcome="accepted"}} {self.accepted}',
+            f'{p}_readings_total{{outcome="duplicate"}} {self.duplicate}',
+            f'{p}_readings_total{{outcome="rejected"}} {self.rejected}',
+            f"# TYPE {p}_responses_total counter",
+        ]
+        lines += [f'{p}_responses_total{{code="{c}"}} {n}' for c, n in sorted(self.status.items())]
+        return "\n".join(lines) + "\n"
+
+
+class _Refused(Exception):
+    """The request is answered without storing anything."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class InfluxInput:
+    """The two write routes; `register` adds them to the collector's aiohttp app."""
+
+    writer: Writer
+    ingest: Ingest
+    db_path: Path
+    mapping: InfluxMapping = dataclasses.field(default_factory=InfluxMapping)
+    max_body_bytes: int = MAX_BODY_BYTES
+    submit_wait_s: float = SUBMIT_WAIT_S
+    metrics: InfluxMetrics = dataclasses.field(default_factory=InfluxMetrics)
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post(V2_PATH, self._v2)
+        app.router.add_post(V1_PATH, self._v1)
+
+    async def _v2(self, request: web.Request) -> web.Response:
+        return await self._handle(request, v1=False)
+
+    async def _v1(self, request: web.Request) -> web.Response:
+        return await self._handle(request, v1=True)
+
+    async def _handle(self, request: web.Request, *, v1: bool) -> web.Response:
+        self.metrics.requests += 1
+        try:
+            resp = await self._write(request, v1=v1)
+        except _Refused as exc:
+            headers = {}
+            if exc.status in (429, 503):
+                headers["Retry-After"] = str(RETRY_AFTER_S)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = 'Token realm="telemetry"'
+            resp = web.json_response(
+                {"code": exc.code, "message": exc.message}, status=exc.status, headers=headers
+            )
+        self.metrics.answered(resp.status)
+        return resp
+
+    async def _write(self, request: web.Request, *, v1: bool) -> web.Response:
+        precision = _precision(request, v1)
+        device_id, device = await self._authenticate(request, v1)
+        body = await self._body(request)
+        received_ns = time.time_ns()
+        batches, first_bad, total = self._prepare(body, precision, received_ns)
+        outcomes = await self._commit(device_id, batches)
+        accepted = sum(o.accepted for o in outcomes)
+        duplicate = sum(o.duplicate for o in outcomes)
+        rejected = sum(len(b.dead_letters) for b in batches)
+        self.metrics.accepted += accepted
+        self.metrics.duplicate += duplicate
+        self.metrics.rejected += rejected
+        log.debug(
+            "influx write device=%s accepted=%d duplicate=%d rejected=%d",
+            device,
+            accepted,
+            duplicate,
+            rejected,
+        )
+        if first_bad is None:
+            return web.Response(status=204)
+        return web.json_response(
+            {
+                "code": "invalid",
+                "message": f"partial write: {first_bad} ({rejected} of {total} "
+                "rejected and kept as dead letters; the others were stored)",
+            },
+            status=400,
+        )
+
+    async def _authenticate(self, request: web.Request, v1: bool) -> tuple[int, str]:
+        name, token = _credentials(request, v1)
+        if token is None:
+            raise _Refused(401, "unauthorized", "missing token: use 'Authorization: Token ...'")
+
+        def check() -> tuple[int, str] | str:
+            conn = store.connect(self.db_path, readonly=True)
+            try:
+                auth = inputauth.by_token(conn, token, name)
+            finally:
+                conn.close()
+            return (auth.device.id, auth.device.name) if auth.device else auth.reason
+
+        try:
+            result = await asyncio.to_thread(check)
+        except sqlite3.Error as exc:
+            raise _Refused(503, "unavailable", f"device registry unavailable: {exc}") from None
+        if isinstance(result, str):
+            raise _Refused(401, "unauthorized", result)
+        return result
+
+    async def _body(self, request: web.Request) -> str:
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Refused(413, "request too large", f"body over {limit} bytes")
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await request.content.read(_READ_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise _Refused(
+                        413, "request too large", f"body over {limit} bytes (decompressed)"
+                    )
+                parts.append(chunk)
+        except (web.HTTPException, ValueError, OSError) as exc:
+            raise _Refused(400, "invalid", f"cannot read the body: {exc}") from None
+        except _Refused:
+            raise
+        except Exception as exc:  # aiohttp's payload/encoding errors have no common base
+            if type(exc).__module__.startswith("aiohttp"):
+                raise _Refused(400, "invalid", f"cannot read the body: {exc}") from None
+            raise
+        self.metrics.bytes_in += size
+        return b"".join(parts).decode("utf-8", "surrogateescape")
+
+    def _prepare(
+        self, body: str, precision_ns: int, received_ns: int
+    ) -> tuple[list[PreparedBatch], str | None, int]:
+        """Batches of readings with their dead letters; the first bad line; readings+errors."""
+        batches: list[PreparedBatch] = []
+        readings: list[object] = []
+        lines: list[int] = []
+        errors: list[DeadLetter] = []
+        first_bad: tuple[int, str] | None = None
+        total = 0
+
+        def flush() -> None:
+            nonlocal first_bad
+            if not readings and not errors:
+                return
+            b = self.ingest.prepare(0, readings, received_ns)
+            b.sequenced = False
+            dead = [
+                dataclasses.replace(
+                    d, index=lines[d.index], message=f"line {lines[d.index]}: {d.message}"
+                )
+                for d in b.dead_letters
+            ]
+            for d in b.dead_letters:
+                line = lines[d.index]
+                if first_bad is None or line < first_bad[0]:
+                    first_bad = (line, f"line {line}: {d.path or 'reading'}: {d.message}")
+            b.dead_letters = (*errors, *dead)
+            b.rejects = (*(Reject(e.index, e.code, e.path, e.message) for e in errors), *b.rejects)
+            batches.append(b)
+            readings.clear()
+            lines.clear()
+            errors.clear()
+
+        for item in lineprotocol.parse(body):
+            self.metrics.lines += 1
+            if isinstance(item, lineprotocol.LineError):
+                total += 1
+                msg = f"line {item.line}: {item.message}"
+                errors.append(_dead_line(item.line, item.text, msg))
+                if first_bad is None or item.line < first_bad[0]:
+                    first_bad = (item.line, msg)
+            else:
+                p = item.point
+                ts = received_ns if p.timestamp is None else p.timestamp * precision_ns
+                rs = point_readings(self.mapping, p, ts)
+                total += len(rs)
+                readings.extend(rs)
+                lines.extend([item.line] * len(rs))
+            if len(readings) >= BATCH_READINGS:
+                flush()
+        flush()
+        return batches, (first_bad[1] if first_bad else None), total
+
+    async def _commit(self, device_id: int, batches: list[PreparedBatch]) -> list[BatchOutcome]:
+        futures: list[asyncio.Future[BatchOutcome]] = []
+        try:
+            for b in batches:
+                try:
+                    async with asyncio.timeout(self.submit_wait_s):
+                        futures.append(await self.writer.submit(device_id, b))
+                except TimeoutError:
+                    raise _Refused(429, "too many requests", "the writer queue is full") from None
+                except RuntimeError:
+                    raise _Refused(503, "unavailable", "the collector is stopping") from None
+        finally:
+            # Answer only after everything submitted is settled, whatever happens next.
+            done = await asyncio.gather(*futures, return_exceptions=True) if futures else []
+        outcomes: list[BatchOutcome] = []
+        for o in done:
+            if not isinstance(o, BatchOutcome):
+                raise _Refused(503, "unavailable", "storage failed; retry")
+            if o.retry_after_ms is not None:
+                raise _Refused(503, "unavailable", "storage unavailable; retry")
+            outcomes.append(o)
+        return outcomes
+
+
+def _dead_line(line: int, text: str, message: str) -> DeadLetter:
+    return dead_letter(line, text, INVALID, "", message)
+
+
+def _precision(request: web.Request, v1: bool) -> int:
+    p = request.query.get("precision", "ns")
+    if p not in _PRECISION_NS or (not v1 and p not in _V2_PRECISIONS):
+        allowed = "n, ns, u, us, ms, s, m, h" if v1 else ", ".join(_V2_PRECISIONS)
+        raise _Refused(400, "invalid", f"invalid precision {p!r} (one of {allowed})")
+    return _PRECISION_NS[p]
+
+
+def _credentials(request: web.Request, v1: bool) -> tuple[str | None, str | None]:
+    """(device name or None, token or None) from the request."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.strip().partition(" ")
+    if scheme.lower() == "token" and value.strip():
+        return None, value.strip()
+    if v1 and scheme.lower() == "basic":
+        try:
+            user, _, password = (
+                base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return None, None
+        return (user or None), password or None
+    if v1 and "p" in request.query:
+        return request.query.get("u") or None, request.query["p"] or None
+    return None, None
