@@ -45,6 +45,7 @@ import msgpack
 from collector import fluent, inputauth, store
 from collector.ingest import DeadLetter, Ingest, PreparedBatch
 from collector.inputmap import INVALID, ForwardMapping, Reading, dead_letter, record_readings
+from collector.tls import cert_device_ids
 from collector.writer import BatchOutcome, Writer
 from schemas.wire import Reject
 
@@ -107,7 +108,7 @@ class _Closed(Exception):
     """The connection ends; the message says why (for the log)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
@@ -116,6 +117,8 @@ class _Conn:
     device_id: int = 0
     device: str = ""
     tokens: dict[str, tuple[int, str] | None] = dataclasses.field(default_factory=dict)
+    # With mutual TLS: the device names the client certificate vouches for.
+    cert_ids: frozenset[str] | None = None
     bad: int = 0
     reading: bool = False
     stopping: bool = False
@@ -151,6 +154,7 @@ class ForwardServer:
         self.max_message_bytes = max_message_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
         self.server_hostname = server_hostname or socket.gethostname()
+        self.mutual_tls = ssl_context is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED
         self.metrics = ForwardMetrics()
         self.address: tuple[str, int] | None = None
         self._conns: set[_Conn] = set()
@@ -187,6 +191,8 @@ class ForwardServer:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         c = _Conn(reader, writer, peer, fluent.unpacker(self.max_message_bytes))
+        if self.mutual_tls:
+            c.cert_ids = frozenset(cert_device_ids(writer.get_extra_info("peercert")))
         c.task = self._tg.create_task(self._handle(c))
 
     async def shutdown(self) -> None:
@@ -205,11 +211,11 @@ class ForwardServer:
             log.warning("forward connection refused peer=%s reason=max_connections", c.peer)
             await self._close(c)
             return
-        self._conns.add(c)
-        m.connections += 1
-        m.open += 1
         reason = "closed"
         try:
+            self._conns.add(c)
+            m.connections += 1
+            m.open += 1
             reason = await self._session(c)
         except _Closed as exc:
             reason = str(exc)
@@ -221,8 +227,9 @@ class ForwardServer:
             log.exception("forward handler failed device=%s peer=%s", c.device or "-", c.peer)
             reason = "internal error"
         finally:
-            self._conns.discard(c)
-            m.open -= 1
+            if c in self._conns:
+                self._conns.discard(c)
+                m.open -= 1
             await self._close(c)
             log.info(
                 "forward disconnected device=%s peer=%s reason=%s", c.device or "-", c.peer, reason
@@ -292,6 +299,11 @@ class ForwardServer:
         if ok and ping.username:
             ok = inputauth.digests_equal(
                 ping.password_digest, fluent.digest(salt, ping.username, key)
+            )
+        if ok and c.cert_ids is not None and name not in c.cert_ids:
+            ok, ident = (
+                False,
+                dataclasses.replace(ident, reason="the client certificate names another device"),
             )
         if not ok or ident.device is None:
             self.metrics.auth_failed += 1
@@ -392,16 +404,19 @@ class ForwardServer:
                     conn.close()
 
             try:
-                c.tokens[token] = await asyncio.to_thread(run)
+                found = await asyncio.to_thread(run)
             except sqlite3.Error as exc:
                 raise _Closed(f"device registry unavailable: {exc}") from None
+            if found is not None and c.cert_ids is not None and found[1] not in c.cert_ids:
+                found = None  # mutual TLS: the certificate names another device
+            c.tokens[token] = found
             if c.tokens[token] is None:
                 self.metrics.auth_failed += 1
-        found = c.tokens[token]
-        if found is None:
+        known = c.tokens[token]
+        if known is None:
             return None
-        c.device = found[1]
-        return found[0]
+        c.device = known[1]
+        return known[0]
 
     async def _store(
         self, c: _Conn, work: dict[int, tuple[list[Reading], list[DeadLetter]]], now: int

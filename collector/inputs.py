@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from collector.influx_http import InfluxInput
 from collector.ingest import Ingest
 from collector.inputmap import load_inputs
 from collector.writer import Writer
+
+log = logging.getLogger(__name__)
 
 METRICS_PATH: Final = "/metrics/inputs"
 
@@ -98,3 +101,6 @@ class Inputs:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        except Exception:
+            # The listener failed; the rest of the collector still shuts down cleanly.
+            log.exception("forward listener failed")

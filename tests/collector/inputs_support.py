@@ -45,7 +45,13 @@ class InputsCollector(CollectorProcess):
     """The real daemon with the InfluxDB write routes, and the forward listener if asked."""
 
     def __init__(
-        self, tmp: Path, *, forward: bool = False, inputs_toml: str | None = None, **kw: str
+        self,
+        tmp: Path,
+        *,
+        forward: bool = False,
+        inputs_toml: str | None = None,
+        limits: dict[str, float] | None = None,
+        **kw: str,
     ) -> None:
         lines = []
         if forward:
@@ -55,6 +61,9 @@ class InputsCollector(CollectorProcess):
             path.write_text(inputs_toml)
             lines.append(f'inputs = "{path}"')
         lines += [f"{k} = {json.dumps(v)}" for k, v in kw.items()]
+        if limits:
+            lines.append("[limits]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in limits.items()]
         cfg = tmp / "collector.toml"
         cfg.write_text("\n".join(lines) + "\n")
         super().__init__(tmp / "t.db", "--config", str(cfg))
