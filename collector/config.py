@@ -16,6 +16,8 @@ Example file:
     log_level = "INFO"
     allow_unknown_devices = false
     retention = "90d"                # keep readings this long (default: forever)
+    forward_listen = "off"           # Fluent forward input, e.g. "127.0.0.1:24224"
+    inputs = "/etc/telemetry/inputs.toml"   # mapping rules of the foreign inputs
     http_token = "..."               # read token for /api/v1 (needed off loopback)
     tls_cert = "/etc/telemetry/certs/collector.pem"   # TLS on the ingest port when set
     tls_key = "/etc/telemetry/certs/collector.key"
