@@ -30,6 +30,7 @@ CompressedPackedForward (gzip bombs stop there), `MAX_EVENTS_PER_MESSAGE`.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -175,9 +176,10 @@ def event_time_ns(t: object) -> int | None:
             raise ForwardError("an entry's time is negative")
         return t * _NS or None
     if isinstance(t, float):
-        if not 0 <= t < 2**63 / _NS:
+        if not 0 <= t < 2**63 / _NS:  # also refuses NaN
             raise ForwardError("an entry's time is out of range")
-        return round(t * _NS) or None
+        sec = math.floor(t)  # whole seconds exactly, the fraction rounded to ns
+        return sec * _NS + round((t - sec) * _NS) or None
     if isinstance(t, msgpack.Timestamp):
         return t.to_unix_nano() or None
     raise ForwardError("an entry's time is not an EventTime or a number")
@@ -188,13 +190,15 @@ def _unpack_entries(data: bytes) -> list[object]:
     try:
         u.feed(data)
         entries: list[object] = []
+        end = 0  # after the last complete entry (tell() also counts a partial one)
         for e in u:
             entries.append(e)
+            end = u.tell()
             if len(entries) > MAX_EVENTS_PER_MESSAGE:
                 raise ForwardError(f"more than {MAX_EVENTS_PER_MESSAGE} events in one message")
     except (ValueError, msgpack.UnpackException) as exc:
         raise ForwardError(f"packed entries do not decode: {exc}") from None
-    if u.tell() != len(data):
+    if end != len(data):
         raise ForwardError("packed entries end inside an entry")
     return entries
 

@@ -45,6 +45,7 @@ import msgpack
 from collector import fluent, inputauth, store
 from collector.ingest import DeadLetter, Ingest, PreparedBatch
 from collector.inputmap import INVALID, ForwardMapping, Reading, dead_letter, record_readings
+from collector.inputmetrics import ForwardMetrics
 from collector.tls import cert_device_ids
 from collector.writer import BatchOutcome, Writer
 from schemas.wire import Reject
@@ -59,49 +60,6 @@ TOKEN_CACHE_ENTRIES: Final = 64
 # wire protocol's bad-frame budget).
 BAD_MESSAGE_BUDGET: Final = 16
 SUBMIT_WAIT_S: Final = 30.0
-
-
-@dataclass(slots=True)
-class ForwardMetrics:
-    """Counters of the forward input since start (rendered on /metrics/inputs)."""
-
-    connections: int = 0
-    open: int = 0
-    auth_failed: int = 0
-    bytes_in: int = 0
-    messages: int = 0
-    bad_messages: int = 0
-    events: int = 0
-    accepted: int = 0
-    duplicate: int = 0
-    rejected: int = 0
-    unauthenticated: int = 0
-    acks: int = 0
-    storage_failures: int = 0
-
-    def render(self) -> str:
-        p = "telemetry_input_forward"
-        counters = {
-            "connections_total": self.connections,
-            "auth_failed_total": self.auth_failed,
-            "bytes_total": self.bytes_in,
-            "messages_total": self.messages,
-            "bad_messages_total": self.bad_messages,
-            "events_total": self.events,
-            "unauthenticated_events_total": self.unauthenticated,
-            "acks_total": self.acks,
-            "storage_failures_total": self.storage_failures,
-        }
-        lines = [f"# TYPE {p}_connections_open gauge", f"{p}_connections_open {self.open}"]
-        for name, v in counters.items():
-            lines += [f"# TYPE {p}_{name} counter", f"{p}_{name} {v}"]
-        lines += [
-            f"# TYPE {p}_readings_total counter",
-            f'{p}_readings_total{{outcome="accepted"}} {self.accepted}',
-            f'{p}_readings_total{{outcome="duplicate"}} {self.duplicate}',
-            f'{p}_readings_total{{outcome="rejected"}} {self.rejected}',
-        ]
-        return "\n".join(lines) + "\n"
 
 
 class _Closed(Exception):

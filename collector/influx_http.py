@@ -43,10 +43,13 @@ from pathlib import Path
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from collector import inputauth, lineprotocol, store
 from collector.ingest import DeadLetter, Ingest, PreparedBatch
 from collector.inputmap import INVALID, InfluxMapping, dead_letter, point_readings
+from collector.inputmetrics import InfluxMetrics
 from collector.writer import BatchOutcome, Writer
 from schemas.wire import Reject
 
@@ -78,40 +81,6 @@ _PRECISION_NS: Final = {
     "h": 3_600_000_000_000,
 }
 _V2_PRECISIONS: Final = ("ns", "us", "ms", "s")
-
-
-@dataclass(slots=True)
-class InfluxMetrics:
-    """Counters of the line-protocol input since start (rendered on /metrics/inputs)."""
-
-    requests: int = 0
-    bytes_in: int = 0
-    lines: int = 0
-    accepted: int = 0
-    duplicate: int = 0
-    rejected: int = 0
-    status: dict[int, int] = dataclasses.field(default_factory=dict)
-
-    def answered(self, status: int) -> None:
-        self.status[status] = self.status.get(status, 0) + 1
-
-    def render(self) -> str:
-        p = "telemetry_input_influx"
-        lines = [
-            f"# TYPE {p}_requests_total counter",
-            f"{p}_requests_total {self.requests}",
-            f"# TYPE {p}_bytes_total counter",
-            f"{p}_bytes_total {self.bytes_in}",
-            f"# TYPE {p}_lines_total counter",
-            f"{p}_lines_total {self.lines}",
-            f"# TYPE {p}_readings_total counter",
-            f'{p}_readings_total{{outcome="accepted"}} {self.accepted}',
-            f'{p}_readings_total{{outcome="duplicate"}} {self.duplicate}',
-            f'{p}_readings_total{{outcome="rejected"}} {self.rejected}',
-            f"# TYPE {p}_responses_total counter",
-        ]
-        lines += [f'{p}_responses_total{{code="{c}"}} {n}' for c, n in sorted(self.status.items())]
-        return "\n".join(lines) + "\n"
 
 
 class _Refused(Exception):
@@ -226,14 +195,9 @@ class InfluxInput:
                         413, "request too large", f"body over {limit} bytes (decompressed)"
                     )
                 parts.append(chunk)
-        except (web.HTTPException, ValueError, OSError) as exc:
+        except (RequestPayloadError, HttpProcessingError, ValueError) as exc:
+            # A broken gzip stream or chunked encoding: the request cannot be read.
             raise _Refused(400, "invalid", f"cannot read the body: {exc}") from None
-        except _Refused:
-            raise
-        except Exception as exc:  # aiohttp's payload/encoding errors have no common base
-            if type(exc).__module__.startswith("aiohttp"):
-                raise _Refused(400, "invalid", f"cannot read the body: {exc}") from None
-            raise
         self.metrics.bytes_in += size
         return b"".join(parts).decode("utf-8", "surrogateescape")
 
