@@ -389,3 +389,56 @@ def test_a_storage_failure_answers_503_and_the_resend_stores_once(tmp_path):
     failed, retry_after, ok = asyncio.run(main())
     assert (failed, retry_after, ok) == (503, "1", 204)
     assert _head_count(path) == 5000
+
+
+def test_unsequenced_batches_never_move_last_seq_nor_count_as_resends(tmp_path):
+    path, token = _db(tmp_path)
+    ing = Ingest.from_kinds()
+    armed, hold, held = threading.Event(), threading.Event(), threading.Event()
+
+    def maintenance(conn: sqlite3.Connection, now_ns: int) -> None:
+        if armed.is_set() and not hold.is_set():
+            held.set()
+            hold.wait(30)  # the writer waits here while both batches are queued
+
+    def batch(seq: int, sensor: str, value: float) -> Any:
+        b = ing.prepare(seq, [[sensor, "gauge", T0, value, None, None]], 0)
+        b.sequenced = seq != 0
+        return b
+
+    async def main() -> tuple[list[Any], int, int]:
+        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        await w.start()
+        try:
+            dev = (await w.hello("dev-1", token)).auth.device
+            assert dev is not None
+            armed.set()
+            assert await asyncio.to_thread(held.wait, 10)
+            # Both in one group: the unsequenced batch after seq 5 must not pull the
+            # device's committed last_seq back.
+            futs = [
+                await w.submit(dev.id, batch(5, "tcp", 1.0)),
+                await w.submit(dev.id, batch(0, "http", 2.0)),
+            ]
+            hold.set()
+            outs = [await f for f in futs]
+            after_group = (await w.hello("dev-1", token)).last_seq
+            outs.append(await (await w.submit(dev.id, batch(0, "http", 2.0))))  # resent
+            outs.append(await (await w.submit(dev.id, batch(0, "late", 3.0))))  # seq 0 < 5
+            outs.append(await (await w.submit(dev.id, batch(6, "tcp2", 4.0))))
+            last = (await w.hello("dev-1", token)).last_seq
+        finally:
+            hold.set()
+            await w.close()
+        return outs, after_group, last
+
+    outs, after_group, last = asyncio.run(main())
+    assert [(o.accepted, o.duplicate, o.resend) for o in outs] == [
+        (1, 0, False),
+        (1, 0, False),
+        (0, 1, False),  # deduplicated on (series, timestamp), not skipped as a resend
+        (1, 0, False),
+        (1, 0, False),
+    ]
+    assert (after_group, last) == (5, 6)
+    assert _head_count(path) == 4
