@@ -66,6 +66,9 @@ MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 BATCH_READINGS: Final = 10_000
 # How long a request waits for room in the writer's queue before it answers 429.
 SUBMIT_WAIT_S: Final = 10.0
+# A body must arrive within this (a client trickling bytes holds a request slot and its
+# buffer): Telegraf's own request timeout is 5 s by default.
+BODY_TIMEOUT_S: Final = 60.0
 # Retry-After on 429/503: the writer's own RETRY hint is 1 s.
 RETRY_AFTER_S: Final = 1
 _READ_CHUNK_BYTES: Final = 64 * 1024
@@ -101,6 +104,7 @@ class InfluxInput:
     mapping: InfluxMapping = dataclasses.field(default_factory=InfluxMapping)
     max_body_bytes: int = MAX_BODY_BYTES
     submit_wait_s: float = SUBMIT_WAIT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
     metrics: InfluxMetrics = dataclasses.field(default_factory=InfluxMetrics)
 
     def register(self, app: web.Application) -> None:
@@ -188,13 +192,16 @@ class InfluxInput:
         parts: list[bytes] = []
         size = 0
         try:
-            while chunk := await request.content.read(_READ_CHUNK_BYTES):
-                size += len(chunk)
-                if size > limit:
-                    raise _Refused(
-                        413, "request too large", f"body over {limit} bytes (decompressed)"
-                    )
-                parts.append(chunk)
+            async with asyncio.timeout(self.body_timeout_s):
+                while chunk := await request.content.read(_READ_CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Refused(
+                            413, "request too large", f"body over {limit} bytes (decompressed)"
+                        )
+                    parts.append(chunk)
+        except TimeoutError:
+            raise _Refused(408, "request timeout", "the body did not arrive in time") from None
         except (RequestPayloadError, HttpProcessingError, ValueError) as exc:
             # A broken gzip stream or chunked encoding: the request cannot be read.
             raise _Refused(400, "invalid", f"cannot read the body: {exc}") from None

@@ -319,3 +319,22 @@ def test_tls_with_the_collectors_certificates(tmp_path):
             plain.sock.sendall(msgpack.packb(["t", et(T0 + 1), {"v": 3.0}]))
             assert plain.closed()
         assert stored_rows(d.db, "tls-1") == [Row("t/v", "gauge", "", {}, T0, 2.0)]
+
+
+def test_shutdown_closes_forward_connections_and_exits_cleanly(tmp_path):
+    d = InputsCollector(tmp_path, forward=True).start()
+    try:
+        token = d.add_device("stop-1")
+        busy = connect(d, "stop-1", token)
+        waiting = ForwardClient(d.forward)  # still in the handshake
+        assert waiting.recv()[0] == "HELO"
+        busy.send(["t", et(T0), {"v": 1.0}, {"chunk": "last"}])
+        assert busy.recv() == {"ack": "last"}
+        assert d.terminate() == 0
+        assert busy.closed() and waiting.closed()
+        busy.sock.close()
+        waiting.sock.close()
+    finally:
+        d.kill()
+    assert "forward disconnected device=stop-1" in d.log
+    assert stored_rows(d.db, "stop-1") == [Row("t/v", "gauge", "", {}, T0, 1.0)]

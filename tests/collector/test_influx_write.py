@@ -281,7 +281,8 @@ def _db(tmp_path: Path) -> tuple[Path, str]:
 
 
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
+    # As the daemon does: open connections (e.g. lingering after a refused body) get 1 s.
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -442,3 +443,33 @@ def test_unsequenced_batches_never_move_last_seq_nor_count_as_resends(tmp_path):
     ]
     assert (after_group, last) == (5, 6)
     assert _head_count(path) == 4
+
+
+def test_a_body_that_trickles_in_answers_408_and_stores_nothing(tmp_path):
+    path, token = _db(tmp_path)
+
+    async def main() -> bytes:
+        w = Writer(path)
+        await w.start()
+        app = web.Application()
+        InfluxInput(w, Ingest.from_kinds(), path, body_timeout_s=0.5).register(app)
+        runner, url = await _serve(app)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /api/v2/write HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                + f"Authorization: Token {token}\r\n\r\nm f=1 ".encode()
+            )  # 6 of the 100 bytes promised, then silence
+            await writer.drain()
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+        finally:
+            await runner.cleanup()
+            await w.close()
+        return head
+
+    head = asyncio.run(main())
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert _head_count(path) == 0
