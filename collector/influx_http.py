@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -137,29 +138,30 @@ class InfluxInput:
         precision = _precision(request, v1)
         device_id, device = await self._authenticate(request, v1)
         body = await self._body(request)
-        received_ns = time.time_ns()
-        batches, first_bad, total = self._prepare(body, precision, received_ns)
+        tally = _Tally()
+        batches = self._batches(body, precision, time.time_ns(), tally)
         outcomes = await self._commit(device_id, batches)
         accepted = sum(o.accepted for o in outcomes)
         duplicate = sum(o.duplicate for o in outcomes)
-        rejected = sum(len(b.dead_letters) for b in batches)
-        self.metrics.accepted += accepted
-        self.metrics.duplicate += duplicate
-        self.metrics.rejected += rejected
+        m = self.metrics
+        m.lines += tally.lines
+        m.accepted += accepted
+        m.duplicate += duplicate
+        m.rejected += tally.rejected
         log.debug(
             "influx write device=%s accepted=%d duplicate=%d rejected=%d",
             device,
             accepted,
             duplicate,
-            rejected,
+            tally.rejected,
         )
-        if first_bad is None:
+        if tally.first_bad is None:
             return web.Response(status=204)
         return web.json_response(
             {
                 "code": "invalid",
-                "message": f"partial write: {first_bad} ({rejected} of {total} "
-                "rejected and kept as dead letters; the others were stored)",
+                "message": f"partial write: {tally.first_bad[1]} ({tally.rejected} of "
+                f"{tally.total} rejected and kept as dead letters; the others were stored)",
             },
             status=400,
         )
@@ -208,64 +210,56 @@ class InfluxInput:
         self.metrics.bytes_in += size
         return b"".join(parts).decode("utf-8", "surrogateescape")
 
-    def _prepare(
-        self, body: str, precision_ns: int, received_ns: int
-    ) -> tuple[list[PreparedBatch], str | None, int]:
-        """Batches of readings with their dead letters; the first bad line; readings+errors."""
-        batches: list[PreparedBatch] = []
+    def _batches(
+        self, body: str, precision_ns: int, received_ns: int, tally: _Tally
+    ) -> Iterator[PreparedBatch]:
+        """The body as validated batches of at most BATCH_READINGS readings, made one at a
+        time (so a large body is never held decoded all at once), counted in `tally`."""
         readings: list[object] = []
         lines: list[int] = []
         errors: list[DeadLetter] = []
-        first_bad: tuple[int, str] | None = None
-        total = 0
 
-        def flush() -> None:
-            nonlocal first_bad
-            if not readings and not errors:
-                return
+        def batch() -> PreparedBatch:
             b = self.ingest.prepare(0, readings, received_ns)
             b.sequenced = False
-            dead = [
-                dataclasses.replace(
-                    d, index=lines[d.index], message=f"line {lines[d.index]}: {d.message}"
-                )
-                for d in b.dead_letters
-            ]
+            dead = []
             for d in b.dead_letters:
                 line = lines[d.index]
-                if first_bad is None or line < first_bad[0]:
-                    first_bad = (line, f"line {line}: {d.path or 'reading'}: {d.message}")
+                dead.append(dataclasses.replace(d, index=line, message=f"line {line}: {d.message}"))
+                tally.bad(line, f"line {line}: {d.path or 'reading'}: {d.message}")
             b.dead_letters = (*errors, *dead)
             b.rejects = (*(Reject(e.index, e.code, e.path, e.message) for e in errors), *b.rejects)
-            batches.append(b)
+            tally.rejected += len(b.dead_letters)
             readings.clear()
             lines.clear()
             errors.clear()
+            return b
 
         for item in lineprotocol.parse(body):
-            self.metrics.lines += 1
+            tally.lines += 1
             if isinstance(item, lineprotocol.LineError):
-                total += 1
+                tally.total += 1
                 msg = f"line {item.line}: {item.message}"
-                errors.append(_dead_line(item.line, item.text, msg))
-                if first_bad is None or item.line < first_bad[0]:
-                    first_bad = (item.line, msg)
+                errors.append(dead_letter(item.line, item.text, INVALID, "", msg))
+                tally.bad(item.line, msg)
             else:
                 p = item.point
                 ts = received_ns if p.timestamp is None else p.timestamp * precision_ns
                 rs = point_readings(self.mapping, p, ts)
-                total += len(rs)
+                tally.total += len(rs)
                 readings.extend(rs)
                 lines.extend([item.line] * len(rs))
-            if len(readings) >= BATCH_READINGS:
-                flush()
-        flush()
-        return batches, (first_bad[1] if first_bad else None), total
+            if len(readings) >= BATCH_READINGS or len(errors) >= BATCH_READINGS:
+                yield batch()
+        if readings or errors:
+            yield batch()
 
-    async def _commit(self, device_id: int, batches: list[PreparedBatch]) -> list[BatchOutcome]:
+    async def _commit(self, device_id: int, batches: Iterator[PreparedBatch]) -> list[BatchOutcome]:
+        """Submit each batch as it is made; wait for every submitted one to settle."""
         futures: list[asyncio.Future[BatchOutcome]] = []
         try:
             for b in batches:
+                await asyncio.sleep(0)  # parsing and validating run on the loop: let others in
                 try:
                     async with asyncio.timeout(self.submit_wait_s):
                         futures.append(await self.writer.submit(device_id, b))
@@ -286,8 +280,18 @@ class InfluxInput:
         return outcomes
 
 
-def _dead_line(line: int, text: str, message: str) -> DeadLetter:
-    return dead_letter(line, text, INVALID, "", message)
+@dataclass(slots=True)
+class _Tally:
+    """What one request's body held: lines, readings + bad lines, rejects, the first bad."""
+
+    lines: int = 0
+    total: int = 0
+    rejected: int = 0
+    first_bad: tuple[int, str] | None = None
+
+    def bad(self, line: int, message: str) -> None:
+        if self.first_bad is None or line < self.first_bad[0]:
+            self.first_bad = (line, message)
 
 
 def _precision(request: web.Request, v1: bool) -> int:
