@@ -62,6 +62,15 @@ BAD_MESSAGE_BUDGET: Final = 16
 SUBMIT_WAIT_S: Final = 30.0
 
 
+@dataclass(slots=True)
+class _Work:
+    """One device's share of a message."""
+
+    readings: list[Reading] = dataclasses.field(default_factory=list)
+    events: list[int] = dataclasses.field(default_factory=list)
+    dead: list[DeadLetter] = dataclasses.field(default_factory=list)
+
+
 class _Closed(Exception):
     """The connection ends; the message says why (for the log)."""
 
@@ -301,8 +310,9 @@ class ForwardServer:
                 raise _Closed("too many bad messages") from None
             return
         m.events += len(msg.events) + len(msg.invalid)
-        # Per device id: its readings, and dead letters for what could not be readings.
-        work: dict[int, tuple[list[Reading], list[DeadLetter]]] = {}
+        # Per device id: its readings, the index of each one's event in the message, and
+        # dead letters for what could not be readings (idx = the event's index).
+        work: dict[int, _Work] = {}
         now = time.time_ns()
         unauthenticated = 0
         for i, ev in enumerate(msg.events):
@@ -316,18 +326,18 @@ class ForwardServer:
                 device_id = found
                 record = {k: v for k, v in record.items() if k != self.mapping.token_key}
             readings, bad = record_readings(self.mapping, msg.tag, record, ev.ts_ns or now)
-            rs, dl = work.setdefault(device_id, ([], []))
-            rs.extend(readings)
-            dl.extend(
+            w = work.setdefault(device_id, _Work())
+            w.readings.extend(readings)
+            w.events.extend([i] * len(readings))
+            w.dead.extend(
                 dead_letter(i, b.value, b.code, b.key, f"{msg.tag}: {b.message}") for b in bad
             )
         if msg.invalid and c.device_id:
-            _, dl = work.setdefault(c.device_id, ([], []))
-            dl.extend(
+            work.setdefault(c.device_id, _Work()).dead.extend(
                 dead_letter(i, e, INVALID, "", f"{msg.tag}: {why}") for i, e, why in msg.invalid
             )
         m.unauthenticated += unauthenticated
-        ok = await self._store(c, work, now)
+        ok = await self._store(work, msg.tag, now)
         if not ok:
             m.storage_failures += 1
             raise _Closed("storage unavailable (not acknowledged; the sender resends)")
@@ -376,16 +386,21 @@ class ForwardServer:
         c.device = known[1]
         return known[0]
 
-    async def _store(
-        self, c: _Conn, work: dict[int, tuple[list[Reading], list[DeadLetter]]], now: int
-    ) -> bool:
+    async def _store(self, work: dict[int, _Work], tag: str, now: int) -> bool:
         """Validate and commit everything of one message; False if storage failed."""
         futures: list[asyncio.Future[BatchOutcome]] = []
-        for device_id, (readings, dead) in work.items():
+        for device_id, w in work.items():
+            readings, dead = w.readings, w.dead
             for start in range(0, max(len(readings), 1), BATCH_READINGS):
                 part: list[object] = list(readings[start : start + BATCH_READINGS])
                 b = self.ingest.prepare(0, part, now)
                 b.sequenced = False
+                b.dead_letters = tuple(  # idx: the event's index in the message
+                    dataclasses.replace(
+                        d, index=w.events[start + d.index], message=f"{tag}: {d.message}"
+                    )
+                    for d in b.dead_letters
+                )
                 if start == 0 and dead:
                     b.dead_letters = (*dead, *b.dead_letters)
                     b.rejects = (

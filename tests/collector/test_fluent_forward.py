@@ -175,13 +175,14 @@ def test_values_that_are_not_readings_are_dead_lettered_with_a_reason(daemon):
         Row("greenhouse/level", "gauge", "", {}, T0, 3.5),
         Row("greenhouse/x", "counter", "", {}, T0, 1),
     ]
-    dead = {(d.path, d.code) for d in dead_letters(daemon.db, "mixed-1")}
-    assert dead == {
-        ("status", "wrong_type"),
-        ("nested", "wrong_type"),
-        ("value", "out_of_range"),  # temp below absolute zero, found by the schemas
-        ("", "invalid"),  # the entry that is not [time, record]
+    dead = dead_letters(daemon.db, "mixed-1")
+    assert {(d.path, d.code, d.idx) for d in dead} == {
+        ("status", "wrong_type", 0),
+        ("nested", "wrong_type", 0),
+        ("value", "out_of_range", 0),  # temp below absolute zero, found by the schemas
+        ("", "invalid", 1),  # the second entry of the second message is not [time, record]
     }
+    assert all(d.message.startswith("greenhouse: ") for d in dead)
 
 
 def test_the_handshake_refuses_wrong_keys_unknown_and_revoked_devices(daemon):
