@@ -261,6 +261,9 @@ def parse_ping(obj: object) -> Ping:
     if not isinstance(obj, list | tuple) or len(obj) != 6 or obj[0] != "PING":
         raise ForwardError("expected PING")
     _, host, salt, key_digest, user, pw_digest = obj
+    # A client without a username may send nil for it (fluent-logger for Node.js does).
+    user = "" if user is None else user
+    pw_digest = "" if pw_digest is None else pw_digest
     if not isinstance(host, str) or not isinstance(salt, str | bytes):
         raise ForwardError("malformed PING")
     if not all(isinstance(x, str) for x in (key_digest, user, pw_digest)):

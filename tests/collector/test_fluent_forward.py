@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -339,3 +340,65 @@ def test_shutdown_closes_forward_connections_and_exits_cleanly(tmp_path):
         d.kill()
     assert "forward disconnected device=stop-1" in d.log
     assert stored_rows(d.db, "stop-1") == [Row("t/v", "gauge", "", {}, T0, 1.0)]
+
+
+NODE_SENDER = """
+// argv: host port client_hostname shared_key mode n t0_seconds [username]
+const [host, port, device, key, mode, n, t0, username] = process.argv.slice(2);
+const fluent = require('fluent-logger');
+const security = {clientHostname: device, sharedKey: key};
+if (username) { security.username = username; security.password = key; }
+const logger = fluent.createFluentSender('node', {
+  host, port: Number(port), timeout: 5.0, requireAckResponse: true, eventMode: mode,
+  ackResponseTimeout: 10000, enableReconnect: false, security,
+});
+let left = Number(n);
+const fail = (err) => { console.error('error', err.message || err); process.exit(1); };
+logger.on('error', fail);
+for (let i = 0; i < Number(n); i++) {
+  logger.emit('sensors', {v: i + 0.5, host: 'n1'}, new fluent.EventTime(Number(t0) + i, 250),
+    (err) => { if (err) fail(err); if (--left === 0) { logger.end(); console.log('acked'); } });
+}
+"""
+
+
+def _node_fluent_logger() -> bool:
+    if shutil.which("node") is None:
+        return False
+    probe = subprocess.run(
+        ["node", "-e", "require('fluent-logger')"], capture_output=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+def test_node_fluent_logger_handshake_acks_and_packed_modes(daemon, tmp_path):
+    if not _node_fluent_logger():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but node or the fluent-logger npm package is missing")
+        pytest.skip(
+            "needs node and `npm install fluent-logger@3` with NODE_PATH at its node_modules"
+        )
+    script = tmp_path / "send.js"
+    script.write_text(NODE_SENDER)
+    token = daemon.add_device("node-1")
+    key = forward_key_of_token(token)
+    host, port = daemon.forward
+
+    def send(client: str, secret: str, mode: str, n: int, t0: int, *user: str) -> int:
+        args = [str(port), client, secret, mode, str(n), str(t0), *user]
+        return subprocess.run(["node", str(script), host, *args], timeout=60).returncode
+
+    sec = T0 // S
+    # Every mode this sender has, each waiting for acks; the third round resends the first.
+    assert send("node-1", key, "Message", 3, sec) == 0
+    assert send("node-1", key, "PackedForward", 3, sec + 10) == 0
+    assert send("node-1", key, "CompressedPackedForward", 3, sec + 20) == 0
+    assert send("node-1", key, "Message", 3, sec) == 0
+    assert send("any-host", key, "Message", 1, sec + 30, "node-1") == 0  # username + password
+    assert send("node-1", "wrong key", "Message", 1, sec + 40) != 0
+    expected = [
+        Row("node.sensors/v", "gauge", "", {"host": "n1"}, (sec + base + i) * S + 250, i + 0.5)
+        for base, count in ((0, 3), (10, 3), (20, 3), (30, 1))
+        for i in range(count)
+    ]
+    assert stored_rows(daemon.db, "node-1") == expected

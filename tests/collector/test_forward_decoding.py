@@ -106,6 +106,9 @@ def test_handshake_digests_follow_the_spec():
     assert ping.shared_key_salt == b"salt" and ping.username == ""
     with pytest.raises(fluent.ForwardError):
         fluent.parse_ping(roundtrip(["PING", "host", b"salt", want]))
+    # fluent-logger for Node.js sends nil for a username it was not given
+    ping = fluent.parse_ping(roundtrip(["PING", "host", b"salt", want, None, "d"]))
+    assert (ping.username, ping.password_digest) == ("", "d")
 
 
 msgpack_values = st.recursive(
