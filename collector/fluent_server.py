@@ -80,6 +80,7 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     peer: str
+    ip: str
     unpacker: msgpack.Unpacker
     device_id: int = 0
     device: str = ""
@@ -106,6 +107,7 @@ class ForwardServer:
         handshake_timeout_s: float = 10.0,
         idle_timeout_s: float = 60.0,
         max_connections: int = 10_000,
+        max_connections_per_ip: int = 1_000,
         max_message_bytes: int = fluent.MAX_MESSAGE_BYTES,
         max_decompressed_bytes: int = fluent.MAX_DECOMPRESSED_BYTES,
         server_hostname: str | None = None,
@@ -118,6 +120,8 @@ class ForwardServer:
         self.handshake_timeout_s = handshake_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self._per_ip: dict[str, int] = {}
         self.max_message_bytes = max_message_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
         self.server_hostname = server_hostname or socket.gethostname()
@@ -157,7 +161,8 @@ class ForwardServer:
             return
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        c = _Conn(reader, writer, peer, fluent.unpacker(self.max_message_bytes))
+        ip = str(peername[0]) if isinstance(peername, tuple) else peer
+        c = _Conn(reader, writer, peer, ip, fluent.unpacker(self.max_message_bytes))
         if self.mutual_tls:
             c.cert_ids = frozenset(cert_device_ids(writer.get_extra_info("peercert")))
         c.task = self._tg.create_task(self._handle(c))
@@ -175,12 +180,19 @@ class ForwardServer:
     async def _handle(self, c: _Conn) -> None:
         m = self.metrics
         if len(self._conns) >= self.max_connections:
-            log.warning("forward connection refused peer=%s reason=max_connections", c.peer)
+            busy = "max_connections"
+        elif self._per_ip.get(c.ip, 0) >= self.max_connections_per_ip:
+            busy = "max_connections_per_ip"
+        else:
+            busy = ""
+        if busy:
+            log.warning("forward connection refused peer=%s reason=%s", c.peer, busy)
             await self._close(c)
             return
         reason = "closed"
         try:
             self._conns.add(c)
+            self._per_ip[c.ip] = self._per_ip.get(c.ip, 0) + 1
             m.connections += 1
             m.open += 1
             reason = await self._session(c)
@@ -197,6 +209,9 @@ class ForwardServer:
             if c in self._conns:
                 self._conns.discard(c)
                 m.open -= 1
+                left = self._per_ip.pop(c.ip, 1) - 1
+                if left:
+                    self._per_ip[c.ip] = left
             await self._close(c)
             log.info(
                 "forward disconnected device=%s peer=%s reason=%s", c.device or "-", c.peer, reason

@@ -62,6 +62,9 @@ V1_PATH: Final = "/write"
 # leaves room for large batches while bounding what one request holds in memory (the
 # decoded readings cost ~10x the text).
 MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+# Write requests reading or storing a body at once: with the body cap, this bounds the
+# memory all writes can hold (8 x 32 MiB); more wait (up to SUBMIT_WAIT_S, then 429).
+MAX_CONCURRENT_WRITES: Final = 8
 # Readings per submitted batch: the wire protocol's max_batch_readings, so one HTTP body
 # costs the writer what the same readings cost over TCP.
 BATCH_READINGS: Final = 10_000
@@ -106,7 +109,9 @@ class InfluxInput:
     max_body_bytes: int = MAX_BODY_BYTES
     submit_wait_s: float = SUBMIT_WAIT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    max_concurrent_writes: int = MAX_CONCURRENT_WRITES
     metrics: InfluxMetrics = dataclasses.field(default_factory=InfluxMetrics)
+    _slots: asyncio.Semaphore | None = dataclasses.field(default=None, init=False, repr=False)
 
     def register(self, app: web.Application) -> None:
         app.router.add_post(V2_PATH, self._v2)
@@ -137,10 +142,20 @@ class InfluxInput:
     async def _write(self, request: web.Request, *, v1: bool) -> web.Response:
         precision = _precision(request, v1)
         device_id, device = await self._authenticate(request, v1)
-        body = await self._body(request)
-        tally = _Tally()
-        batches = self._batches(body, precision, time.time_ns(), tally)
-        outcomes = await self._commit(device_id, batches)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent_writes)
+        try:
+            async with asyncio.timeout(self.submit_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise _Refused(429, "too many requests", "too many writes at once") from None
+        try:
+            body = await self._body(request)
+            tally = _Tally()
+            batches = self._batches(body, precision, time.time_ns(), tally)
+            outcomes = await self._commit(device_id, batches)
+        finally:
+            self._slots.release()
         accepted = sum(o.accepted for o in outcomes)
         duplicate = sum(o.duplicate for o in outcomes)
         m = self.metrics

@@ -55,6 +55,7 @@ class Inputs:
                 handshake_timeout_s=cfg.limits.handshake_timeout_s,
                 idle_timeout_s=cfg.limits.idle_timeout_s,
                 max_connections=cfg.limits.max_connections,
+                max_connections_per_ip=cfg.limits.max_connections_per_ip,
             )
         return cls(influx, forward)
 

@@ -402,3 +402,18 @@ def test_node_fluent_logger_handshake_acks_and_packed_modes(daemon, tmp_path):
         for i in range(count)
     ]
     assert stored_rows(daemon.db, "node-1") == expected
+
+
+def test_connections_per_address_are_capped(tmp_path):
+    with InputsCollector(tmp_path, forward=True, limits={"max_connections_per_ip": 1}) as d:
+        with ForwardClient(d.forward) as first:
+            assert first.recv()[0] == "HELO"
+            with ForwardClient(d.forward) as second:
+                assert second.closed()  # refused: no HELO, closed
+        deadline = time.monotonic() + 10
+        while "forward disconnected device=- " not in d.log:  # the first one has gone
+            assert time.monotonic() < deadline, d.log
+            time.sleep(0.02)
+        with ForwardClient(d.forward) as again:  # and its slot is free again
+            assert again.recv()[0] == "HELO"
+        assert "reason=max_connections_per_ip" in d.log

@@ -473,3 +473,50 @@ def test_a_body_that_trickles_in_answers_408_and_stores_nothing(tmp_path):
     head = asyncio.run(main())
     assert head.startswith(b"HTTP/1.1 408 ")
     assert _head_count(path) == 0
+
+
+def test_writes_beyond_the_concurrency_cap_wait_then_answer_429(tmp_path):
+    path, token = _db(tmp_path)
+
+    async def main() -> tuple[int, bytes]:
+        w = Writer(path)
+        await w.start()
+        app = web.Application()
+        InfluxInput(
+            w, Ingest.from_kinds(), path, max_concurrent_writes=1, submit_wait_s=0.3
+        ).register(app)
+        runner, url = await _serve(app)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        body = f"m f=1 {T0}\n".encode()
+        try:
+            # The first write holds the only slot while its body is still arriving.
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /api/v2/write HTTP/1.1\r\nHost: x\r\n"
+                + f"Content-Length: {len(body)}\r\nAuthorization: Token {token}\r\n\r\n".encode()
+                + body[:3]
+            )
+            await writer.drain()
+            async with ClientSession() as s:
+                deadline = time.monotonic() + 10
+                while True:  # until the slow write has taken the slot
+                    async with s.post(
+                        f"{url}/api/v2/write", data=f"n f=1 {T0}\n", headers=token_header(token)
+                    ) as r:
+                        busy = r.status
+                    if busy == 429 or time.monotonic() > deadline:
+                        break
+            writer.write(body[3:])
+            await writer.drain()
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+        finally:
+            await runner.cleanup()
+            await w.close()
+        return busy, head
+
+    busy, head = asyncio.run(main())
+    assert busy == 429
+    assert head.startswith(b"HTTP/1.1 204 ")
+    assert _head_count(path) >= 1
