@@ -19,8 +19,9 @@ schemas, committed by the one writer, answered only after that commit.
   every rejected field (fails validation) goes to the dead-letter table (idx = its line
   number, message starting "line N:"); the answer is then 400
   `{"code": "invalid", "message": "partial write: line N: <reason> ..."}` naming the first
-  bad line. Clients do not resend a 400, and a resend would store nothing twice anyway:
-  readings are deduplicated on (series, timestamp) and the batches carry no sequence
+  bad line (the v1 route answers errors as `{"error": "..."}`, as InfluxDB 1.x does).
+  Clients do not resend a 400, and a resend would store nothing twice anyway: readings
+  are deduplicated on (series, timestamp) and the batches carry no sequence
   number (PreparedBatch.sequenced = False), so they never touch the device's last_seq.
 - 204 only after every batch of the body committed. The writer's queue full for
   `SUBMIT_WAIT_S` answers 429, a storage error (writer RETRY) or a stopped writer 503,
@@ -133,9 +134,9 @@ class InfluxInput:
                 headers["Retry-After"] = str(RETRY_AFTER_S)
             if exc.status == 401:
                 headers["WWW-Authenticate"] = 'Token realm="telemetry"'
-            resp = web.json_response(
-                {"code": exc.code, "message": exc.message}, status=exc.status, headers=headers
-            )
+            # InfluxDB 2.x answers {"code", "message"}; 1.x clients read {"error"}.
+            answer = {"error": exc.message} if v1 else {"code": exc.code, "message": exc.message}
+            resp = web.json_response(answer, status=exc.status, headers=headers)
         self.metrics.answered(resp.status)
         return resp
 
@@ -172,13 +173,11 @@ class InfluxInput:
         )
         if tally.first_bad is None:
             return web.Response(status=204)
-        return web.json_response(
-            {
-                "code": "invalid",
-                "message": f"partial write: {tally.first_bad[1]} ({tally.rejected} of "
-                f"{tally.total} rejected and kept as dead letters; the others were stored)",
-            },
-            status=400,
+        raise _Refused(
+            400,
+            "invalid",
+            f"partial write: {tally.first_bad[1]} ({tally.rejected} of {tally.total} "
+            "rejected and kept as dead letters; the others were stored)",
         )
 
     async def _authenticate(self, request: web.Request, v1: bool) -> tuple[int, str]:
