@@ -16,6 +16,8 @@ Example file:
     log_level = "INFO"
     allow_unknown_devices = false
     retention = "90d"                # keep readings this long (default: forever)
+    forward_listen = "off"           # Fluent forward input, e.g. "127.0.0.1:24224"
+    inputs = "/etc/telemetry/inputs.toml"   # mapping rules of the foreign inputs
     http_token = "..."               # read token for /api/v1 (needed off loopback)
     tls_cert = "/etc/telemetry/certs/collector.pem"   # TLS on the ingest port when set
     tls_key = "/etc/telemetry/certs/collector.key"
@@ -109,6 +111,11 @@ class Config:
     # Keep readings for this long ("30d", "12h", "90m"); None keeps them forever. Readings go
     # a compaction window at a time, once the whole window is older than this.
     retention: str | None = None
+    # Fluent forward protocol listener (docs/inputs.md): "off" or HOST:PORT, e.g.
+    # "127.0.0.1:24224". TLS as on the ingest port when tls_cert/tls_key are set.
+    forward_listen: str = "off"
+    # Mapping rules of the InfluxDB and forward inputs (TOML file, docs/inputs.md).
+    inputs: str | None = None
     limits: Limits = Limits()
 
     @property
@@ -130,6 +137,11 @@ class Config:
     @property
     def http_addr(self) -> tuple[str, int] | None:
         return None if self.http.lower() == "off" else parse_addr(self.http, "http")
+
+    @property
+    def forward_addr(self) -> tuple[str, int] | None:
+        off = self.forward_listen.lower() == "off"
+        return None if off else parse_addr(self.forward_listen, "forward_listen")
 
 
 _TOP: Final = {f.name: f for f in dataclasses.fields(Config) if f.name != "limits"}
@@ -306,6 +318,7 @@ def load_config(
 def _check(cfg: Config) -> Config:
     cfg.listen_addr  # noqa: B018  # parses, raising ConfigError
     cfg.http_addr  # noqa: B018
+    cfg.forward_addr  # noqa: B018
     cfg.retention_ns  # noqa: B018
     sync = cfg.synchronous.upper()
     if sync not in SYNCHRONOUS_MODES:
@@ -320,6 +333,8 @@ def _check(cfg: Config) -> Config:
         )
     if cfg.kinds is not None and not Path(cfg.kinds).is_file():
         raise ConfigError(f"setting 'kinds': no such file {cfg.kinds!r}")
+    if cfg.inputs is not None and not Path(cfg.inputs).is_file():
+        raise ConfigError(f"setting 'inputs': no such file {cfg.inputs!r}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("setting 'tls_key': 'tls_cert' and 'tls_key' go together")
     if cfg.tls_client_ca is not None and cfg.tls_cert is None:

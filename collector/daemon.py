@@ -36,6 +36,8 @@ from collector.config import Config
 from collector.errors import ConfigError
 from collector.http import AppState, RouteRegistrar, create_app
 from collector.ingest import Ingest
+from collector.inputmap import load_inputs
+from collector.inputs import Inputs
 from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.metrics import Metrics
 from collector.server import Server
@@ -142,6 +144,7 @@ def config_problems(cfg: Config) -> tuple[list[str], tuple[KindSpec, ...]]:
     kinds: tuple[KindSpec, ...] = ()
     try:
         kinds = load_kinds(cfg)
+        load_inputs(cfg.inputs, tuple(ReadingValidator(kinds).kinds))
     except ConfigError as exc:
         problems.append(str(exc))
     return problems, kinds
@@ -245,7 +248,9 @@ async def serve(
     runner: web.AppRunner | None = None
     exit_code = 0
     gc_thresholds = gc.get_threshold()
+    inputs: Inputs | None = None
     try:
+        inputs = Inputs.build(cfg, writer, ingest, ssl_ctx)
         bound: asyncio.Future[tuple[str, int]] = loop.create_future()
         server_task = asyncio.create_task(
             server.run(*cfg.listen_addr, bound.set_result), name="ingest-server"
@@ -271,7 +276,9 @@ async def serve(
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
             runner = web.AppRunner(
-                create_app(state, routes), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
+                create_app(state, [*routes, inputs.register]),
+                access_log=None,
+                shutdown_timeout=HTTP_SHUTDOWN_S,
             )
             await runner.setup()
             site = web.TCPSite(runner, *cfg.http_addr)
@@ -281,15 +288,17 @@ async def serve(
                 raise ConfigError(f"setting 'http': cannot listen on {cfg.http}: {exc}") from None
             h = runner.addresses[0]
             http_desc = f"{h[0]}:{h[1]}"
+        forward_desc = await inputs.start(cfg.forward_addr)
         # Start-up objects (modules, validators, kind tables) never die: keep the cyclic GC
         # from rescanning them, which shortens its pauses (ACK latency tail).
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)  # put back at exit: tests run serve() in-process
         log.info(
-            "listening ingest=%s:%d http=%s tls=%s",
+            "listening ingest=%s:%d http=%s forward=%s tls=%s",
             ingest_host,
             ingest_port,
             http_desc,
+            forward_desc,
             cfg.tls_mode,
         )
         sd_notify("READY=1\nSTATUS=listening")
@@ -305,6 +314,7 @@ async def serve(
         log.info("shutting down")
         sd_notify("STOPPING=1")
         await server.shutdown()
+        await inputs.stop(lim.shutdown_timeout_s)
         try:
             async with asyncio.timeout(lim.shutdown_timeout_s):
                 await asyncio.shield(server_task)
@@ -316,6 +326,8 @@ async def serve(
     finally:
         gc.set_threshold(*gc_thresholds)
         reloads.cancel()
+        if inputs is not None:
+            await inputs.stop(0.1)
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()
