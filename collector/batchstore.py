@@ -143,6 +143,9 @@ class BatchStore:
                 if sess.epoch and sess.epoch != st[1]:
                     outcomes.append(Stored(0, 0, fenced=True))
                     continue
+                # seq 0: an input without sequence numbers (InfluxDB line protocol, Fluent
+                # forward), never a resend and leaving last_seq alone; (series, timestamp)
+                # dedup alone keeps its retries from being stored twice.
                 resend = 0 < b.seq <= st[0]
                 # A resend usually overlaps what is stored: straight to the row-by-row path.
                 accepted = self._insert(conn, dev, b, stats, new_series, careful or resend)

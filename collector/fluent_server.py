@@ -409,7 +409,6 @@ class ForwardServer:
             for start in range(0, max(len(readings), 1), BATCH_READINGS):
                 part: list[object] = list(readings[start : start + BATCH_READINGS])
                 b = self.ingest.prepare(0, part, now)
-                b.sequenced = False
                 b.dead_letters = tuple(  # idx: the event's index in the message
                     dataclasses.replace(
                         d, index=w.events[start + d.index], message=f"{tag}: {d.message}"

@@ -22,7 +22,7 @@ schemas, committed by the one writer, answered only after that commit.
   bad line (the v1 route answers errors as `{"error": "..."}`, as InfluxDB 1.x does).
   Clients do not resend a 400, and a resend would store nothing twice anyway: readings
   are deduplicated on (series, timestamp) and the batches carry no sequence
-  number (PreparedBatch.sequenced = False), so they never touch the device's last_seq.
+  number (seq 0: never a resend, and max(last_seq, 0) leaves the stream's last_seq alone).
 - 204 only after every batch of the body committed. The writer's queue full for
   `SUBMIT_WAIT_S` answers 429, a storage error (writer RETRY) or a stopped writer 503,
   both with Retry-After; whatever part was committed is deduplicated when the client resends.
@@ -235,7 +235,6 @@ class InfluxInput:
 
         def batch() -> PreparedBatch:
             b = self.ingest.prepare(0, readings, received_ns)
-            b.sequenced = False
             dead = []
             for d in b.dead_letters:
                 line = lines[d.index]

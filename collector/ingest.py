@@ -68,10 +68,6 @@ class PreparedBatch:
     valid_count: int = 0
     rejects: tuple[Reject, ...] = ()
     dead_letters: tuple[DeadLetter, ...] = ()
-    # False for inputs without sequence numbers (InfluxDB line protocol, Fluent forward):
-    # never skipped as a resend and never moves the device's last_seq; deduplication on
-    # (series, timestamp) alone keeps a resend from being stored twice.
-    sequenced: bool = True
 
     @property
     def row_count(self) -> int:

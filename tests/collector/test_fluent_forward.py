@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -362,22 +363,35 @@ for (let i = 0; i < Number(n); i++) {
 """
 
 
-def _node_fluent_logger() -> bool:
-    if shutil.which("node") is None:
-        return False
+# Third-party Node.js senders, installed from the committed lock file when missing.
+NODE_SENDERS = Path(__file__).resolve().parents[1] / "fixtures" / "node"
+
+
+def _node_fluent_logger() -> dict[str, str] | None:
+    """The environment that lets node require('fluent-logger'), or None without node/npm."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return None
+    modules = NODE_SENDERS / "node_modules"
+    if not (modules / "fluent-logger").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--prefer-offline"],
+            cwd=NODE_SENDERS,
+            capture_output=True,
+            timeout=300,
+        )
+    env = {**os.environ, "NODE_PATH": str(modules)}
     probe = subprocess.run(
-        ["node", "-e", "require('fluent-logger')"], capture_output=True, timeout=30
+        ["node", "-e", "require('fluent-logger')"], capture_output=True, timeout=30, env=env
     )
-    return probe.returncode == 0
+    return env if probe.returncode == 0 else None
 
 
 def test_node_fluent_logger_handshake_acks_and_packed_modes(daemon, tmp_path):
-    if not _node_fluent_logger():
+    env = _node_fluent_logger()
+    if env is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but node or the fluent-logger npm package is missing")
-        pytest.skip(
-            "needs node and `npm install fluent-logger@3` with NODE_PATH at its node_modules"
-        )
+            pytest.fail("CI=true but node/npm is missing or `npm ci` in tests/fixtures/node failed")
+        pytest.skip("needs Node.js 20+ with npm (the test installs fluent-logger itself)")
     script = tmp_path / "send.js"
     script.write_text(NODE_SENDER)
     token = daemon.add_device("node-1")
@@ -386,7 +400,7 @@ def test_node_fluent_logger_handshake_acks_and_packed_modes(daemon, tmp_path):
 
     def send(client: str, secret: str, mode: str, n: int, t0: int, *user: str) -> int:
         args = [str(port), client, secret, mode, str(n), str(t0), *user]
-        return subprocess.run(["node", str(script), host, *args], timeout=60).returncode
+        return subprocess.run(["node", str(script), host, *args], timeout=60, env=env).returncode
 
     sec = T0 // S
     # Every mode this sender has, each waiting for acks; the third round resends the first.

@@ -407,9 +407,7 @@ def test_unsequenced_batches_never_move_last_seq_nor_count_as_resends(tmp_path):
             hold.wait(30)  # the writer waits here while both batches are queued
 
     def batch(seq: int, sensor: str, value: float) -> Any:
-        b = ing.prepare(seq, [[sensor, "gauge", T0, value, None, None]], 0)
-        b.sequenced = seq != 0
-        return b
+        return ing.prepare(seq, [[sensor, "gauge", T0, value, None, None]], 0)
 
     async def main() -> tuple[list[Any], int, int]:
         w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
