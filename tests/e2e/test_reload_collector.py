@@ -193,7 +193,8 @@ def test_sighup_replaces_tls_certificates_for_new_connections(tmp_path: Path) ->
         assert "tls" in line and "replaced" in line, line
 
         with WireClient(*daemon.ingest, ssl_context=trusts_new) as c:
-            assert isinstance(c.hello("tls-1", token), wire.Welcome)
+            # Another stream: a second session of the held one's stream would replace it.
+            assert isinstance(c.hello("tls-1", token, stream="after-reload"), wire.Welcome)
         with pytest.raises(OSError):  # ssl.SSLCertVerificationError
             WireClient(*daemon.ingest, ssl_context=trusts_old).close()
         held.send(wire.Ping(1))  # the connection made before the reload is still up
