@@ -1,0 +1,139 @@
+// The C# client's test program (driven by tests/clients/test_client_csharp.py):
+//   ClientTests.exe vectors <tests/vectors dir>   check every test vector; exit 0 when all pass
+//   ClientTests.exe send <spec.json>              send a spec's batches to the collector at
+//       TELEMETRY_ADDRESS as TELEMETRY_DEVICE/TELEMETRY_TOKEN and print one JSON line per
+//       batch result plus a final summary line.
+// A spec: {"batches": [[reading, ...], ...], "queue_dir": null | "dir", "hold": false}
+// where a reading is the JSON form of tests/vectors (a JSON int is sent with AddInteger, a
+// JSON float with AddNumber, ...). With "hold": true the program waits until every batch is
+// sent, prints {"event": "sent", ...}, waits for a line on stdin and stops without waiting
+// for ACKs (a crash stand-in: the batches stay in the file-backed queue).
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Globalization;
+using System.IO;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace SensorTelemetry.Tests
+{
+    public static class Program
+    {
+        public static int Main(string[] args)
+        {
+            if (args.Length == 2 && args[0] == "vectors")
+                return Vectors(args[1]);
+            if (args.Length == 2 && args[0] == "send")
+                return Send(args[1]);
+            Console.Error.WriteLine("usage: ClientTests.exe vectors DIR | send SPEC.json");
+            return 2;
+        }
+
+        private static int Vectors(string dir)
+        {
+            var checks = new VectorChecks();
+            checks.Run(dir);
+            foreach (var f in checks.Failures)
+                Console.WriteLine("FAIL " + f);
+            Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "vectors: {0} checks, {1} failed, {2} not expressible",
+                checks.Checked, checks.Failures.Count, checks.Skipped));
+            return checks.Failures.Count == 0 ? 0 : 1;
+        }
+
+        private static string Env(string name)
+        {
+            var v = Environment.GetEnvironmentVariable(name);
+            if (v == null)
+                throw new ArgumentException(name + " is not set");
+            return v;
+        }
+
+        private static int Send(string specPath)
+        {
+            var spec = (JsonObject)Json.Parse(File.ReadAllText(specPath, Encoding.UTF8));
+            var address = Env("TELEMETRY_ADDRESS");
+            var colon = address.LastIndexOf(':');
+            var options = new TelemetryClientOptions
+            {
+                Host = address.Substring(0, colon),
+                Port = int.Parse(address.Substring(colon + 1), CultureInfo.InvariantCulture),
+                DeviceId = Env("TELEMETRY_DEVICE"),
+                Token = Env("TELEMETRY_TOKEN"),
+                Agent = "csharp-client-tests",
+                QueueDirectory = spec.Has("queue_dir") ? spec["queue_dir"] as string : null,
+                InitialBackoff = TimeSpan.FromMilliseconds(50),
+                MaxBackoff = TimeSpan.FromMilliseconds(500),
+                Log = line => Console.Error.WriteLine("client: " + line),
+            };
+            var hold = spec.Has("hold") && (bool)spec["hold"];
+            var batches = new List<List<Reading>>();
+            foreach (List<object> b in (List<object>)spec["batches"])
+            {
+                var readings = new List<Reading>();
+                foreach (var r in b)
+                {
+                    var reading = VectorChecks.ToReading(r);
+                    if (reading == null)
+                        throw new ArgumentException("not expressible with the typed API: " + VectorChecks.Show(r));
+                    readings.Add(reading);
+                }
+                batches.Add(readings);
+            }
+
+            var client = new TelemetryClient(options);
+            client.BatchCompleted += (sender, result) => Console.WriteLine(ResultLine(result));
+            try
+            {
+                client.Connect(TimeSpan.FromSeconds(30));
+                foreach (var b in batches)
+                    Observe(client.SendAsync(b));
+                if (hold)
+                {
+                    var deadline = Stopwatch.StartNew();
+                    while (client.Stats.BatchesSent < batches.Count)
+                    {
+                        if (deadline.Elapsed > TimeSpan.FromSeconds(30))
+                            throw new TimeoutException("batches not sent in time");
+                        Thread.Sleep(10); // polling a counter with a deadline
+                    }
+                    Console.WriteLine("{\"event\": \"sent\", \"stream\": " + Json.Quote(client.StreamId) + "}");
+                    Console.Out.Flush();
+                    Console.In.ReadLine();
+                    client.Dispose();
+                    return 0;
+                }
+                client.Flush(TimeSpan.FromSeconds(60));
+                var s = client.Stats;
+                Console.WriteLine(string.Format(CultureInfo.InvariantCulture,
+                    "{{\"event\": \"done\", \"stream\": {0}, \"accepted\": {1}, \"duplicate\": {2}, \"rejected\": {3}, \"dropped\": {4}, \"reconnects\": {5}, \"retries\": {6}}}",
+                    Json.Quote(client.StreamId), s.Accepted, s.Duplicate, s.Rejected, s.Dropped, s.Reconnects, s.Retries));
+                client.Close(TimeSpan.FromSeconds(5));
+                return 0;
+            }
+            catch (TelemetryException e)
+            {
+                Console.WriteLine("{\"event\": \"fatal\", \"type\": " + Json.Quote(e.GetType().Name) + ", \"message\": " + Json.Quote(e.Message) + "}");
+                client.Dispose();
+                return 3;
+            }
+        }
+
+        private static void Observe(Task t)
+        {
+            t.ContinueWith(x => { var ignored = x.Exception; }, TaskContinuationOptions.OnlyOnFaulted);
+        }
+
+        private static string ResultLine(BatchResult r)
+        {
+            var rejects = new List<string>();
+            foreach (var x in r.Rejects)
+                rejects.Add("[" + x.Index + ", " + Json.Quote(x.Code) + ", " + Json.Quote(x.Path) + ", " + Json.Quote(x.Message)
+                    + ", " + Json.Quote(x.Reading == null ? "" : x.Reading.Sensor) + "]");
+            return string.Format(CultureInfo.InvariantCulture,
+                "{{\"event\": \"batch\", \"outcome\": {0}, \"seq\": {1}, \"count\": {2}, \"accepted\": {3}, \"duplicate\": {4}, \"rejects\": [{5}], \"drop_reason\": {6}}}",
+                Json.Quote(r.Outcome.ToString()), r.Seq, r.Count, r.Accepted, r.Duplicate, string.Join(", ", rejects), Json.Quote(r.DropReason));
+        }
+    }
+}
