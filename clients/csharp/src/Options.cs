@@ -102,6 +102,8 @@ namespace SensorTelemetry
         public long Dropped;
         public long BatchesAcknowledged;
         public long BatchesSent;
+        /// <summary>Seq of the last BATCH sent (0: none yet).</summary>
+        public long LastSeqSent;
         public long Retries;
         /// <summary>Successful handshakes after the first one.</summary>
         public long Reconnects;

@@ -79,6 +79,7 @@ namespace SensorTelemetry
                         Dropped = _queue.DroppedTotal,
                         BatchesAcknowledged = _stats.BatchesAcknowledged,
                         BatchesSent = _stats.BatchesSent,
+                        LastSeqSent = _stats.LastSeqSent,
                         Retries = _stats.Retries,
                         Reconnects = _stats.Reconnects,
                         Queued = _queue.Count,
@@ -185,10 +186,22 @@ namespace SensorTelemetry
             await _firstWelcome.Task.ConfigureAwait(false);
         }
 
+        /// <exception cref="TimeoutException">no WELCOME in time (the client keeps trying)</exception>
         public void Connect(TimeSpan timeout)
         {
             using (var cts = new CancellationTokenSource(timeout))
-                Block(ConnectAsync(cts.Token));
+            {
+                try
+                {
+                    Block(ConnectAsync(cts.Token));
+                }
+                catch (OperationCanceledException)
+                {
+                    var last = Stats.LastError;
+                    throw new TimeoutException("no connection to " + _o.Host + ":" + _o.Port + " within " + timeout
+                        + (last.Length > 0 ? " (last error: " + last + ")" : ""));
+                }
+            }
         }
 
         /// <summary>Send what is being gathered now and wait until everything queued so far is acknowledged or dropped.</summary>
@@ -582,7 +595,10 @@ namespace SensorTelemetry
                         inflightSent = true;
                         lastSentMs = Now;
                         lock (_lock)
+                        {
                             _stats.BatchesSent++;
+                            _stats.LastSeqSent = inflight.Seq;
+                        }
                         continue;
                     }
                     if (now - lastRecvMs >= deadAfterMs)

@@ -98,7 +98,8 @@ namespace SensorTelemetry.Tests
                             throw new TimeoutException("batches not sent in time");
                         Thread.Sleep(10); // polling a counter with a deadline
                     }
-                    Console.WriteLine("{\"event\": \"sent\", \"stream\": " + Json.Quote(client.StreamId) + "}");
+                    Console.WriteLine("{\"event\": \"sent\", \"stream\": " + Json.Quote(client.StreamId)
+                        + ", \"seq\": " + client.Stats.LastSeqSent.ToString(CultureInfo.InvariantCulture) + "}");
                     Console.Out.Flush();
                     Console.In.ReadLine();
                     client.Dispose();
