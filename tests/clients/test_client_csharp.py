@@ -24,12 +24,13 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from collector import certs
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.faultproxy import FaultProxy
@@ -78,6 +79,18 @@ def collector(tmp_path_factory: pytest.TempPathFactory, build: Path) -> Iterator
         yield daemon
 
 
+@pytest.fixture(scope="module")
+def strict_collector(
+    tmp_path_factory: pytest.TempPathFactory, build: Path
+) -> Iterator[CollectorProcess]:
+    """A collector that pings after 200 ms of silence, drops a link idle for 1 s and
+    answers RETRY rate_limited above 1000 readings/s per device (a 2 s burst)."""
+    db = tmp_path_factory.mktemp("strict") / "telemetry.db"
+    args = ["--heartbeat-ms", "200", "--idle-timeout-s", "1"]
+    with CollectorProcess(db, *args, "--max-readings-per-s-per-device", "1000") as daemon:
+        yield daemon
+
+
 def _env(port: int, device: str, token: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -89,7 +102,7 @@ def _env(port: int, device: str, token: str, **extra: str) -> dict[str, str]:
 
 
 def _send(
-    build: Path, tmp_path: Path, port: int, device: str, token: str, spec: dict[str, object]
+    build: Path, tmp_path: Path, port: int, device: str, token: str, spec: Mapping[str, object]
 ) -> tuple[int, list[dict[str, Any]]]:
     """Run `ClientTests.exe send`; returns its exit code and its JSON output lines."""
     path = tmp_path / f"spec-{time.monotonic_ns()}.json"
@@ -287,6 +300,58 @@ def test_counter_survives_a_cut_link_and_stores_everything_once(
     assert sent == count and accepted + duplicate == count and rejected == 0
     assert proxy.stats.cuts >= 1 and proxy.stats.connections >= 2
     assert_exactly_once(stored(collector.db, "cs-cut"), {("cs-cut", "example/counter"): count})
+
+
+def _counter_batches(first: int, batches: int, size: int) -> list[list[list[object]]]:
+    return [
+        [["n/c", "counter", TS0 + v, v, None, None] for v in range(b, b + size)]
+        for b in range(first, first + batches * size, size)
+    ]
+
+
+def test_retry_is_followed_and_a_quiet_link_stays_up(
+    build: Path, strict_collector: CollectorProcess, tmp_path: Path
+) -> None:
+    token = strict_collector.add_device("cs-strict")
+    spec = {
+        "batches": _counter_batches(1, 3, 1000),  # the third is over the 2000-reading burst
+        "pause_ms": 1500,  # idle longer than the 1 s idle timeout: only heartbeats keep it up
+        "after": _counter_batches(3001, 1, 1000),
+    }
+    rc, lines = _send(build, tmp_path, strict_collector.ingest[1], "cs-strict", token, spec)
+    assert rc == 0, lines
+    results = _batches(lines)
+    assert [(r["outcome"], r["accepted"]) for r in results] == [("Acknowledged", 1000)] * 4
+    (done,) = (x for x in lines if x["event"] == "done")
+    assert done["retries"] >= 1, "the collector's RETRY rate_limited was waited out"
+    assert done["reconnects"] == 0, "PING/PONG kept the idle link alive"
+    assert_exactly_once(stored(strict_collector.db, "cs-strict"), {("cs-strict", "n/c"): 4000})
+
+
+def test_tls_with_a_pinned_certificate(build: Path, tmp_path: Path) -> None:
+    good, other = tmp_path / "good", tmp_path / "other"
+    for d in (good, other):
+        d.mkdir()
+        certs.create_ca(d)
+        certs.issue(d, "collector", server=True, hosts=("127.0.0.1", "localhost"))
+    tls = ["--tls-cert", str(good / "collector.pem"), "--tls-key", str(good / "collector.key")]
+    with CollectorProcess(tmp_path / "tls.db", *tls) as daemon:
+        token = daemon.add_device("cs-tls")
+        port = daemon.ingest[1]
+        spec: dict[str, object] = {
+            "batches": [VALID[:3]],
+            "tls_pinned": str(good / "collector.pem"),
+        }
+        rc, lines = _send(build, tmp_path, port, "cs-tls", token, spec)
+        assert rc == 0, lines
+        assert [r["accepted"] for r in _batches(lines)] == [3]
+        assert stored(daemon.db, "cs-tls").total == 3
+
+        # A server certificate other than the pinned one: no session, nothing sent.
+        spec = {**spec, "tls_pinned": str(other / "collector.pem"), "connect_s": 2}
+        rc, lines = _send(build, tmp_path, port, "cs-tls", token, spec)
+        assert rc == 4 and lines[-1]["event"] == "timeout", lines
+        assert stored(daemon.db, "cs-tls").total == 3
 
 
 def test_auth_failed_is_fatal(build: Path, collector: CollectorProcess, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ using System;
 using System.Collections.Generic;
 using System.Net.Security;
 using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 
 namespace SensorTelemetry
 {
@@ -23,8 +24,13 @@ namespace SensorTelemetry
         public bool UseTls;
         /// <summary>Name the server certificate must carry; default: <see cref="Host"/>.</summary>
         public string TlsServerName;
-        /// <summary>Custom server certificate check (e.g. a private CA); default: the system's.</summary>
+        /// <summary>
+        /// Server certificate check; default: the system's trust store. For a private CA use
+        /// <c>TlsTrust.FromCaFile("ca.pem")</c>.
+        /// </summary>
         public RemoteCertificateValidationCallback TlsCertificateValidation;
+        /// <summary>Client certificates for mutual TLS (with their private keys, e.g. from a PKCS#12 file).</summary>
+        public X509CertificateCollection TlsClientCertificates;
         public SslProtocols TlsProtocols = SslProtocols.Tls12;
 
         /// <summary>Readings per BATCH (the collector's WELCOME limit applies too).</summary>

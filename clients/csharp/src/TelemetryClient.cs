@@ -462,7 +462,7 @@ namespace SensorTelemetry
                 {
                     var ssl = new SslStream(stream, false, _o.TlsCertificateValidation);
                     stream = ssl;
-                    var auth = ssl.AuthenticateAsClientAsync(_o.TlsServerName ?? _o.Host, null, _o.TlsProtocols, false);
+                    var auth = ssl.AuthenticateAsClientAsync(_o.TlsServerName ?? _o.Host, _o.TlsClientCertificates, _o.TlsProtocols, false);
                     if (await Task.WhenAny(auth, Task.Delay(_o.ConnectTimeout)).ConfigureAwait(false) != auth)
                     {
                         Observe(auth);

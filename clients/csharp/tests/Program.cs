@@ -3,11 +3,14 @@
 //   ClientTests.exe send <spec.json>              send a spec's batches to the collector at
 //       TELEMETRY_ADDRESS as TELEMETRY_DEVICE/TELEMETRY_TOKEN and print one JSON line per
 //       batch result plus a final summary line.
-// A spec: {"batches": [[reading, ...], ...], "queue_dir": null | "dir", "hold": false}
+// A spec: {"batches": [[reading, ...], ...], "queue_dir": null | "dir", "hold": false,
+//          "pause_ms": 0, "after": [[reading, ...], ...], "connect_s": 30,
+//          "tls_pinned": null | "server.pem", "tls_ca": null | "ca.pem"}
 // where a reading is the JSON form of tests/vectors (a JSON int is sent with AddInteger, a
 // JSON float with AddNumber, ...). With "hold": true the program waits until every batch is
 // sent, prints {"event": "sent", ...}, waits for a line on stdin and stops without waiting
-// for ACKs (a crash stand-in: the batches stay in the file-backed queue).
+// for ACKs (a crash stand-in: the batches stay in the file-backed queue). With "after", the
+// link stays idle for pause_ms once "batches" are acknowledged, then "after" is sent.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -67,26 +70,27 @@ namespace SensorTelemetry.Tests
                 MaxBackoff = TimeSpan.FromMilliseconds(500),
                 Log = line => Console.Error.WriteLine("client: " + line),
             };
-            var hold = spec.Has("hold") && (bool)spec["hold"];
-            var batches = new List<List<Reading>>();
-            foreach (List<object> b in (List<object>)spec["batches"])
+            if (spec.Has("tls_pinned") && spec["tls_pinned"] != null)
             {
-                var readings = new List<Reading>();
-                foreach (var r in b)
-                {
-                    var reading = VectorChecks.ToReading(r);
-                    if (reading == null)
-                        throw new ArgumentException("not expressible with the typed API: " + VectorChecks.Show(r));
-                    readings.Add(reading);
-                }
-                batches.Add(readings);
+                options.UseTls = true;
+                options.TlsCertificateValidation = TlsTrust.PinnedCertificate((string)spec["tls_pinned"]);
             }
+            if (spec.Has("tls_ca") && spec["tls_ca"] != null)
+            {
+                options.UseTls = true;
+                options.TlsCertificateValidation = TlsTrust.FromCaFile((string)spec["tls_ca"]);
+            }
+            var hold = spec.Has("hold") && (bool)spec["hold"];
+            var connect = TimeSpan.FromSeconds(spec.Has("connect_s") ? ((JsonNumber)spec["connect_s"]).Double : 30);
+            var pause = spec.Has("pause_ms") ? int.Parse(((JsonNumber)spec["pause_ms"]).Text, CultureInfo.InvariantCulture) : 0;
+            var batches = Batches(spec, "batches");
+            var after = Batches(spec, "after");
 
             var client = new TelemetryClient(options);
             client.BatchCompleted += (sender, result) => Console.WriteLine(ResultLine(result));
             try
             {
-                client.Connect(TimeSpan.FromSeconds(30));
+                client.Connect(connect);
                 foreach (var b in batches)
                     Observe(client.SendAsync(b));
                 if (hold)
@@ -106,6 +110,13 @@ namespace SensorTelemetry.Tests
                     return 0;
                 }
                 client.Flush(TimeSpan.FromSeconds(60));
+                if (after.Count > 0)
+                {
+                    Thread.Sleep(pause); // the scenario: an idle link longer than the collector's idle timeout
+                    foreach (var b in after)
+                        Observe(client.SendAsync(b));
+                    client.Flush(TimeSpan.FromSeconds(60));
+                }
                 var s = client.Stats;
                 Console.WriteLine(string.Format(CultureInfo.InvariantCulture,
                     "{{\"event\": \"done\", \"stream\": {0}, \"accepted\": {1}, \"duplicate\": {2}, \"rejected\": {3}, \"dropped\": {4}, \"reconnects\": {5}, \"retries\": {6}}}",
@@ -113,12 +124,38 @@ namespace SensorTelemetry.Tests
                 client.Close(TimeSpan.FromSeconds(5));
                 return 0;
             }
+            catch (TimeoutException e)
+            {
+                Console.WriteLine("{\"event\": \"timeout\", \"message\": " + Json.Quote(e.Message) + "}");
+                client.Dispose();
+                return 4;
+            }
             catch (TelemetryException e)
             {
                 Console.WriteLine("{\"event\": \"fatal\", \"type\": " + Json.Quote(e.GetType().Name) + ", \"message\": " + Json.Quote(e.Message) + "}");
                 client.Dispose();
                 return 3;
             }
+        }
+
+        private static List<List<Reading>> Batches(JsonObject spec, string key)
+        {
+            var batches = new List<List<Reading>>();
+            if (!spec.Has(key))
+                return batches;
+            foreach (List<object> b in (List<object>)spec[key])
+            {
+                var readings = new List<Reading>();
+                foreach (var r in b)
+                {
+                    var reading = VectorChecks.ToReading(r);
+                    if (reading == null)
+                        throw new ArgumentException("not expressible with the typed API: " + VectorChecks.Show(r));
+                    readings.Add(reading);
+                }
+                batches.Add(readings);
+            }
+            return batches;
         }
 
         private static void Observe(Task t)
