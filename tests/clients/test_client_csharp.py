@@ -354,6 +354,32 @@ def test_tls_with_a_pinned_certificate(build: Path, tmp_path: Path) -> None:
         assert stored(daemon.db, "cs-tls").total == 3
 
 
+def test_batches_are_split_to_the_collectors_frame_limit(build: Path, tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path / "small.db", "--max-frame-bytes", "4096") as daemon:
+        token = daemon.add_device("cs-small")
+        # 300 readings are ~10 kB: over the 4096-byte frames WELCOME announces.
+        spec = {"batches": _counter_batches(1, 1, 300)}
+        rc, lines = _send(build, tmp_path, daemon.ingest[1], "cs-small", token, spec)
+        assert rc == 0, lines
+        parts = _batches(lines)
+        assert len(parts) >= 2 and sum(p["count"] for p in parts) == 300
+        assert all(p["outcome"] == "Acknowledged" for p in parts)
+        (whole,) = (x for x in lines if x["event"] == "result")
+        assert (whole["count"], whole["accepted"], whole["duplicate"]) == (300, 300, 0)
+        assert_exactly_once(stored(daemon.db, "cs-small"), {("cs-small", "n/c"): 300})
+
+
+def test_units_without_a_collector(build: Path, tmp_path: Path) -> None:
+    res = subprocess.run(
+        ["mono", str(build / "ClientTests.exe"), "units", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"units: (\d+) checks, 0 failed", res.stdout), res.stdout
+
+
 def test_auth_failed_is_fatal(build: Path, collector: CollectorProcess, tmp_path: Path) -> None:
     collector.add_device("cs-auth")
     rc, lines = _send(

@@ -16,13 +16,56 @@ namespace SensorTelemetry
 {
     internal sealed class QueuedBatch
     {
-        public long Id;
+        /// <summary>
+        /// Orders the queue (and names the batch's file): 16 digits of a counter, plus
+        /// ".000001"-style suffixes for the parts of a batch split to fit the collector's
+        /// limits, so that an ordinal sort of the names is the queue order.
+        /// </summary>
+        public string Name;
         public long Seq;
+        /// <summary>Set when this batch is a part of a split one; Offset is its first reading's index there.</summary>
+        public BatchGroup Group;
+        public int Offset;
         public readonly List<Reading> Readings = new List<Reading>();
         public readonly List<byte[]> Encoded = new List<byte[]>();
         public int EncodedBytes;
         public readonly TaskCompletionSource<BatchResult> Completion =
             new TaskCompletionSource<BatchResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>The parts of one batch that was split; completes the original batch's task once all are done.</summary>
+    internal sealed class BatchGroup
+    {
+        public readonly TaskCompletionSource<BatchResult> Completion;
+        public int Pending;
+        private readonly BatchResult _sum;
+        private readonly List<RejectedReading> _rejects = new List<RejectedReading>();
+
+        public BatchGroup(TaskCompletionSource<BatchResult> completion, int count)
+        {
+            Completion = completion;
+            _sum = new BatchResult { Outcome = BatchOutcome.Acknowledged, Count = count };
+        }
+
+        /// <summary>Add one part's result; returns the whole batch's result once every part is done.</summary>
+        public BatchResult Add(QueuedBatch part, BatchResult r)
+        {
+            if (_sum.Seq == 0)
+                _sum.Seq = r.Seq;
+            _sum.Accepted += r.Accepted;
+            _sum.Duplicate += r.Duplicate;
+            foreach (var x in r.Rejects)
+                _rejects.Add(new RejectedReading { Index = x.Index + part.Offset, Reading = x.Reading, Code = x.Code, Path = x.Path, Message = x.Message });
+            if (r.Outcome == BatchOutcome.Dropped)
+            {
+                _sum.Outcome = BatchOutcome.Dropped;
+                _sum.DropReason = r.DropReason;
+            }
+            if (--Pending > 0)
+                return null;
+            _sum.Rejects = _rejects.AsReadOnly();
+            return _sum;
+        }
     }
 
     internal sealed class BatchQueue
@@ -74,7 +117,7 @@ namespace SensorTelemetry
             foreach (var f in files)
             {
                 var b = Load(f);
-                _nextId = Math.Max(_nextId, b.Id + 1);
+                _nextId = Math.Max(_nextId, long.Parse(b.Name.Substring(0, 16), CultureInfo.InvariantCulture) + 1);
                 _batches.AddLast(b);
                 _count += b.Readings.Count;
             }
@@ -127,7 +170,7 @@ namespace SensorTelemetry
             MakeRoom(1, dropped);
             if (_pending == null)
             {
-                _pending = new QueuedBatch { Id = _nextId++ };
+                _pending = new QueuedBatch { Name = NextName() };
                 _pendingSinceMs = nowMs;
                 news = true;
             }
@@ -143,7 +186,7 @@ namespace SensorTelemetry
         {
             Seal();
             MakeRoom(readings.Count, dropped);
-            var b = new QueuedBatch { Id = _nextId++ };
+            var b = new QueuedBatch { Name = NextName() };
             for (var i = 0; i < readings.Count; i++)
             {
                 b.Readings.Add(readings[i]);
@@ -154,6 +197,54 @@ namespace SensorTelemetry
             Store(b);
             _batches.AddLast(b);
             return b;
+        }
+
+        private string NextName()
+        {
+            return (_nextId++).ToString("D16", CultureInfo.InvariantCulture);
+        }
+
+        /// <summary>
+        /// Split the head batch into parts within the collector's limits (a batch gathered or
+        /// sent under larger limits than the current WELCOME announces). Parts get new seqs;
+        /// readings of a part that was already stored come back as duplicates.
+        /// </summary>
+        public void SplitHead(int maxReadings, int maxBodyBytes)
+        {
+            var head = Head;
+            if (head == null || (head.Readings.Count <= maxReadings && head.EncodedBytes <= maxBodyBytes))
+                return;
+            var group = head.Group;
+            if (group == null)
+                group = new BatchGroup(head.Completion, head.Readings.Count) { Pending = 1 };
+            var parts = new List<QueuedBatch>();
+            QueuedBatch part = null;
+            for (var i = 0; i < head.Readings.Count; i++)
+            {
+                var e = head.Encoded[i];
+                if (part == null || part.Readings.Count >= maxReadings || (part.Readings.Count > 0 && part.EncodedBytes + e.Length > maxBodyBytes))
+                {
+                    part = new QueuedBatch
+                    {
+                        Name = head.Name + "." + parts.Count.ToString("D6", CultureInfo.InvariantCulture),
+                        Group = group,
+                        Offset = head.Offset + i,
+                    };
+                    parts.Add(part);
+                }
+                part.Readings.Add(head.Readings[i]);
+                part.Encoded.Add(e);
+                part.EncodedBytes += e.Length;
+            }
+            group.Pending += parts.Count - 1;
+            _batches.RemoveFirst();
+            if (_dir != null)
+                File.Delete(BatchPath(head.Name));
+            for (var i = parts.Count - 1; i >= 0; i--)
+            {
+                Store(parts[i]);
+                _batches.AddFirst(parts[i]);
+            }
         }
 
         /// <summary>Turn the readings being gathered into a batch waiting to be sent.</summary>
@@ -236,7 +327,7 @@ namespace SensorTelemetry
             _batches.Remove(b);
             _count -= b.Readings.Count;
             if (_dir != null)
-                File.Delete(BatchPath(b.Id));
+                File.Delete(BatchPath(b.Name));
         }
 
         /// <summary>Count readings dropped outside MakeRoom (a batch the collector refused).</summary>
@@ -250,9 +341,9 @@ namespace SensorTelemetry
         // -- the file-backed form: one file per sealed batch, written to a temporary name and
         // renamed, so a crash leaves either the old or the new file, never half of one.
 
-        private string BatchPath(long id)
+        private string BatchPath(string name)
         {
-            return Path.Combine(_dir, id.ToString("D16", CultureInfo.InvariantCulture) + ".batch");
+            return Path.Combine(_dir, name + ".batch");
         }
 
         private void SaveState()
@@ -279,19 +370,19 @@ namespace SensorTelemetry
                     w.Write(e);
                 }
                 w.Flush();
-                WriteAtomically(BatchPath(b.Id), ms.ToArray());
+                WriteAtomically(BatchPath(b.Name), ms.ToArray());
             }
         }
 
         private static QueuedBatch Load(string path)
         {
-            var id = long.Parse(Path.GetFileNameWithoutExtension(path), CultureInfo.InvariantCulture);
+            var name = Path.GetFileNameWithoutExtension(path);
             using (var r = new BinaryReader(File.OpenRead(path)))
             {
                 var magic = r.ReadBytes(4);
                 if (magic.Length != 4 || magic[0] != Magic[0] || magic[1] != Magic[1] || magic[2] != Magic[2] || magic[3] != Magic[3])
                     throw new InvalidDataException(path + ": not a queued batch");
-                var b = new QueuedBatch { Id = id, Seq = r.ReadInt64() };
+                var b = new QueuedBatch { Name = name, Seq = r.ReadInt64() };
                 var n = r.ReadInt32();
                 for (var i = 0; i < n; i++)
                 {

@@ -296,11 +296,10 @@ namespace SensorTelemetry
             if (_loop != null)
                 _loop.Wait(TimeSpan.FromSeconds(5));
             var closed = new ObjectDisposedException("TelemetryClient", "the client was closed");
+            List<QueuedBatch> left;
             lock (_lock)
-            {
-                foreach (var b in _queue.Snapshot())
-                    b.Completion.TrySetException(closed);
-            }
+                left = _queue.Snapshot();
+            Fail(left, closed);
             _firstWelcome.TrySetException(closed);
         }
 
@@ -437,8 +436,7 @@ namespace SensorTelemetry
             }
             Log("stopped: " + e.Message);
             _firstWelcome.TrySetException(e);
-            foreach (var b in batches)
-                b.Completion.TrySetException(e);
+            Fail(batches, e);
         }
 
         private async Task<Stream> OpenAsync()
@@ -577,6 +575,7 @@ namespace SensorTelemetry
                             _queue.Seal();
                         if (inflight == null && _queue.Head != null)
                         {
+                            _queue.SplitHead(_maxBatchReadings, _maxBodyBytes);
                             inflight = _queue.Head;
                             inflightSent = false;
                             _queue.AssignSeq(inflight);
@@ -818,9 +817,27 @@ namespace SensorTelemetry
         private void Publish(QueuedBatch b, BatchResult result)
         {
             b.Completion.TrySetResult(result);
+            if (b.Group != null)
+            {
+                BatchResult whole;
+                lock (_lock)
+                    whole = b.Group.Add(b, result);
+                if (whole != null)
+                    b.Group.Completion.TrySetResult(whole);
+            }
             var handler = BatchCompleted;
             if (handler != null)
                 handler(this, result);
+        }
+
+        private static void Fail(IEnumerable<QueuedBatch> batches, Exception e)
+        {
+            foreach (var b in batches)
+            {
+                b.Completion.TrySetException(e);
+                if (b.Group != null)
+                    b.Group.Completion.TrySetException(e);
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 // The C# client's test program (driven by tests/clients/test_client_csharp.py):
 //   ClientTests.exe vectors <tests/vectors dir>   check every test vector; exit 0 when all pass
+//   ClientTests.exe units <scratch dir>           checks that need no collector
 //   ClientTests.exe send <spec.json>              send a spec's batches to the collector at
-//       TELEMETRY_ADDRESS as TELEMETRY_DEVICE/TELEMETRY_TOKEN and print one JSON line per
-//       batch result plus a final summary line.
+//       TELEMETRY_ADDRESS as TELEMETRY_DEVICE/TELEMETRY_TOKEN; print one JSON line per
+//       BATCH answered ("batch"; the parts of a batch split to fit the collector's limits
+//       each get one), one "result" line per batch given to SendAsync, and a summary line.
 // A spec: {"batches": [[reading, ...], ...], "queue_dir": null | "dir", "hold": false,
 //          "pause_ms": 0, "after": [[reading, ...], ...], "connect_s": 30,
 //          "tls_pinned": null | "server.pem", "tls_ca": null | "ca.pem"}
@@ -28,9 +30,18 @@ namespace SensorTelemetry.Tests
         {
             if (args.Length == 2 && args[0] == "vectors")
                 return Vectors(args[1]);
+            if (args.Length == 2 && args[0] == "units")
+            {
+                var units = new Units();
+                units.Run(args[1]);
+                foreach (var f in units.Failures)
+                    Console.WriteLine("FAIL " + f);
+                Console.WriteLine(string.Format(CultureInfo.InvariantCulture, "units: {0} checks, {1} failed", units.Checked, units.Failures.Count));
+                return units.Failures.Count == 0 ? 0 : 1;
+            }
             if (args.Length == 2 && args[0] == "send")
                 return Send(args[1]);
-            Console.Error.WriteLine("usage: ClientTests.exe vectors DIR | send SPEC.json");
+            Console.Error.WriteLine("usage: ClientTests.exe vectors DIR | units DIR | send SPEC.json");
             return 2;
         }
 
@@ -91,8 +102,9 @@ namespace SensorTelemetry.Tests
             try
             {
                 client.Connect(connect);
+                var sends = new List<Task<BatchResult>>();
                 foreach (var b in batches)
-                    Observe(client.SendAsync(b));
+                    sends.Add(Observe(client.SendAsync(b)));
                 if (hold)
                 {
                     var deadline = Stopwatch.StartNew();
@@ -114,9 +126,11 @@ namespace SensorTelemetry.Tests
                 {
                     Thread.Sleep(pause); // the scenario: an idle link longer than the collector's idle timeout
                     foreach (var b in after)
-                        Observe(client.SendAsync(b));
+                        sends.Add(Observe(client.SendAsync(b)));
                     client.Flush(TimeSpan.FromSeconds(60));
                 }
+                foreach (var t in sends)
+                    Console.WriteLine(ResultLine(t.Result).Replace("\"event\": \"batch\"", "\"event\": \"result\""));
                 var s = client.Stats;
                 Console.WriteLine(string.Format(CultureInfo.InvariantCulture,
                     "{{\"event\": \"done\", \"stream\": {0}, \"accepted\": {1}, \"duplicate\": {2}, \"rejected\": {3}, \"dropped\": {4}, \"reconnects\": {5}, \"retries\": {6}}}",
@@ -158,9 +172,10 @@ namespace SensorTelemetry.Tests
             return batches;
         }
 
-        private static void Observe(Task t)
+        private static Task<BatchResult> Observe(Task<BatchResult> t)
         {
             t.ContinueWith(x => { var ignored = x.Exception; }, TaskContinuationOptions.OnlyOnFaulted);
+            return t;
         }
 
         private static string ResultLine(BatchResult r)
