@@ -80,6 +80,9 @@ namespace SensorTelemetry
         private long _lastSeq;
         private long _seqFloor;
         private int _count;
+        // Dropped counts wait for the next state write (a seq assignment, a reported HELLO or
+        // Save): an fsync per dropped reading would slow a full queue down further.
+        private bool _stateDirty;
 
         public readonly string StreamId;
         /// <summary>Readings dropped since the collector last accepted a HELLO reporting them.</summary>
@@ -167,7 +170,11 @@ namespace SensorTelemetry
                 Seal();
                 news = true;
             }
-            MakeRoom(1, dropped);
+            if (!MakeRoom(1, dropped))
+            {
+                CountDropped(1); // full of the batch in flight: the new reading is the one dropped
+                return news;
+            }
             if (_pending == null)
             {
                 _pending = new QueuedBatch { Name = NextName() };
@@ -185,13 +192,18 @@ namespace SensorTelemetry
         public QueuedBatch AddBatch(IList<Reading> readings, IList<byte[]> encoded, List<QueuedBatch> dropped)
         {
             Seal();
-            MakeRoom(readings.Count, dropped);
             var b = new QueuedBatch { Name = NextName() };
             for (var i = 0; i < readings.Count; i++)
             {
                 b.Readings.Add(readings[i]);
                 b.Encoded.Add(encoded[i]);
                 b.EncodedBytes += encoded[i].Length;
+            }
+            if (!MakeRoom(readings.Count, dropped))
+            {
+                CountDropped(readings.Count); // no room even after dropping every unsent batch
+                dropped.Add(b);
+                return b;
             }
             _count += readings.Count;
             Store(b);
@@ -264,7 +276,7 @@ namespace SensorTelemetry
 
         // Bounded: make room by dropping the oldest batch that was never sent, else the oldest
         // readings still being gathered. Every dropped reading is counted (and reported in HELLO).
-        private void MakeRoom(int needed, List<QueuedBatch> dropped)
+        private bool MakeRoom(int needed, List<QueuedBatch> dropped)
         {
             while (_count + needed > _maxReadings)
             {
@@ -283,19 +295,20 @@ namespace SensorTelemetry
                     dropped.Add(victim);
                     UnreportedDropped += victim.Readings.Count;
                     DroppedTotal += victim.Readings.Count;
-                    SaveState();
+                    _stateDirty = true;
                     continue;
                 }
                 if (_pending == null || _pending.Readings.Count == 0)
-                    throw new InvalidOperationException("the queue is full of batches in flight; raise MaxQueuedReadings");
+                    return false;
                 _pending.EncodedBytes -= _pending.Encoded[0].Length;
                 _pending.Readings.RemoveAt(0);
                 _pending.Encoded.RemoveAt(0);
                 _count--;
                 UnreportedDropped++;
                 DroppedTotal++;
-                SaveState();
+                _stateDirty = true;
             }
+            return true;
         }
 
         /// <summary>WELCOME.last_seq: batches not sent yet continue after it.</summary>
@@ -335,7 +348,7 @@ namespace SensorTelemetry
         {
             UnreportedDropped += readings;
             DroppedTotal += readings;
-            SaveState();
+            _stateDirty = true;
         }
 
         // -- the file-backed form: one file per sealed batch, written to a temporary name and
@@ -346,8 +359,16 @@ namespace SensorTelemetry
             return Path.Combine(_dir, name + ".batch");
         }
 
+        /// <summary>Write pending counter changes (dropped counts) to the queue directory.</summary>
+        public void Save()
+        {
+            if (_stateDirty)
+                SaveState();
+        }
+
         private void SaveState()
         {
+            _stateDirty = false;
             if (_dir == null)
                 return;
             var text = _lastSeq.ToString(CultureInfo.InvariantCulture) + " " + UnreportedDropped.ToString(CultureInfo.InvariantCulture);
