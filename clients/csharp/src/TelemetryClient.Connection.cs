@@ -16,7 +16,8 @@ namespace SensorTelemetry
 {
     public sealed partial class TelemetryClient
     {
-        // ---- the connection loop
+        private TcpClient _tcp;
+        private bool _welcomed;
 
         private async Task RunAsync()
         {
@@ -28,10 +29,10 @@ namespace SensorTelemetry
                     if (_closing)
                         return;
                 }
+                _welcomed = false;
                 try
                 {
                     await SessionAsync().ConfigureAwait(false);
-                    backoff = _o.InitialBackoff;
                 }
                 catch (TelemetryException e)
                 {
@@ -60,8 +61,14 @@ namespace SensorTelemetry
                         if (_stream != null)
                             _stream.Dispose();
                         _stream = null;
+                        if (_tcp != null)
+                            _tcp.Close();
+                        _tcp = null;
                     }
                 }
+                // A session that got as far as WELCOME starts the backoff again from the bottom.
+                if (_welcomed)
+                    backoff = _o.InitialBackoff;
                 lock (_lock)
                 {
                     if (_closing)
@@ -126,6 +133,8 @@ namespace SensorTelemetry
                     }
                     await auth.ConfigureAwait(false);
                 }
+                lock (_lock)
+                    _tcp = tcp;
                 return stream;
             }
             catch
@@ -201,6 +210,7 @@ namespace SensorTelemetry
                     _stats.Reconnects++;
                 _everConnected = true;
             }
+            _welcomed = true;
             Log("connected: last_seq=" + welcome.LastSeq + " minor=" + welcome.Minor + " stream=" + _queue.StreamId);
             _firstWelcome.TrySetResult(true);
             await ReadyAsync(stream, welcome, heartbeatMs).ConfigureAwait(false);
