@@ -134,17 +134,17 @@ namespace SensorTelemetry.Tests
             }
             if (c == '"')
                 return Str(s, ref p);
-            if (s.Substring(p).StartsWith("true", StringComparison.Ordinal))
+            if (string.CompareOrdinal(s, p, "true", 0, 4) == 0)
             {
                 p += 4;
                 return true;
             }
-            if (s.Substring(p, Math.Min(5, s.Length - p)) == "false")
+            if (string.CompareOrdinal(s, p, "false", 0, 5) == 0)
             {
                 p += 5;
                 return false;
             }
-            if (s.Substring(p, Math.Min(4, s.Length - p)) == "null")
+            if (string.CompareOrdinal(s, p, "null", 0, 4) == 0)
             {
                 p += 4;
                 return null;
