@@ -80,6 +80,14 @@ def collector(tmp_path_factory: pytest.TempPathFactory, build: Path) -> Iterator
 
 
 @pytest.fixture(scope="module")
+def tokens(collector: CollectorProcess) -> dict[str, str]:
+    """Every device of the tests below, registered with `telemetry devices add` up front
+    (before any readings arrive, so registration never waits behind compaction)."""
+    names = ["cs-readings", "py-readings", "cs-resend", "cs-cut", "cs-auth", "cs-example"]
+    return {name: collector.add_device(name) for name in names}
+
+
+@pytest.fixture(scope="module")
 def strict_collector(
     tmp_path_factory: pytest.TempPathFactory, build: Path
 ) -> Iterator[CollectorProcess]:
@@ -166,11 +174,10 @@ def test_every_vector_passes(build: Path) -> None:
 
 
 def test_readings_stored_once_and_rejected_like_python(
-    build: Path, collector: CollectorProcess, tmp_path: Path
+    build: Path, collector: CollectorProcess, tokens: dict[str, str], tmp_path: Path
 ) -> None:
     port = collector.ingest[1]
-    cs_token = collector.add_device("cs-readings")
-    py_token = collector.add_device("py-readings")
+    cs_token, py_token = tokens["cs-readings"], tokens["py-readings"]
     readings = [
         *VALID[:4],
         *(r for r, _, _ in INVALID[:4]),
@@ -222,14 +229,14 @@ def test_readings_stored_once_and_rejected_like_python(
 
 
 def test_lost_ack_is_resent_from_the_file_queue_and_acked_as_duplicate(
-    build: Path, collector: CollectorProcess, tmp_path: Path
+    build: Path, collector: CollectorProcess, tokens: dict[str, str], tmp_path: Path
 ) -> None:
-    token = collector.add_device("cs-resend")
+    token = tokens["cs-resend"]
     queue = tmp_path / "queue"
     readings = [["resend/n", "counter", TS0 + i, i + 1, None, None] for i in range(50)]
-    # Every chunk waits 1.5 s in the proxy, so the ACK is still held there when the program
+    # Every chunk waits 2 s in the proxy, so the ACK is still held there when the program
     # stops: the collector has committed the batch, the client never hears of it.
-    proxy = FaultProxy("127.0.0.1", collector.ingest[1], mode="delay", delay_s=1.5).start()
+    proxy = FaultProxy("127.0.0.1", collector.ingest[1], mode="delay", delay_s=2.0).start()
     try:
         spec = json.dumps({"batches": [readings], "queue_dir": str(queue), "hold": True})
         (tmp_path / "hold.json").write_text(spec)
@@ -273,9 +280,9 @@ def test_lost_ack_is_resent_from_the_file_queue_and_acked_as_duplicate(
 
 
 def test_counter_survives_a_cut_link_and_stores_everything_once(
-    build: Path, collector: CollectorProcess
+    build: Path, collector: CollectorProcess, tokens: dict[str, str]
 ) -> None:
-    token = collector.add_device("cs-cut")
+    token = tokens["cs-cut"]
     count = 20_000
     # Cut every connection after 30 kB from the client (inside its first batch) until the
     # test sees a cut, then let traffic pass: the client must reconnect and resend.
@@ -380,8 +387,10 @@ def test_units_without_a_collector(build: Path, tmp_path: Path) -> None:
     assert re.search(r"units: (\d+) checks, 0 failed", res.stdout), res.stdout
 
 
-def test_auth_failed_is_fatal(build: Path, collector: CollectorProcess, tmp_path: Path) -> None:
-    collector.add_device("cs-auth")
+def test_auth_failed_is_fatal(
+    build: Path, collector: CollectorProcess, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    assert tokens["cs-auth"]
     rc, lines = _send(
         build,
         tmp_path,
@@ -395,9 +404,9 @@ def test_auth_failed_is_fatal(build: Path, collector: CollectorProcess, tmp_path
 
 
 def test_run_example_works_as_documented(
-    build: Path, collector: CollectorProcess, tmp_path: Path
+    build: Path, collector: CollectorProcess, tokens: dict[str, str], tmp_path: Path
 ) -> None:
-    token = collector.add_device("cs-example")
+    token = tokens["cs-example"]
     script = CSHARP / "run-example"
     assert os.access(script, os.X_OK)
     env = _env(

@@ -157,12 +157,13 @@ namespace SensorTelemetry
             return b.Completion.Task;
         }
 
+        /// <exception cref="TimeoutException">no ACK in time (the batch stays queued)</exception>
         public BatchResult Send(IEnumerable<Reading> readings, TimeSpan timeout)
         {
             var t = SendAsync(readings);
-            if (!t.Wait(timeout))
+            if (Task.WhenAny(t, Task.Delay(timeout)).GetAwaiter().GetResult() != t)
                 throw new TimeoutException("no ACK within " + timeout);
-            return t.Result;
+            return t.GetAwaiter().GetResult();
         }
 
         // ---- waiting
@@ -251,6 +252,10 @@ namespace SensorTelemetry
                     catch (OperationCanceledException)
                     {
                         // Whatever is still unacknowledged stays in the file-backed queue, if any.
+                    }
+                    catch (TelemetryException)
+                    {
+                        // The client stopped while draining; Stats.LastError says why. Closing goes on.
                     }
                 }
             }
