@@ -10,6 +10,16 @@ public static class Counter
 {
     public static int Main()
     {
+        var code = Run();
+        // Exit at once: Mono 6.8 can otherwise wait for a parked thread-pool worker to time out
+        // (up to a minute) before the process ends.
+        Console.Out.Flush();
+        Environment.Exit(code);
+        return code;
+    }
+
+    private static int Run()
+    {
         try
         {
             var address = Env("TELEMETRY_ADDRESS");

@@ -28,6 +28,16 @@ namespace SensorTelemetry.Tests
     {
         public static int Main(string[] args)
         {
+            var code = Run(args);
+            // Exit at once: Mono 6.8 can otherwise wait for a parked thread-pool worker to time
+            // out (up to a minute) before the process ends.
+            Console.Out.Flush();
+            Environment.Exit(code);
+            return code;
+        }
+
+        private static int Run(string[] args)
+        {
             if (args.Length == 2 && args[0] == "vectors")
                 return Vectors(args[1]);
             if (args.Length == 2 && args[0] == "units")
