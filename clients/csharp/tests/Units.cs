@@ -23,6 +23,7 @@ namespace SensorTelemetry.Tests
         public void Run(string tmp)
         {
             Forms();
+            Version11();
             RoundTrip();
             BoundedQueue();
             FileQueue(Path.Combine(tmp, "queue"));
@@ -67,6 +68,42 @@ namespace SensorTelemetry.Tests
                 w.WriteInt(v);
                 Check(v.Equals(MsgPackReader.Decode(w.ToArray())), "int round trip " + v);
             }
+        }
+
+        // Protocol v1.1's trailing fields: HELLO stream, WELCOME minor, ERROR seq.
+        private void Version11()
+        {
+            var hello = Wire.EncodeFrame(new Hello { DeviceId = "d", Token = "t", Stream = "0123456789abcdef0123456789abcdef" });
+            Check(hello[4] == 0x98, "HELLO with a stream has 8 fields");
+            var back = (Hello)Wire.Decode(Slice(hello));
+            Check(back.Stream == "0123456789abcdef0123456789abcdef" && back.DeviceId == "d", "HELLO stream round trip");
+            Check(Wire.EncodeFrame(new Hello { DeviceId = "d", Token = "t" })[4] == 0x97, "HELLO without a stream keeps v1.0's 7 fields");
+
+            var w = new MsgPackWriter();
+            w.WriteArrayHeader(7);
+            foreach (var v in new long[] { 2, 1, 5, 1048576, 10000, 15000, 1 })
+                w.WriteInt(v);
+            var welcome = (Welcome)Wire.Decode(w.ToArray());
+            Check(welcome.Minor == 1 && welcome.LastSeq == 5, "WELCOME minor");
+
+            w = new MsgPackWriter();
+            w.WriteArrayHeader(5);
+            w.WriteInt(8);
+            w.WriteString("bad_message");
+            w.WriteString("readings is not an array");
+            w.WriteBool(false);
+            w.WriteInt(42);
+            var error = (ErrorMessage)Wire.Decode(w.ToArray());
+            Check(error.Seq == 42 && !error.Fatal && error.Code == "bad_message", "ERROR seq");
+            var v10 = (ErrorMessage)Wire.Decode(Slice(Wire.EncodeFrame(new ErrorMessage { Code = "x", Fatal = true })));
+            Check(v10.Seq == 0, "ERROR without seq names no batch");
+        }
+
+        private static byte[] Slice(byte[] frame)
+        {
+            var body = new byte[frame.Length - 4];
+            Array.Copy(frame, 4, body, 0, body.Length);
+            return body;
         }
 
         private void RoundTrip()
