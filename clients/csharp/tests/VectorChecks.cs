@@ -178,6 +178,7 @@ namespace SensorTelemetry.Tests
                         Agent = (string)f["agent"],
                         AgentVersion = (string)f["agent_version"],
                         Dropped = L(f, "dropped"),
+                        Stream = f.Has("stream") ? (string)f["stream"] : "",
                     });
                 case "WELCOME":
                     return Wire.EncodeFrame(new Welcome
@@ -187,6 +188,7 @@ namespace SensorTelemetry.Tests
                         MaxFrameBytes = L(f, "max_frame_bytes"),
                         MaxBatchReadings = L(f, "max_batch_readings"),
                         HeartbeatMs = L(f, "heartbeat_ms"),
+                        Minor = f.Has("minor") ? L(f, "minor") : 0,
                     });
                 case "BATCH":
                     {
@@ -214,7 +216,13 @@ namespace SensorTelemetry.Tests
                 case "PONG":
                     return Wire.EncodeFrame(new Pong { Nonce = L(f, "nonce") });
                 case "ERROR":
-                    return Wire.EncodeFrame(new ErrorMessage { Code = (string)f["code"], Message = (string)f["message"], Fatal = (bool)f["fatal"] });
+                    return Wire.EncodeFrame(new ErrorMessage
+                    {
+                        Code = (string)f["code"],
+                        Message = (string)f["message"],
+                        Fatal = (bool)f["fatal"],
+                        Seq = f.Has("seq") ? L(f, "seq") : 0,
+                    });
                 case "BYE":
                     return Wire.EncodeFrame(new Bye { Reason = (string)f["reason"] });
                 default:
