@@ -2,7 +2,8 @@
 
 Works on the database file directly (`--db`, default ./telemetry.db), creating and migrating
 it when needed, so devices can be registered before the collector first starts. The running
-collector sees a change at the device's next HELLO. Registry logic is `collector.devices`.
+collector sees a change at the device's next HELLO. Registry logic is
+`collector.storage.sqlite.devices`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import click
 
-from collector import devices as registry
-from collector import store
 from collector.config import DEFAULT_DB
 from collector.errors import ConfigError
+from collector.storage.sqlite import devices as registry
+from collector.storage.sqlite import store
 
 FORMATS = ("table", "csv", "json", "jsonl")
 _db_option = click.option(

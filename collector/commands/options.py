@@ -3,7 +3,7 @@ options parse to.
 
 `--db/--url/--token` (where to read), `--format`, the series filters (`--device`,
 `--sensor`, `--kind`, `--tag`, `--field`) and the time range (`--since/--until`), parsed
-by `collector.query` so the CLI and the HTTP API accept the same forms and fail the same
+by `collector.query.readings` so the CLI and the HTTP API accept the same forms and fail the same
 way; and the read-only connection behind `--db`.
 """
 
@@ -17,10 +17,11 @@ from typing import TextIO, TypeVar
 
 import click
 
-from collector import formats, store
-from collector import query as ql
 from collector.config import DEFAULT_DB
 from collector.errors import ConfigError
+from collector.query import formats
+from collector.query import readings as ql
+from collector.storage.sqlite import store
 
 F = TypeVar("F", bound=Callable[..., object])
 

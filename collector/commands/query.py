@@ -2,12 +2,12 @@
 
 Each reads the database file directly (`--db`, read-only connection: never blocks ingest)
 or a running collector's HTTP API (`--url`, through the small client in
-`collector.commands.remote`), and prints through `collector.formats`. The options they share
-and their parsing (`collector.query`'s, so the CLI and the HTTP API accept the same forms
+`collector.commands.remote`), and prints through `collector.query.formats`. The options they share
+and their parsing (`collector.query.readings`'s, so the CLI and the HTTP API accept the same forms
 and fail the same way) are in `collector.commands.options`.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
-`collector.replay`), or buffer a whole export in memory.
+`collector.query.replay`), or buffer a whole export in memory.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Final, TextIO
 
 import click
 
-from collector import formats
-from collector import query as ql
 from collector.commands.options import (
     filter_options,
     filters,
@@ -33,8 +31,10 @@ from collector.commands.options import (
 )
 from collector.commands.remote import Remote, filter_params, range_params
 from collector.errors import ConfigError
-from collector.replay import replay_rejected
-from collector.tail import Tail
+from collector.query import formats
+from collector.query import readings as ql
+from collector.query.replay import replay_rejected
+from collector.query.tail import Tail
 
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
@@ -319,7 +319,7 @@ def rejected(
         if url is not None:
             raise ConfigError("--replay: writes to the database file; use --db, not --url")
         open_db(db).close()
-        from collector.ingest import Ingest
+        from collector.ingest.prepare import Ingest
         from schemas.kinds import KindFileError, load_kinds_file
 
         try:

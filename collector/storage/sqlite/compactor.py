@@ -1,4 +1,5 @@
-"""Background compaction and retention, run by the maintenance process (collector.maintainer).
+"""Background compaction and retention, run by the maintenance process
+(collector.storage.sqlite.maintainer).
 
 `maintenance(conn, now_ns, activity)` is one bounded step (`compact_once`) with its own
 write transaction; the caller decides when to run the next. Steps read and encode before
@@ -8,17 +9,17 @@ under the lock.
 
 Two levels. First, the head: a window [k * W, (k + 1) * W) (W = 2 minutes) is closed once it
 ends at least the grace period before `now_ns`, and settled once no reading arrived for it
-for a few seconds (collector.activity; matters for backlogs, whose windows are closed by the
-clock while they still fill); the oldest closed, settled window with head readings is
+for a few seconds (collector.storage.sqlite.activity; matters for backlogs, whose windows are closed
+by the clock while they still fill); the oldest closed, settled window with head readings is
 compacted: a window of at most max_rows rows (or, in a backlog, a closed 10-minute slot of
-five windows) in one step, a larger one in steps (collector.staging: stage a chunk of its
-head rows into a per-connection temp table sorted by series, pack one small block per
+five windows) in one step, a larger one in steps (collector.storage.sqlite.staging: stage a chunk of
+its head rows into a per-connection temp table sorted by series, pack one small block per
 series for a slice of series ids, delete the staged rows from the head). So the head holds
 about two and a half minutes of readings and a live per-series read stays cheap. Second,
 the merge: once an hour [h * M, (h + 1) * M) is closed (plus its own grace) and settled,
 each series' small blocks in it are replaced by one block, a slice of series per step
-(collector.merging), which gives the long blocks' ~3 bytes per reading. The head always comes first.
-docs/storage.md has the full rules.
+(collector.storage.sqlite.merging), which gives the long blocks' ~3 bytes per reading. The head
+always comes first. docs/storage.md has the full rules.
 
 Merging and dedup: a late or resent reading lands in the head after its window was
 compacted (INSERT OR IGNORE cannot see the block); its window is closed, so a later step
@@ -26,13 +27,13 @@ stages it again, decodes the series' block covering the window (its small block,
 hour's block once merged: a series' blocks never overlap), adds the readings whose
 timestamps the block lacks (the block's value wins, as the first INSERT OR IGNORE would
 have kept it), and rewrites the block. Readers never see a reading twice meanwhile
-(collector.scan dedups the same way).
+(collector.storage.sqlite.scan dedups the same way).
 
 Crash safety: every step is a transaction and the only other state is in temp tables,
 which die with the connection; a new connection starts the window (or the merge) again and
 every step is idempotent, so a crash at any point leaves each reading readable exactly once.
 
-Retention (collector.retention) and giving free pages back (store.reclaim_space) live
+Retention (collector.storage.sqlite.retention) and giving free pages back (store.reclaim_space) live
 beside it; `maintenance` runs the latter once compaction has nothing to do.
 
 This module only moves stored readings; it never inserts new ones and opens no connection.
@@ -46,18 +47,18 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Final
 
-from collector import blocks as codec
-from collector import staging, store
-from collector.activity import MAX_WINDOWS_SKIPPED, Activity
-from collector.blockwrites import (
+from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite import staging, store
+from collector.storage.sqlite.activity import MAX_WINDOWS_SKIPPED, Activity
+from collector.storage.sqlite.blockwrites import (
     covering_blocks,
     head_block_rows,
     insert_blocks,
     transaction,
     write_head_blocks,
 )
-from collector.merging import merge_small_blocks
-from collector.store import BLOCKS, HEAD
+from collector.storage.sqlite.merging import merge_small_blocks
+from collector.storage.sqlite.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,15 @@
 
 Owns: parsing of query arguments (times, durations, tags) into int nanoseconds and filters,
 resolving filters to series ids through the `series` and `devices` tables, turning what
-`collector.scan` yields into plain row dicts, and device/series/rejected listings. The live
-tail cursor is `collector.tail`; the replay of stored rejects is `collector.replay`.
+`collector.storage.sqlite.scan` yields into plain row dicts, and device/series/rejected listings.
+The live tail cursor is `collector.query.tail`; the replay of stored rejects is
+`collector.query.replay`.
 
 Must not: read `readings_head` or the block tables directly (every reading goes through
-`collector.scan`, which knows where readings live), open sockets, or write anything.
+`collector.storage.sqlite.scan`, which knows where readings live), open sockets, or write anything.
 
 Every row is a `dict[str, object]` whose keys are the column names of the listing, so the
-CLI formats (`collector.formats`) and the HTTP API (`collector.http_api`) print the same data.
+CLI formats (`collector.query.formats`) and the HTTP API (`collector.web.api`) print the same data.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
 
-from collector import scan, store
 from collector.durations import NS_PER_S, duration_ns
 from collector.errors import ConfigError
+from collector.storage.sqlite import scan, store
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 if TYPE_CHECKING:

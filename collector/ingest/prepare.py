@@ -2,7 +2,7 @@
 
 `prepare_batch` validates the readings of one batch as a whole with
 `schemas.readings.ReadingValidator` and turns the valid ones into columnar rows for
-`collector.writer`: one row per scalar reading, one row per field for composite values
+`collector.ingest.writer`: one row per scalar reading, one row per field for composite values
 (gps `{lat, lon}` -> two rows whose series keys differ only in `field`). Invalid readings
 become `Reject`s for the ACK plus dead-letter rows (the reading msgpack-encoded as received,
 and as JSON text for people).

@@ -2,9 +2,9 @@
 
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
 `/metrics` (Prometheus text: the in-process counters and what the file holds,
-collector.storagestats) and `/api/v1/devices` (registry + last seen + connected). Other
-modules add routes through route-registering callables passed to `create_app`; the query
-API (`collector.http_api`) adds the other /api/v1 routes, and its read token (when set)
+collector.storage.sqlite.storagestats) and `/api/v1/devices` (registry + last seen + connected).
+Other modules add routes through route-registering callables passed to `create_app`; the query
+API (`collector.web.api`) adds the other /api/v1 routes, and its read token (when set)
 covers /api/v1/devices too. /healthz, /readyz and /metrics stay open, for health checks and
 scrapers.
 
@@ -25,8 +25,9 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import devices, http_api, storagestats, store
-from collector.metrics import Metrics
+from collector.storage.sqlite import devices, storagestats, store
+from collector.web import api as http_api
+from collector.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

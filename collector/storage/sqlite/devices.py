@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Final
 
-from collector.store import DEVICES, STREAMS
+from collector.storage.sqlite.store import DEVICES, STREAMS
 
 # Device names appear in logs, metrics labels and URLs: keep them short and plain.
 DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
@@ -166,8 +166,8 @@ def open_session(
     """Start a session of (device, stream): returns its committed last seq and the new epoch.
 
     Raising the stream's epoch fences every older session of it, in this process or any
-    other sharing the file: collector.batchstore stores a batch only while the epoch it was
-    sent under is still the stream's (protocol v1.1). Commits (one statement).
+    other sharing the file: collector.storage.sqlite.batchstore stores a batch only while the epoch
+    it was sent under is still the stream's (protocol v1.1). Commits (one statement).
     """
     row = conn.execute(
         f"INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns, last_seen_ns) "
