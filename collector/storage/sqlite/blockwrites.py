@@ -18,7 +18,7 @@ from collector.storage.sqlite import blocks as codec
 from collector.storage.sqlite.store import BLOCKS, HORIZON, write_turn
 
 if TYPE_CHECKING:
-    from collector.storage.sqlite.compactor import CompactionConfig
+    from collector.storage.sqlite.compaction_config import CompactionConfig
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from collector.storage.sqlite.blockwrites import (
 from collector.storage.sqlite.store import HEAD
 
 if TYPE_CHECKING:
-    from collector.storage.sqlite.compactor import CompactionConfig
+    from collector.storage.sqlite.compaction_config import CompactionConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collector.storage.sqlite import store
-from collector.storage.sqlite.compactor import MERGE_NS
+from collector.storage.sqlite.compaction_config import MERGE_NS
 
 
 @dataclass(frozen=True, slots=True)
