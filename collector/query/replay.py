@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import msgpack
 
 from collector.query.readings import Filters, series_where
+from collector.storage.interface import PreparedBatch, Preparer
+from collector.storage.interface import ReplayResult as ReplayResult
 from collector.storage.sqlite import store
 from collector.storage.sqlite.batchstore import BatchStore
-
-if TYPE_CHECKING:
-    from collector.ingest.prepare import Ingest, PreparedBatch
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +28,9 @@ log = logging.getLogger(__name__)
 REPLAY_CHUNK: Final = 500
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """What `replay_rejected` did: rejects looked at, moved into the readings, still failing."""
-
-    checked: int
-    replayed: int
-    still_rejected: int
-
-
 def replay_rejected(
     path: str,
-    ingest: Ingest,
+    ingest: Preparer,
     *,
     devices: Sequence[str] = (),
     now: int | None = None,

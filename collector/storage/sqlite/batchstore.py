@@ -32,9 +32,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
-from collector.ingest.prepare import PreparedBatch, SeriesKey
+from collector.storage.interface import PreparedBatch, SeriesKey
+from collector.storage.interface import Session as Session
+from collector.storage.interface import Stored as Stored
 from collector.storage.sqlite import scan, store
 from collector.storage.sqlite.bulkinsert import BulkInsert
 
@@ -72,26 +74,6 @@ _DEAD_SEEN: Final = (
 _SELECT_STREAM: Final = (
     f"SELECT last_seq, epoch FROM {store.STREAMS} WHERE device_id = ? AND stream = ?"
 )
-
-
-class Session(NamedTuple):
-    """Who sent a batch: the device, its sequence stream, and the epoch its session got at
-    HELLO (collector.storage.sqlite.devices.open_session). Epoch 0 is never fenced (in-process
-    callers without a HELLO: tests, dead-letter replay)."""
-
-    device_id: int
-    stream: str = ""
-    epoch: int = 0
-
-
-class Stored(NamedTuple):
-    """What happened to one batch of a committed group."""
-
-    accepted: int
-    duplicate: int
-    resend: bool = False
-    # Not stored: a newer session of the same (device, stream) holds the stream now.
-    fenced: bool = False
 
 
 class BatchStore:

@@ -16,9 +16,11 @@ import hmac
 import re
 import secrets
 import sqlite3
-from dataclasses import dataclass
 from typing import Final
 
+from collector.storage.interface import AuthResult as AuthResult
+from collector.storage.interface import Device as Device
+from collector.storage.interface import DeviceError as DeviceError
 from collector.storage.sqlite.store import DEVICES, STREAMS
 
 # Device names appear in logs, metrics labels and URLs: keep them short and plain.
@@ -26,30 +28,6 @@ DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 # 32 random bytes: far beyond guessing, and short enough to paste into a config file.
 TOKEN_BYTES: Final = 32
 _DUMMY_HASH: Final = hashlib.sha256(b"no such device").hexdigest()
-
-
-class DeviceError(Exception):
-    """A registry operation failed: bad name, duplicate, unknown device."""
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    id: int
-    name: str
-    created_ns: int
-    revoked_ns: int | None
-    last_seq: int
-    last_seen_ns: int | None
-    spool_dropped: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    """Outcome of a HELLO: the device (when accepted) or the reason it was refused."""
-
-    device: Device | None
-    reason: str = ""
-    registered: bool = False
 
 
 def new_token() -> str:
