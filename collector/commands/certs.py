@@ -8,7 +8,7 @@ import click
 
 from collector import certs as _certs
 from collector.errors import ConfigError
-from collector.storage.sqlite.devices import DeviceError, check_name
+from collector.storage.interface import DeviceError, check_name
 
 _DIR = click.option(
     "--dir",

@@ -20,9 +20,10 @@ Imports only the standard library and schemas: no backend, no SQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol, TypeAlias
+from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
 
 from schemas.wire import Reject
 
@@ -117,6 +118,18 @@ class SessionStart(NamedTuple):
 
 class DeviceError(Exception):
     """A registry operation failed: bad name, duplicate, unknown device."""
+
+
+# Device names appear in logs, metrics labels and URLs: keep them short and plain.
+DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+
+
+def check_name(name: str) -> None:
+    """Raises DeviceError when `name` is not a valid device name."""
+    if not DEVICE_NAME_RE.match(name):
+        raise DeviceError(
+            f"invalid device name {name!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ exactly theirs. The write connection (ingest and administration writes) is opene
 use and may be used by one thread at a time, as the interface says; every read opens its own
 read-only connection, so reads run beside the writer and beside each other.
 
-Three read paths still live in `collector.query` and are called from here until that module
+Three read paths still live in `collector/query/` and are called from here until that code
 is split: series resolution and the dead-letter listing (`collector.query.readings`), the
 tail cursor (`collector.query.tail`) and the replay loop (`collector.query.replay`); the import
 contracts list them.

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import sqlite3
 from typing import Final
 
+from collector.storage.interface import DEVICE_NAME_RE as DEVICE_NAME_RE
 from collector.storage.interface import AuthResult as AuthResult
 from collector.storage.interface import Device as Device
 from collector.storage.interface import DeviceError as DeviceError
+from collector.storage.interface import check_name as check_name
 from collector.storage.sqlite.store import DEVICES, STREAMS
 
-# Device names appear in logs, metrics labels and URLs: keep them short and plain.
-DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 # 32 random bytes: far beyond guessing, and short enough to paste into a config file.
 TOKEN_BYTES: Final = 32
 _DUMMY_HASH: Final = hashlib.sha256(b"no such device").hexdigest()
@@ -38,14 +37,6 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """The stored form of a token: SHA-256 hex digest of its UTF-8 bytes."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def check_name(name: str) -> None:
-    """Raises DeviceError when `name` is not a valid device name."""
-    if not DEVICE_NAME_RE.match(name):
-        raise DeviceError(
-            f"invalid device name {name!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
-        )
 
 
 _COLUMNS: Final = "id, name, created_ns, revoked_ns, last_seq, last_seen_ns, spool_dropped"
