@@ -2,8 +2,8 @@
 
 Fills the head of a temporary database with a backlog shaped like bench/load.py's --total
 mode (1,000 devices x 8 sensors, one reading per sensor every 10 s of device time, the same
-value generator), then runs collector.compactor the way the maintenance process does once
-every window is closed and settled: first the head (slots of five windows into small
+value generator), then runs collector.storage.sqlite.compactor the way the maintenance process does
+once every window is closed and settled: first the head (slots of five windows into small
 blocks), then the hourly merges, then giving free pages back. Reports the process CPU time
 per reading of each level and the file's bytes per reading afterwards.
 
@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.load import DEVICE_SENSORS, DeviceClock
-from collector import compactor, store
-from collector.store import BLOCKS, HEAD, SERIES
+from collector.storage.sqlite import compactor, store
+from collector.storage.sqlite.store import BLOCKS, HEAD, SERIES
 
 S = 10**9
 T0_NS = 1_767_225_600 * S  # 2026-01-01T00:00:00Z

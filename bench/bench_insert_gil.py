@@ -3,7 +3,8 @@
 The collector's writer thread inserts each batch's readings while the event loop thread
 decodes and validates the next batches. sqlite3's `executemany` releases and takes back the
 GIL around every row, so each row can wait for the other thread; a multi-row
-`INSERT ... VALUES (...), (...)` (collector.bulkinsert) releases it once per statement.
+`INSERT ... VALUES (...), (...)` (collector.storage.sqlite.bulkinsert) releases it once per
+statement.
 
     python bench/bench_insert_gil.py                # both ways, alone and beside a busy thread
     python bench/bench_insert_gil.py --batches 2000
@@ -11,7 +12,7 @@ GIL around every row, so each row can wait for the other thread; a multi-row
                                                     # without a savepoint around each batch
 
 Writes 496-reading batches of 8 series from 1,000 devices at scattered timestamps (a
-backfill) into a head table like collector.store's, one transaction per batch, WAL,
+backfill) into a head table like collector.storage.sqlite.store's, one transaction per batch, WAL,
 synchronous=NORMAL, in a temporary directory. The busy thread runs pure Python with a
 `time.sleep(0)` every 1,000 steps, like an event loop between syscalls. Nothing here is used
 by the product.
@@ -28,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from collector import store
-from collector.bulkinsert import BulkInsert
+from collector.storage.sqlite import store
+from collector.storage.sqlite.bulkinsert import BulkInsert
 
 S = 10**9
 BATCH = 496

@@ -6,8 +6,8 @@
 Builds a DB of N readings over S series (1,000 devices' worth of gauges, one reading per
 series every 10 s, values quantised to 0.01), inserted straight into the head in 100k-row
 transactions (the fixture, not the thing measured), then compacted into blocks with
-`collector.compactor.compact_once` the way the writer does in the background (every closed
-head window into small blocks, every closed hour merged; the newest minute stays in the
+`collector.storage.sqlite.compactor.compact_once` the way the writer does in the background (every
+closed head window into small blocks, every closed hour merged; the newest minute stays in the
 head and the newest hour in small blocks). Then times, as medians of repeated runs on one
 warm read-only connection:
 
@@ -42,7 +42,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from collector import compactor, http_api, query, scan, store
+from collector.query import readings as query
+from collector.storage.sqlite import compactor, scan, store
+from collector.web import api as http_api
 
 S = 10**9
 STEP_NS = 10 * S

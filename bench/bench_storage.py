@@ -37,7 +37,7 @@ from pathlib import Path
 
 import msgpack
 
-from collector import blocks, compactor, scan, store
+from collector.storage.sqlite import blocks, compactor, scan, store
 
 S: int = 10**9
 T0_NS: int = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
@@ -234,7 +234,7 @@ def gorilla_decode(data: bytes, n: int) -> tuple[list[int], list[float]]:
 
 
 def compare_codecs(args: argparse.Namespace) -> None:
-    """Bytes and µs per reading of collector.blocks against pure-Python Gorilla and
+    """Bytes and µs per reading of collector.storage.sqlite.blocks against pure-Python Gorilla and
     zlib over msgpack, on one window of each float sensor (what `encode` stores)."""
     per = int(args.window_s / args.interval_s)
     gen = readings(50, 8, int(args.interval_s * S), args.jitter_ms * 10**6, seed=1)
@@ -260,7 +260,7 @@ def compare_codecs(args: argparse.Namespace) -> None:
         size = sum(len(p) for p in packed)
         print(f"{name:<28} {size / n:>9.2f} {te / n * 1e6:>9.2f} {td / n * 1e6:>9.2f}")
 
-    measure("collector.blocks", blocks.encode, lambda p, _n: blocks.decode(p))
+    measure("collector.storage.sqlite.blocks", blocks.encode, lambda p, _n: blocks.decode(p))
     measure("gorilla (pure Python)", gorilla_encode, gorilla_decode)
     measure(
         "zlib(msgpack rows)",

@@ -2,10 +2,10 @@
 
 Fills a temporary database with head windows of 8,000 series x 12 readings (a 2-minute
 window at one reading per 10 s, 96,000 rows) and compacts them the way the maintenance
-process does (collector.compactor): read and encode with no lock held, then, under the lock,
-check the blocks covering the window, delete the head rows (the DELETE's row count is the
+process does (collector.storage.sqlite.compactor): read and encode with no lock held, then, under
+the lock, check the blocks covering the window, delete the head rows (the DELETE's row count is the
 check that none arrived meanwhile), insert the small blocks and commit. The time under the
-lock is time the ingest writer waits (collector.maintainer.Turns).
+lock is time the ingest writer waits (collector.storage.sqlite.maintainer.Turns).
 
     python bench/bench_window_lock.py                      # the process's setting
     python bench/bench_window_lock.py --synchronous FULL   # as the writer commits
@@ -24,8 +24,8 @@ import time
 from operator import itemgetter
 from pathlib import Path
 
-from collector import compactor, store
-from collector.blockwrites import covering_blocks, head_block_rows, insert_blocks
+from collector.storage.sqlite import compactor, store
+from collector.storage.sqlite.blockwrites import covering_blocks, head_block_rows, insert_blocks
 
 S = 10**9
 SERIES = 8_000
@@ -68,7 +68,8 @@ def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float
     conn.execute("BEGIN IMMEDIATE")
     covering_blocks(conn, start, rows, cfg)
     marks.append(time.perf_counter())
-    # The DELETE's row count is the check that no late rows arrived (collector.compactor).
+    # The DELETE's row count is the check that no late rows arrived
+    # (collector.storage.sqlite.compactor).
     deleted = conn.execute(
         "DELETE FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
     ).rowcount

@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from collector import store
+from collector.storage.sqlite import store
 from schemas import wire
 
 LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
@@ -206,7 +206,7 @@ class Collector:
 
 def prefill(db: Path, rows: int) -> None:
     """Insert `rows` readings straight into the head (time-ordered, 8,000 series)."""
-    from collector import store
+    from collector.storage.sqlite import store
 
     store.migrate(db)
     conn = store.connect(db, synchronous="OFF")
@@ -694,8 +694,8 @@ def _watch_total(
 
 def _settle(db: Path, limit_s: float, report: dict[str, object]) -> None:
     """Wait (at most limit_s) until the head is compacted, the hours merged and the free
-    pages given back (collector.store.reclaim_space keeps them under 10% of the file),
-    or nothing moved for 45 s (the compactor merges an hour 30 s after its last reading
+    pages given back (collector.storage.sqlite.store.reclaim_space keeps them under 10% of the
+    file), or nothing moved for 45 s (the compactor merges an hour 30 s after its last reading
     arrived); report the compacted file."""
     t0 = time.monotonic()
     stats = _db_stats(db)

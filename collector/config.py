@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from collector import writer
 from collector.durations import UNITS, duration_ns
 from collector.errors import ConfigError
+from collector.ingest import writer
 from schemas import wire
 
 ENV_PREFIX: Final = "TELEMETRY_"

@@ -7,7 +7,7 @@ both listeners are up and STOPPING=1 when shutdown starts; the notification is a
 datagram, written here with the standard library.
 
 The storage engine's maintenance (compaction, retention, free-page reclaim) runs in a process
-of its own, collector.maintainer, started after the writer and stopped after it;
+of its own, collector.storage.sqlite.maintainer, started after the writer and stopped after it;
 `serve(maintenance=...)` runs a hook in the writer thread instead (tests use that seam).
 
 This module wires components together; it owns no protocol, SQL or HTTP handler code.
@@ -30,19 +30,20 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from collector import http_api, store
 from collector import reload as reloading
 from collector.config import Config
 from collector.errors import ConfigError
-from collector.http import AppState, RouteRegistrar, create_app
-from collector.ingest import Ingest
+from collector.ingest.prepare import Ingest
+from collector.ingest.server import Server
+from collector.ingest.writer import Maintenance, Writer
 from collector.inputmap import load_inputs
 from collector.inputs import Inputs
-from collector.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
-from collector.metrics import Metrics
-from collector.server import Server
+from collector.storage.sqlite import store
+from collector.storage.sqlite.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.tls import SwappableContext, TlsFileError, server_context
-from collector.writer import Maintenance, Writer
+from collector.web import api as http_api
+from collector.web.http import AppState, RouteRegistrar, create_app
+from collector.web.metrics import Metrics
 from schemas.kinds import KindFileError, KindSpec, load_kinds_file
 from schemas.readings import ReadingValidator
 

@@ -12,7 +12,7 @@ One handler per connection:
    so it cannot be stored, not even as a dead letter: it is counted
    (unauthenticated_events) and its message is not acknowledged.
 2. Read messages (collector.fluent.decode_message), map each event to readings
-   (collector.inputmap.record_readings), validate them with collector.ingest, and submit
+   (collector.inputmap.record_readings), validate them with collector.ingest.prepare, and submit
    them to the writer as unsequenced batches (deduplicated on (series, timestamp), so a
    resent chunk stores nothing twice). Messages are handled one at a time: the next is not
    read before the previous one is committed (backpressure reaches the sender via TCP).
@@ -42,12 +42,13 @@ from typing import Final
 
 import msgpack
 
-from collector import fluent, inputauth, store
-from collector.ingest import DeadLetter, Ingest, PreparedBatch
+from collector import fluent, inputauth
+from collector.ingest.prepare import DeadLetter, Ingest, PreparedBatch
+from collector.ingest.writer import BatchOutcome, Writer
 from collector.inputmap import INVALID, ForwardMapping, Reading, dead_letter, record_readings
 from collector.inputmetrics import ForwardMetrics
+from collector.storage.sqlite import store
 from collector.tls import cert_device_ids
-from collector.writer import BatchOutcome, Writer
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)

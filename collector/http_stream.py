@@ -1,6 +1,6 @@
 """The Server-Sent Events stream of /api/v1/stream: readings as they are committed.
 
-Two shapes, both over `collector.tail.Tail` on the stream's own read-only connection:
+Two shapes, both over `collector.query.tail.Tail` on the stream's own read-only connection:
 
 - raw (default): one `reading` event per reading, checked every `STREAM_POLL_S`;
 - throttled (`throttle=1s`, what the dashboard asks for): at most one `summary` event per
@@ -10,7 +10,7 @@ Two shapes, both over `collector.tail.Tail` on the stream's own read-only connec
 
 Every event carries an `id:` (the largest (timestamp, series id) key sent so far). A client
 that reconnects with `Last-Event-ID` resumes after that key, at most `STREAM_RESUME_MAX_NS`
-back. `collector.http_api` parses the parameters and calls `serve`; this module holds no
+back. `collector.web.api` parses the parameters and calls `serve`; this module holds no
 routes, and writes nothing.
 """
 
@@ -23,10 +23,11 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import query, store
 from collector.durations import NS_PER_S
-from collector.formats import dumps_json, dumps_row
-from collector.tail import Tail
+from collector.query import readings as query
+from collector.query.formats import dumps_json, dumps_row
+from collector.query.tail import Tail
+from collector.storage.sqlite import store
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 What an InfluxDB client (Telegraf `outputs.influxdb_v2`/`outputs.influxdb`, the
 influxdb-client libraries, Vector's `influxdb_metrics` sink) sends is stored like an
-agent's BATCH: authenticated per device, validated by `collector.ingest` against the same
+agent's BATCH: authenticated per device, validated by `collector.ingest.prepare` against the same
 schemas, committed by the one writer, answered only after that commit.
 
 - Auth: `Authorization: Token <device token>` (v2 and v1); v1 also `?u=<device>&p=<token>`
@@ -48,11 +48,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from collector import inputauth, lineprotocol, store
-from collector.ingest import DeadLetter, Ingest, PreparedBatch
+from collector import inputauth, lineprotocol
+from collector.ingest.prepare import DeadLetter, Ingest, PreparedBatch
+from collector.ingest.writer import BatchOutcome, Writer
 from collector.inputmap import INVALID, InfluxMapping, dead_letter, point_readings
 from collector.inputmetrics import InfluxMetrics
-from collector.writer import BatchOutcome, Writer
+from collector.storage.sqlite import store
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """Device authentication for the foreign inputs (InfluxDB HTTP writes, Fluent forward).
 
-The same registry and the same check as a TCP HELLO (`collector.devices.authenticate`:
-SHA-256 of the token compared in constant time, revoked devices refused). The difference
-is how the device is named: an InfluxDB client presents only a token, so the device is the
-one whose stored hash matches it; a v1 client may name it (`u=`). The Fluent forward
-handshake proves a shared secret with salted SHA-512 digests instead of sending it, so it
-needs the secret itself on this side: a device's *forward key* is the SHA-256 hex digest of
-its token (what the registry stores; docs/inputs.md says how to compute it).
+The same registry and the same check as a TCP HELLO
+(`collector.storage.sqlite.devices.authenticate`: SHA-256 of the token compared in constant time,
+revoked devices refused). The difference is how the device is named: an InfluxDB client presents
+only a token, so the device is the one whose stored hash matches it; a v1 client may name it (`u=`).
+The Fluent forward handshake proves a shared secret with salted SHA-512 digests instead of sending
+it, so it needs the secret itself on this side: a device's *forward key* is the SHA-256 hex digest
+of its token (what the registry stores; docs/inputs.md says how to compute it).
 
 Unknown devices are never registered here, whatever `allow_unknown_devices` says: a token
 alone names no device, and a forward digest reveals no token.
@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from collector import devices
-from collector.store import DEVICES
+from collector.storage.sqlite import devices
+from collector.storage.sqlite.store import DEVICES
 
 REFUSED: Final = "unknown device or wrong token"
 _DUMMY_KEY: Final = hashlib.sha256(b"no such device").hexdigest()

@@ -1,7 +1,7 @@
 """What a foreign point becomes: InfluxDB fields and Fluent records -> our readings (pure).
 
 A reading is the wire shape `[sensor, kind, ts, value, unit, tags]` that
-`collector.ingest.Ingest.prepare` validates, exactly as if an agent had sent it; so the
+`collector.ingest.prepare.Ingest.prepare` validates, exactly as if an agent had sent it; so the
 same kinds, ranges and reject codes apply, and nothing here trusts a value.
 
 InfluxDB line protocol: one reading per field. sensor = measurement + "/" + field key
@@ -32,7 +32,7 @@ from typing import Final, Literal, TypeAlias
 import msgpack
 
 from collector.errors import ConfigError
-from collector.ingest import DeadLetter
+from collector.ingest.prepare import DeadLetter
 from collector.lineprotocol import FieldType, Point
 
 ValueType: TypeAlias = FieldType

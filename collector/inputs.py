@@ -22,9 +22,9 @@ from collector.config import Config
 from collector.errors import ConfigError
 from collector.fluent_server import ForwardServer
 from collector.influx_http import InfluxInput
-from collector.ingest import Ingest
+from collector.ingest.prepare import Ingest
+from collector.ingest.writer import Writer
 from collector.inputmap import load_inputs
-from collector.writer import Writer
 
 log = logging.getLogger(__name__)
 

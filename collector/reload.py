@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from collector.config import Config, Limits
-from collector.ingest import Ingest
-from collector.server import Server
+from collector.ingest.prepare import Ingest
+from collector.ingest.server import Server
+from collector.ingest.writer import Writer
 from collector.tls import SwappableContext, files_digest
-from collector.writer import Writer
 from schemas.kinds import KindSpec
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from collector import certs as _certs
-from collector.devices import DeviceError, check_name
 from collector.errors import ConfigError
+from collector.storage.interface import DeviceError, check_name
 
 _DIR = click.option(
     "--dir",

@@ -30,10 +30,10 @@ from typing import IO, Final
 
 import click
 
-from collector import devices, store
 from collector.errors import ConfigError
-from collector.query import Filters
-from collector.tail import Tail
+from collector.query.readings import Filters
+from collector.query.tail import Tail
+from collector.storage.sqlite import devices, store
 
 # How long the collector may take to migrate and start listening.
 COLLECTOR_START_TIMEOUT_S: Final = 30.0

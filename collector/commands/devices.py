@@ -6,7 +6,8 @@ Works on the database file directly: the collector's, found like the read comman
 named on stderr by the commands that write. `add` migrates the file, and creates it only
 with `--create` (so devices can be registered before the collector first starts, but a
 mistyped or misfound path is an error rather than a new empty database). The running
-collector sees a change at the device's next HELLO. Registry logic is `collector.devices`.
+collector sees a change at the device's next HELLO. Registry logic is
+`collector.storage.sqlite.devices`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import click
 
-from collector import devices as registry
-from collector import store
 from collector.commands.options import config_option, database, db_option, missing
 from collector.config import DbLocation
 from collector.errors import ConfigError
+from collector.storage.sqlite import devices as registry
+from collector.storage.sqlite import store
 
 FORMATS = ("table", "csv", "json", "jsonl")
 _db_option = db_option("SQLite database file")

@@ -4,8 +4,8 @@ options parse to.
 `--db/--config/--url/--token` (where to read: `database` finds the collector's database as
 `collector.config.locate_db` says and names it on stderr), `--format`, the series filters
 (`--device`, `--sensor`, `--kind`, `--tag`, `--field`) and the time range
-(`--since/--until`), parsed by `collector.query` so the CLI and the HTTP API accept the same
-forms and fail the same way; and the read-only connection behind `--db`.
+(`--since/--until`), parsed by `collector.query.readings` so the CLI and the HTTP API accept the
+same forms and fail the same way; and the read-only connection behind `--db`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import TextIO, TypeVar
 
 import click
 
-from collector import formats, store
-from collector import query as ql
 from collector.config import DEFAULT_CONFIG_FILE, DbLocation, locate_db
 from collector.errors import ConfigError
+from collector.query import formats
+from collector.query import readings as ql
+from collector.storage.sqlite import store
 
 F = TypeVar("F", bound=Callable[..., object])
 

@@ -3,12 +3,12 @@
 Each reads the database file directly (`--db`, or the one the collector's config names:
 `collector.commands.options.database`; read-only connection: never blocks ingest)
 or a running collector's HTTP API (`--url`, through the small client in
-`collector.commands.remote`), and prints through `collector.formats`. The options they share
-and their parsing (`collector.query`'s, so the CLI and the HTTP API accept the same forms
+`collector.commands.remote`), and prints through `collector.query.formats`. The options they share
+and their parsing (`collector.query.readings`'s, so the CLI and the HTTP API accept the same forms
 and fail the same way) are in `collector.commands.options`.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
-`collector.replay`), or buffer a whole export in memory.
+`collector.query.replay`), or buffer a whole export in memory.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from typing import Final, TextIO
 
 import click
 
-from collector import formats
-from collector import query as ql
 from collector.commands.options import (
     database,
     filter_options,
@@ -36,8 +34,10 @@ from collector.commands.options import (
 from collector.commands.remote import Remote, filter_params, range_params
 from collector.config import DbLocation
 from collector.errors import ConfigError
-from collector.replay import replay_rejected
-from collector.tail import Tail
+from collector.query import formats
+from collector.query import readings as ql
+from collector.query.replay import replay_rejected
+from collector.query.tail import Tail
 
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
@@ -330,7 +330,7 @@ def rejected(
             raise ConfigError("--replay: writes to the database file; use --db, not --url")
         loc = database(db, config_file, writes=True)
         open_db(loc).close()
-        from collector.ingest import Ingest
+        from collector.ingest.prepare import Ingest
         from schemas.kinds import KindFileError, load_kinds_file
 
         try:

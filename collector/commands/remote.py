@@ -16,8 +16,8 @@ from typing import Final
 
 import click
 
-from collector import query as ql
 from collector.errors import ConfigError
+from collector.query import readings as ql
 
 # Rows per HTTP page when a command reads through --url.
 REMOTE_PAGE_ROWS: Final = 5_000

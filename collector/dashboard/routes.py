@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import http_api
+from collector.web import api as http_api
 
 HERE: Final = Path(__file__).resolve().parent
 STATIC_DIR: Final = HERE / "static"

@@ -35,8 +35,8 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
-from collector import scan, store
 from collector.cli import cli
+from collector.storage.sqlite import scan, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.faultproxy import FaultProxy

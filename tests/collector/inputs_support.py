@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from collector import scan, store
+from collector.storage.sqlite import scan, store
 from tests.collector.wireclient import CollectorProcess
 
 FORWARD_RE = re.compile(r"listening ingest=\S+ http=\S+ forward=(\S+):(\d+)")

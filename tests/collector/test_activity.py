@@ -1,13 +1,13 @@
-"""The compactor waits for windows that still receive readings (collector.activity): a
-backlog replayed into long-closed windows is compacted once, when it has arrived."""
+"""The compactor waits for windows that still receive readings (collector.storage.sqlite.activity):
+a backlog replayed into long-closed windows is compacted once, when it has arrived."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from collector import compactor, scan
-from collector.activity import Activity
+from collector.storage.sqlite import compactor, scan
+from collector.storage.sqlite.activity import Activity
 from tests.collector.test_compactor import WINDOW, head_count, insert, open_db, population
 
 S = 10**9

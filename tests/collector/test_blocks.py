@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector import blocks
+from collector.storage.sqlite import blocks
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TS = st.integers(0, 2**63 - 1)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector import bulkinsert
-from collector.bulkinsert import BulkInsert
+from collector.storage.sqlite import bulkinsert
+from collector.storage.sqlite.bulkinsert import BulkInsert
 
 INSERT = BulkInsert("INSERT OR IGNORE INTO t (k, v)", 2)
 

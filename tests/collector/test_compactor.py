@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from collector import compactor, merging, retention, scan, store
-from collector.activity import Activity
-from collector.blockwrites import head_block_rows
+from collector.storage.sqlite import compactor, merging, retention, scan, store
+from collector.storage.sqlite.activity import Activity
+from collector.storage.sqlite.blockwrites import head_block_rows
 
 S = 10**9
 WINDOW = 60 * S
@@ -347,7 +347,7 @@ def test_reading_stored_while_window_is_encoded_is_kept_once(tmp_path: Path) -> 
 
 _CHILD = """
 import sys
-from collector import compactor, store
+from collector.storage.sqlite import compactor, store
 conn = store.connect(sys.argv[1])
 config = compactor.CompactionConfig(
     window_ns=int(sys.argv[2]), grace_ns=0, max_rows=int(sys.argv[4]), merge_ns=int(sys.argv[3]),
@@ -544,7 +544,8 @@ def test_a_reading_that_lands_while_a_window_is_encoded_is_compacted_once(
 
 
 class _RecordingTurns(sqlite3.Connection):
-    """A connection whose write turns are counted, as collector.maintainer's are taken."""
+    """A connection whose write turns are counted, as collector.storage.sqlite.maintainer's are
+    taken."""
 
     turns = 0
     in_turn = False

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import scan, store
+from collector.storage.sqlite import scan, store
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 

@@ -1,6 +1,6 @@
 """The dashboard's routes and the API it relies on, over real HTTP (no browser).
 
-The collector's whole HTTP application (`collector.http.create_app`) is served on
+The collector's whole HTTP application (`collector.web.http.create_app`) is served on
 127.0.0.1 port 0 in a thread over a real database file: the page's token rule, its static
 files and their content types, 404s, the JSON metrics, and the event stream's throttled
 summaries and Last-Event-ID resume.
@@ -27,8 +27,8 @@ from aiohttp import web
 
 from collector import http_stream
 from collector.dashboard import routes
-from collector.http import AppState, create_app
-from collector.metrics import Metrics
+from collector.web.http import AppState, create_app
+from collector.web.metrics import Metrics
 from tests.collector.test_query_support import Db, S, standard_db
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 import collector.config
-from collector import store
 from collector.cli import cli
+from collector.storage.sqlite import store
 
 ROOT = Path(__file__).resolve().parents[2]
 CLEAN_ENV: dict[str, str | None] = {"TELEMETRY_DB": None, "TELEMETRY_CONFIG": None}

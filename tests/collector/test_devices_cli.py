@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from collector import devices, store
 from collector.cli import cli
+from collector.storage.sqlite import devices, store
 
 
 def _run(*args: str) -> tuple[int, str, str]:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from collector import http_api, query
 from collector.errors import ConfigError
+from collector.query import readings as query
+from collector.web import api as http_api
 from tests.collector.test_query_support import (
     MIN,
     T0,

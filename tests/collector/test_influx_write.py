@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from collector import devices, store
 from collector.influx_http import InfluxInput
-from collector.ingest import Ingest
-from collector.writer import Writer
+from collector.ingest.prepare import Ingest
+from collector.ingest.writer import Writer
+from collector.storage.sqlite import devices, store
 from schemas import wire
 from tests.collector.inputs_support import InputsCollector, Row, dead_letters, stored_rows
 from tests.collector.wireclient import WireClient

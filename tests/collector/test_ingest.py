@@ -1,4 +1,4 @@
-"""collector.ingest: validated batches become storage rows and dead-letter entries."""
+"""collector.ingest.prepare: validated batches become storage rows and dead-letter entries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import msgpack
 
-from collector.ingest import Ingest, canonical_tags
+from collector.ingest.prepare import Ingest, canonical_tags
 
 RECV = 10_000_000_000
 

@@ -1,5 +1,5 @@
-"""The maintenance process (collector.maintainer): it compacts while the daemon ingests,
-comes back if it dies, and never outlives the daemon."""
+"""The maintenance process (collector.storage.sqlite.maintainer): it compacts while the daemon
+ingests, comes back if it dies, and never outlives the daemon."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from collector import compactor, store
+from collector.storage.sqlite import compactor, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import wait_for

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.metrics import Metrics
-from collector.storagestats import StorageStats
+from collector.storage.sqlite.storagestats import StorageStats
+from collector.web.metrics import Metrics
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 

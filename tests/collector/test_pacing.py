@@ -1,10 +1,10 @@
-"""collector.pacing: when the writer runs maintenance steps (pure timekeeping)."""
+"""collector.ingest.pacing: when the writer runs maintenance steps (pure timekeeping)."""
 
 from __future__ import annotations
 
 import time
 
-from collector import pacing
+from collector.ingest import pacing
 
 
 def test_maintenance_share_grows_while_work_keeps_waiting():

@@ -1,4 +1,5 @@
-"""collector.query on real SQLite files: parsing, filters, ranges, aggregates, latest, tail."""
+"""collector.query.readings on real SQLite files: parsing, filters, ranges, aggregates, latest,
+tail."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from collector import query
 from collector.errors import ConfigError
-from collector.formats import RowWriter, write_rows
-from collector.tail import Tail
+from collector.query import readings as query
+from collector.query.formats import RowWriter, write_rows
+from collector.query.tail import Tail
 from tests.collector.test_query_support import (
     MIN,
     T0,
@@ -345,7 +346,7 @@ def test_row_writer_streams_without_buffering() -> None:
 
 
 def test_table_streams_rows_past_its_sizing_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collector import formats
+    from collector.query import formats
 
     monkeypatch.setattr(formats, "TABLE_SAMPLE_ROWS", 1)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector import query
 from collector.cli import cli, main
+from collector.query import readings as query
 from tests.collector.test_query_support import (
     MIN,
     T0,
@@ -351,7 +351,7 @@ def test_tail_for_ends_a_quiet_tail(db: Db, via: str) -> None:
 
 
 def test_replay_of_a_reading_already_compacted_stores_nothing_twice(db: Db, tmp_path: Path) -> None:
-    from collector import compactor
+    from collector.storage.sqlite import compactor
 
     kinds = tmp_path / "kinds.toml"
     kinds.write_text('[kinds.flowrate]\ntype = "number"\nunits = ["l/min"]\n')

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector import compactor, query, store
 from collector.cli import cli
+from collector.query import readings as query
+from collector.storage.sqlite import compactor, store
 from tests.collector.test_query_support import (
     MIN,
     T0,

@@ -1,6 +1,6 @@
 """Builders for query tests: a real SQLite file filled the way the collector's writer fills it.
 
-Rows go in exactly as `collector.writer` stores them (series key with the kind's default
+Rows go in exactly as `collector.ingest.writer` stores them (series key with the kind's default
 unit, one series per composite field, INSERT OR IGNORE on (ts, series_id), series stats and
 devices.last_seen_ns in the same transaction), so the query layer sees the real layout.
 Also holds a helper that serves the HTTP API on 127.0.0.1 port 0 in a background thread.
@@ -22,7 +22,8 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from collector import http_api, store
+from collector.storage.sqlite import store
+from collector.web import api as http_api
 from schemas.kinds import BUILTIN_KINDS
 
 _DEFAULT_UNIT = {k.name: k.default_unit or "" for k in BUILTIN_KINDS}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collector import scan, store
 from collector.config import load_config
 from collector.errors import ConfigError
+from collector.storage.sqlite import scan, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import compactor, scan, store
+from collector.storage.sqlite import compactor, scan, store
 
 SERIES = (1, 2, 3)
 WINDOW = 100

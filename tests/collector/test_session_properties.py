@@ -20,9 +20,9 @@ from pathlib import Path
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from collector import devices, store
-from collector.ingest import Ingest
-from collector.writer import Writer
+from collector.ingest.prepare import Ingest
+from collector.ingest.writer import Writer
+from collector.storage.sqlite import devices, store
 
 ING = Ingest.from_kinds()
 Key = tuple[str, int]  # (sensor, ts)

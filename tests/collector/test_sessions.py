@@ -16,7 +16,7 @@ import pytest
 from agents.config import AgentConfig
 from agents.spool import Spool
 from agents.transport import Transport
-from collector import store
+from collector.storage.sqlite import store
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 

@@ -1,12 +1,13 @@
-"""What /metrics reports about the file (collector.storagestats) and how it is rendered."""
+"""What /metrics reports about the file (collector.storage.sqlite.storagestats) and how it is
+rendered."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from collector import compactor, storagestats, store
-from collector.metrics import Metrics
-from collector.storagestats import StorageStats
+from collector.storage.sqlite import compactor, storagestats, store
+from collector.storage.sqlite.storagestats import StorageStats
+from collector.web.metrics import Metrics
 
 S = 10**9
 W = compactor.WINDOW_NS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collector import store
+from collector.storage.sqlite import store
 
 
 def test_wal_file_is_cut_back_when_it_starts_over(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""collector.writer against a real SQLite file: ack-after-commit, idempotency, group commit,
+"""collector.ingest.writer against a real SQLite file: ack-after-commit, idempotency, group commit,
 storage failures answered with RETRY, backpressure credits and the maintenance hook."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from collector import devices, store
-from collector.batchstore import BatchStore
-from collector.ingest import Ingest, PreparedBatch
-from collector.writer import Writer, _Credits
+from collector.ingest.prepare import Ingest, PreparedBatch
+from collector.ingest.writer import Writer, _Credits
+from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.batchstore import BatchStore
 
 ING = Ingest.from_kinds()
 T = TypeVar("T")
@@ -285,7 +285,7 @@ def test_device_names_are_checked(tmp_path, bad):
 
 
 def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
-    from collector import compactor
+    from collector.storage.sqlite import compactor
 
     path, token = _db(tmp_path)
     old = 1_600_000_000 * 10**9  # a long-closed window
@@ -314,10 +314,10 @@ def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
 
 
 def test_resend_into_a_slot_block_ending_after_later_blocks_is_a_duplicate(tmp_path):
-    # A backlog's slot block (collector.compactor._run_end) can end after a block that
-    # starts later (a late window of another series): the writer's horizon is the greatest
+    # A backlog's slot block (collector.storage.sqlite.compactor._run_end) can end after a block
+    # that starts later (a late window of another series): the writer's horizon is the greatest
     # reading any block holds, so it still looks into the slot block for a resend.
-    from collector import compactor
+    from collector.storage.sqlite import compactor
 
     path, token = _db(tmp_path)
     w_ns = compactor.WINDOW_NS

@@ -1,9 +1,10 @@
 """End to end: the real collector subprocess and the real agent subprocess over 127.0.0.1.
 
-Asserted through the collector's SQLite file, opened read-only (tables per collector/store.py):
-readings arrive; a collector restart loses and duplicates nothing; an agent SIGKILLed while
-the collector is down loses and duplicates nothing; a full spool drops the oldest readings and
-reports exactly how many are missing; rejected readings land in the dead-letter table once.
+Asserted through the collector's SQLite file, opened read-only (tables per
+collector/storage/sqlite/store.py): readings arrive; a collector restart loses and duplicates
+nothing; an agent SIGKILLed while the collector is down loses and duplicates nothing; a full spool
+drops the oldest readings and reports exactly how many are missing; rejected readings land in the
+dead-letter table once.
 
 Counts are exact because the agent's inputs are `simulated` with a `count` limit: the set of
 readings it takes is known in advance (values 1..N with the counter kind).

@@ -3,9 +3,10 @@
 Counting is exact because every agent input is `simulated` with `kind = "counter"`,
 `waveform = "constant"`, `base = 0` and a `count`: each sensor's values are 1, 2, ..., count,
 one per sample, so "every reading taken, stored exactly once" is "each sensor's stored
-values are exactly 1..n". Stored readings are read back through `collector.scan.read_range`
-(head and compacted blocks, each reading once), and the raw row counts of both tables are
-checked beside it so a reading kept twice (head and block) cannot hide.
+values are exactly 1..n". Stored readings are read back through
+`collector.storage.sqlite.scan.read_range` (head and compacted blocks, each reading once), and the
+raw row counts of both tables are checked beside it so a reading kept twice (head and block) cannot
+hide.
 
 Only loopback addresses; every wait has a deadline.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import msgpack
 
-from collector import devices, scan, store
+from collector.storage.sqlite import devices, scan, store
 from schemas import wire
 from schemas.errors import RemoteProtocolError
 from tests.collector.wireclient import WireClient
@@ -112,7 +113,8 @@ class Stored:
 
 
 def stored(db: Path, device: str | None = None) -> Stored:
-    """Everything stored (or one device's readings), read back through collector.scan."""
+    """Everything stored (or one device's readings), read back through
+    collector.storage.sqlite.scan."""
     conn = ro(db)
     where, args = ("WHERE d.name = ?", (device,)) if device is not None else ("", ())
     try:

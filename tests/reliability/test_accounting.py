@@ -3,7 +3,8 @@
 The head's INSERT OR IGNORE alone cannot see readings already moved into `blocks`: a reading
 sent again in a new batch (a new seq: an agent that re-batched its readings) after its
 window was compacted must still be answered as a duplicate, and counted once in the series
-statistics, not only deduplicated by queries (collector.scan and the compactor's merge).
+statistics, not only deduplicated by queries (collector.storage.sqlite.scan and the compactor's
+merge).
 """
 
 from __future__ import annotations

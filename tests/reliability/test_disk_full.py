@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from collector import compactor
 from collector.config import load_config
 from collector.daemon import serve
+from collector.storage.sqlite import compactor
 from tests.collector.wireclient import CollectorProcess
 from tests.reliability.harness import (
     ENV,

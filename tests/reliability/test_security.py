@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import devices, store
+from collector.storage.sqlite import devices, store
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import ENV, add_devices, ro, stored

@@ -126,7 +126,7 @@ def test_tls_agent_streams_and_an_agent_trusting_another_ca_is_refused(
     r = rows(db)
     assert r["dev-b"] == (0, 0, 0)
     # The TLS client's one reading; nothing from the plain one (head rows may be compacted,
-    # so readings are counted through collector.scan).
+    # so readings are counted through collector.storage.sqlite.scan).
     assert r["dev-c"][1:] == (1, 0) and stored(db, "dev-c").total == 1
     report("tls server cert", {"readings": len(SENSORS) * N, "seconds": round(took, 2)})
 

@@ -14,7 +14,7 @@ moves bytes between the socket and it. Per connection:
   the socket is closed. The device identity is fixed at HELLO for the connection's life.
 * rate limit (optional): a token bucket per device (`max_readings_per_s_per_device`); a
   batch over it is answered RETRY rate_limited with the bucket's wait, storing nothing.
-* batches are validated (`collector.ingest`), submitted to the writer and answered in order
+* batches are validated (`collector.ingest.prepare`), submitted to the writer and answered in order
   from the done-callback of each batch's future, once its commit returned: ACK, or RETRY
   when storage failed. Up to
   `max_inflight_batches` may be pipelined; beyond that, or when the writer's credits are
@@ -25,7 +25,7 @@ moves bytes between the socket and it. Per connection:
   `idle_timeout_s`.
 
 Shutdown (`Server.shutdown`): stop accepting, stop reading, answer every batch already
-submitted, send BYE, close. No SQL here: storage is `collector.writer`'s.
+submitted, send BYE, close. No SQL here: storage is `collector.ingest.writer`'s.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from collector.config import Limits
-from collector.ingest import Ingest
-from collector.metrics import Metrics
+from collector.ingest.prepare import Ingest
+from collector.ingest.writer import STORAGE_UNAVAILABLE, BatchOutcome, Writer
 from collector.tls import cert_device_ids
-from collector.writer import STORAGE_UNAVAILABLE, BatchOutcome, Writer
+from collector.web.metrics import Metrics
 from schemas import errors, wire
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 

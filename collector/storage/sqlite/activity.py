@@ -1,7 +1,7 @@
 """Which time windows are still receiving readings: the compactor's "is it quiet yet?".
 
 The writer reports each stored batch's timestamps (`Activity.note`, or through
-collector.maintainer, which sends the window keys to the maintenance process's
+collector.storage.sqlite.maintainer, which sends the window keys to the maintenance process's
 `Activity.touch`); the compactor asks `window_settled` / `merge_settled` before it compacts
 a head window or merges an hour.
 

@@ -1,4 +1,4 @@
-"""Rendering of listing rows (from `collector.query`) as table, CSV, JSON or JSON Lines.
+"""Rendering of listing rows (from `collector.query.readings`) as table, CSV, JSON or JSON Lines.
 
 Every format streams: one row in, one row out, bounded memory for any number of rows
 (`telemetry export` relies on this). The table, meant for a person at a terminal and the

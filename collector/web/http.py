@@ -2,9 +2,9 @@
 
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
 `/metrics` (Prometheus text: the in-process counters and what the file holds,
-collector.storagestats), `/api/v1/metrics` (the same numbers as JSON, for the dashboard) and
-`/api/v1/devices` (registry + last seen + connected). Other modules add routes through
-route-registering callables passed to `create_app`; the query API (`collector.http_api`)
+collector.storage.sqlite.storagestats), `/api/v1/metrics` (the same numbers as JSON, for the
+dashboard) and `/api/v1/devices` (registry + last seen + connected). Other modules add routes
+through route-registering callables passed to `create_app`; the query API (`collector.web.api`)
 adds the other /api/v1 routes, and its read token (when set) covers /api/v1/devices and
 /api/v1/metrics too; the dashboard (`collector.dashboard`) adds `/` under the same token.
 /healthz, /readyz and /metrics stay open, for health checks and scrapers.
@@ -27,9 +27,11 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import dashboard, devices, http_api, storagestats, store
-from collector.metrics import Histogram, Metrics
-from collector.storagestats import StorageStats
+from collector import dashboard
+from collector.storage.sqlite import devices, storagestats, store
+from collector.storage.sqlite.storagestats import StorageStats
+from collector.web import api as http_api
+from collector.web.metrics import Histogram, Metrics
 
 log = logging.getLogger(__name__)
 

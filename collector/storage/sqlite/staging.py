@@ -1,7 +1,7 @@
 """A head window too large for one step (more than max_rows rows), compacted in steps.
 
-collector.compactor starts it (`begin`) and asks for one step per call: **stage** copies the
-next chunk of the window's head rows (a time range of about step_rows rows) into a
+collector.storage.sqlite.compactor starts it (`begin`) and asks for one step per call: **stage**
+copies the next chunk of the window's head rows (a time range of about step_rows rows) into a
 per-connection temp table sorted by series, with no write lock; **pack** writes one small
 block per series for a slice of series ids, encoding before its write transaction; **delete**
 removes the chunk's rows from the head, under the lock. docs/storage.md has the rules.
@@ -16,18 +16,18 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Final
 
-from collector import blocks as codec
-from collector.blockwrites import (
+from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite.blockwrites import (
     covering_blocks,
     head_block_rows,
     insert_blocks,
     transaction,
     write_head_blocks,
 )
-from collector.store import HEAD
+from collector.storage.sqlite.store import HEAD
 
 if TYPE_CHECKING:
-    from collector.compactor import CompactionConfig
+    from collector.storage.sqlite.compaction_config import CompactionConfig
 
 log = logging.getLogger(__name__)
 

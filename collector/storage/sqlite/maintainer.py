@@ -15,8 +15,8 @@ otherwise after POLL_S or when the writer reports activity.
 
 Both processes write the same SQLite file; SQLite's write lock serialises them. The
 compactor reads and encodes outside the lock and holds it only to write blocks and delete
-head rows (collector.compactor); the writer reads the compaction horizon inside each of its
-transactions, so a resent reading is never stored twice whichever process ran last.
+head rows (collector.storage.sqlite.compactor); the writer reads the compaction horizon inside each
+of its transactions, so a resent reading is never stored twice whichever process ran last.
 
 The process dies with the daemon (PR_SET_PDEATHSIG on Linux, and a parent check each
 loop); a step is one transaction, so being killed at any point loses nothing.
@@ -39,8 +39,8 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.queues import Queue
 from typing import Final, cast
 
-from collector import compactor, retention, store
-from collector.activity import Activity, window_keys
+from collector.storage.sqlite import compactor, retention, store
+from collector.storage.sqlite.activity import Activity, window_keys
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,8 @@ class Turns:
 
 
 class _TakingTurns(sqlite3.Connection):
-    """The process's connection: its write transactions (collector.blockwrites.transaction)
-    run inside `write_turn()`."""
+    """The process's connection: its write transactions
+    (collector.storage.sqlite.blockwrites.transaction) run inside `write_turn()`."""
 
     turns: Turns
 

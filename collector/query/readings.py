@@ -2,14 +2,15 @@
 
 Owns: parsing of query arguments (times, durations, tags) into int nanoseconds and filters,
 resolving filters to series ids through the `series` and `devices` tables, turning what
-`collector.scan` yields into plain row dicts, and device/series/rejected listings. The live
-tail cursor is `collector.tail`; the replay of stored rejects is `collector.replay`.
+`collector.storage.sqlite.scan` yields into plain row dicts, and device/series/rejected listings.
+The live tail cursor is `collector.query.tail`; the replay of stored rejects is
+`collector.query.replay`.
 
 Must not: read `readings_head` or the block tables directly (every reading goes through
-`collector.scan`, which knows where readings live), open sockets, or write anything.
+`collector.storage.sqlite.scan`, which knows where readings live), open sockets, or write anything.
 
 Every row is a `dict[str, object]` whose keys are the column names of the listing, so the
-CLI formats (`collector.formats`) and the HTTP API (`collector.http_api`) print the same data.
+CLI formats (`collector.query.formats`) and the HTTP API (`collector.web.api`) print the same data.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import re
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, Literal
 
-from collector import scan, store
 from collector.durations import NS_PER_S, duration_ns
 from collector.errors import ConfigError
+from collector.storage.interface import Filters as Filters
+from collector.storage.interface import SeriesInfo as SeriesInfo
+from collector.storage.sqlite import scan, store
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 if TYPE_CHECKING:
@@ -198,17 +200,6 @@ def parse_limit(text: str | int, *, option: str = "--limit") -> int:
     return n
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Which series a query covers; empty tuples mean "any". Globs use SQLite GLOB syntax."""
-
-    devices: tuple[str, ...] = ()
-    sensors: tuple[str, ...] = ()
-    kinds: tuple[str, ...] = ()
-    fields: tuple[str, ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-
-
 def series_where(f: Filters) -> tuple[str, list[object]]:
     """Filters -> (SQL condition over `s` = series and `d` = devices, parameters)."""
     clauses: list[str] = []
@@ -232,28 +223,6 @@ def series_where(f: Filters) -> tuple[str, list[object]]:
 
 
 # ---------------------------------------------------------------- series and values
-
-
-@dataclass(slots=True)
-class SeriesInfo:
-    """One row of the series table joined with its device name (treat as read-only).
-
-    Not frozen: a frozen dataclass's __init__ costs 3x more, and a latest-per-series query
-    builds one per series.
-    """
-
-    id: int
-    device: str
-    sensor: str
-    field: str
-    kind: str
-    unit: str
-    tags: dict[str, str]
-    first_ts: int | None
-    last_ts: int | None
-    last_value: object
-    count: int
-    vtype: str | None = None  # the value type of this kind/field, for output conversion
 
 
 _KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}

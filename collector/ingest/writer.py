@@ -3,8 +3,8 @@
 Connection handlers (on the event loop) call `Writer.submit`, which waits for queue credits
 (backpressure: a handler that cannot get credits stops reading its socket) and returns a
 future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
-ONE transaction (collector.batchstore: session fencing, series ids, head rows, dedup against
-head and compacted blocks, dead letters, series stats, the stream's `last_seq`). Only after
+ONE transaction (collector.storage.sqlite.batchstore: session fencing, series ids, head rows, dedup
+against head and compacted blocks, dead letters, series stats, the stream's `last_seq`). Only after
 COMMIT returns are the futures resolved, on the
 loop, via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
 
@@ -12,12 +12,12 @@ A sqlite3 error (disk full, I/O error, lock timeout) rolls the transaction back 
 every batch of the group with RETRY; the next group tries again, so ingest resumes by itself
 once the fault clears. HELLO authentication runs here too, so it sees the committed
 `last_seq`; it also opens the session of (device, stream), whose new epoch fences older
-sessions of that stream (collector.devices.open_session).
+sessions of that stream (collector.storage.sqlite.devices.open_session).
 
-Compaction runs in another process (collector.maintainer), which also writes the file: each
-ingest transaction is wrapped in `write_turn` (let the maintenance process write first when
-it waits). An optional maintenance hook
-runs in this thread instead (tests; collector.pacing decides when).
+Compaction runs in another process (collector.storage.sqlite.maintainer), which also writes the
+file: each ingest transaction is wrapped in `write_turn` (let the maintenance process write first
+when it waits). An optional maintenance hook
+runs in this thread instead (tests; collector.ingest.pacing decides when).
 
 This module owns the write connection; it does no socket I/O and no validation.
 """
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from collector import devices, store
-from collector.batchstore import BatchStore, Session, rollback
-from collector.ingest import PreparedBatch
-from collector.pacing import MaintenanceClock
+from collector.ingest.pacing import MaintenanceClock
+from collector.ingest.prepare import PreparedBatch
+from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.batchstore import BatchStore, Session, rollback
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,10 @@ class Writer:
         self.retry_after_ms = retry_after_ms
         self.on_commit = on_commit
         # Called in the writer thread with each stored batch's timestamps, before the
-        # maintenance hook can run again (collector.activity.Activity.note).
+        # maintenance hook can run again (collector.storage.sqlite.activity.Activity.note).
         self.on_stored = on_stored
         # Wraps each ingest transaction in the writer thread; may wait first (how
-        # collector.maintainer gets its turn at the write lock).
+        # collector.storage.sqlite.maintainer gets its turn at the write lock).
         self.write_turn = write_turn
         # Another process checkpointing the WAL lets the writer raise its own threshold.
         self.wal_autocheckpoint = wal_autocheckpoint

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector import store
-from collector.compactor import MERGE_NS
+from collector.storage.sqlite import store
+from collector.storage.sqlite.compaction_config import MERGE_NS
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import msgpack
 
-from collector import store
-from collector.batchstore import BatchStore
-from collector.query import Filters, series_where
-
-if TYPE_CHECKING:
-    from collector.ingest import Ingest, PreparedBatch
+from collector.query.readings import Filters, series_where
+from collector.storage.interface import PreparedBatch, Preparer
+from collector.storage.interface import ReplayResult as ReplayResult
+from collector.storage.sqlite import store
+from collector.storage.sqlite.batchstore import BatchStore
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +28,9 @@ log = logging.getLogger(__name__)
 REPLAY_CHUNK: Final = 500
 
 
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """What `replay_rejected` did: rejects looked at, moved into the readings, still failing."""
-
-    checked: int
-    replayed: int
-    still_rejected: int
-
-
 def replay_rejected(
     path: str,
-    ingest: Ingest,
+    ingest: Preparer,
     *,
     devices: Sequence[str] = (),
     now: int | None = None,
@@ -50,12 +39,12 @@ def replay_rejected(
 
     The one write path of this module. It opens its own write connection and works in
     chunks, each one `BEGIN IMMEDIATE` transaction that inserts the passing readings
-    (shaped into series rows by `collector.ingest` and stored by `collector.batchstore`
-    exactly as live ingest does, minus the seq check: a reading a compacted block or the
-    head holds already is a duplicate) and stamps their rejects with `replayed_ns`. A
-    stamped reject is never looked at again, so a second run (or a run interrupted between
-    chunks) moves nothing twice. SQLite serialises writers, so it may run while the collector
-    ingests: each side waits on `busy_timeout` for the other's short transaction.
+    (shaped into series rows by `collector.ingest.prepare` and stored by
+    `collector.storage.sqlite.batchstore` exactly as live ingest does, minus the seq check: a
+    reading a compacted block or the head holds already is a duplicate) and stamps their rejects
+    with `replayed_ns`. A stamped reject is never looked at again, so a second run (or a run
+    interrupted between chunks) moves nothing twice. SQLite serialises writers, so it may run while
+    the collector ingests: each side waits on `busy_timeout` for the other's short transaction.
     """
     stamp = time.time_ns() if now is None else now
     checked = replayed = 0

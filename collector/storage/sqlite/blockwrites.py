@@ -1,7 +1,8 @@
 """Writing blocks: the compactor's transactions and block rows, shared by its two levels
-(collector.compactor: head windows into small blocks; collector.merging: hours of small
-blocks into one block per series), and the head's rows made into blocks merged with the
-blocks already covering them. No connection of its own, no scheduling.
+(collector.storage.sqlite.compactor: head windows into small blocks;
+collector.storage.sqlite.merging: hours of small blocks into one block per series), and the head's
+rows made into blocks merged with the blocks already covering them. No connection of its own, no
+scheduling.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from contextlib import contextmanager
 from operator import itemgetter
 from typing import TYPE_CHECKING, cast
 
-from collector import blocks as codec
-from collector.store import BLOCKS, HORIZON, write_turn
+from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite.store import BLOCKS, HORIZON, write_turn
 
 if TYPE_CHECKING:
-    from collector.compactor import CompactionConfig
+    from collector.storage.sqlite.compaction_config import CompactionConfig
 
 
 @contextmanager
@@ -36,7 +37,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
             raise
         conn.execute("RELEASE compaction")
         return
-    # A connection may ask for its turn first (collector.maintainer: the writer pauses).
+    # A connection may ask for its turn first (collector.storage.sqlite.maintainer: the writer
+    # pauses).
     with write_turn(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -117,8 +119,8 @@ def covering_blocks(
     """Per series of `rows` (sorted by series), the block already covering the window at
     `start`, as (id, start, end, data): its own small block, its slot's block (compactor._run_end)
     or, once merged, the merge window's block. A series' blocks never overlap (the
-    writer's duplicate check and collector.scan find at most one block per reading), so
-    late readings go into it."""
+    writer's duplicate check and collector.storage.sqlite.scan find at most one block per reading),
+    so late readings go into it."""
     if not rows:
         return {}
     m = config.merge_ns

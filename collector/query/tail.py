@@ -1,7 +1,7 @@
 """The live tail: a cursor over readings committed after it was created.
 
-Shared by `telemetry tail` and the HTTP event stream. Reads only through `collector.scan`
-and the `series` table, on read-only connections; writes nothing.
+Shared by `telemetry tail` and the HTTP event stream. Reads only through
+`collector.storage.sqlite.scan` and the `series` table, on read-only connections; writes nothing.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Final
 
-from collector import store
 from collector.durations import NS_PER_S
-from collector.query import Filters, Row, SeriesInfo, readings, resolve_series
+from collector.query.readings import Filters, Row, SeriesInfo, readings, resolve_series
+from collector.storage.sqlite import store
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Read-only JSON HTTP API over `collector.query` (aiohttp routes under /api/v1).
+"""Read-only JSON HTTP API over `collector.query.readings` (aiohttp routes under /api/v1).
 
     GET /api/v1/series      series matching the filters
     GET /api/v1/readings    readings in a range, paginated by an opaque cursor
@@ -8,7 +8,7 @@
     GET /api/v1/stream      Server-Sent Events: readings committed after the request
                             (collector.http_stream)
 
-docs/api.md is the reference. The collector's HTTP server (`collector.http`) calls
+docs/api.md is the reference. The collector's HTTP server (`collector.web.http`) calls
 `register(app, db_path)` and serves /api/v1/devices itself (it holds the live connection
 state and per-device counters); this module owns only the routes above. Every database
 call runs in a worker thread on its own read-only connection (never on the event loop,
@@ -33,9 +33,11 @@ from typing import Final, TypeVar
 from aiohttp import web
 from multidict import MultiMapping
 
-from collector import http_stream, query, store
+from collector import http_stream
 from collector.errors import ConfigError
-from collector.formats import dumps_json
+from collector.query import readings as query
+from collector.query.formats import dumps_json
+from collector.storage.sqlite import store
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-from collector import blocks as codec
-from collector.store import BLOCKS, HEAD, SERIES
+from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite.store import BLOCKS, HEAD, SERIES
 
 Value: TypeAlias = int | float | str | None
 Order = Literal["asc", "desc"]

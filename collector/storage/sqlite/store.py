@@ -13,13 +13,13 @@ Tables (docs/storage.md has the full description):
                     right edge of the B-tree, so ingest stays flat as the file grows
     rejected        the dead-letter table: every rejected reading as received, with why
     blocks          compacted readings: one row per (series, window), packed by
-                    collector.blocks, with count/first/last/min/max/sum beside the bytes;
-                    small 1-minute blocks until their hour is merged into one block
+                    collector.storage.sqlite.blocks, with count/first/last/min/max/sum beside the
+                    bytes; small 1-minute blocks until their hour is merged into one block
     readings_recent view over the head with readable times and series names (Datasette,
                     Grafana's SQLite source); blocks_summary: the same for block summaries
 
 This module opens connections and creates tables; it does not insert readings (that is
-`collector.writer`, the one writer) and does not query them (`collector.query`).
+`collector.ingest.writer`, the one writer) and does not query them (`collector.query.readings`).
 """
 
 from __future__ import annotations
@@ -124,12 +124,12 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m0002_blocks(db: sqlite_utils.Database) -> None:
-    # Compacted storage (collector.compactor writes it, collector.scan reads it): one row per
-    # (series, window) holding that window's readings packed by collector.blocks, with the
-    # summaries aggregates use without decoding. A rowid table: the compactor writes a window
-    # at a time, so rows append and pages stay full (a (series_id, start_ns) WITHOUT ROWID
-    # key measured half-empty pages); the small unique index finds one series' blocks and
-    # the (start_ns) index serves retention and the compactor's merges.
+    # Compacted storage (collector.storage.sqlite.compactor writes it, collector.storage.sqlite.scan
+    # reads it): one row per (series, window) holding that window's readings packed by
+    # collector.storage.sqlite.blocks, with the summaries aggregates use without decoding. A rowid
+    # table: the compactor writes a window at a time, so rows append and pages stay full (a
+    # (series_id, start_ns) WITHOUT ROWID key measured half-empty pages); the small unique index
+    # finds one series' blocks and the (start_ns) index serves retention and the compactor's merges.
     # Summary columns have no declared type (no affinity): a value is stored exactly as
     # given, where `ANY` in a non-STRICT table would mean NUMERIC affinity.
     db.executescript(
@@ -193,8 +193,8 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
 
 @migrations()
 def m0003_small_blocks(db: sqlite_utils.Database) -> None:
-    # Two-level compaction (collector.compactor): the head's 1-minute windows become small
-    # blocks, merged per closed hour into one block per series. This partial index lists
+    # Two-level compaction (collector.storage.sqlite.compactor): the head's 1-minute windows become
+    # small blocks, merged per closed hour into one block per series. This partial index lists
     # the small blocks (shorter than the hour, 3_600 * 10**9 ns = compactor.MERGE_NS) by
     # start, so finding the oldest hour to merge never walks the merged blocks.
     db.execute(
@@ -214,8 +214,8 @@ def small_blocks(merge_ns: int) -> str:
 def m0004_compaction_horizon(db: sqlite_utils.Database) -> None:
     # One row: every reading held in a block has a timestamp below `below_ns`. The writer
     # reads it in each transaction and looks into blocks (for readings resent after their
-    # window was compacted) only below it; collector.blockwrites.insert_blocks raises it
-    # with every block it writes. It only grows: retention dropping blocks leaves it, which
+    # window was compacted) only below it; collector.storage.sqlite.blockwrites.insert_blocks raises
+    # it with every block it writes. It only grows: retention dropping blocks leaves it, which
     # costs at most a look into blocks that finds nothing.
     db.executescript(
         f"""
@@ -328,7 +328,7 @@ def reclaim_space(
         return False
     # executescript: the sqlite3 module steps a statement without result rows once, and
     # incremental_vacuum frees one page per step. In the connection's write turn, like
-    # every other write of the maintenance process (collector.maintainer.Turns): the
+    # every other write of the maintenance process (collector.storage.sqlite.maintainer.Turns): the
     # writer then waits on the turn, woken when this commits, not in SQLite's busy handler
     # (which sleeps up to 100 ms between tries).
     with write_turn(conn):
@@ -339,7 +339,7 @@ def reclaim_space(
 
 
 def write_turn(conn: sqlite3.Connection) -> contextlib.AbstractContextManager[None]:
-    """The connection's `write_turn()` context (collector.maintainer gives its connection
-    one: the ingest writer pauses meanwhile), or nothing for a plain connection."""
+    """The connection's `write_turn()` context (collector.storage.sqlite.maintainer gives its
+    connection one: the ingest writer pauses meanwhile), or nothing for a plain connection."""
     turn = getattr(conn, "write_turn", None)
     return turn() if turn is not None else contextlib.nullcontext()

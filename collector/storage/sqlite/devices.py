@@ -13,43 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import sqlite3
-from dataclasses import dataclass
 from typing import Final
 
-from collector.store import DEVICES, STREAMS
+from collector.storage.interface import DEVICE_NAME_RE as DEVICE_NAME_RE
+from collector.storage.interface import AuthResult as AuthResult
+from collector.storage.interface import Device as Device
+from collector.storage.interface import DeviceError as DeviceError
+from collector.storage.interface import check_name as check_name
+from collector.storage.sqlite.store import DEVICES, STREAMS
 
-# Device names appear in logs, metrics labels and URLs: keep them short and plain.
-DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 # 32 random bytes: far beyond guessing, and short enough to paste into a config file.
 TOKEN_BYTES: Final = 32
 _DUMMY_HASH: Final = hashlib.sha256(b"no such device").hexdigest()
-
-
-class DeviceError(Exception):
-    """A registry operation failed: bad name, duplicate, unknown device."""
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    id: int
-    name: str
-    created_ns: int
-    revoked_ns: int | None
-    last_seq: int
-    last_seen_ns: int | None
-    spool_dropped: int
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    """Outcome of a HELLO: the device (when accepted) or the reason it was refused."""
-
-    device: Device | None
-    reason: str = ""
-    registered: bool = False
 
 
 def new_token() -> str:
@@ -60,14 +37,6 @@ def new_token() -> str:
 def hash_token(token: str) -> str:
     """The stored form of a token: SHA-256 hex digest of its UTF-8 bytes."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def check_name(name: str) -> None:
-    """Raises DeviceError when `name` is not a valid device name."""
-    if not DEVICE_NAME_RE.match(name):
-        raise DeviceError(
-            f"invalid device name {name!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
-        )
 
 
 _COLUMNS: Final = "id, name, created_ns, revoked_ns, last_seq, last_seen_ns, spool_dropped"
@@ -166,8 +135,8 @@ def open_session(
     """Start a session of (device, stream): returns its committed last seq and the new epoch.
 
     Raising the stream's epoch fences every older session of it, in this process or any
-    other sharing the file: collector.batchstore stores a batch only while the epoch it was
-    sent under is still the stream's (protocol v1.1). Commits (one statement).
+    other sharing the file: collector.storage.sqlite.batchstore stores a batch only while the epoch
+    it was sent under is still the stream's (protocol v1.1). Commits (one statement).
     """
     row = conn.execute(
         f"INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns, last_seen_ns) "

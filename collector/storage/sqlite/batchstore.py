@@ -1,6 +1,6 @@
 """How a group of prepared batches is stored in one write transaction.
 
-`BatchStore.store(conn, group)` is what the writer thread (collector.writer) does with each
+`BatchStore.store(conn, group)` is what the writer thread (collector.ingest.writer) does with each
 group it takes off its queue. Per (device, stream) of the group it reads the committed
 `streams` row under the write lock: a batch sent under an epoch that is no longer the
 stream's (a newer HELLO fenced its session, in this process or another) is not stored at all
@@ -8,8 +8,8 @@ and comes back `fenced`. Every other batch is stored: its series ids are resolve
 in-memory cache; new series are inserted in the same transaction), the readings a compacted
 block already holds are dropped (looked up only below the compaction horizon, store.m0004),
 and the rest go into the head with `INSERT OR IGNORE` in multi-row statements
-(collector.bulkinsert). A resend (seq not above the stream's last seq) is stored the same
-way, row by row: its readings that were never stored are stored and counted accepted, so a
+(collector.storage.sqlite.bulkinsert). A resend (seq not above the stream's last seq) is stored the
+same way, row by row: its readings that were never stored are stored and counted accepted, so a
 reading is never answered "duplicate" unless its (series, timestamp) is stored. Then the
 series stats, the streams' `last_seq` (and `devices.last_seq` for the default stream), the
 dead-letter rows, and COMMIT.
@@ -32,16 +32,18 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
-from collector import scan, store
-from collector.bulkinsert import BulkInsert
-from collector.ingest import PreparedBatch, SeriesKey
+from collector.storage.interface import PreparedBatch, SeriesKey
+from collector.storage.interface import Session as Session
+from collector.storage.interface import Stored as Stored
+from collector.storage.sqlite import scan, store
+from collector.storage.sqlite.bulkinsert import BulkInsert
 
 log = logging.getLogger(__name__)
 
 # A batch's head rows in a few multi-row statements, not one GIL handoff per row
-# (collector.bulkinsert).
+# (collector.storage.sqlite.bulkinsert).
 _insert_head: Final = BulkInsert(
     f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4
 )
@@ -72,26 +74,6 @@ _DEAD_SEEN: Final = (
 _SELECT_STREAM: Final = (
     f"SELECT last_seq, epoch FROM {store.STREAMS} WHERE device_id = ? AND stream = ?"
 )
-
-
-class Session(NamedTuple):
-    """Who sent a batch: the device, its sequence stream, and the epoch its session got at
-    HELLO (collector.devices.open_session). Epoch 0 is never fenced (in-process callers
-    without a HELLO: tests, dead-letter replay)."""
-
-    device_id: int
-    stream: str = ""
-    epoch: int = 0
-
-
-class Stored(NamedTuple):
-    """What happened to one batch of a committed group."""
-
-    accepted: int
-    duplicate: int
-    resend: bool = False
-    # Not stored: a newer session of the same (device, stream) holds the stream now.
-    fenced: bool = False
 
 
 class BatchStore:
@@ -181,7 +163,7 @@ class BatchStore:
         self, conn: sqlite3.Connection, group: Sequence[tuple[int, PreparedBatch]]
     ) -> list[int]:
         """Store (device id, batch) pairs inside the caller's write transaction, with no seq
-        check and no device row update (dead-letter replay, collector.replay); returns how
+        check and no device row update (dead-letter replay, collector.query.replay); returns how
         many of each batch's valid readings were new. If the caller rolls back, drop this
         store: its series cache may name rows that were never committed."""
         self._read_horizon(conn)
@@ -191,8 +173,8 @@ class BatchStore:
         return accepted
 
     def _read_horizon(self, conn: sqlite3.Connection) -> None:
-        # Under the write lock: compaction (collector.maintainer) cannot move more readings
-        # into blocks before this transaction ends.
+        # Under the write lock: compaction (collector.storage.sqlite.maintainer) cannot move more
+        # readings into blocks before this transaction ends.
         row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
         self._horizon = int(row[0]) if row else 0
 

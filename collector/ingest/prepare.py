@@ -2,7 +2,7 @@
 
 `prepare_batch` validates the readings of one batch as a whole with
 `schemas.readings.ReadingValidator` and turns the valid ones into columnar rows for
-`collector.writer`: one row per scalar reading, one row per field for composite values
+`collector.ingest.writer`: one row per scalar reading, one row per field for composite values
 (gps `{lat, lon}` -> two rows whose series keys differ only in `field`). Invalid readings
 become `Reject`s for the ACK plus dead-letter rows (the reading msgpack-encoded as received,
 and as JSON text for people).
@@ -19,59 +19,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final
 
 import msgpack
 
+from collector.storage.interface import DeadLetter as DeadLetter
+from collector.storage.interface import PreparedBatch as PreparedBatch
+from collector.storage.interface import SeriesKey as SeriesKey
+from collector.storage.interface import StoredValue as StoredValue
 from schemas.kinds import KindSpec
 from schemas.readings import ReadingValidator
 from schemas.wire import Reject
 
-SeriesKey: TypeAlias = tuple[str, str, str, str, str]
-"""(sensor, field, kind, unit, tags_json) of one stored series, without the device."""
-
-StoredValue: TypeAlias = int | float | str
 NO_TAGS: Final = "{}"
 _NS_PER_MS: Final = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One rejected reading as the dead-letter table stores it."""
-
-    index: int
-    raw: bytes
-    reading: str
-    code: str
-    path: str
-    message: str
-
-
-@dataclass(slots=True)
-class PreparedBatch:
-    """A validated batch in storage shape.
-
-    Scalar readings come first, one row each (`scalar_rows` of them); the rows after them
-    belong to composite readings, `composite_sizes[i]` rows per composite reading, in order.
-    Columns are parallel lists, one entry per row.
-    """
-
-    seq: int
-    received_ns: int
-    keys: list[SeriesKey] = field(default_factory=list)
-    ts: list[int] = field(default_factory=list)
-    values: list[StoredValue] = field(default_factory=list)
-    lag_ms: list[int] = field(default_factory=list)
-    scalar_rows: int = 0
-    composite_sizes: list[int] = field(default_factory=list)
-    valid_count: int = 0
-    rejects: tuple[Reject, ...] = ()
-    dead_letters: tuple[DeadLetter, ...] = ()
-
-    @property
-    def row_count(self) -> int:
-        return len(self.ts)
 
 
 def canonical_tags(tags: Mapping[str, str] | None) -> str:

@@ -1,7 +1,7 @@
 """The compactor's second level: an hour's small blocks merged into one block per series.
 
-`merge_small_blocks` does one step of it (collector.compactor.compact_once calls it once
-the head has nothing to compact): the oldest closed, settled hour with small blocks, a
+`merge_small_blocks` does one step of it (collector.storage.sqlite.compactor.compact_once calls it
+once the head has nothing to compact): the oldest closed, settled hour with small blocks, a
 slice of series ids at a time. Each step decodes and encodes in a read transaction and
 then writes under the lock, checking that the slice's blocks are still the ones it read;
 docs/storage.md has the rules.
@@ -14,13 +14,18 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Final
 
-from collector import blocks as codec
-from collector.activity import MAX_WINDOWS_SKIPPED, Activity
-from collector.blockwrites import block_row, insert_blocks, merge_readings, transaction
-from collector.store import BLOCKS, small_blocks
+from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite.activity import MAX_WINDOWS_SKIPPED, Activity
+from collector.storage.sqlite.blockwrites import (
+    block_row,
+    insert_blocks,
+    merge_readings,
+    transaction,
+)
+from collector.storage.sqlite.store import BLOCKS, small_blocks
 
 if TYPE_CHECKING:
-    from collector.compactor import CompactionConfig
+    from collector.storage.sqlite.compaction_config import CompactionConfig
 
 log = logging.getLogger(__name__)
 

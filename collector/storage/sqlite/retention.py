@@ -2,7 +2,7 @@
 
 `apply_retention(conn, cutoff_ns)` drops whole blocks that end before the cutoff and deletes
 head rows older than it, in small transactions. The maintenance process
-(collector.maintainer) runs it once compaction has nothing to do.
+(collector.storage.sqlite.maintainer) runs it once compaction has nothing to do.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 import sqlite3
 from typing import Final
 
-from collector import staging
-from collector.blockwrites import transaction
-from collector.store import BLOCKS, HEAD
+from collector.storage.sqlite import staging
+from collector.storage.sqlite.blockwrites import transaction
+from collector.storage.sqlite.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""When the writer thread runs its next maintenance step (collector.writer.Maintenance).
+"""When the writer thread runs its next maintenance step (collector.ingest.writer.Maintenance).
 
 Only for a maintenance hook run in the writer thread (`serve(maintenance=...)`); the daemon
-runs compaction in a process of its own (collector.maintainer), which needs no pacing.
+runs compaction in a process of its own (collector.storage.sqlite.maintainer), which needs no
+pacing.
 
 The maintenance hook (compaction, retention, free-page reclaim) does one bounded step at a
 time and says whether more is waiting. An idle writer runs steps back to back. Under load it

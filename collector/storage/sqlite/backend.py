@@ -1,0 +1,239 @@
+"""`SQLiteStorage`: the storage interface over one SQLite file, by delegation.
+
+Thin on purpose: every method calls the module that already does the work (`devices`,
+`batchstore`, `scan`, `retention`) with a connection of the right kind, so behaviour is
+exactly theirs. The write connection (ingest and administration writes) is opened on first
+use and may be used by one thread at a time, as the interface says; every read opens its own
+read-only connection, so reads run beside the writer and beside each other.
+
+Three read paths still live in `collector/query/` and are called from here until that code
+is split: series resolution and the dead-letter listing (`collector.query.readings`), the
+tail cursor (`collector.query.tail`) and the replay loop (`collector.query.replay`); the import
+contracts list them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from collector.query import readings
+from collector.query.replay import replay_rejected
+from collector.query.tail import Tail
+from collector.storage.interface import (
+    Agg,
+    AuthResult,
+    Device,
+    Filters,
+    Order,
+    PreparedBatch,
+    Preparer,
+    ReplayResult,
+    Row,
+    SeriesInfo,
+    Session,
+    SessionStart,
+    StoreResult,
+    Value,
+)
+from collector.storage.sqlite import devices, retention, scan, store
+from collector.storage.sqlite.batchstore import BatchStore
+
+_T = TypeVar("_T")
+
+
+class SQLiteStorage:
+    """The `collector.storage.interface.Storage` of one SQLite file (migrated on open)."""
+
+    def __init__(self, path: str | Path, *, synchronous: store.Synchronous = "FULL") -> None:
+        self.path = Path(path)
+        self.synchronous: store.Synchronous = synchronous
+        store.migrate(self.path)
+        self._conn: sqlite3.Connection | None = None
+        self._batches = BatchStore()
+        self._lock = threading.Lock()
+
+    def _write(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = store.connect(
+                self.path, synchronous=self.synchronous, check_same_thread=False
+            )
+        return self._conn
+
+    def _read(self) -> sqlite3.Connection:
+        return store.connect(self.path, readonly=True)
+
+    # ------------------------------------------------------------ ingest
+
+    def authenticate(
+        self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
+    ) -> AuthResult:
+        with self._lock:
+            return devices.authenticate(
+                self._write(), name, token, now_ns, allow_unknown=allow_unknown
+            )
+
+    def open_session(
+        self, device_id: int, stream: str, now_ns: int, *, spool_dropped: int = 0
+    ) -> SessionStart:
+        with self._lock:
+            conn = self._write()
+            if spool_dropped:
+                conn.execute(
+                    f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? WHERE id = ?",
+                    (spool_dropped, device_id),
+                )
+            return SessionStart(*devices.open_session(conn, device_id, stream, now_ns))
+
+    def store(self, group: Sequence[tuple[Session | int, PreparedBatch]]) -> StoreResult:
+        with self._lock:
+            outcomes, stored = self._batches.store(self._write(), group)
+        return StoreResult(outcomes, stored)
+
+    # ------------------------------------------------------------ read side
+
+    def resolve_series(self, filters: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
+
+        conn = self._read()
+        try:
+            return readings.resolve_series(conn, filters, after_id=after_id)
+        finally:
+            conn.close()
+
+    def read_range(
+        self,
+        series_ids: Sequence[int],
+        since_ns: int | None,
+        until_ns: int | None,
+        *,
+        order: Order = "asc",
+        limit: int | None = None,
+    ) -> Iterator[tuple[int, int, Value]]:
+        conn = self._read()
+        try:
+            rows = scan.read_range(conn, series_ids, since_ns, until_ns, order=order, limit=limit)
+        except BaseException:
+            conn.close()
+            raise
+        return _closing(conn, rows)
+
+    def aggregate(
+        self,
+        series_ids: Sequence[int],
+        since_ns: int | None,
+        until_ns: int | None,
+        every_ns: int,
+        agg: Agg,
+    ) -> Iterator[tuple[int, int, float | int | None]]:
+        conn = self._read()
+        try:
+            rows = scan.aggregate(conn, series_ids, since_ns, until_ns, every_ns, agg)
+        except BaseException:
+            conn.close()
+            raise
+        return _closing(conn, rows)
+
+    def latest(self, series_ids: Sequence[int] | None = None) -> list[tuple[int, int, Value]]:
+        conn = self._read()
+        try:
+            return scan.latest(conn, series_ids)
+        finally:
+            conn.close()
+
+    def tail(self, filters: Filters) -> _Tail:
+
+        conn = self._read()
+        try:
+            return _Tail(conn, Tail.start(conn, filters))
+        except BaseException:
+            conn.close()
+            raise
+
+    def rejected(
+        self,
+        *,
+        devices: Sequence[str] = (),
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        codes: Sequence[str] = (),
+        pending_only: bool = False,
+        order: Order = "asc",
+        limit: int | None = None,
+    ) -> list[Row]:
+
+        conn = self._read()
+        try:
+            return list(
+                readings.list_rejected(
+                    conn,
+                    devices=devices,
+                    since_ns=since_ns,
+                    until_ns=until_ns,
+                    codes=codes,
+                    pending_only=pending_only,
+                    order=order,
+                    limit=limit,
+                )
+            )
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ administration
+
+    def add_device(self, name: str, now_ns: int, *, token: str | None = None) -> tuple[Device, str]:
+        with self._lock:
+            return devices.add_device(self._write(), name, now_ns, token=token)
+
+    def list_devices(self) -> list[Device]:
+        conn = self._read()
+        try:
+            return devices.list_devices(conn)
+        finally:
+            conn.close()
+
+    def revoke_device(self, name: str, now_ns: int) -> Device:
+        with self._lock:
+            return devices.revoke_device(self._write(), name, now_ns)
+
+    def apply_retention(self, cutoff_ns: int) -> None:
+        with self._lock:
+            retention.apply_retention(self._write(), cutoff_ns)
+
+    def replay_rejected(
+        self, prepare: Preparer, *, devices: Sequence[str] = (), now_ns: int
+    ) -> ReplayResult:
+
+        return replay_rejected(str(self.path), prepare, devices=devices, now=now_ns)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _Tail:
+    """A query.tail.Tail bound to the read-only connection it polls."""
+
+    def __init__(self, conn: sqlite3.Connection, tail: Tail) -> None:
+
+        assert isinstance(tail, Tail)
+        self._conn = conn
+        self._tail = tail
+
+    def poll(self) -> list[Row]:
+        return self._tail.poll(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _closing(conn: sqlite3.Connection, rows: Iterator[_T]) -> Iterator[_T]:
+    """Yield `rows`, then close the connection they are read from (also when abandoned)."""
+    try:
+        yield from rows
+    finally:
+        conn.close()

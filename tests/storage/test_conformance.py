@@ -1,0 +1,375 @@
+"""Backend conformance: every storage backend keeps the promises of collector.storage.interface.
+
+Written against the `Storage` interface only and run once per backend through the `backend`
+fixture (today SQLite, on a real file; a PostgreSQL backend joins by adding a case to
+`BACKENDS`). Each backend also says how to "settle" its storage: move everything it holds
+into its long-term form (SQLite: run compaction until nothing is left), so that resends,
+late readings and scans are checked both before and after that move.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.ingest.prepare import Ingest
+from collector.storage.interface import (
+    Agg,
+    DeviceError,
+    Filters,
+    Order,
+    PreparedBatch,
+    Session,
+    Storage,
+)
+from collector.storage.sqlite import compactor, store
+from collector.storage.sqlite.backend import SQLiteStorage
+from schemas.kinds import KindSpec
+
+T0 = 1_700_000_000 * 10**9  # a realistic epoch, in ns
+S = 10**9
+DAY = 86_400 * S
+
+
+@dataclass
+class Backend:
+    storage: Storage
+    settle: Callable[[int], None]  # move everything into long-term storage, as of now_ns
+
+
+def _sqlite(path: Path) -> Backend:
+    storage = SQLiteStorage(path / "t.db")
+
+    def settle(now_ns: int) -> None:
+        conn = store.connect(path / "t.db")
+        try:
+            while compactor.maintenance(conn, now_ns):
+                pass
+        finally:
+            conn.close()
+
+    return Backend(storage, settle)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+
+
+@contextmanager
+def open_backend(name: str, path: Path) -> Iterator[Backend]:
+    b = BACKENDS[name](path)
+    try:
+        yield b
+    finally:
+        b.storage.close()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    with open_backend(request.param, tmp_path) as b:
+        yield b
+
+
+INGEST = Ingest.from_kinds()
+
+
+def batch(seq: int, readings: list[tuple[str, int, int]], received_ns: int = T0) -> PreparedBatch:
+    """(sensor, ts_ns, value) counters -> a validated batch, as ingest builds it."""
+    return INGEST.prepare(
+        seq,
+        [[sensor, "counter", ts, value, None, None] for sensor, ts, value in readings],
+        received_ns,
+    )
+
+
+def device(storage: Storage, name: str = "dev-1") -> int:
+    d, _token = storage.add_device(name, T0)
+    return d.id
+
+
+def everything(storage: Storage) -> list[tuple[str, int, object]]:
+    """(sensor, ts, value) of every stored reading, by (sensor, ts)."""
+    series = {s.id: s for s in storage.resolve_series(Filters())}
+    rows = storage.read_range(list(series), None, None)
+    return sorted((series[sid].sensor, ts, v) for sid, ts, v in rows)
+
+
+# ---------------------------------------------------------------- exactly once, resends
+
+
+def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    b = batch(1, [("a", T0 + i * S, i) for i in range(50)])
+    first = s.store([(Session(dev), b)])
+    again = s.store([(Session(dev), b)])
+    assert first.outcomes[0].accepted == 50 and first.outcomes[0].duplicate == 0
+    assert again.outcomes[0].resend and again.outcomes[0].accepted == 0
+    assert again.outcomes[0].duplicate == 50
+    assert everything(s) == [("a", T0 + i * S, i) for i in range(50)]
+
+
+def test_a_resend_with_readings_never_stored_stores_exactly_those(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    s.store([(dev, batch(1, [("a", T0 + i * S, i) for i in range(0, 20, 2)]))])
+    out = s.store([(dev, batch(1, [("a", T0 + i * S, i) for i in range(20)]))])
+    assert out.outcomes[0].resend
+    assert (out.outcomes[0].accepted, out.outcomes[0].duplicate) == (10, 10)
+    assert everything(s) == [("a", T0 + i * S, i) for i in range(20)]
+
+
+def test_resends_after_settling_are_still_duplicates(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    readings = [("a", T0 + i * S, i) for i in range(0, 600, 3)]
+    s.store([(dev, batch(1, readings))])
+    backend.settle(T0 + 2 * DAY)
+    out = s.store([(dev, batch(1, readings)), (dev, batch(2, readings))])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(0, 200), (0, 200)]
+    assert everything(s) == sorted(readings)
+
+
+def test_late_readings_land_once_beside_settled_ones(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    s.store([(dev, batch(1, [("a", T0 + i * S, i) for i in range(0, 600, 2)]))])
+    backend.settle(T0 + 2 * DAY)
+    late = [("a", T0 + i * S, i) for i in range(1, 600, 2)]
+    out = s.store([(dev, batch(2, late, received_ns=T0 + DAY))])
+    assert (out.outcomes[0].accepted, out.outcomes[0].duplicate) == (300, 0)
+    backend.settle(T0 + 3 * DAY)
+    assert everything(s) == [("a", T0 + i * S, i) for i in range(600)]
+
+
+def test_a_group_reports_per_batch_and_stored_batches(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    b1, b2 = batch(1, [("a", T0, 1)]), batch(2, [("a", T0 + S, 2)])
+    out = s.store([(dev, b1), (dev, b2), (dev, b1)])
+    assert [(o.accepted, o.duplicate, o.resend) for o in out.outcomes] == [
+        (1, 0, False),
+        (1, 0, False),
+        (0, 1, True),
+    ]
+    assert out.stored == [b1, b2]
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+def test_invalid_readings_become_dead_letters_once(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    b = INGEST.prepare(
+        1,
+        [["a", "counter", T0, 1, None, None], ["h", "humidity", T0, 150.0, None, None]],
+        T0,
+    )
+    out = s.store([(dev, b)])
+    s.store([(dev, b)])  # a resend keeps its rejects once
+    assert (out.outcomes[0].accepted, out.outcomes[0].duplicate) == (1, 0)
+    rows = s.rejected()
+    assert len(rows) == 1
+    assert rows[0]["device"] == "dev-1" and rows[0]["seq"] == 1 and rows[0]["idx"] == 1
+    assert rows[0]["replayed"] is None
+    assert s.rejected(devices=["other"]) == []
+
+
+def test_replay_stores_what_now_passes_exactly_once(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    unknown = [["w", "wind_gust", T0 + i * S, float(i), "m/s", None] for i in range(3)]
+    s.store([(dev, INGEST.prepare(1, unknown, T0))])
+    assert len(s.rejected(pending_only=True)) == 3 and everything(s) == []
+    fixed = Ingest.from_kinds([KindSpec("wind_gust", "number", free_unit=True)])
+    first = s.replay_rejected(fixed, now_ns=T0 + S)
+    second = s.replay_rejected(fixed, now_ns=T0 + 2 * S)
+    assert (first.checked, first.replayed, first.still_rejected) == (3, 3, 0)
+    assert second.checked == 0
+    assert everything(s) == [("w", T0 + i * S, float(i)) for i in range(3)]
+    assert s.rejected(pending_only=True) == []
+
+
+# ---------------------------------------------------------------- latest, aggregates, tail
+
+
+def test_latest_is_each_series_newest_reading_even_after_late_ones(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    s.store([(dev, batch(1, [("a", T0 + 5 * S, 5), ("b", T0 + 7 * S, 7)]))])
+    s.store([(dev, batch(2, [("a", T0 + 1 * S, 1)]))])  # late: older than a's newest
+    ids = {x.sensor: x.id for x in s.resolve_series(Filters())}
+    latest = {sid: (ts, v) for sid, ts, v in s.latest()}
+    assert latest == {ids["a"]: (T0 + 5 * S, 5), ids["b"]: (T0 + 7 * S, 7)}
+    assert [sid for sid, _, _ in s.latest([ids["b"]])] == [ids["b"]]
+
+
+def test_a_tail_shows_each_new_reading_once(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    s.store([(dev, batch(1, [("a", T0, 0)]))])
+    cursor = s.tail(Filters(sensors=("a",)))
+    try:
+        assert cursor.poll() == []
+        s.store([(dev, batch(2, [("a", T0 + S, 1), ("b", T0 + S, 1)]))])
+        rows = cursor.poll()
+        assert [(r["sensor"], r["ts_ns"]) for r in rows] == [("a", T0 + S)]
+        assert cursor.poll() == []
+    finally:
+        cursor.close()
+
+
+# ---------------------------------------------------------------- sessions and epochs
+
+
+def test_a_newer_session_fences_the_older_one(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    old = s.open_session(dev, "spool-1", T0)
+    assert old.last_seq == 0
+    s.store([(Session(dev, "spool-1", old.epoch), batch(1, [("a", T0, 1)]))])
+    new = s.open_session(dev, "spool-1", T0 + S)
+    assert new.epoch > old.epoch and new.last_seq == 1
+    out = s.store(
+        [
+            (Session(dev, "spool-1", old.epoch), batch(2, [("a", T0 + S, 2)])),
+            (Session(dev, "spool-1", new.epoch), batch(2, [("a", T0 + 2 * S, 3)])),
+        ]
+    )
+    assert [o.fenced for o in out.outcomes] == [True, False]
+    assert out.outcomes[0].accepted == 0 and out.stored == [out.stored[0]]
+    assert everything(s) == [("a", T0, 1), ("a", T0 + 2 * S, 3)]
+    assert s.open_session(dev, "spool-1", T0 + 2 * S).last_seq == 2
+    assert s.open_session(dev, "spool-2", T0 + 2 * S).last_seq == 0  # streams are separate
+
+
+# ---------------------------------------------------------------- devices
+
+
+def test_device_registry_authenticates_and_revokes(backend: Backend) -> None:
+    s = backend.storage
+    d, token = s.add_device("gh-1", T0)
+    assert s.authenticate("gh-1", token, T0).device == d
+    assert s.authenticate("gh-1", token + "x", T0).device is None
+    assert s.authenticate("nobody", token, T0).device is None
+    with pytest.raises(DeviceError):
+        s.add_device("gh-1", T0)
+    with pytest.raises(DeviceError):
+        s.add_device("bad name!", T0)
+    revoked = s.revoke_device("gh-1", T0 + S)
+    assert revoked.revoked_ns == T0 + S
+    assert s.revoke_device("gh-1", T0 + 2 * S).revoked_ns == T0 + S
+    refused = s.authenticate("gh-1", token, T0)
+    assert refused.device is None and "revoked" in refused.reason
+    with pytest.raises(DeviceError):
+        s.revoke_device("nobody", T0)
+    new = s.authenticate("auto-1", "tok", T0, allow_unknown=True)
+    assert new.registered and new.device is not None
+    assert [x.name for x in s.list_devices()] == ["auto-1", "gh-1"]
+
+
+def test_spool_drops_reported_at_session_open_are_counted(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    s.open_session(dev, "", T0, spool_dropped=5)
+    s.open_session(dev, "", T0, spool_dropped=2)
+    assert [x.spool_dropped for x in s.list_devices()] == [7]
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_retention_keeps_every_reading_at_or_after_the_cutoff(backend: Backend) -> None:
+    s = backend.storage
+    dev = device(s)
+    old = [("a", T0 + i * 60 * S, i) for i in range(120)]  # two hours, two days back
+    new = [("a", T0 + 2 * DAY + i * 60 * S, 1000 + i) for i in range(120)]
+    s.store([(dev, batch(1, old)), (dev, batch(2, new))])
+    backend.settle(T0 + 3 * DAY)
+    cutoff = T0 + 2 * DAY + 30 * 60 * S
+    s.apply_retention(cutoff)
+    left = everything(s)
+    assert [r for r in left if r[1] >= cutoff] == [r for r in sorted(new) if r[1] >= cutoff]
+    assert not [r for r in left if r[1] < cutoff - DAY]  # more than a day old: gone
+
+
+# ---------------------------------------------------------------- scans vs a reference model
+
+SENSORS = ("a", "b", "c")
+ORDERS: tuple[Order, ...] = ("asc", "desc")
+AGGS: dict[Agg, Callable[[list[int]], int]] = {"count": len, "sum": sum, "min": min, "max": max}
+# (sensor, offset in s, value); offsets span a few compaction windows and one hour boundary
+reading_st = st.tuples(st.sampled_from(SENSORS), st.integers(0, 4_000), st.integers(0, 1_000))
+step_st = st.one_of(
+    st.tuples(st.just("batch"), st.lists(reading_st, max_size=40)),
+    st.tuples(st.just("resend"), st.integers(0, 10)),
+    st.tuples(st.just("settle"), st.integers(0, 2)),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(step_st, min_size=1, max_size=12), data=st.data())
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_scans_and_aggregates_match_a_reference_model(
+    name: str, steps: list[tuple[str, object]], data: st.DataObject
+) -> None:
+    model: dict[tuple[str, int], int] = {}  # (sensor, ts) -> first stored value
+    sent: list[PreparedBatch] = []
+    with tempfile.TemporaryDirectory() as tmp, open_backend(name, Path(tmp)) as b:
+        s = b.storage
+        dev = device(s)
+        for kind, arg in steps:
+            if kind == "batch":
+                assert isinstance(arg, list)
+                rows = [(sensor, T0 + off * S, v) for sensor, off, v in arg]
+                sent.append(batch(len(sent) + 1, rows))
+                s.store([(dev, sent[-1])])
+                for sensor, ts, v in rows:
+                    model.setdefault((sensor, ts), v)  # the first stored value wins
+            elif kind == "resend" and sent:
+                assert isinstance(arg, int)
+                out = s.store([(dev, sent[arg % len(sent)])])
+                assert out.outcomes[0].accepted == 0
+            elif kind == "settle":
+                assert isinstance(arg, int)
+                b.settle(T0 + 4_000 * S + arg * DAY)
+        expected = sorted((sensor, ts, v) for (sensor, ts), v in model.items())
+        assert everything(s) == expected
+        series = {x.id: x.sensor for x in s.resolve_series(Filters())}
+        ids = sorted(series)
+        lo = T0 + data.draw(st.integers(0, 4_000), label="since") * S
+        hi = lo + data.draw(st.integers(0, 4_000), label="span") * S
+        order = data.draw(st.sampled_from(ORDERS), label="order")
+        got = [(series[sid], ts, v) for sid, ts, v in s.read_range(ids, lo, hi, order=order)]
+        want = sorted(
+            ((sensor, ts, v) for sensor, ts, v in expected if lo <= ts < hi),
+            key=lambda r: (r[1], _sid(series, r[0])),
+            reverse=order == "desc",
+        )
+        assert got == want
+        every = data.draw(st.sampled_from([60, 600, 3_600]), label="every") * S
+        for agg, fn in AGGS.items():
+            buckets: dict[tuple[str, int], list[int]] = {}
+            for sensor, ts, v in expected:
+                buckets.setdefault((sensor, ts // every * every), []).append(v)
+            want_agg = {k: fn(vs) for k, vs in buckets.items()}
+            got_agg = {
+                (series[sid], start): value
+                for sid, start, value in s.aggregate(ids, None, None, every, agg)
+            }
+            assert got_agg == want_agg, agg
+
+
+def _sid(series: dict[int, str], sensor: str) -> int:
+    return next(sid for sid, name in series.items() if name == sensor)
