@@ -36,8 +36,8 @@ from collector.errors import ConfigError
 from collector.ingest.prepare import Ingest
 from collector.ingest.server import Server
 from collector.ingest.writer import Maintenance, Writer
-from collector.inputmap import load_inputs
-from collector.inputs import Inputs
+from collector.inputs.listeners import Inputs
+from collector.inputs.mapping import load_inputs
 from collector.storage.sqlite import store
 from collector.storage.sqlite.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
 from collector.tls import SwappableContext, TlsFileError, server_context

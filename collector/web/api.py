@@ -6,7 +6,7 @@
     GET /api/v1/latest      the last reading of each matching series
     GET /api/v1/rejected    the dead-letter table
     GET /api/v1/stream      Server-Sent Events: readings committed after the request
-                            (collector.http_stream)
+                            (collector.web.stream)
 
 docs/api.md is the reference. The collector's HTTP server (`collector.web.http`) calls
 `register(app, db_path)` and serves /api/v1/devices itself (it holds the live connection
@@ -33,11 +33,11 @@ from typing import Final, TypeVar
 from aiohttp import web
 from multidict import MultiMapping
 
-from collector import http_stream
 from collector.errors import ConfigError
 from collector.query import readings as query
 from collector.query.formats import dumps_json
 from collector.storage.sqlite import store
+from collector.web import stream as http_stream
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ collector.storage.sqlite.storagestats), `/api/v1/metrics` (the same numbers as J
 dashboard) and `/api/v1/devices` (registry + last seen + connected). Other modules add routes
 through route-registering callables passed to `create_app`; the query API (`collector.web.api`)
 adds the other /api/v1 routes, and its read token (when set) covers /api/v1/devices and
-/api/v1/metrics too; the dashboard (`collector.dashboard`) adds `/` under the same token.
+/api/v1/metrics too; the dashboard (`collector.web.dashboard`) adds `/` under the same token.
 /healthz, /readyz and /metrics stay open, for health checks and scrapers.
 
 Handlers never touch the write connection: database reads use their own read-only
@@ -27,10 +27,10 @@ from typing import Final
 
 from aiohttp import web
 
-from collector import dashboard
 from collector.storage.sqlite import devices, storagestats, store
 from collector.storage.sqlite.storagestats import StorageStats
 from collector.web import api as http_api
+from collector.web import dashboard
 from collector.web.metrics import Histogram, Metrics
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from collector import http_stream
-from collector.dashboard import routes
+from collector.web import stream as http_stream
+from collector.web.dashboard import routes
 from collector.web.http import AppState, create_app
 from collector.web.metrics import Metrics
 from tests.collector.test_query_support import Db, S, standard_db
@@ -214,7 +214,7 @@ def test_the_wheel_takes_the_static_files() -> None:
     assert "collector" in wheel["packages"]
     assert not wheel.get("exclude") and not wheel.get("only-include")
     names = [str(p.relative_to(ROOT)) for p in routes.STATIC_DIR.rglob("*") if p.is_file()]
-    names += ["collector/dashboard/index.html", "collector/dashboard/token_required.html"]
+    names += ["collector/web/dashboard/index.html", "collector/web/dashboard/token_required.html"]
     ignored = subprocess.run(
         ["git", "check-ignore", "--no-index", *names],
         cwd=ROOT,

@@ -24,9 +24,9 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
-from collector import fluent
 from collector.cli import cli
-from collector.inputauth import forward_key_of_token
+from collector.inputs import fluent
+from collector.inputs.auth import forward_key_of_token
 from tests.collector.inputs_support import InputsCollector, Row, dead_letters, stored_rows
 
 S = 1_000_000_000

@@ -1,5 +1,5 @@
-"""collector.fluent (sans-IO forward decoding) and collector.inputmap (mapping rules, the
-inputs file), without sockets: every event mode, gzip caps, and any msgpack value decoding
+"""collector.inputs.fluent (sans-IO forward decoding) and collector.inputs.mapping (mapping rules,
+the inputs file), without sockets: every event mode, gzip caps, and any msgpack value decoding
 to a message or a ForwardError only."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector import fluent
 from collector.config import load_config
 from collector.errors import ConfigError
-from collector.inputmap import (
+from collector.inputs import fluent
+from collector.inputs.lineprotocol import Field, Point
+from collector.inputs.mapping import (
     ForwardMapping,
     InfluxMapping,
     KindRule,
@@ -22,7 +23,6 @@ from collector.inputmap import (
     point_readings,
     record_readings,
 )
-from collector.lineprotocol import Field, Point
 
 S = 1_000_000_000
 T = 1_764_000_000 * S

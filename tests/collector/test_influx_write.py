@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, web
 
-from collector.influx_http import InfluxInput
 from collector.ingest.prepare import Ingest
 from collector.ingest.writer import Writer
+from collector.inputs.influx_http import InfluxInput
 from collector.storage.sqlite import devices, store
 from schemas import wire
 from tests.collector.inputs_support import InputsCollector, Row, dead_letters, stored_rows

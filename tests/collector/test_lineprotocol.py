@@ -1,4 +1,4 @@
-"""collector.lineprotocol: the InfluxDB line-protocol parser and encoder (pure).
+"""collector.inputs.lineprotocol: the InfluxDB line-protocol parser and encoder (pure).
 
 Cases from the InfluxDB reference (escapes, field types, comments, errors by line number),
 then Hypothesis: any points encode and parse back unchanged, any text parses without
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.lineprotocol import Field, LineError, ParsedLine, Point, encode, parse
+from collector.inputs.lineprotocol import Field, LineError, ParsedLine, Point, encode, parse
 
 
 def points(body: str) -> list[Point]:

@@ -10,6 +10,6 @@ static/vendor/uplot/ is uPlot (MIT), vendored unchanged with its licence; static
 names its version.
 """
 
-from collector.dashboard.routes import STATIC_PREFIX, register
+from collector.web.dashboard.routes import STATIC_PREFIX, register
 
 __all__ = ["STATIC_PREFIX", "register"]

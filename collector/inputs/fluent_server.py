@@ -1,26 +1,26 @@
-"""The Fluent forward listener: asyncio TCP (TLS optional) around collector.fluent.
+"""The Fluent forward listener: asyncio TCP (TLS optional) around collector.inputs.fluent.
 
 One handler per connection:
 
 1. Authenticate. `auth = "handshake"` (default): send HELO, require a PING within the
    handshake timeout whose shared-key digest is made with the device's forward key
-   (collector.inputauth), the device being the PING's username or, when that is empty,
+   (collector.inputs.auth), the device being the PING's username or, when that is empty,
    its self_hostname; a non-empty username must also prove the forward key as password.
    PONG, or PONG false and close. `auth = "record"`: no handshake (for senders that cannot
    do one, e.g. fluent-logger); every record carries the device token under `token_key`,
    which is removed before mapping. A record without a valid token belongs to no device,
    so it cannot be stored, not even as a dead letter: it is counted
    (unauthenticated_events) and its message is not acknowledged.
-2. Read messages (collector.fluent.decode_message), map each event to readings
-   (collector.inputmap.record_readings), validate them with collector.ingest.prepare, and submit
-   them to the writer as unsequenced batches (deduplicated on (series, timestamp), so a
+2. Read messages (collector.inputs.fluent.decode_message), map each event to readings
+   (collector.inputs.mapping.record_readings), validate them with collector.ingest.prepare, and
+   submit them to the writer as unsequenced batches (deduplicated on (series, timestamp), so a
    resent chunk stores nothing twice). Messages are handled one at a time: the next is not
    read before the previous one is committed (backpressure reaches the sender via TCP).
 3. Answer {"ack": chunk} only after the commit. A storage failure closes the connection
    without an ACK: the sender resends the chunk after reconnecting.
 
 Limits: handshake timeout, idle timeout (no bytes for `idle_timeout_s`), max connections,
-the message and decompression caps of collector.fluent. A stream that does not decode as
+the message and decompression caps of collector.inputs.fluent. A stream that does not decode as
 msgpack cannot be resynchronised (no framing) and closes the connection.
 """
 
@@ -42,11 +42,12 @@ from typing import Final
 
 import msgpack
 
-from collector import fluent, inputauth
 from collector.ingest.prepare import DeadLetter, Ingest, PreparedBatch
 from collector.ingest.writer import BatchOutcome, Writer
-from collector.inputmap import INVALID, ForwardMapping, Reading, dead_letter, record_readings
-from collector.inputmetrics import ForwardMetrics
+from collector.inputs import auth as inputauth
+from collector.inputs import fluent
+from collector.inputs.mapping import INVALID, ForwardMapping, Reading, dead_letter, record_readings
+from collector.inputs.metrics import ForwardMetrics
 from collector.storage.sqlite import store
 from collector.tls import cert_device_ids
 from schemas.wire import Reject

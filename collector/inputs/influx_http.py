@@ -7,14 +7,14 @@ schemas, committed by the one writer, answered only after that commit.
 
 - Auth: `Authorization: Token <device token>` (v2 and v1); v1 also `?u=<device>&p=<token>`
   or HTTP Basic (user = device, password = token). The device is the token's owner
-  (`collector.inputauth`); missing or wrong credentials answer 401.
-- Body: line protocol (`collector.lineprotocol`), optionally `Content-Encoding: gzip`
+  (`collector.inputs.auth`); missing or wrong credentials answer 401.
+- Body: line protocol (`collector.inputs.lineprotocol`), optionally `Content-Encoding: gzip`
   (aiohttp decompresses it in bounded chunks; at most `max_body_bytes` decompressed bytes
   are read, more answers 413; a Content-Length over it answers 413 before reading).
 - `precision`: v2 `ns|us|ms|s`, v1 also `n|u|m|h`; a point without a timestamp gets the
   receive time. `org`, `bucket`, `db`, `rp` are accepted and ignored: the device is the
   only namespace.
-- Mapping: `collector.inputmap.point_readings` (sensor = measurement/field, tags = tags).
+- Mapping: `collector.inputs.mapping.point_readings` (sensor = measurement/field, tags = tags).
 - Partial writes: the good points of a body are stored; every bad line (does not parse) and
   every rejected field (fails validation) goes to the dead-letter table (idx = its line
   number, message starting "line N:"); the answer is then 400
@@ -27,7 +27,7 @@ schemas, committed by the one writer, answered only after that commit.
   `SUBMIT_WAIT_S` answers 429, a storage error (writer RETRY) or a stopped writer 503,
   both with Retry-After; whatever part was committed is deduplicated when the client resends.
 
-No SQL here (the registry is read through collector.inputauth); counters in `InfluxMetrics`.
+No SQL here (the registry is read through collector.inputs.auth); counters in `InfluxMetrics`.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from collector import inputauth, lineprotocol
 from collector.ingest.prepare import DeadLetter, Ingest, PreparedBatch
 from collector.ingest.writer import BatchOutcome, Writer
-from collector.inputmap import INVALID, InfluxMapping, dead_letter, point_readings
-from collector.inputmetrics import InfluxMetrics
+from collector.inputs import auth as inputauth
+from collector.inputs import lineprotocol
+from collector.inputs.mapping import INVALID, InfluxMapping, dead_letter, point_readings
+from collector.inputs.metrics import InfluxMetrics
 from collector.storage.sqlite import store
 from schemas.wire import Reject
 

@@ -1,7 +1,7 @@
-"""Counters of the foreign inputs (collector.influx_http, collector.fluent_server).
+"""Counters of the foreign inputs (collector.inputs.influx_http, collector.inputs.fluent_server).
 
 Each input owns one instance and bumps it on the event loop; `GET /metrics/inputs`
-(collector.inputs) renders both as Prometheus text. Plain integers: no locks, no I/O.
+(collector.inputs.listeners) renders both as Prometheus text. Plain integers: no locks, no I/O.
 """
 
 from __future__ import annotations

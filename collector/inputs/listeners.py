@@ -20,11 +20,11 @@ from aiohttp import web
 
 from collector.config import Config
 from collector.errors import ConfigError
-from collector.fluent_server import ForwardServer
-from collector.influx_http import InfluxInput
 from collector.ingest.prepare import Ingest
 from collector.ingest.writer import Writer
-from collector.inputmap import load_inputs
+from collector.inputs.fluent_server import ForwardServer
+from collector.inputs.influx_http import InfluxInput
+from collector.inputs.mapping import load_inputs
 
 log = logging.getLogger(__name__)
 

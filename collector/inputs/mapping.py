@@ -33,7 +33,7 @@ import msgpack
 
 from collector.errors import ConfigError
 from collector.ingest.prepare import DeadLetter
-from collector.lineprotocol import FieldType, Point
+from collector.inputs.lineprotocol import FieldType, Point
 
 ValueType: TypeAlias = FieldType
 Reading: TypeAlias = list[object]
@@ -66,8 +66,9 @@ FORWARD_AUTH: Final = ("handshake", "record")
 @dataclass(frozen=True, slots=True)
 class ForwardMapping:
     rules: tuple[KindRule, ...] = ()
-    # "handshake": the device is proven by the shared-key handshake (collector.fluent_server);
-    # "record": every record carries its device's token under `token_key`.
+    # "handshake": the device is proven by the shared-key handshake
+    # (collector.inputs.fluent_server); "record": every record carries its device's token under
+    # `token_key`.
     auth: str = "handshake"
     token_key: str = "_token"
     # Record keys whose string values become tags of every reading of the record.
