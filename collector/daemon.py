@@ -274,6 +274,7 @@ async def serve(
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),
                 read_token=cfg.http_token,
+                more_metrics=inputs.render_metrics,
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
             runner = web.AppRunner(

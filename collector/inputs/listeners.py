@@ -63,11 +63,15 @@ class Inputs:
         self.influx.register(app)
         app.router.add_get(METRICS_PATH, self._metrics)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    def render_metrics(self) -> str:
+        """Both inputs' counters as Prometheus text (also part of the collector's /metrics)."""
         text = self.influx.metrics.render()
         if self.forward is not None:
             text += self.forward.metrics.render()
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return text
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.render_metrics(), content_type="text/plain", charset="utf-8")
 
     async def start(self, addr: tuple[str, int] | None) -> str:
         """Start the forward listener when configured; returns its address or "off".

@@ -1,7 +1,8 @@
 """Counters of the foreign inputs (collector.inputs.influx_http, collector.inputs.fluent_server).
 
-Each input owns one instance and bumps it on the event loop; `GET /metrics/inputs`
-(collector.inputs.listeners) renders both as Prometheus text. Plain integers: no locks, no I/O.
+Each input owns one instance and bumps it on the event loop; collector.inputs.listeners
+renders both as Prometheus text, on `GET /metrics` with the collector's own counters and on
+`GET /metrics/inputs` alone. Plain integers: no locks, no I/O.
 """
 
 from __future__ import annotations

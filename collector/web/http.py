@@ -52,6 +52,8 @@ class AppState:
     connected: Callable[[], dict[str, int]]
     ready: Callable[[], bool]
     read_token: str | None = None
+    # More Prometheus text for /metrics: the foreign inputs' counters (collector/inputs/).
+    more_metrics: Callable[[], str] | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +111,8 @@ async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     storage = await _read_storage(state.db_path)
     text = state.metrics.render(storage)
+    if state.more_metrics is not None:
+        text += state.more_metrics()
     return web.Response(text=text, content_type=PROMETHEUS_CONTENT_TYPE, charset="utf-8")
 
 

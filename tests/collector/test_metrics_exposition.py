@@ -105,6 +105,9 @@ def test_a_real_collectors_metrics_parse_and_do_not_double_count(tmp_path: Path)
     assert _sample(fams, "telemetry_readings_accepted") == 11.0
     assert sum(_per_device(fams, "telemetry_device_readings_rejected").values()) == 2.0
     assert _sample(fams, "telemetry_readings_rejected") == 2.0
+    # The foreign inputs' counters are part of the same scrape (collector/inputs/).
+    assert _sample(fams, "telemetry_input_influx_requests") == 0.0
+    assert "telemetry_sessions_replaced" in fams
     # The collector-wide count also has the bytes before a device named itself (HELLO).
     assert (
         0
