@@ -29,6 +29,7 @@ COMMANDS: Final[dict[str, str]] = {
     "export": "collector.commands.query:export",
     "demo": "collector.commands.demo:demo",
     "certs": "collector.commands.certs:certs",
+    "migrate": "collector.commands.migrate:migrate",
 }
 
 

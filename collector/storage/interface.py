@@ -214,6 +214,34 @@ class ReplayResult(NamedTuple):
     still_rejected: int
 
 
+# ---------------------------------------------------------------- copying between backends
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device as a backend keeps it, for copying it to another backend (`telemetry
+    migrate`): the token only as its stored hash (SHA-256 hex), and each stream's last
+    committed seq, so agents resume where they were."""
+
+    name: str
+    token_hash: str
+    created_ns: int
+    revoked_ns: int | None
+    spool_dropped: int
+    streams: tuple[tuple[str, int], ...] = ()  # (stream, last_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """One dead letter as kept, with its device's name, for copying between backends."""
+
+    device: str
+    received_ns: int
+    seq: int
+    letter: DeadLetter
+    replayed_ns: int | None = None
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -340,6 +368,30 @@ class Storage(Protocol):
         """Re-validate pending dead letters with `prepare`; store the ones that now pass as
         live ingest would (minus the seq check) and mark them replayed at `now_ns`, in the
         same transaction, so a second run moves nothing twice."""
+        ...
+
+    # ------------------------------------------------------------ copying between backends
+
+    def export_devices(self) -> list[DeviceRecord]:
+        """Every device with its token hash, revocation, dropped count and streams."""
+        ...
+
+    def import_device(self, record: DeviceRecord) -> Device:
+        """Register a device copied from another backend, keeping its token hash (so its
+        agents' tokens still work), revocation and streams. Idempotent: importing the same
+        record again changes nothing, and a stream's last seq is never lowered. Raises
+        DeviceError when a device of that name exists with another token hash."""
+        ...
+
+    def export_dead_letters(self) -> Iterator[DeadLetterRecord]:
+        """Every dead letter, by (receive time, id), streamed."""
+        ...
+
+    def import_dead_letters(self, records: Sequence[DeadLetterRecord]) -> int:
+        """Keep dead letters copied from another backend, in one transaction; one already
+        kept (same device, receive time, seq, index and raw bytes) is skipped, so a second
+        import adds nothing. Returns how many were added. Raises DeviceError for a device
+        that is not registered here (import devices first)."""
         ...
 
     def close(self) -> None:

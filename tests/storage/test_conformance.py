@@ -42,6 +42,7 @@ DAY = 86_400 * S
 class Backend:
     storage: Storage
     settle: Callable[[int], None]  # move everything into long-term storage, as of now_ns
+    db: str = ""  # what `--db` names it: a path or a URL (for tests of the commands)
 
 
 def _sqlite(path: Path) -> Backend:
@@ -55,7 +56,7 @@ def _sqlite(path: Path) -> Backend:
         finally:
             conn.close()
 
-    return Backend(storage, settle)
+    return Backend(storage, settle, str(path / "t.db"))
 
 
 BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}

@@ -26,7 +26,9 @@ from collector.query.tail import Tail
 from collector.storage.interface import (
     Agg,
     AuthResult,
+    DeadLetterRecord,
     Device,
+    DeviceRecord,
     Filters,
     Order,
     PreparedBatch,
@@ -39,7 +41,7 @@ from collector.storage.interface import (
     StoreResult,
     Value,
 )
-from collector.storage.sqlite import devices, retention, scan, store
+from collector.storage.sqlite import devices, retention, scan, store, transfer
 from collector.storage.sqlite.batchstore import BatchStore
 
 _T = TypeVar("_T")
@@ -207,6 +209,32 @@ class SQLiteStorage:
     ) -> ReplayResult:
 
         return replay_rejected(str(self.path), prepare, devices=devices, now=now_ns)
+
+    # ------------------------------------------------------------ copying between backends
+
+    def export_devices(self) -> list[DeviceRecord]:
+        conn = self._read()
+        try:
+            return transfer.export_devices(conn)
+        finally:
+            conn.close()
+
+    def import_device(self, record: DeviceRecord) -> Device:
+        with self._lock:
+            return transfer.import_device(self._write(), record)
+
+    def export_dead_letters(self) -> Iterator[DeadLetterRecord]:
+        conn = self._read()
+        try:
+            rows = transfer.export_dead_letters(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return _closing(conn, rows)
+
+    def import_dead_letters(self, records: Sequence[DeadLetterRecord]) -> int:
+        with self._lock:
+            return transfer.import_dead_letters(self._write(), records)
 
     def close(self) -> None:
         with self._lock:
