@@ -131,8 +131,7 @@ def _parse_v2(data: bytes) -> Parsed | _NeedData:
         src_b, dst_b, sport, dport = body[0:4], body[4:8], *struct.unpack_from("!HH", body, 8)
     else:
         src_b, dst_b, sport, dport = body[0:16], body[16:32], *struct.unpack_from("!HH", body, 32)
-    src = str(ipaddress.ip_address(src_b))
-    dst = str(ipaddress.ip_address(dst_b))
+    src, dst = _plain(ipaddress.ip_address(src_b)), _plain(ipaddress.ip_address(dst_b))
     return Parsed(ProxyHeader(2, (src, sport), (dst, dport)), total)
 
 
@@ -161,7 +160,20 @@ def _parse_v1(data: bytes) -> Parsed | _NeedData:
     except ValueError:
         raise ProxyHeaderError(f"PROXY v1: bad {parts[1]} address") from None
     ports = [_port(p) for p in parts[4:6]]
-    return Parsed(ProxyHeader(1, (str(src), ports[0]), (str(dst), ports[1])), consumed)
+    return Parsed(ProxyHeader(1, (_plain(src), ports[0]), (_plain(dst), ports[1])), consumed)
+
+
+def plain_address(text: str) -> str:
+    """An address as the collector keys it: IPv4-mapped IPv6 (`::ffff:192.0.2.1`, what a
+    dual-stack socket reports for an IPv4 client) as plain IPv4; anything else unchanged.
+
+    Raises ValueError when `text` is not an IP address."""
+    return _plain(ipaddress.ip_address(text))
+
+
+def _plain(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped if mapped is not None else ip)
 
 
 def _port(text: str) -> int:

@@ -68,6 +68,8 @@ RATE_LIMITED: Final = "rate_limited"
 # Bucket size in seconds of the rate: an agent sending one batch a second with some jitter
 # is never held back by its own timing, and a burst is at most this many seconds' worth.
 RATE_BURST_S: Final = 2.0
+# Why a connection that sent nothing at all before closing is dropped (logged at DEBUG).
+_CLOSED_BEFORE_HEADER: Final = "closed before sending anything"
 _nonces = itertools.count(1)
 
 
@@ -301,9 +303,10 @@ class Server:
         """Read the PROXY header and take the client address it names; False to close."""
         assert self.proxy_from is not None
         try:
-            trusted = any(ipaddress.ip_address(s.ip) in net for net in self.proxy_from)
-        except ValueError:
-            trusted = False
+            sock_ip = ipaddress.ip_address(proxyheader.plain_address(s.ip))
+        except ValueError:  # not an IP socket
+            sock_ip = None
+        trusted = sock_ip is not None and any(sock_ip in net for net in self.proxy_from)
         reason = "untrusted address"
         if trusted:
             data = b""
@@ -315,7 +318,9 @@ class Server:
                             break
                         chunk = await s.reader.read(proxyheader.V2_MAX_BYTES)
                         if not chunk:
-                            raise proxyheader.ProxyHeaderError("closed before the header")
+                            raise proxyheader.ProxyHeaderError(
+                                _CLOSED_BEFORE_HEADER if not data else "closed mid-header"
+                            )
                         data += chunk
             except proxyheader.ProxyHeaderError as exc:
                 reason = str(exc)
@@ -335,7 +340,11 @@ class Server:
                 log.debug("PROXY header peer=%s via=%s", s.peer, via)
                 return True
         self.metrics.refused("proxy_header")
-        log.warning("connection refused peer=%s reason=PROXY header: %s", s.peer, reason)
+        if reason == _CLOSED_BEFORE_HEADER:
+            # A TCP-level health check or port probe: one line per check would drown the log.
+            log.debug("connection closed before a PROXY header peer=%s", s.peer)
+        else:
+            log.warning("connection refused peer=%s reason=PROXY header: %s", s.peer, reason)
         return False
 
     async def _close(self, s: _Session) -> None:

@@ -68,6 +68,19 @@ def test_no_header_or_garbage_is_refused_and_logged(daemon: CollectorProcess) ->
         c.send_raw(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n")
         assert c.closed_by_peer()
     wait_log(daemon, "reason=PROXY header: PROXY v1: port 99999 out of range")
+    with WireClient(*daemon.ingest) as c:
+        c.send_raw(b"PROXY TCP4 1.2.3.4")
+    wait_log(daemon, "reason=PROXY header: closed mid-header")
+    # A probe that sends nothing (a TCP health check) is not a warning.
+    WireClient(*daemon.ingest).close()
+    with WireClient(*daemon.ingest) as c:
+        c.send(wire.Hello(device_id="direct", token=token))
+        assert c.closed_by_peer()
+    deadline = time.monotonic() + 10
+    while daemon.log.count("reason=PROXY header") < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # Four refusals logged as warnings; the silent probe is not one of them.
+    assert daemon.log.count("reason=PROXY header") == 4, daemon.log
 
 
 def test_per_address_limit_counts_the_named_client(daemon: CollectorProcess) -> None:

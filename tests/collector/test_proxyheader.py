@@ -160,6 +160,19 @@ def test_every_truncation_needs_data(header: bytes) -> None:
     assert isinstance(parse(header), ph.Parsed)
 
 
+def test_ipv4_mapped_addresses_are_plain_ipv4() -> None:
+    out = parse(ph.build_v2(("::ffff:192.0.2.1", 1), ("::ffff:10.0.0.1", 2)))
+    assert isinstance(out, ph.Parsed)
+    assert out.header.source == ("192.0.2.1", 1)
+    assert out.header.destination == ("10.0.0.1", 2)
+    out = parse(b"PROXY TCP6 ::ffff:192.0.2.1 ::1 1 2\r\n")
+    assert isinstance(out, ph.Parsed) and out.header.source == ("192.0.2.1", 1)
+    assert ph.plain_address("::ffff:127.0.0.1") == "127.0.0.1"
+    assert ph.plain_address("2001:db8::1") == "2001:db8::1"
+    with pytest.raises(ValueError):
+        ph.plain_address("not an address")
+
+
 def test_builders_round_trip() -> None:
     for build, version in ((ph.build_v1, 1), (ph.build_v2, 2)):
         for src, dst in ((("10.1.2.3", 4), ("10.9.9.9", 7878)), (("::1", 5), ("::2", 6))):
