@@ -153,6 +153,7 @@ def test_agents_fail_over_through_haproxy(tmp_path: Path) -> None:
         moved = [n for n in names if connected_here(victim, n)]
         assert moved, "no agent on either collector"
         before = committed_total(db)
+        seen = {n: survivor.log.count(f"connected device={n} ") for n in moved}
         victim.kill()
         with streamer.lock:
             acked = streamer.acked_seq
@@ -160,6 +161,12 @@ def test_agents_fail_over_through_haproxy(tmp_path: Path) -> None:
         kept = {v for key in st.values for v in st.ints(key)}
         assert set(range(1, acked + 1)) <= kept, f"ACKed batches missing after the kill: {acked}"
         assert committed_total(db) >= before
+        # Each moved agent's stream gets a session on the survivor (a stream's HELLO there).
+        failover = wait_for(
+            lambda: all(survivor.log.count(f"connected device={n} ") > seen[n] for n in moved),
+            "agents on the survivor",
+            60,
+        )
         took = wait_for(lambda: committed_total(db) >= total, "every reading", 90)
         streamer.join(30)
         assert not streamer.is_alive()
@@ -189,5 +196,6 @@ def test_agents_fail_over_through_haproxy(tmp_path: Path) -> None:
     st = stored(db)
     assert_exactly_once(st, expected)
     report(
-        "haproxy failover", {"readings": st.total, "moved_agents": len(moved), "after_kill_s": took}
+        "haproxy failover",
+        {"readings": st.total, "moved_agents": len(moved), "failover_s": failover, "drain_s": took},
     )
