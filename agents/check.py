@@ -79,7 +79,8 @@ def describe(cfg: AgentConfig, path: Path) -> str:
     metrics = "off" if cfg.metrics_interval_s is None else f"every {cfg.metrics_interval_s:g}s"
     lines = [
         f"{path}: ok",
-        f"  device       {cfg.device_id} -> collector {cfg.host}:{cfg.port} ({tls})",
+        f"  device       {cfg.device_id} -> collector "
+        f"{', '.join(f'{h}:{p}' for h, p in cfg.addresses)} ({tls})",
         f"  spool        {cfg.spool_path}  (at most {cfg.spool_max_readings} readings, "
         f"{cfg.spool_policy} when full)",
         f"  batches      up to {cfg.batch_max_readings} readings, sent within "

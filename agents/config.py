@@ -3,8 +3,8 @@
 Layout (see deploy/agent.example.toml):
 
     [agent]       device_id, token | token_file, metrics_interval
-    [collector]   address = "host:port", heartbeat_ms, connect_timeout_ms,
-                  backoff_initial_ms, backoff_max_ms
+    [collector]   address = "host:port" | addresses = ["host:port", ...] (tried in turn),
+                  heartbeat_ms, connect_timeout_ms, backoff_initial_ms, backoff_max_ms
     [tls]         enabled, ca_file, cert_file, key_file, server_name
     [batch]       max_readings, max_delay_ms
     [spool]       path, max_readings, policy = "drop-oldest" | "block"
@@ -92,8 +92,10 @@ class InputConfig:
 class AgentConfig:
     device_id: str
     token: str
+    # The first collector address; `collectors` holds all of them, in the order tried.
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    collectors: tuple[tuple[str, int], ...] = ()
     heartbeat_ms: int | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_MS / 1000
     backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_MS / 1000
@@ -108,6 +110,11 @@ class AgentConfig:
     # Seconds between the agent's own metric readings (`agent/...` sensors); None: off.
     metrics_interval_s: float | None = None
     source_file: Path | None = None
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every collector address, in the order the transport tries them."""
+        return self.collectors or ((self.host, self.port),)
 
 
 def parse_duration_s(value: object) -> float:
@@ -227,9 +234,17 @@ def parse_config(
 
     coll = _Table(source, "collector", data.get("collector", {}))
     coll.check_keys(
-        {"address", "heartbeat_ms", "connect_timeout_ms", "backoff_initial_ms", "backoff_max_ms"}
+        {
+            "address",
+            "addresses",
+            "heartbeat_ms",
+            "connect_timeout_ms",
+            "backoff_initial_ms",
+            "backoff_max_ms",
+        }
     )
-    host, port = _address(coll)
+    collectors = _addresses(coll)
+    host, port = collectors[0]
     heartbeat_ms = coll.int_("heartbeat_ms", 0, lo=0) or None
     backoff_initial = coll.ms("backoff_initial_ms", DEFAULT_BACKOFF_INITIAL_MS)
     backoff_max = coll.ms("backoff_max_ms", DEFAULT_BACKOFF_MAX_MS)
@@ -259,6 +274,7 @@ def parse_config(
         metrics_interval_s=metrics_interval,
         host=host,
         port=port,
+        collectors=collectors,
         heartbeat_ms=heartbeat_ms,
         connect_timeout_s=coll.ms("connect_timeout_ms", DEFAULT_CONNECT_TIMEOUT_MS),
         backoff_initial_s=backoff_initial,
@@ -291,13 +307,28 @@ def _token(agent: _Table, base_dir: Path) -> str:
     return token
 
 
-def _address(coll: _Table) -> tuple[str, int]:
-    address = coll.str_("address", f"127.0.0.1:{DEFAULT_PORT}")
-    assert address is not None
+def _addresses(coll: _Table) -> tuple[tuple[str, int], ...]:
+    """`address = "host:port"`, or `addresses = [...]` for failover without a balancer."""
+    listed = coll.data.get("addresses")
+    if listed is None:
+        address = coll.str_("address", f"127.0.0.1:{DEFAULT_PORT}")
+        assert address is not None
+        return (_address(coll, "address", address),)
+    if "address" in coll.data:
+        raise coll.err("addresses", "give either 'address' or 'addresses', not both")
+    if not isinstance(listed, list) or not listed or not all(isinstance(a, str) for a in listed):
+        raise coll.err("addresses", f'must be a list of "host:port" strings, got {listed!r}')
+    out = tuple(_address(coll, "addresses", a) for a in listed)
+    if len(set(out)) != len(out):
+        raise coll.err("addresses", "lists an address twice")
+    return out
+
+
+def _address(coll: _Table, key: str, address: str) -> tuple[str, int]:
     host, sep, port_s = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise coll.err("address", f'must be "host:port", got {address!r}')
+        raise coll.err(key, f'must be "host:port", got {address!r}')
     return host, int(port_s)
 
 

@@ -80,8 +80,8 @@ def plan(running: AgentConfig, new: AgentConfig, *, tls_files_changed: bool = Fa
     ]
     done += batch
     link: list[str] = []
-    if (running.host, running.port) != (new.host, new.port):
-        link.append(f"collector {running.host}:{running.port} -> {new.host}:{new.port}")
+    if running.addresses != new.addresses:
+        link.append(f"collector {_hosts(running)} -> {_hosts(new)}")
     if running.token != new.token:
         link.append("token changed")
     link += [
@@ -95,6 +95,10 @@ def plan(running: AgentConfig, new: AgentConfig, *, tls_files_changed: bool = Fa
     if not_applied:
         summary += "; not applied, needs a restart: " + ", ".join(not_applied)
     return Plan(effective, bool(link), bool(batch), metrics, matches, stopped, summary)
+
+
+def _hosts(cfg: AgentConfig) -> str:
+    return ",".join(f"{h}:{p}" for h, p in cfg.addresses)
 
 
 def _inputs(

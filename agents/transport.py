@@ -20,6 +20,13 @@ link is detected within ~2 heartbeat periods. Every network wait is under `async
 Between sessions: jittered exponential backoff from backoff_initial to backoff_max; after
 `auth_failed` straight to backoff_max, with an ERROR log line saying what to fix.
 
+Failover ([collector] addresses, for sites without a load balancer): after a failed connect
+or a lost session the next address is tried at once; the backoff delay comes once per full
+round, i.e. when every address has failed since the last session that reached WELCOME (or
+since the start). The agent stays on whichever collector works; the session rule of
+protocol v1.1 (the newest HELLO of a stream fences older sessions, through the shared store)
+makes it safe to move while batches were in flight on the old one.
+
 TLS ([tls] enabled): the connection is wrapped with `agents.tls.client_context`, checking
 the collector's certificate against `server_name` (default: the collector host); a refused
 certificate ends the session with a log line saying what to check. `ssl` is imported only
@@ -138,6 +145,8 @@ class Transport:
         self.connected = False
         self._rng = rng or random.Random()
         self._attempt = 0
+        # Index into cfg.addresses of the collector tried next (or connected to now).
+        self._index = 0
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,14 +177,25 @@ class Transport:
         )
         return base / 2 + self._rng.uniform(0, base / 2)
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The collector address in use, or tried next."""
+        addresses = self.cfg.addresses
+        return addresses[self._index % len(addresses)]
+
     async def run(self) -> None:
         """Connect, stream, and reconnect with backoff until cancelled."""
         self._loop = asyncio.get_running_loop()
-        target = f"{self.cfg.host}:{self.cfg.port}"
+        round_start = self._index
         while True:
+            host, port = self.address
+            target = f"{host}:{port}"
+            connects = self.stats.connects
+            refused = False
             try:
-                await self._session()
+                await self._session(host, port)
             except* AuthFailed as eg:
+                refused = True
                 self.stats.auth_failures += 1
                 self._attempt = 1 << 10  # straight to the cap: retrying fast will not help
                 self._note_down(eg.exceptions[0])
@@ -191,9 +211,17 @@ class Transport:
                 log.warning(
                     "collector link down collector=%s reason=%s", target, _reason(eg.exceptions[0])
                 )
+            count = len(self.cfg.addresses)
+            if self.stats.connects != connects:
+                round_start = self._index % count  # that one worked: a new round starts
+            self._index = (self._index + 1) % count
+            nxt = "{}:{}".format(*self.address)
+            if self._index != round_start and not refused:
+                log.info("trying the next collector collector=%s", nxt)
+                continue
             delay = self.backoff_s()
             self._attempt += 1
-            log.info("reconnecting in %.1f s collector=%s", delay, target)
+            log.info("reconnecting in %.1f s collector=%s", delay, nxt)
             await asyncio.sleep(delay)
 
     def _note_down(self, exc: BaseException) -> None:
@@ -202,10 +230,10 @@ class Transport:
         self.connected = False
         self.stats.last_error = _reason(exc)
 
-    async def _session(self) -> None:
+    async def _session(self, host: str, port: int) -> None:
         try:
             async with asyncio.timeout(self.cfg.connect_timeout_s):
-                reader, writer = await self._connect()
+                reader, writer = await self._connect(host, port)
         except TimeoutError:
             raise LinkDown(f"connect timed out after {self.cfg.connect_timeout_s:g} s") from None
         try:
@@ -224,8 +252,8 @@ class Transport:
             log.info(
                 "connected collector=%s:%d device_id=%s stream=%s last_seq=%d "
                 "already_committed=%d reported_dropped=%d",
-                self.cfg.host,
-                self.cfg.port,
+                host,
+                port,
                 self.cfg.device_id,
                 self.spool.stream_id or "-",
                 welcome.last_seq,
@@ -240,11 +268,13 @@ class Transport:
         finally:
             writer.close()
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open the TCP connection, wrapped in TLS when [tls] is enabled."""
         cfg = self.cfg
         if not cfg.tls.enabled:
-            return await asyncio.open_connection(cfg.host, cfg.port)
+            return await asyncio.open_connection(host, port)
         import ssl
 
         from agents.tls import client_context
@@ -253,10 +283,10 @@ class Transport:
             # Loaded once: the files were already checked when the config was read.
             t = cfg.tls
             self._ssl_context = client_context(t.ca_file, t.cert_file, t.key_file)
-        name = cfg.tls.server_name or cfg.host
+        name = cfg.tls.server_name or host
         try:
             return await asyncio.open_connection(
-                cfg.host, cfg.port, ssl=self._ssl_context, server_hostname=name
+                host, port, ssl=self._ssl_context, server_hostname=name
             )
         except ssl.SSLCertVerificationError as exc:
             raise LinkDown(

@@ -22,6 +22,8 @@ Example file:
     tls_cert = "/etc/telemetry/certs/collector.pem"   # TLS on the ingest port when set
     tls_key = "/etc/telemetry/certs/collector.key"
     tls_client_ca = "/etc/telemetry/certs/ca.pem"     # mutual TLS: device certs from this CA
+    proxy_protocol = false           # true behind HAProxy send-proxy(-v2): header required
+    proxy_protocol_from = ["127.0.0.1/32", "::1/128"]  # who may send that header
 
     [limits]
     max_connections = 10000
@@ -34,6 +36,7 @@ This module reads only the config file it is given; it opens no sockets or datab
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -52,6 +55,8 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_LISTEN: Final = "127.0.0.1:7878"
 DEFAULT_HTTP: Final = "127.0.0.1:7879"
 DEFAULT_DB: Final = "./telemetry.db"
+# Only a balancer on the same host may name clients unless the operator lists its addresses.
+DEFAULT_PROXY_FROM: Final = ("127.0.0.1/32", "::1/128")
 # Where the read and admin commands look for the collector's config when not told.
 DEFAULT_CONFIG_FILE = "/etc/telemetry/collector.toml"
 CONFIG_ENV: Final = "TELEMETRY_CONFIG"
@@ -116,6 +121,11 @@ class Config:
     forward_listen: str = "off"
     # Mapping rules of the InfluxDB and forward inputs (TOML file, docs/inputs.md).
     inputs: str | None = None
+    # PROXY protocol (v1 or v2) on the ingest port: every connection must start with the
+    # header a TCP balancer sends (HAProxy send-proxy-v2), and only from these networks;
+    # the client it names is the connection's address in logs, metrics and limits.
+    proxy_protocol: bool = False
+    proxy_protocol_from: tuple[str, ...] = DEFAULT_PROXY_FROM
     limits: Limits = Limits()
 
     @property
@@ -129,6 +139,20 @@ class Config:
         if self.tls_cert is None:
             return "off"
         return "mutual" if self.tls_client_ca is not None else "on"
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The networks allowed to send a PROXY header. Raises ConfigError."""
+        out = []
+        for net in self.proxy_protocol_from:
+            try:
+                out.append(ipaddress.ip_network(net, strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"setting 'proxy_protocol_from': expected addresses or networks such as "
+                    f"10.0.0.0/8, got {net!r}"
+                ) from None
+        return tuple(out)
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -207,6 +231,13 @@ def _coerce(name: str, ftype: object, value: object, source: str) -> object:
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
             raise ConfigError(f"{where}: expected a positive number, got {value!r}")
         return float(value)
+    if t == "tuple[str, ...]":
+        # A TOML array, or comma-separated in the environment and on the command line.
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
@@ -320,6 +351,7 @@ def _check(cfg: Config) -> Config:
     cfg.http_addr  # noqa: B018
     cfg.forward_addr  # noqa: B018
     cfg.retention_ns  # noqa: B018
+    cfg.proxy_networks  # noqa: B018
     sync = cfg.synchronous.upper()
     if sync not in SYNCHRONOUS_MODES:
         raise ConfigError(
@@ -339,6 +371,12 @@ def _check(cfg: Config) -> Config:
         raise ConfigError("setting 'tls_key': 'tls_cert' and 'tls_key' go together")
     if cfg.tls_client_ca is not None and cfg.tls_cert is None:
         raise ConfigError("setting 'tls_client_ca': mutual TLS needs 'tls_cert' and 'tls_key'")
+    if cfg.proxy_protocol and cfg.tls_cert is not None:
+        # The header comes before the TLS handshake, which asyncio runs before the handler.
+        raise ConfigError(
+            "setting 'proxy_protocol': not supported together with TLS on the ingest port "
+            "(terminate TLS at the balancer, or run without the PROXY header)"
+        )
     lim = cfg.limits
     if lim.max_frame_bytes < MIN_FRAME_BYTES:
         raise ConfigError(

@@ -241,7 +241,8 @@ async def serve(
             await writer.close()
             raise ConfigError(f"cannot start the maintenance process: {exc}") from None
         watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
-    server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx)
+    proxy_from = cfg.proxy_networks if cfg.proxy_protocol else None
+    server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from)
     reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
     reloads = asyncio.create_task(
         _reloads(reload_requested, reloader, reload or (lambda: cfg)), name="reloads"

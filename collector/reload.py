@@ -39,7 +39,16 @@ log = logging.getLogger(__name__)
 
 # Settings a running daemon cannot change; `kinds`, `log_level`, `allow_unknown_devices`
 # and the TLS files are reloaded.
-RESTART_ONLY = ("listen", "http", "db", "synchronous", "http_token", "retention")
+RESTART_ONLY = (
+    "listen",
+    "http",
+    "db",
+    "synchronous",
+    "http_token",
+    "retention",
+    "proxy_protocol",
+    "proxy_protocol_from",
+)
 # Shown as "changed", never by value.
 SECRET = frozenset({"http_token"})
 

@@ -47,7 +47,12 @@ def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
     rate = lim.max_readings_per_s_per_device or "unlimited"
     lines = [
         source,
-        f"  ingest       {cfg.listen}  TLS {tls}",
+        f"  ingest       {cfg.listen}  TLS {tls}"
+        + (
+            f"  PROXY header from {', '.join(cfg.proxy_protocol_from)}"
+            if cfg.proxy_protocol
+            else ""
+        ),
         f"  http         {http}",
         f"  database     {db}  ({db_state}; synchronous={cfg.synchronous})",
         f"  kinds        {', '.join(kinds) if kinds else 'built-in only'}"
@@ -99,6 +104,19 @@ def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
     "--tls-client-ca",
     help="CA file for mutual TLS: agents must present a certificate from it naming their "
     "device id.",
+)
+@click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    default=None,
+    help="Require a PROXY protocol header (v1 or v2, HAProxy send-proxy-v2) on every ingest "
+    "connection; the client it names is the one logged, counted and limited.",
+)
+@click.option(
+    "--proxy-protocol-from",
+    metavar="NETS",
+    help="Comma-separated networks allowed to send the PROXY header "
+    "(default 127.0.0.1/32,::1/128).",
 )
 @click.option(
     "--retention",

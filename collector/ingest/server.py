@@ -3,6 +3,10 @@
 Each TCP connection gets one `schemas.wire.Connection` (collector role); this module only
 moves bytes between the socket and it. Per connection:
 
+* PROXY header (optional, `proxy_from` given): the connection must come from one of those
+  networks and start with a PROXY protocol header (`collector.ingest.proxyheader`), read
+  under `handshake_timeout_s`; the client it names replaces the socket's address from then
+  on (logs, metrics, per-address limits). Anything else is logged and closed.
 * admission: over `max_connections` in all or `max_connections_per_ip` from one source
   address, the connection gets ERROR server_busy (fatal) and is closed.
 * TLS (optional): the listener wraps connections with the `ssl_context` it is given; the
@@ -33,16 +37,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import itertools
 import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from collector.config import Limits
+from collector.ingest import proxyheader
 from collector.ingest.prepare import Ingest
 from collector.ingest.writer import STORAGE_UNAVAILABLE, BatchOutcome, Writer
 from collector.tls import cert_device_ids
@@ -62,6 +68,8 @@ RATE_LIMITED: Final = "rate_limited"
 # Bucket size in seconds of the rate: an agent sending one batch a second with some jitter
 # is never held back by its own timing, and a burst is at most this many seconds' worth.
 RATE_BURST_S: Final = 2.0
+# Why a connection that sent nothing at all before closing is dropped (logged at DEBUG).
+_CLOSED_BEFORE_HEADER: Final = "closed before sending anything"
 _nonces = itertools.count(1)
 
 
@@ -155,8 +163,11 @@ class Server:
         limits: Limits,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_from: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
     ) -> None:
         self.writer = writer
+        # Networks allowed to send a PROXY header; None: no header expected.
+        self.proxy_from = None if proxy_from is None else tuple(proxy_from)
         self.ingest = ingest
         self.metrics = metrics
         self.limits = limits
@@ -207,6 +218,11 @@ class Server:
             sock = self._server.sockets[0].getsockname()
             self.address = (str(sock[0]), int(sock[1]))
             bound(self.address)
+            if self.proxy_from is not None:
+                log.info(
+                    "PROXY protocol header required on ingest from=%s",
+                    ",".join(str(n) for n in self.proxy_from),
+                )
             await self._closing.wait()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -238,6 +254,10 @@ class Server:
         ip = str(peername[0]) if isinstance(peername, tuple) else peer
         s = _Session(reader, writer, peer, proto, ip=ip)
         m = self.metrics
+        if self.proxy_from is not None and not await self._proxy_header(s):
+            await self._close(s)
+            return
+        peer, ip = s.peer, s.ip
         if len(self._sessions) >= lim.max_connections:
             busy = "max_connections"
         elif self._per_ip.get(ip, 0) >= lim.max_connections_per_ip:
@@ -278,6 +298,54 @@ class Server:
                 m.device(s.device).connected -= 1
             await self._close(s)
             log.info("disconnected device=%s peer=%s reason=%s", s.device or "-", peer, reason)
+
+    async def _proxy_header(self, s: _Session) -> bool:
+        """Read the PROXY header and take the client address it names; False to close."""
+        assert self.proxy_from is not None
+        try:
+            sock_ip = ipaddress.ip_address(proxyheader.plain_address(s.ip))
+        except ValueError:  # not an IP socket
+            sock_ip = None
+        trusted = sock_ip is not None and any(sock_ip in net for net in self.proxy_from)
+        reason = "untrusted address"
+        if trusted:
+            data = b""
+            try:
+                async with asyncio.timeout(self.limits.handshake_timeout_s):
+                    while True:
+                        parsed = proxyheader.parse(data)
+                        if isinstance(parsed, proxyheader.Parsed):
+                            break
+                        chunk = await s.reader.read(proxyheader.V2_MAX_BYTES)
+                        if not chunk:
+                            raise proxyheader.ProxyHeaderError(
+                                _CLOSED_BEFORE_HEADER if not data else "closed mid-header"
+                            )
+                        data += chunk
+            except proxyheader.ProxyHeaderError as exc:
+                reason = str(exc)
+            except TimeoutError:
+                reason = "no PROXY header in time"
+            except (ConnectionError, OSError) as exc:
+                reason = f"socket error: {exc!r}"
+            else:
+                src = parsed.header.source
+                if src is not None:  # LOCAL / UNKNOWN: the balancer's own connection
+                    s.ip = src[0]
+                    s.peer = f"{src[0]}:{src[1]}"
+                self.metrics.bytes_in += len(data)
+                if len(data) > parsed.consumed:  # the wire protocol's first bytes
+                    s.proto.receive_data(data[parsed.consumed :])
+                via = s.writer.get_extra_info("peername")
+                log.debug("PROXY header peer=%s via=%s", s.peer, via)
+                return True
+        self.metrics.refused("proxy_header")
+        if reason == _CLOSED_BEFORE_HEADER:
+            # A TCP-level health check or port probe: one line per check would drown the log.
+            log.debug("connection closed before a PROXY header peer=%s", s.peer)
+        else:
+            log.warning("connection refused peer=%s reason=PROXY header: %s", s.peer, reason)
+        return False
 
     async def _close(self, s: _Session) -> None:
         s.writer.close()
