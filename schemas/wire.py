@@ -903,6 +903,7 @@ class Connection:
             self._bad_frame(
                 errors.UNEXPECTED_MESSAGE,
                 f"GBATCH is not allowed: this collector announced minor {self.peer_minor}",
+                event.seq,
             )
         if not isinstance(event, allowed):
             name = type(event).__name__.upper()
