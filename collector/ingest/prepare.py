@@ -35,10 +35,11 @@ from collector.storage.interface import PreparedBatch as PreparedBatch
 from collector.storage.interface import SeriesKey as SeriesKey
 from collector.storage.interface import StoredValue as StoredValue
 from schemas.kinds import KindSpec
-from schemas.readings import ReadingValidator
+from schemas.readings import BatchResult, ReadingValidator
 from schemas.wire import Reject, expand_groups
 
 NO_TAGS: Final = "{}"
+_NOTHING: Final = BatchResult([], [], [])
 _NS_PER_MS: Final = 1_000_000
 
 
@@ -120,7 +121,7 @@ class Ingest:
                 rows.extend(expand_groups((), (g,)))
             ends.append(len(rows))
             index += n
-        result = self.validator.validate_batch(rows)
+        result = self.validator.validate_batch(rows) if rows else _NOTHING
         out = PreparedBatch(seq=seq, received_ns=received_ns)
         keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
         default_unit = self._default_unit
