@@ -115,3 +115,12 @@ def test_an_agent_sends_gbatch_only_to_a_collector_that_announced_it() -> None:
             with pytest.raises(LocalProtocolError):
                 conn.send(wire.Batch(1, [], [group]))
             conn.send(wire.Batch(1, wire.expand_groups([], [group])))  # rows are fine
+
+
+def test_protocol_doc_states_the_group_limit_and_the_example() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text("utf-8")
+    assert f"| `MAX_GROUP_READINGS` | {wire.MAX_GROUP_READINGS} |" in doc
+    assert "| 10 | GBATCH | A |" in doc
+    example = next(v for v in FRAMES if v["name"] == "gbatch/example")
+    group = example["message"]["fields"]["groups"][0]
+    assert all(str(x) in doc for x in (*group[4], *group[5]))
