@@ -91,3 +91,34 @@ def test_gbatch_error_names_its_seq_and_batch_codes_stay_distinct() -> None:
     else:
         raise AssertionError("a group with columns of different lengths decoded")
     assert wire.encode_body(wire.Batch(3, [["s"]]))[1] == wire.MessageType.BATCH
+
+
+GBATCH_BODY = wire.encode_body(
+    wire.Batch(
+        3,
+        [["door", "state", 1, True, None, None]],
+        [
+            ["air", "temperature", "C", {"k": "v"}, [1, 2, 3], [20.0, 21.0, 22.0]],
+            ["pos", "gps", None, None, [4], [{"lat": 1.0, "lon": 2.0}]],
+        ],
+    )
+)
+
+
+@given(st.data())
+def test_mutated_gbatch_bodies_decode_or_raise_remote_protocol_error_only(
+    data: st.DataObject,
+) -> None:
+    body = bytearray(GBATCH_BODY)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(body)))
+    try:
+        event = wire.decode_body(bytes(body[:cut]))
+    except RemoteProtocolError as exc:
+        assert not exc.fatal
+        return
+    if isinstance(event, wire.Batch) and event.groups:
+        assert event.size <= wire.MAX_BATCH_READINGS
+        assert len(wire.expand_groups(event.readings, event.groups)) == event.size
