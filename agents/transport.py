@@ -11,6 +11,10 @@ One session per TCP connection:
 HELLO carries the spool's stream id (v1.1): seq numbers and WELCOME.last_seq are per
 (device, stream), so a new spool starts a new sequence. A fatal ERROR session_replaced (a
 newer connection of the same stream took over) ends the session like any fatal error.
+To a collector that announces protocol 1.2 (WELCOME.minor >= 2) a batch travels as a GBATCH:
+its readings grouped by series (`schemas.wire.group_readings`), which costs the collector
+less CPU per reading; to an older one, as a BATCH. The spool keeps the readings either way,
+so a batch can be resent in the other form after a reconnect.
 One batch is in flight at a time: commits then happen in seq order, which keeps
 WELCOME.last_seq a true resume point.
 
@@ -51,6 +55,7 @@ from agents.spool import SealedBatch, Spool
 from schemas import errors
 from schemas.errors import LocalProtocolError, RemoteProtocolError
 from schemas.wire import (
+    GROUPS_MINOR,
     HANDSHAKE_TIMEOUT_S,
     NEED_DATA,
     Ack,
@@ -66,6 +71,7 @@ from schemas.wire import (
     Retry,
     Role,
     Welcome,
+    group_readings,
 )
 
 if TYPE_CHECKING:
@@ -398,9 +404,10 @@ class Transport:
 
     async def _deliver(self, link: _Link, batch: SealedBatch) -> None:
         ack_timeout_s = 3 * link.heartbeat_s + 1.0
+        event, order = _wire_batch(batch, link.conn.peer_minor)
         while True:
             try:
-                await link.send(Batch(batch.seq, batch.readings))
+                await link.send(event)
             except LocalProtocolError as exc:
                 # A batch the protocol cannot carry can never be sent; dropping it silently
                 # would hide data loss, so the session ends loudly and the operator sees it.
@@ -431,7 +438,7 @@ class Transport:
                 )
                 await asyncio.sleep(resp.retry_after_ms / 1000)
                 continue
-            self._on_ack(batch, resp)
+            self._on_ack(batch, resp, order)
             await asyncio.to_thread(self.spool.ack, batch.seq, len(resp.rejects))
             self._progress.set()
             return
@@ -447,15 +454,18 @@ class Transport:
         except TimeoutError:
             raise LinkDown(f"no ACK for seq={seq} within {timeout_s:g} s") from None
 
-    def _on_ack(self, batch: SealedBatch, ack: Ack) -> None:
+    def _on_ack(self, batch: SealedBatch, ack: Ack, order: Sequence[int] | None = None) -> None:
         self.stats.batches_acked += 1
         self.stats.readings_acked += ack.accepted
         self.stats.readings_duplicate += ack.duplicate
         self.stats.readings_rejected += len(ack.rejects)
         if ack.rejects:
+            # Named by their position in the sealed batch, whichever form it travelled in.
+            first = ack.rejects[:MAX_REJECTS_LOGGED]
+            where = [_original(order, r.index) for r in first]
             shown = "; ".join(
-                f"#{r.index} {_sensor_of(batch.readings, r.index)} {r.code} {r.path}: {r.message}"
-                for r in ack.rejects[:MAX_REJECTS_LOGGED]
+                f"#{i} {_sensor_of(batch.readings, i)} {r.code} {r.path}: {r.message}"
+                for r, i in zip(first, where, strict=True)
             )
             log.warning(
                 "collector rejected readings, not resending seq=%d rejected=%d first=%s",
@@ -470,6 +480,21 @@ class Transport:
             ack.duplicate,
             len(ack.rejects),
         )
+
+
+def _wire_batch(batch: SealedBatch, collector_minor: int) -> tuple[Batch, list[int] | None]:
+    """The batch as sent: a GBATCH of series groups when the collector takes them (and
+    some series has two readings or more), else a BATCH; plus the batch position of each
+    GBATCH index (None: the same), to name the readings an ACK rejects."""
+    if collector_minor >= GROUPS_MINOR:
+        grouped = group_readings(batch.readings)
+        if grouped.groups:
+            return Batch(batch.seq, grouped.rows, grouped.groups), grouped.order
+    return Batch(batch.seq, batch.readings), None
+
+
+def _original(order: Sequence[int] | None, index: int) -> int:
+    return index if order is None or not 0 <= index < len(order) else order[index]
 
 
 def _events(conn: Connection) -> list[Event]:

@@ -11,6 +11,13 @@ extra keys.
 reading (index, code, field path, message). Every batch costs one pass: an invalid reading
 is marked in place, and only the invalid ones are validated again to learn why.
 
+`ReadingValidator.validate_groups` checks series groups (protocol v1.2) column-wise: each
+(kind, unit) member also compiles to a group tuple `[sensor, kind, unit, tags, list[ts],
+list[value]]` built from the very same field types, so a group validates exactly when each
+of its member readings would, to the same values. A group that fails is reported as None;
+the caller validates its members as readings (`validate_batch`) to learn the rejects, so a
+reading's reject never depends on the form it travelled in.
+
 No I/O in this module; collector-side only (the agent never imports pydantic).
 """
 
@@ -134,6 +141,15 @@ def _member(kind: str, value_t: object, unit_t: object) -> object:
     return tuple[_Sensor, Literal[kind], _Ts, value_t, unit_t, _Tags]  # type: ignore[valid-type]  # built at run time
 
 
+def _group_member(kind: str, value_t: object, unit_t: object) -> object:
+    # The same field types as `_member`, the per-reading ones as columns.
+    return tuple[_Sensor, Literal[kind], unit_t, _Tags, list[_Ts], list[value_t]]  # type: ignore[valid-type]  # built at run time
+
+
+ValidGroup: TypeAlias = tuple[str, str, str | None, dict[str, str] | None, list[int], list[Value]]
+"""A validated group: (sensor, kind, unit or None, tags or None, ts column, value column)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """Outcome of validating one batch: valid readings in order, and one reject per bad one."""
@@ -149,6 +165,12 @@ class ReadingValidator:
     def __init__(self, extra_kinds: Iterable[KindSpec] = ()) -> None:
         self.kinds: dict[str, KindSpec] = merge_kinds(BUILTIN_KINDS, extra_kinds)
         members: list[object] = []
+        group_members: list[object] = []
+
+        def add(tag: str, kind: str, value_t: object, unit_t: object) -> None:
+            members.append(Annotated[_member(kind, value_t, unit_t), Tag(tag)])
+            group_members.append(Annotated[_group_member(kind, value_t, unit_t), Tag(tag)])
+
         # kind -> {unit or None -> tag}; "*" is the fallback member for any other unit.
         self._tags: dict[str, dict[object, str]] = {}
         for spec in self.kinds.values():
@@ -156,26 +178,18 @@ class ReadingValidator:
             if spec.units:
                 for unit, bounds in spec.units.items():
                     tag = f"{spec.name}|{unit}"
-                    members.append(
-                        Annotated[
-                            _member(spec.name, _value_type(spec, bounds), Literal[unit]), Tag(tag)
-                        ]
-                    )
+                    add(tag, spec.name, _value_type(spec, bounds), Literal[unit])
                     tags[unit] = tag
                 if spec.default_unit is not None:
                     tags[None] = tag = f"{spec.name}|"
                     bounds = spec.units[spec.default_unit]
-                    members.append(
-                        Annotated[_member(spec.name, _value_type(spec, bounds), None), Tag(tag)]
-                    )
+                    add(tag, spec.name, _value_type(spec, bounds), None)
                 # Any other unit: the Literal of accepted units reports the error.
                 allowed: object = Literal[tuple(spec.units)]
                 if spec.default_unit is not None:
                     allowed = allowed | None  # type: ignore[operator]  # typing special form
                 tags["*"] = tag = f"{spec.name}|*"
-                members.append(
-                    Annotated[_member(spec.name, _value_type(spec, Bounds()), allowed), Tag(tag)]
-                )
+                add(tag, spec.name, _value_type(spec, Bounds()), allowed)
             else:
                 unit_t: object = (
                     Annotated[str, Field(strict=True, max_length=MAX_FREE_UNIT_CHARS)] | None
@@ -183,9 +197,7 @@ class ReadingValidator:
                     else None
                 )
                 tags["*"] = tag = f"{spec.name}|*"
-                members.append(
-                    Annotated[_member(spec.name, _value_type(spec, Bounds()), unit_t), Tag(tag)]
-                )
+                add(tag, spec.name, _value_type(spec, Bounds()), unit_t)
             self._tags[spec.name] = tags
         # A reading of the wrong shape validates against the generic tuple to say why.
         members.append(
@@ -209,6 +221,15 @@ class ReadingValidator:
             list[Annotated[union, _INVALID]]  # type: ignore[valid-type]  # run-time union
         )
         self._strict: TypeAdapter[list[ValidReading]] = TypeAdapter(list[union])  # type: ignore[valid-type]  # run-time union
+        # Groups: the same members as columns. No shape member: a group whose kind is not a
+        # known kind's string fails here, and its members are validated as readings.
+        group_union = Annotated[  # type: ignore[valid-type]  # a Union built at run time
+            Union[tuple(group_members)],  # noqa: UP007  # X | Y cannot unpack a run-time tuple
+            Discriminator(self._discriminate_group),
+        ]
+        self._groups: TypeAdapter[list[ValidGroup | _Invalid]] = TypeAdapter(
+            list[Annotated[group_union, _INVALID]]  # type: ignore[valid-type]  # run-time union
+        )
 
     def _discriminate(self, v: object) -> str | None:
         if type(v) is not list:
@@ -227,6 +248,25 @@ class ReadingValidator:
         if type(unit) is str or unit is None:
             return tags.get(unit) or tags["*"]
         return tags["*"]
+
+    def _discriminate_group(self, g: object) -> str | None:
+        # Groups reach here checked by schemas.wire: arrays of 6 with equal-length columns.
+        if type(g) is not list or len(g) != 6:
+            return None
+        kind = g[1]
+        tags = self._tags.get(kind) if type(kind) is str else None
+        if tags is None:
+            return None
+        unit = g[2]
+        if type(unit) is str or unit is None:
+            return tags.get(unit) or tags["*"]
+        return tags["*"]
+
+    def validate_groups(self, groups: Sequence[object]) -> list[ValidGroup | None]:
+        """Validate well-formed wire groups column-wise, in one pass: each one's validated
+        form, or None when any of its members is invalid (validate those as readings)."""
+        out = self._groups.validate_python(groups)
+        return [None if isinstance(g, _Invalid) else g for g in out]
 
     def validate_batch(self, readings: Sequence[object]) -> BatchResult:
         """Validate a batch as a whole; never raises for bad readings, only reports them."""

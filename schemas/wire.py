@@ -20,10 +20,19 @@ one msgpack value: an array whose first element is the message type.
     7     PONG     either               nonce
     8     ERROR    either               code, message, fatal, seq (v1.1)
     9     BYE      either               reason
+    10    GBATCH   agent -> collector   seq, readings, groups (v1.2)
 
 Version 1.1 only appended optional fields (a v1.0 peer ignores them): HELLO.stream names the
 agent's sequence stream (seq and the resume point are per (device, stream)),
 WELCOME.minor says the collector speaks 1.1, ERROR.seq names the BATCH an error answers.
+
+Version 1.2 added GBATCH, a batch whose readings may also travel as series groups
+`[sensor, kind, unit, tags, [ts...], [values...]]` (len(ts) readings of one series). A
+collector announces it with WELCOME.minor >= 2 (GROUPS_MINOR); an agent sends GBATCH only
+then (`Connection.send` refuses it otherwise), because an older collector cannot store it.
+Its readings, in index order, are `readings` then every group's members in order
+(`expand_groups`); the ACK's reject indexes count in that order. `group_readings` turns a
+list of readings into that form, keeping the order of each series' readings.
 
 A reading is an array `[sensor, kind, ts, value, unit, tags]`: ts is int nanoseconds since
 the Unix epoch (UTC; the msgpack Timestamp extension is accepted too), unit and tags may be
@@ -62,7 +71,9 @@ from schemas.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION: Final = 1
 # Minor version this module speaks: 1.1 appended HELLO.stream, WELCOME.minor and ERROR.seq.
-PROTOCOL_MINOR: Final = 1
+PROTOCOL_MINOR: Final = 2
+# The first minor version whose collector accepts GBATCH (series groups), v1.2.
+GROUPS_MINOR: Final = 2
 # A stream id: short enough for a log line and a key column, wide enough for 128 random bits
 # in hex (32 characters, what agents should use) or a UUID.
 STREAM_ID_RE: Final = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
@@ -75,6 +86,9 @@ _HEADER: Final = struct.Struct(">I")
 MAX_FRAME_BYTES: Final = 1 << 20
 # Bounds the validation and commit work one frame can cause (~25 ms of collector CPU).
 MAX_BATCH_READINGS: Final = 10_000
+# Readings in one group (GBATCH): a group may hold a whole batch of one series. The total of
+# readings and group members in a batch is still bounded by MAX_BATCH_READINGS.
+MAX_GROUP_READINGS: Final = MAX_BATCH_READINGS
 # Longest msgpack string accepted anywhere; event/text readings need 1 KiB of UTF-8 at most,
 # and a few KiB leave room for error messages and tokens.
 MAX_STR_BYTES: Final = 4096
@@ -120,6 +134,7 @@ class MessageType(enum.IntEnum):
     PONG = 7
     ERROR = 8
     BYE = 9
+    GBATCH = 10
 
 
 class Role(enum.Enum):
@@ -190,10 +205,131 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadingGroup:
+    """Readings of one series as an agent builds them (v1.2); `to_wire()` gives the group
+    array `[sensor, kind, unit, tags, [ts...], [values...]]`."""
+
+    sensor: str
+    kind: str
+    ts_ns: Sequence[int]
+    values: Sequence[WireValue]
+    unit: str | None = None
+    tags: Mapping[str, str] | None = None
+
+    def to_wire(self) -> list[object]:
+        """The group as the 6-element wire array."""
+        return [
+            self.sensor,
+            self.kind,
+            self.unit,
+            dict(self.tags) if self.tags is not None else None,
+            list(self.ts_ns),
+            [dict(v) if isinstance(v, Mapping) else v for v in self.values],
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
+    """BATCH, or GBATCH (v1.2) when it has groups."""
+
     seq: int
     # Wire arrays (see `Reading.to_wire`); received readings are undecoded `object`s.
     readings: Sequence[object]
+    # v1.2: wire group arrays (see `ReadingGroup.to_wire`). A received group has been checked
+    # to be an array of 6 whose ts and values are arrays of one length (1..MAX_GROUP_READINGS);
+    # its other elements are undecoded `object`s.
+    groups: Sequence[object] = ()
+
+    @property
+    def size(self) -> int:
+        """Readings in the batch: rows plus every group's members."""
+        return len(self.readings) + sum(_group_len(g) for g in self.groups)
+
+
+def _group_len(group: object) -> int:
+    if isinstance(group, ReadingGroup):
+        return len(group.ts_ns)
+    if type(group) is list and len(group) == 6 and type(group[4]) is list:
+        return len(group[4])
+    return 0
+
+
+GROUP_FIELDS: Final = ("sensor", "kind", "unit", "tags", "ts", "values")
+"""Element names of a wire group, in order."""
+
+
+def expand_groups(readings: Sequence[object], groups: Sequence[object]) -> list[object]:
+    """A GBATCH's readings in index order, as wire reading arrays: `readings`, then each
+    group's members `[sensor, kind, ts, value, unit, tags]` (docs/protocol.md §13).
+
+    The groups must be well formed (as a decoded GBATCH's are); a group's tags map is shared
+    by its members, not copied.
+    """
+    out = list(readings)
+    for g in groups:
+        w: list[object] = g.to_wire() if isinstance(g, ReadingGroup) else g  # type: ignore[assignment]  # a checked 6-element group
+        sensor, kind, unit, tags, tss, values = w
+        out.extend(
+            [sensor, kind, t, v, unit, tags]
+            for t, v in zip(tss, values, strict=True)  # type: ignore[call-overload]  # lists
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GroupedReadings:
+    """A list of readings in GBATCH form: `rows` and `groups`, and `order[i]`, the position
+    in the original list of the reading with index i in the GBATCH (rows, then members)."""
+
+    rows: list[object]
+    groups: list[list[object]]
+    order: list[int]
+
+
+def group_readings(readings: Sequence[object], *, min_group: int = 2) -> GroupedReadings:
+    """Group wire readings by series for a GBATCH, keeping each series' readings in order.
+
+    Readings group when their sensor, kind, unit and tags are the same msgpack bytes (so a
+    group's members are exactly the readings it replaces, even invalid ones); a series with
+    fewer than `min_group` readings, and anything that is not a 6-element array, stays a row.
+    """
+    by_head: dict[bytes, list[int]] = {}
+    loose: list[int] = []
+    for i, r in enumerate(readings):
+        if isinstance(r, Reading):
+            r = r.to_wire()
+        if type(r) is not list or len(r) != 6:
+            loose.append(i)
+            continue
+        try:
+            head = msgpack.packb([r[0], r[1], r[4], r[5]], use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            loose.append(i)
+            continue
+        by_head.setdefault(head, []).append(i)
+    wires = [r.to_wire() if isinstance(r, Reading) else r for r in readings]
+    groups: list[list[object]] = []
+    members: list[int] = []
+    for idx in by_head.values():
+        if len(idx) < min_group:
+            loose.extend(idx)
+            continue
+        for start in range(0, len(idx), MAX_GROUP_READINGS):
+            part = idx[start : start + MAX_GROUP_READINGS]
+            first: list[object] = wires[part[0]]  # type: ignore[assignment]  # a 6-element list
+            groups.append(
+                [
+                    first[0],
+                    first[1],
+                    first[4],
+                    first[5],
+                    [wires[j][2] for j in part],  # type: ignore[index]  # 6-element lists
+                    [wires[j][3] for j in part],  # type: ignore[index]  # 6-element lists
+                ]
+            )
+            members.extend(part)
+    loose.sort()
+    return GroupedReadings([wires[i] for i in loose], groups, loose + members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +450,7 @@ def _batch_seq(body: bytes | bytearray | memoryview) -> int:
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(body), 1), **_UNPACK_OPTS)  # type: ignore[arg-type]  # typed opts dict
     unpacker.feed(body)
     try:
-        if unpacker.read_array_header() < 2 or unpacker.unpack() != MessageType.BATCH:
+        if unpacker.read_array_header() < 2 or unpacker.unpack() not in _BATCH_CODES:
             return 0
         seq = unpacker.unpack()
     except (*_DECODE_ERRORS, StopIteration):
@@ -349,7 +485,14 @@ def _malformed(exc: BaseException) -> RemoteProtocolError:
 
 
 # Position of the one long list in the messages that carry one.
-_LIST_FIELD: Final = {int(MessageType.BATCH): 2, int(MessageType.ACK): 4}
+_LIST_FIELD: Final = {
+    int(MessageType.BATCH): 2,
+    int(MessageType.GBATCH): 2,
+    int(MessageType.ACK): 4,
+}
+_BATCH_CODES: Final = (int(MessageType.BATCH), int(MessageType.GBATCH))
+# Position of GBATCH's groups, read by `_unpack_groups`.
+_GROUPS_FIELD: Final = 3
 
 
 def _unpack_message(body: bytes | bytearray | memoryview) -> list[object]:
@@ -378,11 +521,62 @@ def _unpack_message(body: bytes | bytearray | memoryview) -> list[object]:
             if len(items) != n:
                 raise ValueError(f"list declares {n} elements, the body holds {len(items)}")
             value.append(items)
+        elif i == _GROUPS_FIELD and code == MessageType.GBATCH:
+            value.append(_unpack_groups(unpacker))
         else:
             value.append(unpacker.unpack())
     if unpacker.tell() != len(body):
         raise ValueError(f"{len(body) - unpacker.tell()} trailing bytes after the message")
     return value
+
+
+def _unpack_groups(unpacker: msgpack.Unpacker) -> object:
+    """GBATCH's groups: the list and each group's ts and values columns are read element by
+    element (they may be longer than MAX_INNER_ARRAY_LEN, and a declared length is never
+    preallocated); everything else is decoded with the usual limits. What is not a
+    well-formed group is returned as decoded, for `parse_message` to say what is wrong."""
+    try:
+        n = unpacker.read_array_header()
+    except ValueError:
+        return unpacker.unpack()
+    if n > MAX_BATCH_READINGS:
+        raise ValueError(f"list of {n} groups exceeds the limit of {MAX_BATCH_READINGS}")
+    groups: list[object] = []
+    total = 0
+    for _ in range(n):
+        try:
+            m = unpacker.read_array_header()
+        except ValueError:
+            groups.append(unpacker.unpack())
+            continue
+        if m > MAX_INNER_ARRAY_LEN:
+            raise ValueError(f"group of {m} elements exceeds the limit of {MAX_INNER_ARRAY_LEN}")
+        group: list[object] = []
+        for j in range(m):
+            if m == 6 and j >= 4:
+                try:
+                    k = unpacker.read_array_header()
+                except ValueError:
+                    group.append(unpacker.unpack())
+                    continue
+                if k > MAX_GROUP_READINGS:
+                    raise ValueError(
+                        f"group column of {k} exceeds the limit of {MAX_GROUP_READINGS}"
+                    )
+                if j == 4:
+                    total += k
+                    if total > MAX_BATCH_READINGS:
+                        raise ValueError(
+                            f"more than {MAX_BATCH_READINGS} readings in the groups of a batch"
+                        )
+                items = list(itertools.islice(unpacker, k))
+                if len(items) != k:
+                    raise ValueError(f"list declares {k} elements, the body holds {len(items)}")
+                group.append(items)
+            else:
+                group.append(unpacker.unpack())
+        groups.append(group)
+    return groups
 
 
 def _to_array(event: Event) -> list[object]:
@@ -410,6 +604,9 @@ def _to_array(event: Event) -> list[object]:
             ]
         case Batch():
             readings = [r.to_wire() if isinstance(r, Reading) else r for r in event.readings]
+            if event.groups:
+                groups = [g.to_wire() if isinstance(g, ReadingGroup) else g for g in event.groups]
+                return [MessageType.GBATCH, event.seq, readings, groups]
             return [MessageType.BATCH, event.seq, readings]
         case Ack():
             rejects = [[r.index, r.code, r.path, r.message] for r in event.rejects]
@@ -494,6 +691,8 @@ def parse_message(value: object) -> Event:
     match mtype:
         case MessageType.BATCH:
             return Batch(seq=f.uint(1, "seq"), readings=f.array(2, "readings"))
+        case MessageType.GBATCH:
+            return _parse_gbatch(f)
         case MessageType.ACK:
             rejects = []
             for i, r in enumerate(f.array(4, "rejects")):
@@ -548,6 +747,30 @@ def parse_message(value: object) -> Event:
     raise AssertionError(f"unhandled message type {mtype}")  # pragma: no cover
 
 
+def _parse_gbatch(f: _Fields) -> Batch:
+    seq = f.uint(1, "seq")
+    readings = f.array(2, "readings")
+    groups = f.array(3, "groups")
+    total = len(readings)
+    for i, g in enumerate(groups):
+        if type(g) is not list or len(g) != 6:
+            raise _bad(f"GBATCH.groups[{i}] must be an array of 6 elements {list(GROUP_FIELDS)}")
+        tss, values = g[4], g[5]
+        if type(tss) is not list or type(values) is not list:
+            raise _bad(f"GBATCH.groups[{i}]: ts and values must be arrays")
+        if len(tss) != len(values) or not tss:
+            raise _bad(
+                f"GBATCH.groups[{i}]: ts and values must have one length, at least 1 "
+                f"(got {len(tss)} and {len(values)})"
+            )
+        total += len(tss)
+    if total > MAX_BATCH_READINGS:
+        raise _bad(f"GBATCH of {total} readings exceeds the limit of {MAX_BATCH_READINGS}")
+    if not groups:
+        raise _bad("GBATCH.groups must not be empty (send a BATCH)")
+    return Batch(seq, readings, groups)
+
+
 # ---------------------------------------------------------------------------- connection
 
 # What each role may send / receive in each state. Keys are (role, state).
@@ -592,6 +815,8 @@ class Connection:
         self._pos = 0
         self._eof = False
         self._sends = _AGENT_SENDS if role is Role.AGENT else _COLLECTOR_SENDS
+        # The collector's WELCOME.minor (sent or received): GBATCH needs GROUPS_MINOR.
+        self.peer_minor = 0
 
     # -- receiving
 
@@ -669,6 +894,17 @@ class Connection:
     def _check_receive(self, event: Event) -> None:
         peer = Role.COLLECTOR if self.role is Role.AGENT else Role.AGENT
         allowed = (_AGENT_SENDS if peer is Role.AGENT else _COLLECTOR_SENDS)[self.state]
+        if (
+            isinstance(event, Batch)
+            and event.groups
+            and self.role is Role.COLLECTOR
+            and self.peer_minor < GROUPS_MINOR
+        ):
+            self._bad_frame(
+                errors.UNEXPECTED_MESSAGE,
+                f"GBATCH is not allowed: this collector announced minor {self.peer_minor}",
+                event.seq,
+            )
         if not isinstance(event, allowed):
             name = type(event).__name__.upper()
             if self.state is not State.READY:
@@ -698,6 +934,12 @@ class Connection:
                 f"the {self.role.value} cannot send {type(event).__name__} in state "
                 f"{self.state.value}"
             )
+        if isinstance(event, Batch) and event.groups and self.peer_minor < GROUPS_MINOR:
+            # An older collector would refuse it (unknown type): send it BATCH readings.
+            raise LocalProtocolError(
+                f"GBATCH needs a collector that announced minor >= {GROUPS_MINOR} "
+                f"(this one announced {self.peer_minor})"
+            )
         data = encode(event)
         limit = self.max_frame_bytes if self.max_send_bytes is None else self.max_send_bytes
         if len(data) - FRAME_HEADER_BYTES > limit:
@@ -712,6 +954,7 @@ class Connection:
             self.state = State.AWAIT_WELCOME
         elif isinstance(event, Welcome):
             self.state = State.READY
+            self.peer_minor = event.minor
         elif isinstance(event, Bye) or (isinstance(event, Error) and event.fatal):
             self.state = State.CLOSED
 
@@ -719,11 +962,14 @@ class Connection:
 __all__ = [
     "BAD_FRAME_BUDGET",
     "FRAME_HEADER_BYTES",
+    "GROUPS_MINOR",
+    "GROUP_FIELDS",
     "HANDSHAKE_TIMEOUT_S",
     "HEARTBEAT_MS",
     "IDLE_TIMEOUT_S",
     "MAX_BATCH_READINGS",
     "MAX_FRAME_BYTES",
+    "MAX_GROUP_READINGS",
     "MAX_INNER_ARRAY_LEN",
     "MAX_INT64",
     "MAX_MAP_ENTRIES",
@@ -742,11 +988,13 @@ __all__ = [
     "ConnectionClosed",
     "Error",
     "Event",
+    "GroupedReadings",
     "Hello",
     "MessageType",
     "Ping",
     "Pong",
     "Reading",
+    "ReadingGroup",
     "Reject",
     "Retry",
     "Role",
@@ -755,5 +1003,7 @@ __all__ = [
     "decode_body",
     "encode",
     "encode_body",
+    "expand_groups",
+    "group_readings",
     "parse_message",
 ]

@@ -550,7 +550,7 @@ class Server:
                     continue
                 await self._until_pending_below(s, self.limits.max_inflight_batches)
                 t0 = time.perf_counter()
-                batch = self.ingest.prepare(event.seq, event.readings, time.time_ns())
+                batch = self.ingest.prepare(event.seq, event.readings, time.time_ns(), event.groups)
                 fut = await self.writer.submit(s.device_id, batch, stream=s.stream, epoch=s.epoch)
                 s.pending += 1
                 fut.add_done_callback(functools.partial(self._answer, s, t0))
@@ -583,7 +583,7 @@ class Server:
         if bucket is None:
             cap = rate * RATE_BURST_S
             bucket = self._buckets[s.device_id] = _Bucket(float(rate), cap, cap, now)
-        n = len(batch.readings)
+        n = batch.size
         if s.blocked_seq is not None and batch.seq > s.blocked_seq:
             # An earlier batch must go first: wait as long as it has to.
             return max(1, bucket.wait_ms(s.blocked_readings, now))
