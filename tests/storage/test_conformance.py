@@ -1,17 +1,18 @@
 """Backend conformance: every storage backend keeps the promises of collector.storage.interface.
 
 Written against the `Storage` interface only and run once per backend through the `backend`
-fixture (today SQLite, on a real file; a PostgreSQL backend joins by adding a case to
-`BACKENDS`). Each backend also says how to "settle" its storage: move everything it holds
-into its long-term form (SQLite: run compaction until nothing is left), so that resends,
-late readings and scans are checked both before and after that move.
+fixture: SQLite on a real file, PostgreSQL on a throwaway database of the local server
+(tests/storage/pgserver.py: skipped without one, failing when CI=true). Each backend also
+says how to "settle" its storage: move everything it holds into its long-term form (SQLite:
+run compaction until nothing is left; PostgreSQL: nothing to do), so that resends, late
+readings and scans are checked both before and after that move.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from collector.storage.interface import (
 from collector.storage.sqlite import compactor, store
 from collector.storage.sqlite.backend import SQLiteStorage
 from schemas.kinds import KindSpec
+from tests.storage.pgserver import throwaway_database
 
 T0 = 1_700_000_000 * 10**9  # a realistic epoch, in ns
 S = 10**9
@@ -42,6 +44,7 @@ DAY = 86_400 * S
 class Backend:
     storage: Storage
     settle: Callable[[int], None]  # move everything into long-term storage, as of now_ns
+    cleanup: ExitStack | None = None
 
 
 def _sqlite(path: Path) -> Backend:
@@ -58,7 +61,25 @@ def _sqlite(path: Path) -> Backend:
     return Backend(storage, settle)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+def _postgres(path: Path) -> Backend:
+    from collector.storage.postgres.backend import PostgresStorage
+
+    stack = ExitStack()
+    url = stack.enter_context(throwaway_database())
+    try:
+        storage = PostgresStorage(url, now_ns=T0)
+    except BaseException:
+        stack.close()
+        raise
+
+    def settle(now_ns: int) -> None:
+        # Nothing moves later in PostgreSQL: a reading is in its final place once stored.
+        pass
+
+    return Backend(storage, settle, stack)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @contextmanager
@@ -68,6 +89,8 @@ def open_backend(name: str, path: Path) -> Iterator[Backend]:
         yield b
     finally:
         b.storage.close()
+        if b.cleanup is not None:
+            b.cleanup.close()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
