@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL database per test, on the local server.
 
 The server is the one at 127.0.0.1:5432 (trust auth; user postgres or root; maintenance
-database `test`), or the one `TELEMETRY_TEST_PG` names (a libpq URL whose database is the
-maintenance one). Each database is `telemetry_test_<random>`, created for the test and
+database `test`), or the one `TELEMETRY_TEST_PG` names (a postgresql:// URL whose database is
+the maintenance one). Each database is `telemetry_test_<random>`, created for the test and
 dropped after it. Without a reachable server the tests skip with one line saying how to get
 one; with CI=true they fail instead.
 """
@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -56,11 +57,9 @@ def require_server() -> str:
 
 
 def _with_database(url: str, name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo(**params)  # type: ignore[arg-type]  # str/int values from a conninfo
+    """`url` (a postgresql:// URL) naming database `name` instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @contextmanager
