@@ -62,22 +62,29 @@ _UPSERT_LATEST: Final = (
     "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, i = excluded.i, f = excluded.f, "
     "t = excluded.t, b = excluded.b WHERE l.ts <= excluded.ts"
 )
-_LOCK_STREAM: Final = (
-    f"SELECT last_seq, epoch FROM {schema.STREAMS} WHERE device_id = %s AND stream = %s FOR UPDATE"
+# Every stream of the group in one statement; the rows are locked in (device, stream) order
+# (LockRows runs above the sort), so two collectors' groups cannot deadlock on them.
+_LOCK_STREAMS: Final = (
+    f"SELECT device_id, stream, last_seq, epoch FROM {schema.STREAMS} "
+    "WHERE (device_id, stream) IN (SELECT * FROM unnest(%s::integer[], %s::text[])) "
+    "ORDER BY device_id, stream FOR UPDATE"
 )
-_NEW_STREAM: Final = (
+_NEW_STREAMS: Final = (
     f"INSERT INTO {schema.STREAMS} (device_id, stream, last_seq, epoch, created_ns, "
-    "last_seen_ns) VALUES (%s, %s, 0, 0, %s, %s) ON CONFLICT DO NOTHING"
+    "last_seen_ns) SELECT d, s, 0, 0, n, n FROM unnest(%s::integer[], %s::text[], "
+    "%s::bigint[]) AS u(d, s, n) ORDER BY d, s ON CONFLICT DO NOTHING"
 )
-_UPDATE_STREAM: Final = (
-    f"UPDATE {schema.STREAMS} SET last_seq = greatest(last_seq, %s), last_seen_ns = %s "
-    "WHERE device_id = %s AND stream = %s"
+_UPDATE_STREAMS: Final = (
+    f"UPDATE {schema.STREAMS} AS s SET last_seq = greatest(s.last_seq, u.seq), "
+    "last_seen_ns = u.seen FROM unnest(%s::integer[], %s::text[], %s::bigint[], "
+    "%s::bigint[]) AS u(dev, stream, seq, seen) "
+    "WHERE s.device_id = u.dev AND s.stream = u.stream"
 )
-# devices.last_seq mirrors the default stream "" (a v1.0 agent's).
-_UPDATE_DEVICE: Final = (
-    f"UPDATE {schema.DEVICES} SET last_seq = CASE WHEN %(stream)s = '' "
-    "THEN greatest(last_seq, %(seq)s) ELSE last_seq END, last_seen_ns = %(seen)s "
-    "WHERE id = %(dev)s"
+# devices.last_seq mirrors the default stream "" (a v1.0 agent's); NULL: no default stream.
+_UPDATE_DEVICES: Final = (
+    f"UPDATE {schema.DEVICES} AS d SET last_seq = greatest(d.last_seq, u.seq), "
+    "last_seen_ns = u.seen FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) "
+    "AS u(id, seq, seen) WHERE d.id = u.id"
 )
 _INSERT_REJECTED: Final = (
     f"INSERT INTO {schema.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
@@ -155,13 +162,22 @@ class GroupStore:
         # that two collectors storing groups of the same streams cannot deadlock.
         streams: dict[tuple[int, str], list[int]] = {}
         received = {s[:2]: b.received_ns for s, b in sessions}
-        for key in sorted(received):
-            row = conn.execute(_LOCK_STREAM, key).fetchone()
-            if row is None:
-                conn.execute(_NEW_STREAM, (*key, received[key], received[key]))
-                row = conn.execute(_LOCK_STREAM, key).fetchone()
-            assert row is not None
-            streams[key] = [int(row[0]), int(row[1]), 0, 0]
+        keys = sorted(received)
+        for _attempt in range(2):
+            for dev, name, last_seq, epoch in conn.execute(
+                _LOCK_STREAMS, ([k[0] for k in keys], [k[1] for k in keys])
+            ):
+                streams[(dev, name)] = [int(last_seq), int(epoch), 0, 0]
+            missing = [k for k in keys if k not in streams]
+            if not missing:
+                break
+            # A stream no session opened (epoch 0 callers): its row is made, then locked.
+            conn.execute(
+                _NEW_STREAMS,
+                ([k[0] for k in missing], [k[1] for k in missing], [received[k] for k in missing]),
+            )
+            keys = missing
+        assert len(streams) == len(received)
         rows = _Rows()
         plan: list[tuple[PreparedBatch, bool, int] | None] = []  # None: fenced
         dead: list[tuple[object, ...]] = []
@@ -192,15 +208,22 @@ class GroupStore:
             outcomes.append(Stored(accepted, b.valid_count - accepted, resend=resend))
         touched = sorted((k, st) for k, st in streams.items() if st[3])
         if touched:
-            with conn.cursor() as cur:
-                cur.executemany(_UPDATE_STREAM, [(st[0], st[2], *k) for k, st in touched])
-                cur.executemany(
-                    _UPDATE_DEVICE,
-                    [
-                        {"stream": k[1], "seq": st[0], "seen": st[2], "dev": k[0]}
-                        for k, st in touched
-                    ],
-                )
+            conn.execute(
+                _UPDATE_STREAMS,
+                tuple(
+                    list(c) for c in zip(*[(*k, st[0], st[2]) for k, st in touched], strict=True)
+                ),
+            )
+            devs: dict[int, list[int | None]] = {}  # device -> [default stream's seq, seen]
+            for (dev, name), st in touched:
+                d = devs.setdefault(dev, [None, st[2]])
+                if name == "":
+                    d[0] = st[0]
+                d[1] = max(d[1] or 0, st[2])
+            ids = sorted(devs)
+            conn.execute(
+                _UPDATE_DEVICES, (ids, [devs[i][0] for i in ids], [devs[i][1] for i in ids])
+            )
         if dead:
             with conn.cursor() as cur:
                 cur.executemany(_INSERT_REJECTED, dead)
