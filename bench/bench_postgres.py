@@ -212,6 +212,8 @@ def main() -> None:
             )
             for done, rate in slices:
                 print(f"  up to {done:>11,}: {rate:>9,.0f} readings/s")
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ANALYZE")  # as autovacuum would have by now
             ids = [s.id for s in pg.resolve_series(Filters())]
             end = T0_NS + (stored // series) * step_s * S
             day = (end - DAY_S * S, end)
