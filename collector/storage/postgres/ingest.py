@@ -15,7 +15,8 @@ exactly the set of new readings, so accepted and duplicate are exact per batch (
 readings that were never stored are stored and counted accepted, as in SQLite). COPY measured
 faster than a pipelined executemany (bench/bench_postgres.py --method; docs/storage.md).
 
-Then, set-based (one statement each, rows in series-id order so two writers never deadlock):
+Then, set-based (one statement each; every table's rows locked in key order, so two writers
+wait for each other rather than deadlock):
 series first_ts/count, the `latest` table, the streams' `last_seq`, `devices.last_seq` (the
 default stream's mirror) and last seen, the dead letters (a resend's only if not kept
 before), and COMMIT: the group is durable when `store` returns (synchronous_commit).
@@ -47,8 +48,18 @@ _CREATE_STAGING: Final = (
 _COPY: Final = f"COPY {_STAGING} (ts, series_id, i, f, t, b) FROM STDIN"
 _MOVE: Final = (
     f"INSERT INTO {schema.READINGS} (ts, series_id, i, f, t, b) "
-    f"SELECT ts, series_id, i, f, t, b FROM {_STAGING} "
+    f"SELECT ts, series_id, i, f, t, b FROM {_STAGING} ORDER BY series_id, ts "
     "ON CONFLICT DO NOTHING RETURNING series_id, ts"
+)
+# Row locks are taken in one order by every writer: streams, readings, series, latest and
+# devices, each table's rows by key (ORDER BY above and here). Two collectors storing the
+# same readings or series (a device on two streams, a failover) then wait for each other
+# instead of deadlocking.
+_LOCK_SERIES: Final = (
+    f"SELECT 1 FROM {schema.SERIES} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+)
+_LOCK_DEVICES: Final = (
+    f"SELECT 1 FROM {schema.DEVICES} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
 )
 _UPDATE_SERIES: Final = (
     f"UPDATE {schema.SERIES} AS s SET first_ts = least(s.first_ts, u.first_ts), "
@@ -221,6 +232,7 @@ class GroupStore:
                     d[0] = st[0]
                 d[1] = max(d[1] or 0, st[2])
             ids = sorted(devs)
+            conn.execute(_LOCK_DEVICES, (ids,))
             conn.execute(
                 _UPDATE_DEVICES, (ids, [devs[i][0] for i in ids], [devs[i][1] for i in ids])
             )
@@ -345,6 +357,7 @@ class _Rows:
                 s[2], s[3] = ts, self.values[row]
         if stats:
             ids = sorted(stats)
+            conn.execute(_LOCK_SERIES, (ids,))
             conn.execute(
                 _UPDATE_SERIES, (ids, [stats[i][0] for i in ids], [stats[i][1] for i in ids])
             )
