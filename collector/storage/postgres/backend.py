@@ -43,6 +43,7 @@ from collector.storage.interface import (
 from collector.storage.postgres import devices, reads, replay, schema
 from collector.storage.postgres.ingest import GroupStore
 from collector.storage.postgres.schema import Conn
+from collector.storage.postgres.tail import PostgresTail
 
 _T = TypeVar("_T")
 
@@ -216,54 +217,3 @@ class PostgresStorage:
                 self._conn.close()
                 self._conn = None
         self._pool.close()
-
-
-class PostgresTail:
-    """Readings committed after the cursor was opened (the interface's `TailCursor`).
-
-    Per-series marks, as the SQLite tail (collector.query.tail): at the start each matching
-    series' mark is its newest stored timestamp; each poll (one REPEATABLE READ snapshot)
-    picks up series created since, reads `latest` for the followed series, and reads the
-    readings of those whose newest moved past their mark, up to that newest. A reading
-    older than its series' newest when it arrives is not shown.
-    """
-
-    def __init__(
-        self, pool: ConnectionPool[psycopg.Connection[TupleRow]], filters: Filters
-    ) -> None:
-        self._pool = pool
-        self.filters = filters
-        self.series: dict[int, SeriesInfo] = {}
-        self.marks: dict[int, int] = {}
-        with pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            self.max_id = reads.max_series_id(conn)
-            for s in reads.resolve_series(conn, filters):
-                self.series[s.id] = s
-                self.marks[s.id] = -1 if s.last_ts is None else s.last_ts
-
-    def poll(self) -> list[Row]:
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            top = reads.max_series_id(conn)
-            if top > self.max_id:
-                for s in reads.resolve_series(conn, self.filters, after_id=self.max_id):
-                    self.series[s.id] = s
-                    self.marks.setdefault(s.id, -1)
-                self.max_id = top
-            if not self.series:
-                return []
-            moved = {
-                sid: (self.marks[sid], ts)
-                for sid, ts, _ in reads.latest(conn, list(self.series))
-                if ts > self.marks[sid]
-            }
-            if not moved:
-                return []
-            rows = reads.readings_after(conn, moved)
-        for sid, (_, upto) in moved.items():
-            self.marks[sid] = upto
-        return [reads.reading_row(self.series[sid], ts, v) for sid, ts, v in rows]
-
-    def close(self) -> None:
-        self.series.clear()

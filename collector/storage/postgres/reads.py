@@ -1,4 +1,4 @@
-"""The read path over PostgreSQL: series, ranges, bucketed aggregates, latest, tail, rejects.
+"""The read path over PostgreSQL: series, ranges, bucketed aggregates, latest, dead letters.
 
 Each function takes a connection from the backend's pool (autocommit off is not assumed: a
 function that needs one snapshot for several statements opens a REPEATABLE READ
@@ -100,24 +100,13 @@ def format_ts(ns: int) -> str:
     return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
 
 
-def _value_type(kind: str, fld: str) -> str | None:
+def value_type(kind: str, fld: str) -> str | None:
     spec = _KINDS.get(kind)
     if spec is None:
         return None
     if spec.type == "object":
         return next((f.type for f in spec.fields if f.name == fld), None)
     return spec.type
-
-
-def _shown(s: SeriesInfo, v: Value) -> object:
-    # As the SQLite read path shows a value: bools from their 0/1, numbers as floats.
-    if v is None or isinstance(v, str):
-        return v
-    if s.vtype == "bool":
-        return bool(v)
-    if s.vtype == "number" and isinstance(v, int):
-        return float(v)
-    return v
 
 
 # ---------------------------------------------------------------- series
@@ -188,7 +177,7 @@ def resolve_series(conn: Conn, filters: Filters, *, after_id: int = 0) -> list[S
             value_of(i, f, t, b),
             int(n),
         )
-        info.vtype = _value_type(kind, fld)
+        info.vtype = value_type(kind, fld)
         out.append(info)
     return out
 
@@ -412,35 +401,3 @@ def rejected(
             query, params
         )
     ]
-
-
-# ---------------------------------------------------------------- tail
-
-
-def reading_row(s: SeriesInfo, ts: int, value: Value) -> Row:
-    """A reading as the query tools' rows show it (collector.query.readings)."""
-    return {
-        "ts": format_ts(ts),
-        "ts_ns": ts,
-        "device": s.device,
-        "sensor": s.sensor,
-        "field": s.field,
-        "kind": s.kind,
-        "unit": s.unit,
-        "tags": s.tags,
-        "series_id": s.id,
-        "value": _shown(s, value),
-    }
-
-
-def readings_after(conn: Conn, marks: dict[int, tuple[int, int]]) -> list[tuple[int, int, Value]]:
-    """Readings of each series in `marks` with mark < ts <= upto ({id: (mark, upto)}), by
-    (ts, series id)."""
-    ids = sorted(marks)
-    query = (
-        f"SELECT r.series_id, r.ts, r.i, r.f, r.t, r.b FROM {READINGS} AS r "
-        "JOIN unnest(%s::integer[], %s::bigint[], %s::bigint[]) AS m(sid, lo, hi) "
-        "ON r.series_id = m.sid AND r.ts > m.lo AND r.ts <= m.hi ORDER BY r.ts, r.series_id"
-    )
-    params = (ids, [marks[i][0] for i in ids], [marks[i][1] for i in ids])
-    return [(sid, ts, value_of(i, f, t, b)) for sid, ts, i, f, t, b in conn.execute(query, params)]
