@@ -32,7 +32,9 @@ def open_storage(db: str, *, readonly: bool = False) -> Storage:
     backend's error (sqlite3.Error, psycopg.Error) when the database cannot be opened.
     """
     if is_postgres_url(db):
-        raise ValueError(f"{db}: this build has no PostgreSQL backend")
+        from collector.storage.postgres.backend import PostgresStorage
+
+        return PostgresStorage(db, readonly=readonly)
     from collector.storage.sqlite.backend import SQLiteStorage
 
     path = Path(db)

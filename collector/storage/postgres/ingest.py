@@ -1,0 +1,397 @@
+"""The store path: a group of prepared batches in one PostgreSQL transaction.
+
+`GroupStore.store(conn, group)` is what the writer thread does with each group. In one
+transaction, per (device, stream) of the group in a fixed order, it takes the `streams` row
+with `SELECT ... FOR UPDATE`: the session epoch check and the `last_seq` update happen under
+that row lock, in the same transaction as the readings, so two collectors sharing the
+database serialise on a stream and exactly-once holds across them. A batch sent under an
+epoch that is no longer the stream's stores nothing (`fenced`).
+
+The readings of every other batch are resolved to series ids (an in-memory cache; new series
+are inserted in the transaction), de-duplicated within the group (the first occurrence of a
+(series, ts) is the one that counts), copied with COPY into a temporary table and moved with
+`INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING series_id, ts`: what comes back is
+exactly the set of new readings, so accepted and duplicate are exact per batch (a resend's
+readings that were never stored are stored and counted accepted, as in SQLite). COPY measured
+faster than a pipelined executemany (bench/bench_postgres.py --method; docs/storage.md).
+
+Then, set-based (one statement each; every table's rows locked in key order, so two writers
+wait for each other rather than deadlock):
+series first_ts/count, the `latest` table, the streams' `last_seq`, `devices.last_seq` (the
+default stream's mirror) and last seen, the dead letters (a resend's only if not kept
+before), and COMMIT: the group is durable when `store` returns (synchronous_commit).
+
+Days without a partition are made before the transaction (collector.storage.postgres.schema):
+DDL commits on its own, and an empty partition left by a failed group is harmless.
+
+Runs in the writer thread only (and in a replay, on a connection of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final
+
+from collector.storage.interface import PreparedBatch, SeriesKey, Session, StoredValue
+from collector.storage.interface import Stored as Stored
+from collector.storage.postgres import schema
+from collector.storage.postgres.schema import Conn
+
+log = logging.getLogger(__name__)
+
+_STAGING: Final = "staging_readings"
+_CREATE_STAGING: Final = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (ts bigint NOT NULL, series_id integer NOT NULL, "
+    "i bigint, f double precision, t text, b bytea) ON COMMIT DELETE ROWS"
+)
+_COPY: Final = f"COPY {_STAGING} (ts, series_id, i, f, t, b) FROM STDIN"
+_MOVE: Final = (
+    f"INSERT INTO {schema.READINGS} (ts, series_id, i, f, t, b) "
+    f"SELECT ts, series_id, i, f, t, b FROM {_STAGING} ORDER BY series_id, ts "
+    "ON CONFLICT DO NOTHING RETURNING series_id, ts"
+)
+# Row locks are taken in one order by every writer: streams, readings, series, latest and
+# devices, each table's rows by key (ORDER BY above and here). Two collectors storing the
+# same readings or series (a device on two streams, a failover) then wait for each other
+# instead of deadlocking.
+_LOCK_SERIES: Final = (
+    f"SELECT 1 FROM {schema.SERIES} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+)
+_LOCK_DEVICES: Final = (
+    f"SELECT 1 FROM {schema.DEVICES} WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+)
+_UPDATE_SERIES: Final = (
+    f"UPDATE {schema.SERIES} AS s SET first_ts = least(s.first_ts, u.first_ts), "
+    "count = s.count + u.n FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) "
+    "AS u(id, first_ts, n) WHERE s.id = u.id"
+)
+_UPSERT_LATEST: Final = (
+    f"INSERT INTO {schema.LATEST} AS l (series_id, ts, i, f, t, b) "
+    "SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bigint[], %s::float8[], "
+    "%s::text[], %s::bytea[]) ORDER BY 1 "
+    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, i = excluded.i, f = excluded.f, "
+    "t = excluded.t, b = excluded.b WHERE l.ts <= excluded.ts"
+)
+# Every stream of the group in one statement; the rows are locked in (device, stream) order
+# (LockRows runs above the sort), so two collectors' groups cannot deadlock on them.
+_LOCK_STREAMS: Final = (
+    f"SELECT device_id, stream, last_seq, epoch FROM {schema.STREAMS} "
+    "WHERE (device_id, stream) IN (SELECT * FROM unnest(%s::integer[], %s::text[])) "
+    "ORDER BY device_id, stream FOR UPDATE"
+)
+_NEW_STREAMS: Final = (
+    f"INSERT INTO {schema.STREAMS} (device_id, stream, last_seq, epoch, created_ns, "
+    "last_seen_ns) SELECT d, s, 0, 0, n, n FROM unnest(%s::integer[], %s::text[], "
+    "%s::bigint[]) AS u(d, s, n) ORDER BY d, s ON CONFLICT DO NOTHING"
+)
+_UPDATE_STREAMS: Final = (
+    f"UPDATE {schema.STREAMS} AS s SET last_seq = greatest(s.last_seq, u.seq), "
+    "last_seen_ns = u.seen FROM unnest(%s::integer[], %s::text[], %s::bigint[], "
+    "%s::bigint[]) AS u(dev, stream, seq, seen) "
+    "WHERE s.device_id = u.dev AND s.stream = u.stream"
+)
+# devices.last_seq mirrors the default stream "" (a v1.0 agent's); NULL: no default stream.
+_UPDATE_DEVICES: Final = (
+    f"UPDATE {schema.DEVICES} AS d SET last_seq = greatest(d.last_seq, u.seq), "
+    "last_seen_ns = u.seen FROM unnest(%s::integer[], %s::bigint[], %s::bigint[]) "
+    "AS u(id, seq, seen) WHERE d.id = u.id"
+)
+_INSERT_REJECTED: Final = (
+    f"INSERT INTO {schema.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
+    "path, message) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_DEAD_SEEN: Final = f"SELECT idx, raw FROM {schema.REJECTED} WHERE device_id = %s AND seq = %s"
+
+Columns = tuple[int | None, float | None, str | None, bytes | None]
+
+
+def value_columns(v: StoredValue) -> Columns:
+    """A value -> its (i, f, t, b) columns (collector.storage.postgres.schema)."""
+    if isinstance(v, str):
+        return (None, None, None, v.encode()) if "\x00" in v else (None, None, v, None)
+    if isinstance(v, float):
+        return (None, v, None, None)
+    return (int(v), None, None, None)  # int, or bool stored as 0/1 as SQLite does
+
+
+def clean_text(text: str) -> str:
+    """Diagnostic text (dead-letter path and message) without NUL, which PostgreSQL text
+    cannot hold: each becomes U+FFFD. The reading itself stays exact (raw bytes, JSON)."""
+    return text.replace("\x00", "\ufffd")
+
+
+class GroupStore:
+    """The writer's view of committed state (series ids, partition days) and the store path."""
+
+    def __init__(self) -> None:
+        self._series: dict[int, dict[SeriesKey, int]] = {}
+        self.days: set[int] | None = None  # days with a partition, read on first use
+
+    # ------------------------------------------------------------ partitions
+
+    def ensure_days(self, conn: Conn, ts: Sequence[int], now_ns: int) -> None:
+        """Make the partitions `ts` need (schema.wanted_days) before a store transaction."""
+        if self.days is None:
+            self.days = schema.partition_days(conn)
+        missing = schema.wanted_days(ts, now_ns) - self.days
+        if missing:
+            schema.ensure_partitions(conn, missing)
+            self.days = schema.partition_days(conn)
+
+    # ------------------------------------------------------------ the group transaction
+
+    def store(
+        self, conn: Conn, group: Sequence[tuple[Session | int, PreparedBatch]]
+    ) -> tuple[list[Stored], list[PreparedBatch]]:
+        """Store (session, batch) pairs in one transaction, begun and committed here.
+
+        Returns what happened to each batch and the batches whose readings were stored
+        (not resends that stored nothing, not fenced ones). Raises psycopg.Error after
+        rolling back; nothing is stored then.
+        """
+        sessions = [(w if isinstance(w, Session) else Session(w), b) for w, b in group]
+        for _, b in sessions:
+            if b.ts:
+                self.ensure_days(conn, b.ts, b.received_ns)
+        new_series: list[tuple[int, SeriesKey]] = []
+        try:
+            with conn.transaction():
+                return self._store(conn, sessions, new_series)
+        except BaseException:
+            for dev, key in new_series:  # their ids were never committed
+                self._series.get(dev, {}).pop(key, None)
+            raise
+
+    def _store(
+        self,
+        conn: Conn,
+        sessions: list[tuple[Session, PreparedBatch]],
+        new_series: list[tuple[int, SeriesKey]],
+    ) -> tuple[list[Stored], list[PreparedBatch]]:
+        # (device, stream) -> [last seq, epoch, seen_ns, touched], locked in a fixed order so
+        # that two collectors storing groups of the same streams cannot deadlock.
+        streams: dict[tuple[int, str], list[int]] = {}
+        received = {s[:2]: b.received_ns for s, b in sessions}
+        keys = sorted(received)
+        for _attempt in range(2):
+            for dev, name, last_seq, epoch in conn.execute(
+                _LOCK_STREAMS, ([k[0] for k in keys], [k[1] for k in keys])
+            ):
+                streams[(dev, name)] = [int(last_seq), int(epoch), 0, 0]
+            missing = [k for k in keys if k not in streams]
+            if not missing:
+                break
+            # A stream no session opened (epoch 0 callers): its row is made, then locked.
+            conn.execute(
+                _NEW_STREAMS,
+                ([k[0] for k in missing], [k[1] for k in missing], [received[k] for k in missing]),
+            )
+            keys = missing
+        assert len(streams) == len(received)
+        rows = _Rows()
+        plan: list[tuple[PreparedBatch, bool, int] | None] = []  # None: fenced
+        dead: list[tuple[object, ...]] = []
+        for sess, b in sessions:
+            st = streams[sess[:2]]
+            if sess.epoch and sess.epoch != st[1]:
+                plan.append(None)
+                continue
+            # seq 0: an input without sequence numbers, never a resend (collector.storage.
+            # sqlite.batchstore has the same rule).
+            resend = 0 < b.seq <= st[0]
+            first = rows.add(b, self._series_ids(conn, sess.device_id, b.keys, new_series))
+            plan.append((b, resend, first))
+            st[0] = max(st[0], b.seq)
+            st[2], st[3] = b.received_ns, 1
+            dead.extend(_dead_letters(conn, sess.device_id, b, resend, dead))
+        new = rows.insert(conn)
+        outcomes: list[Stored] = []
+        stored: list[PreparedBatch] = []
+        for item in plan:
+            if item is None:
+                outcomes.append(Stored(0, 0, fenced=True))
+                continue
+            b, resend, first = item
+            accepted = _accepted(b, new[first : first + b.row_count])
+            if accepted or not resend:
+                stored.append(b)
+            outcomes.append(Stored(accepted, b.valid_count - accepted, resend=resend))
+        touched = sorted((k, st) for k, st in streams.items() if st[3])
+        if touched:
+            conn.execute(
+                _UPDATE_STREAMS,
+                tuple(
+                    list(c) for c in zip(*[(*k, st[0], st[2]) for k, st in touched], strict=True)
+                ),
+            )
+            devs: dict[int, list[int | None]] = {}  # device -> [default stream's seq, seen]
+            for (dev, name), st in touched:
+                d = devs.setdefault(dev, [None, st[2]])
+                if name == "":
+                    d[0] = st[0]
+                d[1] = max(d[1] or 0, st[2])
+            ids = sorted(devs)
+            conn.execute(_LOCK_DEVICES, (ids,))
+            conn.execute(
+                _UPDATE_DEVICES, (ids, [devs[i][0] for i in ids], [devs[i][1] for i in ids])
+            )
+        if dead:
+            with conn.cursor() as cur:
+                cur.executemany(_INSERT_REJECTED, dead)
+        return outcomes, stored
+
+    def insert_unsequenced(
+        self, conn: Conn, group: Sequence[tuple[int, PreparedBatch]]
+    ) -> list[int]:
+        """Store (device id, batch) pairs inside the caller's transaction, with no seq check
+        and no stream update (dead-letter replay); returns how many of each batch's valid
+        readings were new. The caller has made the partitions (`ensure_days`); if it rolls
+        back, drop this store: its series cache may name rows never committed."""
+        rows = _Rows()
+        firsts = [rows.add(b, self._series_ids(conn, dev, b.keys, [])) for dev, b in group]
+        new = rows.insert(conn)
+        return [
+            _accepted(b, new[first : first + b.row_count])
+            for (_, b), first in zip(group, firsts, strict=True)
+        ]
+
+    def _series_ids(
+        self,
+        conn: Conn,
+        dev: int,
+        keys: list[SeriesKey],
+        new_series: list[tuple[int, SeriesKey]],
+    ) -> list[int]:
+        cache = self._series.get(dev)
+        if cache is None:
+            cache = self._series[dev] = {}
+        try:
+            return [cache[k] for k in keys]
+        except KeyError:
+            pass
+        for key in sorted({k for k in keys if k not in cache}):
+            sensor, fld, kind, unit, tags = key
+            shown, raw = (
+                (unit.replace("\x00", "\ufffd"), unit.encode()) if "\x00" in unit else (unit, None)
+            )
+            params = (dev, sensor, fld, kind, shown, tags, raw)
+            row = conn.execute(
+                f"SELECT id FROM {schema.SERIES} WHERE device_id = %s AND sensor = %s "
+                "AND field = %s AND kind = %s AND unit = %s AND tags = %s "
+                "AND unit_raw IS NOT DISTINCT FROM %s",
+                params,
+            ).fetchone()
+            if row is None:
+                # Another collector may insert the same series meanwhile: ON CONFLICT waits
+                # for its transaction, then the SELECT finds its row.
+                row = conn.execute(
+                    f"INSERT INTO {schema.SERIES} (device_id, sensor, field, kind, unit, tags, "
+                    "unit_raw) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING "
+                    "RETURNING id",
+                    params,
+                ).fetchone()
+                if row is None:
+                    row = conn.execute(
+                        f"SELECT id FROM {schema.SERIES} WHERE device_id = %s AND sensor = %s "
+                        "AND field = %s AND kind = %s AND unit = %s AND tags = %s "
+                        "AND unit_raw IS NOT DISTINCT FROM %s",
+                        params,
+                    ).fetchone()
+                    assert row is not None
+                else:
+                    new_series.append((dev, key))
+            cache[key] = int(row[0])
+        return [cache[k] for k in keys]
+
+
+class _Rows:
+    """The readings of a group, first occurrence of each (series, ts) only, and which of
+    them the INSERT found new."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[int, int], int] = {}  # (series, ts) -> row number in group
+        self.keys: list[tuple[int, int] | None] = []  # per group row; None: repeated in group
+        self.values: list[StoredValue] = []
+
+    def add(self, b: PreparedBatch, sids: list[int]) -> int:
+        """Add a batch's rows; returns the group row number of its first row."""
+        start = len(self.keys)
+        first = self.first
+        for sid, ts, v in zip(sids, b.ts, b.values, strict=True):
+            key = (sid, ts)
+            if key in first:
+                self.keys.append(None)
+            else:
+                first[key] = len(self.keys)
+                self.keys.append(key)
+            self.values.append(v)
+        return start
+
+    def insert(self, conn: Conn) -> list[bool]:
+        """COPY, move into readings, update series stats and latest; per group row, new?"""
+        new = [False] * len(self.keys)
+        if not self.first:
+            return new
+        conn.execute(_CREATE_STAGING)
+        with conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                for key, v in zip(self.keys, self.values, strict=True):
+                    if key is not None:
+                        copy.write_row((key[1], key[0], *value_columns(v)))
+            cur.execute(_MOVE)
+            stored = cur.fetchall()
+        # per series: [first_ts, count, last_ts, last value]
+        stats: dict[int, list[object]] = {}
+        for sid, ts in stored:
+            row = self.first[(sid, ts)]
+            new[row] = True
+            s = stats.get(sid)
+            if s is None:
+                stats[sid] = [ts, 1, ts, self.values[row]]
+                continue
+            if ts < s[0]:
+                s[0] = ts
+            s[1] += 1  # type: ignore[operator]  # int by construction
+            if ts > s[2]:
+                s[2], s[3] = ts, self.values[row]
+        if stats:
+            ids = sorted(stats)
+            conn.execute(_LOCK_SERIES, (ids,))
+            conn.execute(
+                _UPDATE_SERIES, (ids, [stats[i][0] for i in ids], [stats[i][1] for i in ids])
+            )
+            cols = [value_columns(stats[i][3]) for i in ids]  # type: ignore[arg-type]
+            conn.execute(
+                _UPSERT_LATEST,
+                (ids, [stats[i][2] for i in ids], *(list(c) for c in zip(*cols, strict=True))),
+            )
+        return new
+
+
+def _accepted(b: PreparedBatch, mask: list[bool]) -> int:
+    """Valid readings of `b` that were new: a composite reading counts once, when any of its
+    rows was new."""
+    n = b.scalar_rows
+    accepted = sum(mask[:n])
+    for size in b.composite_sizes:
+        accepted += any(mask[n : n + size])
+        n += size
+    return accepted
+
+
+def _dead_letters(
+    conn: Conn, dev: int, b: PreparedBatch, resend: bool, pending: list[tuple[object, ...]]
+) -> list[tuple[object, ...]]:
+    if not b.dead_letters:
+        return []
+    seen: set[tuple[int, bytes]] = set()
+    if resend:  # a resend's rejects are kept once, unless first seen now
+        seen = {(int(i), bytes(r)) for i, r in conn.execute(_DEAD_SEEN, (dev, b.seq))}
+        seen.update((p[3], p[4]) for p in pending if p[0] == dev and p[2] == b.seq)  # type: ignore[misc]  # (dev, ns, seq, idx, raw, ...)
+    return [
+        (dev, b.received_ns, b.seq, d.index, d.raw, clean_text(d.reading), d.code,
+         clean_text(d.path), clean_text(d.message))
+        for d in b.dead_letters
+        if (d.index, d.raw) not in seen
+    ]  # fmt: skip

@@ -1,0 +1,142 @@
+"""Copying devices and dead letters in and out of a PostgreSQL database (`telemetry migrate`).
+
+The PostgreSQL twin of collector.storage.sqlite.transfer: `PostgresStorage.export_devices` /
+`import_device` / `export_dead_letters` / `import_dead_letters` call these with a connection
+in autocommit mode; each import runs in one transaction of its own. Readings travel through
+the ordinary read and store paths. Tokens stay hashes throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from collector.storage.interface import (
+    DeadLetter,
+    DeadLetterRecord,
+    Device,
+    DeviceError,
+    DeviceRecord,
+    check_name,
+)
+from collector.storage.postgres import devices
+from collector.storage.postgres.ingest import clean_text
+from collector.storage.postgres.schema import DEVICES, REJECTED, STREAMS, Conn
+
+
+def export_devices(conn: Conn) -> list[DeviceRecord]:
+    """Every device with its token hash and streams, by name."""
+    streams: dict[int, list[tuple[str, int]]] = {}
+    for dev, stream, last in conn.execute(
+        f'SELECT device_id, stream, last_seq FROM {STREAMS} ORDER BY device_id, stream COLLATE "C"'
+    ):
+        streams.setdefault(int(dev), []).append((str(stream), int(last)))
+    out = []
+    for dev_id, name, token_hash, created, revoked, dropped, last_seq in conn.execute(
+        f"SELECT id, name, token_hash, created_ns, revoked_ns, spool_dropped, last_seq "
+        f'FROM {DEVICES} ORDER BY name COLLATE "C"'
+    ):
+        own = streams.get(int(dev_id), [])
+        if last_seq and not any(s == "" for s, _ in own):
+            own.insert(0, ("", int(last_seq)))
+        out.append(
+            DeviceRecord(
+                str(name), str(token_hash), int(created), revoked, int(dropped), tuple(own)
+            )
+        )
+    return out
+
+
+def import_device(conn: Conn, record: DeviceRecord) -> Device:
+    """See `Storage.import_device`."""
+    check_name(record.name)
+    with conn.transaction():
+        row = conn.execute(
+            f"SELECT id, token_hash FROM {DEVICES} WHERE name = %s FOR UPDATE", (record.name,)
+        ).fetchone()
+        if row is None:
+            inserted = conn.execute(
+                f"INSERT INTO {DEVICES} (name, token_hash, created_ns, revoked_ns, spool_dropped) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (
+                    record.name,
+                    record.token_hash,
+                    record.created_ns,
+                    record.revoked_ns,
+                    record.spool_dropped,
+                ),
+            ).fetchone()
+            assert inserted is not None
+            dev_id = int(inserted[0])
+        elif row[1] != record.token_hash:
+            raise DeviceError(
+                f"device {record.name!r} exists here with another token; revoke or rename it"
+            )
+        else:
+            dev_id = int(row[0])
+            if record.revoked_ns is not None:
+                conn.execute(
+                    f"UPDATE {DEVICES} SET revoked_ns = coalesce(revoked_ns, %s) WHERE id = %s",
+                    (record.revoked_ns, dev_id),
+                )
+        for stream, last_seq in record.streams:
+            conn.execute(
+                f"INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns) "
+                "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (device_id, stream) DO UPDATE SET "
+                f"last_seq = greatest({STREAMS}.last_seq, excluded.last_seq)",
+                (dev_id, stream, last_seq, record.created_ns),
+            )
+            if stream == "":
+                conn.execute(
+                    f"UPDATE {DEVICES} SET last_seq = greatest(last_seq, %s) WHERE id = %s",
+                    (last_seq, dev_id),
+                )
+    device = devices.get_device(conn, record.name)
+    assert device is not None
+    return device
+
+
+def export_dead_letters(conn: Conn) -> Iterator[DeadLetterRecord]:
+    """Every dead letter by (receive time, id), streamed through a server-side cursor."""
+    with conn.transaction(), conn.cursor(name="export_dead_letters") as cur:
+        cur.execute(
+            f"SELECT d.name, r.received_ns, r.seq, r.idx, r.raw, r.reading, r.code, r.path, "
+            f"r.message, r.replayed_ns FROM {REJECTED} AS r "
+            f"JOIN {DEVICES} AS d ON d.id = r.device_id ORDER BY r.received_ns, r.id"
+        )
+        for name, received, seq, idx, raw, reading, code, path, message, replayed in cur:
+            letter = DeadLetter(
+                int(idx), bytes(raw), str(reading), str(code), str(path), str(message)
+            )
+            yield DeadLetterRecord(str(name), int(received), int(seq), letter, replayed)
+
+
+def import_dead_letters(conn: Conn, records: Sequence[DeadLetterRecord]) -> int:
+    """See `Storage.import_dead_letters`."""
+    ids: dict[str, int] = {}
+    added = 0
+    with conn.transaction():
+        for r in records:
+            dev_id = ids.get(r.device)
+            if dev_id is None:
+                row = conn.execute(
+                    f"SELECT id FROM {DEVICES} WHERE name = %s", (r.device,)
+                ).fetchone()
+                if row is None:
+                    raise DeviceError(f"no device named {r.device!r}: import devices first")
+                dev_id = ids[r.device] = int(row[0])
+            d = r.letter
+            seen = conn.execute(
+                f"SELECT 1 FROM {REJECTED} WHERE device_id = %s AND seq = %s AND idx = %s "
+                "AND raw = %s AND received_ns = %s",
+                (dev_id, r.seq, d.index, d.raw, r.received_ns),
+            ).fetchone()
+            if seen:
+                continue
+            conn.execute(
+                f"INSERT INTO {REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
+                "path, message, replayed_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (dev_id, r.received_ns, r.seq, d.index, d.raw, clean_text(d.reading),
+                 clean_text(d.code), clean_text(d.path), clean_text(d.message), r.replayed_ns),
+            )  # fmt: skip
+            added += 1
+    return added
