@@ -66,9 +66,10 @@ _SCALE_SAMPLE: Final = 32
 # Scaled values stay within 2**53, where int64 -> float64 is exact, so the decoder's
 # float64 division gives the correctly rounded s / 10**k.
 _EXACT_FLOAT_INT: Final = 2**53
-# pcodec's compression level: 8 is its default; sizes on sensor columns were within 0.1%
-# of level 4 and the encode cost the same (docs/benchmarks.md, "Block codec v3").
-PCO_LEVEL: Final = 8
+# pcodec's compression level (its default is 8): on bench/load.py's sensors levels 2-8 are
+# within 0.2% of each other in size, and 4 was the smallest; 8 costs twice the CPU on
+# full-precision floats.
+PCO_LEVEL: Final = 4
 _CRC_BYTES: Final = 4
 _DTYPES: Final = {np.dtype(np.int64): "i64", np.dtype(np.float64): "f64"}
 
@@ -175,23 +176,27 @@ def _timestamps(col: Int64s, out: bytearray) -> None:
     out += section
 
 
+_SCALES: Final = (10.0 ** np.arange(MAX_DECIMAL_SCALE + 1))[:, None]  # a column: 1, 10, ...
+
+
 def _scaled(floats: Float64s) -> tuple[int, Int64s] | None:
-    """(k, s) with s / 10**k equal to `floats` bit for bit (as the decoder computes it),
-    for the smallest k that works on a leading sample and then the whole column."""
+    """(k, s) with s / 10**k equal to `floats` bit for bit (as the decoder computes it), for
+    the smallest k that fits a leading sample and then the whole column."""
     if not np.isfinite(floats).all():
         return None
     top = float(np.abs(floats).max())
+    if top >= _EXACT_FLOAT_INT:
+        return None
+    # Scales that keep every s within 2**53, exact as a float64.
+    scales = _SCALES[_SCALES[:, 0] < _EXACT_FLOAT_INT / top] if top else _SCALES
     sample = floats[:_SCALE_SAMPLE]
-    for k in range(MAX_DECIMAL_SCALE + 1):
-        m = 10.0**k
-        if top * m >= _EXACT_FLOAT_INT:
-            return None
-        for part in (sample, floats):
-            s = np.rint(part * m).astype(np.int64)
-            if not np.array_equal((s / m).view(np.int64), part.view(np.int64)):
-                break
-        else:
-            return k, s
+    # Every usable scale at once on the sample: a (scales x sample) grid of quotients.
+    back = np.rint(sample * scales) / scales
+    for k in np.flatnonzero((back.view(np.int64) == sample.view(np.int64)).all(axis=1)):
+        m = float(scales[k, 0])
+        s = np.rint(floats * m).astype(np.int64)
+        if np.array_equal((s / m).view(np.int64), floats.view(np.int64)):
+            return int(k), s
     return None
 
 
