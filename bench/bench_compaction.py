@@ -5,7 +5,8 @@ mode (1,000 devices x 8 sensors, one reading per sensor every 10 s of device tim
 value generator), then runs collector.storage.sqlite.compactor the way the maintenance process does
 once every window is closed and settled: first the head (slots of five windows into small
 blocks), then the hourly merges, then giving free pages back. Reports the process CPU time
-per reading of each level and the file's bytes per reading afterwards.
+per reading of each level and the bytes per reading afterwards: the file, its pages in use,
+the file after VACUUM, and the block payloads alone.
 
     python -m bench.bench_compaction                 # 2 hours of device time, 5.76M readings
     python -m bench.bench_compaction --hours 0.5 --devices 200
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -79,6 +81,7 @@ def main() -> None:
         default="v3",
         help="hour blocks' format: v3 (pcodec, what the collector writes) or v1 (DEFLATE)",
     )
+    ap.add_argument("--keep", type=Path, help="copy the compacted database here")
     args = ap.parse_args()
     if args.codec == "v1":
         # The version-1 encoder in place of `encode`, for before/after figures.
@@ -124,11 +127,19 @@ def main() -> None:
             f"SELECT unicode(data), count(*), sum(length(data)), sum(count) FROM {BLOCKS} "
             "GROUP BY 1"
         ).fetchall()
-        conn.close()
         size = path.stat().st_size
+        if args.keep:
+            shutil.copyfile(path, args.keep)
+        # The free pages left are below store.reclaim_space's floor (2,048 pages): VACUUM
+        # shows the file without them.
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        vacuumed = path.stat().st_size
         in_use = (size - free * page) / n
         print(f"head rows left {left}, blocks {nblocks:,}, {size / n:.2f} bytes per reading "
-              f"(pages in use {in_use:.2f}, block payloads {payload / n:.2f})")  # fmt: skip
+              f"(pages in use {in_use:.2f}, after VACUUM {vacuumed / n:.2f}, "
+              f"block payloads {payload / n:.2f})")  # fmt: skip
         for version, count, nbytes, readings in by_version:
             print(
                 f"  version {version}: {count:,} blocks, {nbytes / readings:.2f} B/reading payload"
