@@ -216,9 +216,9 @@ def _int_positions(values: Sequence[Value]) -> npt.NDArray[np.bool_] | None:
     return is_int if max(map(abs, ints)) <= _EXACT_FLOAT_INT else None
 
 
-def _marks(out: bytearray, rule: npt.NDArray[np.bool_], is_int: npt.NDArray[np.bool_]) -> None:
-    """Append the positions where `rule` (what the decoder infers) misses the type."""
-    marks = np.flatnonzero(rule != is_int).tolist()
+def _marks(out: bytearray, wrong: npt.NDArray[np.bool_]) -> None:
+    """Append the positions where the decoder's type rule is wrong."""
+    marks = np.flatnonzero(wrong).tolist()
     _varint(len(marks), out)
     last = -1
     for i in marks:
@@ -248,6 +248,7 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes | None:
     except OverflowError:
         return None
     is_int = None  # where a mixed column holds ints
+    wrong = None  # where the decoder's rule would get a mixed column's type wrong
     scale = 0
     column: Int64s | Float64s
     if ints is not None:
@@ -260,16 +261,19 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes | None:
         floats = np.array(values, dtype=np.float64)
         scaled = _scaled(floats)
         if scaled is None:
-            kind, column, rule = (FLOAT if is_int is None else NUMBER), floats, _integral(floats)
+            kind, column = (FLOAT if is_int is None else NUMBER), floats
+            if is_int is not None:
+                wrong = _integral(floats) != is_int  # the rule: ints where integral
         else:
-            scale, decimals = scaled
-            kind, column = (FLOAT_DECIMAL if is_int is None else NUMBER_DECIMAL), decimals
-            rule = decimals % 10**scale == 0
+            scale, column = scaled
+            kind = FLOAT_DECIMAL if is_int is None else NUMBER_DECIMAL
+            if is_int is not None:
+                wrong = (column % 10**scale == 0) != is_int  # ints where 10**k divides s
     out = bytearray((VERSION, kind, scale))
     _varint(n, out)
     _timestamps(tcol, out)
-    if is_int is not None:
-        _marks(out, rule, is_int)
+    if wrong is not None:
+        _marks(out, wrong)
     out += _pco(column)
     out += zlib.crc32(out).to_bytes(_CRC_BYTES, "little")
     return bytes(out)
