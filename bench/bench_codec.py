@@ -2,6 +2,12 @@
 batch validation of wire readings, per reading, for frames of 100 and 1,000 readings.
 
     .venv/bin/python -m bench.bench_codec [--repeat N] [--min-time S]
+    .venv/bin/python -m bench.bench_codec --blocks [--repeat N]   # the storage block codec
+
+`--blocks` measures the block codec instead (collector/storage/sqlite/blocks.py): bytes,
+encode and decode CPU time (time.process_time) per reading of version 1 (DEFLATE) and
+version 3 (pcodec) on hour blocks of bench/load.py's sensors (50 devices x 8 sensors, one
+reading every 10 s, bools as the head stores them), decode checked for exact equality.
 
 Each figure is the median (and the best) of N timed runs, each looping for at least S seconds;
 on a busy machine the best run is the better estimate of the cost itself. The
@@ -20,6 +26,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from bench.load import DEVICE_SENSORS, DeviceClock
+from collector.storage.sqlite import blocks
 from schemas.readings import ReadingValidator
 from schemas.wire import (
     Batch,
@@ -128,11 +136,71 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+Column = tuple[list[int], list[blocks.Value]]
+
+
+def hour_blocks(devices: int = 50) -> dict[str, list[Column]]:
+    """One hour of each sensor of `devices` devices, by sensor name, as the head holds it."""
+    args = argparse.Namespace(interval_s=10.0, t0_ns=1_767_225_600 * 10**9, connections=devices)
+    out: dict[str, list[Column]] = {name: [] for name, _kind, _unit in DEVICE_SENSORS}
+    for d in range(devices):
+        rows = DeviceClock(d, args).batch(360)
+        for i, (name, _kind, _unit) in enumerate(DEVICE_SENSORS):
+            mine = rows[i :: len(DEVICE_SENSORS)]
+            values = [int(r[3]) if type(r[3]) is bool else r[3] for r in mine]
+            out[name].append(([r[2] for r in mine], values))
+    return out
+
+
+def cpu_us(fn: Callable[[], object], n: int, repeat: int) -> float:
+    """Median CPU µs per reading of `fn`, which handles n readings per call."""
+    fn()
+    runs = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        runs.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(runs)
+
+
+def encode_all(
+    enc: Callable[[list[int], list[blocks.Value]], bytes], cols: list[Column]
+) -> list[bytes]:
+    return [enc(ts, vs) for ts, vs in cols]
+
+
+def decode_all(packed: list[bytes]) -> list[Column]:
+    return [blocks.decode(p) for p in packed]
+
+
+def bench_blocks(repeat: int) -> None:
+    cols = hour_blocks()
+    encoders = {"v1 (DEFLATE)": blocks.encode_deflate, "v3 (pcodec)": blocks.encode}
+    print(f"python {platform.python_version()} on {cpu_model()}; median of {repeat} runs")
+    print("| sensor | codec | B/reading | encode µs/reading | decode µs/reading |")
+    print("|---|---|---:|---:|---:|")
+    groups = {**cols, "all 8 sensors": [c for group in cols.values() for c in group]}
+    for name, group in groups.items():
+        n = sum(len(ts) for ts, _ in group)
+        for label, enc in encoders.items():
+            packed = encode_all(enc, group)
+            for p, col in zip(packed, group, strict=True):
+                assert repr(blocks.decode(p)) == repr(col)  # repr: 21 is not 21.0
+            enc_us = cpu_us(partial(encode_all, enc, group), n, repeat)
+            dec_us = cpu_us(partial(decode_all, packed), n, repeat)
+            size = sum(map(len, packed)) / n
+            print(f"| {name} | {label} | {size:.3f} | {enc_us:.3f} | {dec_us:.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per figure (median)")
     ap.add_argument("--min-time", type=float, default=0.2, help="seconds per timed run")
+    ap.add_argument("--blocks", action="store_true", help="the storage block codec instead")
     args = ap.parse_args()
+    if args.blocks:
+        bench_blocks(args.repeat)
+        return
     validator = ReadingValidator()
     rows: list[tuple[str, int, float, float]] = []
 

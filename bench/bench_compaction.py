@@ -5,10 +5,12 @@ mode (1,000 devices x 8 sensors, one reading per sensor every 10 s of device tim
 value generator), then runs collector.storage.sqlite.compactor the way the maintenance process does
 once every window is closed and settled: first the head (slots of five windows into small
 blocks), then the hourly merges, then giving free pages back. Reports the process CPU time
-per reading of each level and the file's bytes per reading afterwards.
+per reading of each level and the bytes per reading afterwards: the file, its pages in use,
+the file after VACUUM, and the block payloads alone.
 
-    python bench/bench_compaction.py                 # 2 hours of device time, 5.76M readings
-    python bench/bench_compaction.py --hours 0.5 --devices 200
+    python -m bench.bench_compaction                 # 2 hours of device time, 5.76M readings
+    python -m bench.bench_compaction --hours 0.5 --devices 200
+    python -m bench.bench_compaction --codec v1      # hour blocks in version 1, as before v3
 
 This is the cost the end-to-end run (bench/load.py --total) pays once windows start to settle,
 on the cores the load generators and the ingest daemon share. Nothing here is used by the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.load import DEVICE_SENSORS, DeviceClock
-from collector.storage.sqlite import compactor, store
+from collector.storage.sqlite import blocks, compactor, store
 from collector.storage.sqlite.store import BLOCKS, HEAD, SERIES
 
 S = 10**9
@@ -72,7 +75,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000, help="devices of 8 sensors each")
     ap.add_argument("--hours", type=float, default=2.0, help="device time in the backlog")
+    ap.add_argument(
+        "--codec",
+        choices=("v3", "v1"),
+        default="v3",
+        help="hour blocks' format: v3 (pcodec, what the collector writes) or v1 (DEFLATE)",
+    )
+    ap.add_argument("--keep", type=Path, help="copy the compacted database here")
     args = ap.parse_args()
+    if args.codec == "v1":
+        # The version-1 encoder in place of `encode`, for before/after figures.
+        blocks.encode = blocks.encode_deflate
     with tempfile.TemporaryDirectory(prefix="bench-compaction-") as tmp:
         path = Path(tmp) / "compaction.db"
         store.migrate(path)
@@ -80,8 +93,9 @@ def main() -> None:
         n = _fill(conn, args.devices, args.hours)
         now = T0_NS + int(args.hours * 3600 * S) + 2 * compactor.MERGE_NS
         print(f"{n:,} readings of {args.devices * len(DEVICE_SENSORS):,} series, "
-              f"{args.hours} h of device time; Python {platform.python_version()}, "
-              f"SQLite {sqlite3.sqlite_version}, {platform.machine()}")  # fmt: skip
+              f"{args.hours} h of device time, hour blocks {args.codec}; "
+              f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+              f"{platform.machine()}")  # fmt: skip
         print("| level | steps | CPU s | µs/reading | wall s |")
         print("|---|---:|---:|---:|---:|")
         levels: list[tuple[str, Callable[[], object]]] = [
@@ -103,11 +117,33 @@ def main() -> None:
             print(f"| {name} | {steps} | {cpu:.2f} | {1e6 * cpu / n:.2f} | {wall:.2f} |")
         print(f"| all | | {total:.2f} | {1e6 * total / n:.2f} | |")
         left = _head_rows(conn)
-        blocks = conn.execute(f"SELECT count(*) FROM {BLOCKS}").fetchone()[0]
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        nblocks, payload = conn.execute(
+            f"SELECT count(*), sum(length(data)) FROM {BLOCKS}"
+        ).fetchone()
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        by_version = conn.execute(
+            f"SELECT unicode(data), count(*), sum(length(data)), sum(count) FROM {BLOCKS} "
+            "GROUP BY 1"
+        ).fetchall()
+        size = path.stat().st_size
+        if args.keep:
+            shutil.copyfile(path, args.keep)
+        # The free pages left are below store.reclaim_space's floor (2,048 pages): VACUUM
+        # shows the file without them.
+        conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
-        size = path.stat().st_size
-        print(f"head rows left {left}, blocks {blocks:,}, {size / n:.2f} bytes per reading")
+        vacuumed = path.stat().st_size
+        in_use = (size - free * page) / n
+        print(f"head rows left {left}, blocks {nblocks:,}, {size / n:.2f} bytes per reading "
+              f"(pages in use {in_use:.2f}, after VACUUM {vacuumed / n:.2f}, "
+              f"block payloads {payload / n:.2f})")  # fmt: skip
+        for version, count, nbytes, readings in by_version:
+            print(
+                f"  version {version}: {count:,} blocks, {nbytes / readings:.2f} B/reading payload"
+            )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ UPDATE_SERIES = (
     "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
     "last_ts = max(coalesce(last_ts, ?2), ?2), count = count + ?4 WHERE id = ?5"
 )
-CODECS = {"00": "int-delta", "01": "float-decimal", "02": "float-xor", "03": "generic"}
-CODECS["04"] = "number-decimal"
+# Format version and value codec (the first two bytes of a block, in hex).
+CODECS = {"0100": "v1 int-delta", "0101": "v1 float-decimal", "0102": "v1 float-xor"}
+CODECS |= {"0103": "v1 generic", "0104": "v1 number-decimal", "0292": "v2 plain"}
+CODECS |= {"0300": "v3 int", "0301": "v3 float", "0302": "v3 float-decimal"}
+CODECS |= {"0303": "v3 number", "0304": "v3 number-decimal"}
 SENSORS = ("temperature", "humidity", "pressure", "voltage", "counter", "door", "co2", "load")
 
 
@@ -260,7 +263,8 @@ def compare_codecs(args: argparse.Namespace) -> None:
         size = sum(len(p) for p in packed)
         print(f"{name:<28} {size / n:>9.2f} {te / n * 1e6:>9.2f} {td / n * 1e6:>9.2f}")
 
-    measure("collector.storage.sqlite.blocks", blocks.encode, lambda p, _n: blocks.decode(p))
+    measure("blocks v3 (pcodec)", blocks.encode, lambda p, _n: blocks.decode(p))
+    measure("blocks v1 (DEFLATE)", blocks.encode_deflate, lambda p, _n: blocks.decode(p))
     measure("gorilla (pure Python)", gorilla_encode, gorilla_decode)
     measure(
         "zlib(msgpack rows)",
@@ -414,7 +418,7 @@ def report_size(conn: sqlite3.Connection, path: Path, done: int, vacuum: bool = 
         print(f"file {pages * page / 2**20:,.1f} MiB ({pages * page / done:.2f} B/reading)")
         return
     for codec, n, size, count in conn.execute(
-        "SELECT hex(substr(data, 2, 1)), count(*), sum(length(data)), sum(count) "
+        "SELECT hex(substr(data, 1, 2)), count(*), sum(length(data)), sum(count) "
         "FROM blocks GROUP BY 1"
     ):
         name = CODECS.get(codec, codec)
