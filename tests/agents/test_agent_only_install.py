@@ -12,7 +12,16 @@ import textwrap
 from pathlib import Path
 
 # Importable only with the `collector` extra.
-COLLECTOR_ONLY = ("pydantic", "pydantic_core", "sqlite_utils", "aiohttp", "cryptography")
+COLLECTOR_ONLY = (
+    "pydantic",
+    "pydantic_core",
+    "sqlite_utils",
+    "aiohttp",
+    "cryptography",
+    "numpy",
+    "pcodec",
+    "psycopg",
+)
 
 CONFIG = """
 [agent]
