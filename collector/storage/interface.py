@@ -21,9 +21,9 @@ Imports only the standard library and schemas: no backend, no SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias
 
 from schemas.wire import Reject
 
@@ -214,6 +214,58 @@ class ReplayResult(NamedTuple):
     still_rejected: int
 
 
+# ---------------------------------------------------------------- the writer's session
+
+
+class StorageError(Exception):
+    """A storage failure seen through a `WriteSession` (disk full, I/O error, lock timeout,
+    lost connection); the backend's own error is its `__cause__`. Nothing of the failed call
+    is stored, and the same session may be used again: the next call tries again."""
+
+
+# Called as (the backend's write connection, now_ns) by `WriteSession.maintain`, in the
+# writer thread, outside any ingest transaction. Any: the connection's type is the backend's
+# (sqlite3.Connection for SQLite), and a hook is written for one backend.
+MaintenanceHook: TypeAlias = Callable[[Any, int], "bool | None"]
+
+
+class WriteSession(Protocol):
+    """The one writer's handle on the storage (`Storage.writer_session`): used by one thread,
+    the one that opened it. Each method raises `StorageError` on a storage failure."""
+
+    # True when `maintain` has work to do: the writer then paces calls to it between group
+    # commits (collector.ingest.pacing). False: the writer never calls it.
+    maintains: bool
+
+    def authenticate(
+        self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
+    ) -> AuthResult:
+        """As `Storage.authenticate`."""
+        ...
+
+    def open_session(
+        self, device_id: int, stream: str, now_ns: int, *, spool_dropped: int = 0
+    ) -> SessionStart:
+        """As `Storage.open_session`."""
+        ...
+
+    def store(self, group: Sequence[tuple[Session | int, PreparedBatch]]) -> StoreResult:
+        """As `Storage.store`: atomic, durable when it returns; on StorageError nothing of
+        the group is stored."""
+        ...
+
+    def maintain(self, now_ns: int) -> bool:
+        """One bounded step of maintenance in the writer thread (keep it under ~0.3 s),
+        between group commits and outside any ingest transaction; True when more work is
+        waiting. It never deletes or renumbers series. A failure rolls its own work back
+        and raises StorageError."""
+        ...
+
+    def close(self) -> None:
+        """Release the write connection (in the thread that opened the session)."""
+        ...
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -342,6 +394,37 @@ class Storage(Protocol):
         same transaction, so a second run moves nothing twice."""
         ...
 
+    # ------------------------------------------------------------ the daemon
+
+    def writer_session(
+        self, *, synchronous: str = "FULL", maintenance: MaintenanceHook | None = None
+    ) -> WriteSession:
+        """Open the write session of the one writer (call it in the writer thread).
+
+        `synchronous` is how durable a commit is before it returns ("FULL", "NORMAL"; a
+        backend may have only one level, then it ignores this). `maintenance` replaces the
+        backend's own maintenance by a hook `WriteSession.maintain` runs (tests). When
+        `start_background` ran first, the session cooperates with that background work
+        (SQLite: takes turns at the write lock, reports which time windows received
+        readings). Raises StorageError when the storage cannot be opened for writing."""
+        ...
+
+    def start_background(self, *, retention_ns: int | None) -> None:
+        """Start the backend's own background work (SQLite: the maintenance process that
+        compacts, applies retention with `retention_ns`, checkpoints), if it has any; `close`
+        stops it. Call once, before `writer_session`. Raises OSError when it cannot start."""
+        ...
+
+    def check_background(self) -> None:
+        """Start the background work again if it died (a watchdog calls this every few
+        seconds); nothing when none was started."""
+        ...
+
+    def background_restarts(self) -> int:
+        """How many times `check_background` had to start the background work again."""
+        ...
+
     def close(self) -> None:
-        """Release connections. The storage is not used afterwards."""
+        """Stop the background work (`start_background`) and release connections. The
+        storage is not used afterwards."""
         ...

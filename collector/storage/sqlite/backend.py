@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from collector.query import readings
 from collector.query.replay import replay_rejected
@@ -28,6 +28,7 @@ from collector.storage.interface import (
     AuthResult,
     Device,
     Filters,
+    MaintenanceHook,
     Order,
     PreparedBatch,
     Preparer,
@@ -41,6 +42,8 @@ from collector.storage.interface import (
 )
 from collector.storage.sqlite import devices, retention, scan, store
 from collector.storage.sqlite.batchstore import BatchStore
+from collector.storage.sqlite.maintainer import Maintainer
+from collector.storage.sqlite.writesession import SQLiteWriteSession
 
 _T = TypeVar("_T")
 
@@ -48,13 +51,17 @@ _T = TypeVar("_T")
 class SQLiteStorage:
     """The `collector.storage.interface.Storage` of one SQLite file (migrated on open)."""
 
-    def __init__(self, path: str | Path, *, synchronous: store.Synchronous = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: store.Synchronous = "FULL", readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
-        store.migrate(self.path)
+        # Migrations this open applied (none when the file was current or `readonly`).
+        self.migrations_applied: list[str] = [] if readonly else list(store.migrate(self.path))
         self._conn: sqlite3.Connection | None = None
         self._batches = BatchStore()
         self._lock = threading.Lock()
+        self._maintainer: Maintainer | None = None
 
     def _write(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -208,7 +215,38 @@ class SQLiteStorage:
 
         return replay_rejected(str(self.path), prepare, devices=devices, now=now_ns)
 
+    # ------------------------------------------------------------ the daemon
+
+    def writer_session(
+        self, *, synchronous: str = "FULL", maintenance: MaintenanceHook | None = None
+    ) -> SQLiteWriteSession:
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown synchronous level {synchronous!r}")
+        return SQLiteWriteSession(
+            self.path,
+            synchronous=cast(store.Synchronous, synchronous),
+            maintenance=maintenance,
+            maintainer=self._maintainer,
+        )
+
+    def start_background(self, *, retention_ns: int | None) -> None:
+        if self._maintainer is not None:
+            return
+        maintainer = Maintainer(str(self.path), retention_ns=retention_ns)
+        maintainer.start()
+        self._maintainer = maintainer
+
+    def check_background(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.restart_if_dead()
+
+    def background_restarts(self) -> int:
+        return self._maintainer.restarts if self._maintainer is not None else 0
+
     def close(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.stop()
+            self._maintainer = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
