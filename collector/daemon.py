@@ -266,6 +266,7 @@ async def serve(
         if cfg.http_addr is not None:
             state = AppState(
                 db_path=Path(cfg.db),
+                storage=storage,
                 metrics=metrics,
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),

@@ -29,4 +29,5 @@ def open_storage(db: str, *, readonly: bool = False) -> Storage:
     try:
         return SQLiteStorage(db, readonly=readonly)
     except (sqlite3.Error, OSError) as exc:
-        raise StorageError(f"cannot open database {db!r}: {exc}") from exc
+        what = db if readonly else f"database {db!r}"
+        raise StorageError(f"cannot open {what}: {exc}") from exc

@@ -189,12 +189,20 @@ class SeriesInfo:
 
 
 class TailCursor(Protocol):
-    """Readings committed after the cursor was opened (`Storage.tail`)."""
+    """Readings committed after the cursor was opened (`Storage.tail`). Used by one caller
+    at a time, from any thread (an event stream polls it from worker threads)."""
 
     def poll(self) -> list[Row]:
         """Readings committed since the last poll, ordered by (ts, series id); each reading
         at most once. A reading older than its series' newest stored one when it arrives is
-        not shown (per-series marks, see collector.query.tail)."""
+        not shown (per-series marks, see collector.storage.sqlite.tail)."""
+        ...
+
+    def rewind(self, ts_ns: int, series_id: int) -> None:
+        """Follow from just after the reading keyed (ts_ns, series_id) instead of from now:
+        the next poll returns every stored reading of the followed series that sorts after
+        that key (timestamp, then series id), then goes on as before. Resumes an event
+        stream from its Last-Event-ID."""
         ...
 
     def close(self) -> None: ...
@@ -264,6 +272,21 @@ class WriteSession(Protocol):
     def close(self) -> None:
         """Release the write connection (in the thread that opened the session)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    """What the storage holds right now, for /metrics: is compaction keeping up, how big is
+    it. A backend without a head/blocks split reports its own nearest equivalents (0 when
+    it has none)."""
+
+    head_rows: int
+    head_oldest_ns: int | None
+    blocks: int
+    small_blocks: int
+    db_bytes: int
+    wal_bytes: int
+    free_bytes: int
 
 
 # ---------------------------------------------------------------- the interface
@@ -360,9 +383,17 @@ class Storage(Protocol):
         pending_only: bool = False,
         order: Order = "asc",
         limit: int | None = None,
+        after: tuple[int, int] | None = None,
     ) -> list[Row]:
-        """Dead letters by (receive time, id): device, seq, idx, code, path, message, the
-        reading as JSON text, and when it was replayed (None while pending)."""
+        """Dead letters by (receive time, id): id, received (RFC 3339) and received_ns,
+        device, seq, idx, code, path, message, the reading as JSON text, and when it was
+        replayed (RFC 3339, None while pending). `after`: a (received_ns, id) key; only rows
+        after it in `order` (pagination)."""
+        ...
+
+    def stats(self) -> StorageStats:
+        """The storage gauges of /metrics, read now (may take tens of milliseconds: call it
+        off the event loop). Raises StorageError when the storage cannot be read."""
         ...
 
     # ------------------------------------------------------------ administration
