@@ -6,8 +6,9 @@ Works on the database file directly: the collector's, found like the read comman
 named on stderr by the commands that write. `add` migrates the file, and creates it only
 with `--create` (so devices can be registered before the collector first starts, but a
 mistyped or misfound path is an error rather than a new empty database). The running
-collector sees a change at the device's next HELLO. Registry logic is
-`collector.storage.sqlite.devices`.
+collector sees a change at the device's next HELLO. Registry logic is the
+storage's (`collector.storage.interface.Storage`: add_device, revoke_device,
+list_devices).
 """
 
 from __future__ import annotations
