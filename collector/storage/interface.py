@@ -302,7 +302,8 @@ class Storage(Protocol):
     ) -> AuthResult:
         """Check a HELLO's device name and token. Constant time in the token whether or not
         the device exists. A revoked device is refused. With `allow_unknown`, a valid name
-        never seen before is registered with the token it presented."""
+        never seen before is registered with the token it presented; without it, nothing is
+        written (any thread may call it: the foreign inputs do)."""
         ...
 
     def open_session(
@@ -405,6 +406,18 @@ class Storage(Protocol):
 
     def list_devices(self) -> list[Device]:
         """Every registered device, revoked ones included, by name."""
+        ...
+
+    def device_named_by_token(self, token: str) -> str | None:
+        """The name of the device whose token `token` is (revoked ones included), found by
+        the token's stored hash; None when no device has it. Reads only."""
+        ...
+
+    def forward_key(self, name: str) -> tuple[Device, str] | None:
+        """The device called `name` (revoked ones included) and its forward key: the SHA-256
+        hex digest of its token's UTF-8 bytes, which is what the registry keeps (the Fluent
+        forward handshake's shared key, docs/inputs.md). None for an unknown or invalid name.
+        Reads only."""
         ...
 
     def revoke_device(self, name: str, now_ns: int) -> Device:

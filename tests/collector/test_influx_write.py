@@ -318,7 +318,7 @@ def test_a_full_writer_queue_answers_429_with_retry_after(tmp_path):
         )
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path, submit_wait_s=0.3).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage, submit_wait_s=0.3).register(app)
         runner, url = await _serve(app)
         try:
             assert await asyncio.to_thread(entered.wait, 10)
@@ -374,7 +374,7 @@ def test_a_storage_failure_answers_503_and_the_resend_stores_once(tmp_path):
         w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage).register(app)
         runner, url = await _serve(app)
         body = "".join(f"m,k=v{i % 7} f={i} {T0 + i}\n" for i in range(5000))
         try:
@@ -457,7 +457,7 @@ def test_a_body_that_trickles_in_answers_408_and_stores_nothing(tmp_path):
         w = Writer(SQLiteStorage(path))
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path, body_timeout_s=0.5).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage, body_timeout_s=0.5).register(app)
         runner, url = await _serve(app)
         host, port = url.removeprefix("http://").rsplit(":", 1)
         try:
@@ -488,7 +488,7 @@ def test_writes_beyond_the_concurrency_cap_wait_then_answer_429(tmp_path):
         await w.start()
         app = web.Application()
         InfluxInput(
-            w, Ingest.from_kinds(), path, max_concurrent_writes=1, submit_wait_s=0.3
+            w, Ingest.from_kinds(), w.storage, max_concurrent_writes=1, submit_wait_s=0.3
         ).register(app)
         runner, url = await _serve(app)
         host, port = url.removeprefix("http://").rsplit(":", 1)

@@ -79,6 +79,12 @@ class SQLiteStorage:
     def authenticate(
         self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
     ) -> AuthResult:
+        if not allow_unknown:  # reads only: a connection of its own, beside the writer
+            conn = self._read()
+            try:
+                return devices.authenticate(conn, name, token, now_ns)
+            finally:
+                conn.close()
         with self._lock:
             return devices.authenticate(
                 self._write(), name, token, now_ns, allow_unknown=allow_unknown
@@ -206,6 +212,20 @@ class SQLiteStorage:
         conn = self._read()
         try:
             return devices.list_devices(conn)
+        finally:
+            conn.close()
+
+    def device_named_by_token(self, token: str) -> str | None:
+        conn = self._read()
+        try:
+            return devices.name_by_token(conn, token)
+        finally:
+            conn.close()
+
+    def forward_key(self, name: str) -> tuple[Device, str] | None:
+        conn = self._read()
+        try:
+            return devices.forward_key(conn, name)
         finally:
             conn.close()
 
