@@ -1,33 +1,45 @@
-"""`open_storage`: the backend a `db` setting names (a file path: SQLite).
+"""Choosing a backend: `open_storage(db)` opens the `Storage` a database string names.
 
-The one place that maps a setting to a backend, so that the daemon and the commands never
-name one. A `postgresql://` URL names the PostgreSQL backend, which this build does not
-include: it is refused with a ConfigError.
+A `postgresql://` or `postgres://` URL names the PostgreSQL backend, which this build does
+not include: it is refused with a ConfigError. Anything else is a path to an SQLite file
+(`collector.storage.sqlite`). The daemon and the commands name no backend: they call this.
+
+Errors, whatever the backend: StorageError when the database cannot be opened (or, read-only,
+is not a telemetry database), with a message the callers put after the setting's name.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Final
 
 from collector.errors import ConfigError
 from collector.storage.interface import Storage, StorageError
-from collector.storage.sqlite.backend import SQLiteStorage
 
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+POSTGRES_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(db: str) -> bool:
+    """True when `db` names a PostgreSQL database rather than an SQLite file."""
+    return db.lower().startswith(POSTGRES_SCHEMES)
 
 
 def open_storage(db: str, *, readonly: bool = False) -> Storage:
-    """The storage `db` names, ready to use (SQLite: migrated unless `readonly`).
+    """Open the storage `db` names (SQLite: migrated unless `readonly`; read-only, a file
+    that is not a telemetry database is refused).
 
     Raises ConfigError for a URL of a backend this build lacks, StorageError when the
     storage cannot be opened."""
-    if db.startswith(_POSTGRES_SCHEMES):
+    if is_postgres_url(db):
         raise ConfigError(
             f"setting 'db': {db.split('://', 1)[0]}:// needs the PostgreSQL backend, "
             "which is not installed in this build"
         )
+    from collector.storage.sqlite.backend import SQLiteStorage
+
     try:
-        return SQLiteStorage(db, readonly=readonly)
+        return SQLiteStorage(Path(db), readonly=readonly)
     except (sqlite3.Error, OSError) as exc:
         what = db if readonly else f"database {db!r}"
         raise StorageError(f"cannot open {what}: {exc}") from exc
