@@ -29,8 +29,9 @@ def open_storage(db: str, *, readonly: bool = False) -> Storage:
     """Open the storage `db` names (SQLite: migrated unless `readonly`; read-only, a file
     that is not a telemetry database is refused).
 
-    Raises ConfigError for a URL of a backend this build lacks, StorageError when the
-    storage cannot be opened."""
+    Raises ConfigError for a URL of a backend this build lacks, FileNotFoundError for a
+    read-only SQLite path that does not exist (nothing is created then), StorageError when
+    the storage cannot be opened."""
     if is_postgres_url(db):
         raise ConfigError(
             f"setting 'db': {db.split('://', 1)[0]}:// needs the PostgreSQL backend, "
@@ -38,8 +39,11 @@ def open_storage(db: str, *, readonly: bool = False) -> Storage:
         )
     from collector.storage.sqlite.backend import SQLiteStorage
 
+    path = Path(db)
+    if readonly and not path.exists():
+        raise FileNotFoundError(f"no database at {db}")
     try:
-        return SQLiteStorage(Path(db), readonly=readonly)
+        return SQLiteStorage(path, readonly=readonly)
     except (sqlite3.Error, OSError) as exc:
         what = db if readonly else f"database {db!r}"
         raise StorageError(f"cannot open {what}: {exc}") from exc

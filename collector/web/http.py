@@ -104,7 +104,7 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _read_storage(app: web.Application) -> StorageStats | None:
     try:
         return await asyncio.to_thread(lambda: http_api.storage_of(app).stats())
-    except StorageError as exc:
+    except (StorageError, OSError) as exc:
         # The counters still help; the storage gauges are left out until the file reads.
         log.warning("metrics: cannot read the database error=%s", exc)
         return None
@@ -202,7 +202,7 @@ async def _devices(request: web.Request) -> web.Response:
         rows, totals = await asyncio.to_thread(
             lambda: _read_devices(http_api.storage_of(request.app))
         )
-    except (sqlite3.Error, StorageError) as exc:
+    except (sqlite3.Error, StorageError, OSError) as exc:
         return web.json_response({"error": f"database unavailable: {exc}"}, status=503)
     connected = state.connected()
     out = []

@@ -48,6 +48,12 @@ def test_readonly_refuses_a_file_that_is_not_a_telemetry_database(tmp_path: Path
     assert other.stat().st_size == 0  # read-only: nothing was created in it
 
 
+def test_readonly_never_creates_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        open_storage(str(tmp_path / "missing.db"), readonly=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
 def test_a_database_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="cannot open database"):
         open_storage(str(tmp_path))  # a directory
