@@ -44,6 +44,7 @@ from aiohttp import web
 
 from collector.query import readings as query
 from collector.storage.sqlite import compactor, scan, store
+from collector.storage.sqlite.backend import SQLiteStorage
 from collector.web import api as http_api
 
 S = 10**9
@@ -217,30 +218,31 @@ def main() -> None:
         print(f"# build: reused {path}")
 
     since = end_ns - 24 * 3600 * S
+    st = SQLiteStorage(path, readonly=True)
     sensors = (args.sensor,) if args.sensor else ()
-    one = query.resolve_series(conn, query.Filters(devices=(args.device,), sensors=sensors))
+    one = query.resolve_series(st, query.Filters(devices=(args.device,), sensors=sensors))
     if len({s.id for s in one}) != 1:
         ap.error(f"--device/--sensor select {len(one)} series, not one")
     latest_filter = query.Filters(sensors=(args.latest_sensor,) if args.latest_sensor else ())
-    some = query.resolve_series(conn, latest_filter)
+    some = query.resolve_series(st, latest_filter)
     label = f"{len(some):,} series" + (f" ({args.latest_sensor})" if args.latest_sensor else "")
     cases: list[tuple[str, Callable[[], object]]] = [
         (f"latest, {label}: scan.latest", lambda: scan.latest(conn, [s.id for s in some])),
         (
             f"latest, {label}: resolve_series + query.latest",
-            lambda: query.latest(conn, query.resolve_series(conn, latest_filter)),
+            lambda: query.latest(st, query.resolve_series(st, latest_filter)),
         ),
         (
             "24 h of one series, 1-minute buckets (avg)",
-            lambda: list(query.aggregates(conn, one, since, end_ns, 60 * S, "avg")),
+            lambda: list(query.aggregates(st, one, since, end_ns, 60 * S, "avg")),
         ),
         (
             "24 h of one series, 1-hour buckets (avg, block summaries)",
-            lambda: list(query.aggregates(conn, one, since, end_ns, 3600 * S, "avg")),
+            lambda: list(query.aggregates(st, one, since, end_ns, 3600 * S, "avg")),
         ),
         (
             "24 h of one series, raw readings",
-            lambda: list(query.readings(conn, one, since, end_ns)),
+            lambda: list(query.readings(st, one, since, end_ns)),
         ),
     ]
     print("| query | rows | first run ms | median ms | min ms |")

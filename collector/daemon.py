@@ -6,8 +6,10 @@ and close the database, stop HTTP. Under systemd (`NOTIFY_SOCKET` set) READY=1 i
 both listeners are up and STOPPING=1 when shutdown starts; the notification is a single
 datagram, written here with the standard library.
 
-The storage engine's maintenance (compaction, retention, free-page reclaim) runs in a process
-of its own, collector.storage.sqlite.maintainer, started after the writer and stopped after it;
+The storage is whatever the `db` setting names (collector.storage.factory); the daemon talks
+to it through collector.storage.interface only. The backend's own maintenance (SQLite:
+compaction, retention, free-page reclaim in a process of its own) is started before the
+writer and stopped after it (`Storage.start_background`, `Storage.close`);
 `serve(maintenance=...)` runs a hook in the writer thread instead (tests use that seam).
 
 This module wires components together; it owns no protocol, SQL or HTTP handler code.
@@ -22,11 +24,10 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -38,8 +39,8 @@ from collector.ingest.server import Server
 from collector.ingest.writer import Maintenance, Writer
 from collector.inputs.listeners import Inputs
 from collector.inputs.mapping import load_inputs
-from collector.storage.sqlite import store
-from collector.storage.sqlite.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
+from collector.storage.factory import open_storage
+from collector.storage.interface import Storage, StorageError
 from collector.tls import SwappableContext, TlsFileError, server_context
 from collector.web import api as http_api
 from collector.web.http import AppState, RouteRegistrar, create_app
@@ -110,7 +111,10 @@ def check_db(cfg: Config) -> None:
 
     SQLite writes its -wal and -shm files beside the database, so the directory itself must
     be writable, and it is not created: a mistyped path should not become a new database.
+    A URL (another backend) is checked when the daemon opens it.
     """
+    if "://" in cfg.db:
+        return
     path = Path(os.path.abspath(cfg.db))
     parent = path.parent
     where = f"setting 'db': {cfg.db}"
@@ -195,52 +199,44 @@ async def serve(
     ssl_ctx = tls_context(cfg)
     tls_swap = SwappableContext(ssl_ctx) if ssl_ctx is not None else None
     try:
-        applied = store.migrate(cfg.db)
-    except (sqlite3.Error, OSError) as exc:
-        raise ConfigError(f"setting 'db': cannot open database {cfg.db!r}: {exc}") from None
-    log.info("database ready db=%s migrations_applied=%s", cfg.db, ",".join(applied) or "none")
+        storage = open_storage(cfg.db)
+    except (StorageError, OSError) as exc:
+        raise ConfigError(f"setting 'db': {exc}") from None
+    log.info("database ready db=%s", cfg.db)
     metrics = Metrics()
     lim = cfg.limits
-    # Compaction and retention run in a process of their own unless a hook replaces them.
-    maintainer = None
+    # The backend's own maintenance (a process of its own for SQLite) unless a hook
+    # replaces it; the writer's session takes turns with it.
+    watchdog: asyncio.Task[None] | None = None
     if maintenance is None:
         try:
-            maintainer = Maintainer(cfg.db, retention_ns=cfg.retention_ns)
+            storage.start_background(retention_ns=cfg.retention_ns)
         except OSError as exc:  # e.g. no /dev/shm for its locks
-            raise ConfigError(f"cannot set up the maintenance process: {exc}") from None
+            storage.close()
+            raise ConfigError(f"cannot start the maintenance process: {exc}") from None
+        metrics.maintainer_restarts = storage.background_restarts
+        watchdog = asyncio.create_task(_watch(storage), name="maintainer-watchdog")
 
     def committed(seconds: float) -> None:
-        if maintainer is not None:
-            maintainer.flush()  # which windows received readings: they wait to settle
         _call_soon(loop, metrics.commit_seconds.observe, seconds)
 
     writer = Writer(
-        cfg.db,
-        synchronous=cast(store.Synchronous, cfg.synchronous),
+        storage,
+        synchronous=cfg.synchronous,
         queue_rows=lim.queue_rows,
         txn_max_rows=lim.txn_max_rows,
         allow_unknown_devices=cfg.allow_unknown_devices,
         maintenance=maintenance,
-        on_stored=maintainer.note if maintainer is not None else None,
-        write_turn=maintainer.writer_turn if maintainer is not None else None,
-        wal_autocheckpoint=(
-            WRITER_WAL_AUTOCHECKPOINT if maintainer is not None else store.WAL_AUTOCHECKPOINT_PAGES
-        ),
         on_commit=committed,
     )
     metrics.queue_depth = writer.queue_depth
-    if maintainer is not None:
-        m = maintainer
-        metrics.maintainer_restarts = lambda: m.restarts
-    await writer.start()
-    watchdog: asyncio.Task[None] | None = None
-    if maintainer is not None:
-        try:
-            maintainer.start()
-        except OSError as exc:
-            await writer.close()
-            raise ConfigError(f"cannot start the maintenance process: {exc}") from None
-        watchdog = asyncio.create_task(_watch(maintainer), name="maintainer-watchdog")
+    try:
+        await writer.start()
+    except (StorageError, ValueError):
+        if watchdog is not None:
+            watchdog.cancel()
+        await asyncio.to_thread(storage.close)
+        raise
     proxy_from = cfg.proxy_networks if cfg.proxy_protocol else None
     server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from)
     reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
@@ -271,6 +267,7 @@ async def serve(
         if cfg.http_addr is not None:
             state = AppState(
                 db_path=Path(cfg.db),
+                storage=storage,
                 metrics=metrics,
                 connected=lambda: server.connected,
                 ready=lambda: writer.running and not stop.is_set(),
@@ -334,8 +331,7 @@ async def serve(
         if watchdog is not None:
             watchdog.cancel()
         await writer.close()
-        if maintainer is not None:
-            await asyncio.to_thread(maintainer.stop)
+        await asyncio.to_thread(storage.close)
         if runner is not None:
             await runner.cleanup()
     log.info("stopped")
@@ -357,11 +353,11 @@ async def _reloads(
         reloader.apply(loaded)
 
 
-async def _watch(maintainer: Maintainer) -> None:
-    """Start the maintenance process again if it dies (compaction must not stop for good)."""
+async def _watch(storage: Storage) -> None:
+    """Start the backend's maintenance again if it dies (compaction must not stop for good)."""
     while True:
         await asyncio.sleep(WATCHDOG_S)
-        maintainer.restart_if_dead()
+        storage.check_background()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:

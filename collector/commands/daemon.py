@@ -29,11 +29,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
     """The effective settings in a few lines a person reads (`--check-config`)."""
     source = f"config ok ({config_file})" if config_file else "config ok (no config file)"
-    db = Path(os.path.abspath(cfg.db))
-    if db.exists():
-        db_state = f"exists, {db.stat().st_size / 1e6:.1f} MB"
+    db: Path | str
+    if "://" in cfg.db:  # a database server: show where, never its password
+        scheme, _, rest = cfg.db.partition("://")
+        db, db_state = f"{scheme}://{rest.rpartition('@')[2]}", "a server"
     else:
-        db_state = "created at start"
+        db = Path(os.path.abspath(cfg.db))
+        if db.exists():
+            db_state = f"exists, {db.stat().st_size / 1e6:.1f} MB"
+        else:
+            db_state = "created at start"
     http = "off"
     if cfg.http_addr is not None:
         http = f"{cfg.http}  ({'read token set' if cfg.http_token else 'no read token'})"

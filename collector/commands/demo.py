@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,9 +30,8 @@ from typing import IO, Final
 import click
 
 from collector.errors import ConfigError
-from collector.query.readings import Filters
-from collector.query.tail import Tail
-from collector.storage.sqlite import devices, store
+from collector.storage.factory import open_storage
+from collector.storage.interface import Filters, Storage
 
 # How long the collector may take to migrate and start listening.
 COLLECTOR_START_TIMEOUT_S: Final = 30.0
@@ -205,23 +203,24 @@ def _start_collector(db: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], 
 
 def _register(db: Path, workdir: Path, names: list[str]) -> dict[str, str]:
     """Register each demo device (once per database); tokens are kept in `workdir`."""
-    conn = store.connect(db)
+    storage = open_storage(str(db))
     tokens: dict[str, str] = {}
     try:
+        known = {d.name for d in storage.list_devices()}
         for name in names:
             token_file = workdir / f"{name}.token"
-            if devices.get_device(conn, name) is not None and token_file.exists():
+            if name in known and token_file.exists():
                 tokens[name] = token_file.read_text().strip()
                 continue
-            if devices.get_device(conn, name) is not None:
+            if name in known:
                 # Known device whose token was lost: the demo can still use a fresh name.
                 name = f"{name}-{os.getpid()}"
-            _, token = devices.add_device(conn, name, time.time_ns())
+            _, token = storage.add_device(name, time.time_ns())
             token_file.write_text(token + "\n")
             token_file.chmod(0o600)
             tokens[name] = token
     finally:
-        conn.close()
+        storage.close()
     return tokens
 
 
@@ -233,22 +232,24 @@ def _fmt_value(value: object, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def _totals(conn: sqlite3.Connection) -> tuple[int, int]:
+def _totals(storage: Storage) -> tuple[int, int]:
     """(readings stored, readings rejected) so far."""
-    total = conn.execute(f"SELECT COALESCE(SUM(count), 0) FROM {store.SERIES}").fetchone()
-    rejected = conn.execute(f"SELECT COUNT(*) FROM {store.REJECTED}").fetchone()
-    return int(total[0]), int(rejected[0])
+    total = sum(s.count for s in storage.resolve_series(Filters()))
+    return total, len(storage.rejected())
 
 
 def _follow(db: Path) -> Iterator[tuple[list[dict[str, object]], int, int]]:
     """Yield (readings committed since the last refresh, stored, rejected) per refresh."""
-    conn = store.connect(db, readonly=True)
+    storage = open_storage(str(db), readonly=True)
     try:
-        cursor = Tail.start(conn, Filters())
-        while True:
-            yield cursor.poll(conn), *_totals(conn)
+        cursor = storage.tail(Filters())
+        try:
+            while True:
+                yield cursor.poll(), *_totals(storage)
+        finally:
+            cursor.close()
     finally:
-        conn.close()
+        storage.close()
 
 
 @click.command("demo")
@@ -291,7 +292,6 @@ def demo(duration: float | None, n_agents: int, db: Path, quiet: bool) -> None:
     # One folder per database: a spool left by a demo on another file must not replay there.
     workdir = db.parent / f".{db.stem}-demo"
     workdir.mkdir(exist_ok=True)
-    store.migrate(db)
     names = [
         f"{_PROFILES[i % len(_PROFILES)].name}-{i // len(_PROFILES) + 1}" for i in range(n_agents)
     ]
@@ -351,9 +351,9 @@ def _show(db: Path, duration: float | None, quiet: bool, stop: threading.Event) 
 
 
 def _summary(db: Path, http: str) -> None:
-    with contextlib.closing(store.connect(db, readonly=True)) as conn:
-        total, rejected = _totals(conn)
-        n_dev = conn.execute(f"SELECT COUNT(*) FROM {store.DEVICES}").fetchone()[0]
+    with contextlib.closing(open_storage(str(db), readonly=True)) as storage:
+        total, rejected = _totals(storage)
+        n_dev = len(storage.list_devices())
     dbarg = "" if db == Path("telemetry.db").resolve() else f" --db {db}"
     t = _telemetry_command()
     click.echo(

@@ -6,8 +6,9 @@ Works on the database file directly: the collector's, found like the read comman
 named on stderr by the commands that write. `add` migrates the file, and creates it only
 with `--create` (so devices can be registered before the collector first starts, but a
 mistyped or misfound path is an error rather than a new empty database). The running
-collector sees a change at the device's next HELLO. Registry logic is
-`collector.storage.sqlite.devices`.
+collector sees a change at the device's next HELLO. Registry logic is the
+storage's (`collector.storage.interface.Storage`: add_device, revoke_device,
+list_devices).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import csv
 import datetime as dt
 import io
 import json
-import sqlite3
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -27,8 +27,8 @@ import click
 from collector.commands.options import config_option, database, db_option, missing
 from collector.config import DbLocation
 from collector.errors import ConfigError
-from collector.storage.sqlite import devices as registry
-from collector.storage.sqlite import store
+from collector.storage.factory import open_storage
+from collector.storage.interface import DeviceError, Filters, Storage, StorageError
 
 FORMATS = ("table", "csv", "json", "jsonl")
 _db_option = db_option("SQLite database file")
@@ -37,11 +37,11 @@ _db_option = db_option("SQLite database file")
 _NAME_IT = "name the collector's with --db PATH or --config FILE"
 
 
-def _open(loc: DbLocation, *, create: bool | None = None, remedy: str = "") -> sqlite3.Connection:
+def _open(loc: DbLocation, *, create: bool | None = None, remedy: str = "") -> Storage:
     """Open (and migrate) the registry's database; `create`: None when the command cannot
     create one, else whether it was asked to."""
     db = loc.path
-    if not create and not Path(db).exists():
+    if not create and "://" not in db and not Path(db).exists():
         if create is False:
             remedy = (
                 f"{_NAME_IT}, or add --create to make a new one here (the collector also "
@@ -49,10 +49,9 @@ def _open(loc: DbLocation, *, create: bool | None = None, remedy: str = "") -> s
             )
         raise missing(loc, remedy or _NAME_IT)
     try:
-        store.migrate(db)
-        return store.connect(db)
-    except (sqlite3.Error, OSError) as exc:
-        raise ConfigError(f"option '--db': cannot open database {db!r}: {exc}") from None
+        return open_storage(db)
+    except StorageError as exc:
+        raise ConfigError(f"option '--db': {exc}") from None
 
 
 def _iso(ns: int | None) -> str:
@@ -109,13 +108,13 @@ def devices_group(
 )
 def add(name: str, db: str | None, config_file: str | None, create: bool) -> None:
     """Register device NAME and print its token (shown only this once)."""
-    conn = _open(database(db, config_file, writes=True), create=create)
+    storage = _open(database(db, config_file, writes=True), create=create)
     try:
-        _, token = registry.add_device(conn, name, time.time_ns())
-    except registry.DeviceError as exc:
+        _, token = storage.add_device(name, time.time_ns())
+    except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
-        conn.close()
+        storage.close()
     click.echo(token)
     click.echo(
         f"device {name!r} added; the token above is shown only once: "
@@ -130,13 +129,13 @@ def add(name: str, db: str | None, config_file: str | None, create: bool) -> Non
 @config_option
 def revoke(name: str, db: str | None, config_file: str | None) -> None:
     """Revoke device NAME: its next HELLO is refused; stored readings stay."""
-    conn = _open(database(db, config_file, writes=True))
+    storage = _open(database(db, config_file, writes=True))
     try:
-        registry.revoke_device(conn, name, time.time_ns())
-    except registry.DeviceError as exc:
+        storage.revoke_device(name, time.time_ns())
+    except DeviceError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
-        conn.close()
+        storage.close()
     click.echo(f"device {name!r} revoked", err=True)
 
 
@@ -154,17 +153,15 @@ def list_cmd(
         click.echo(_render(_fetch(url, token), fmt), nl=False)
         return
     # Listing never creates a database at a mistyped path.
-    conn = _open(database(db, config_file), remedy=f"{_NAME_IT}, or --url")
+    storage = _open(database(db, config_file), remedy=f"{_NAME_IT}, or --url")
     try:
-        rows = registry.list_devices(conn)
-        totals = {
-            dev: (int(n or 0), int(k))
-            for dev, n, k in conn.execute(
-                f"SELECT device_id, sum(count), count(*) FROM {store.SERIES} GROUP BY device_id"
-            )
-        }
+        rows = storage.list_devices()
+        totals: dict[str, tuple[int, int]] = {}
+        for s in storage.resolve_series(Filters()):
+            n, k = totals.get(s.device, (0, 0))
+            totals[s.device] = (n + s.count, k + 1)
     finally:
-        conn.close()
+        storage.close()
     records = [
         {
             "device": d.name,
@@ -173,8 +170,8 @@ def list_cmd(
             "revoked": _iso(d.revoked_ns) or None,
             "last_seen": _iso(d.last_seen_ns) or None,
             "last_seq": d.last_seq,
-            "readings": totals.get(d.id, (0, 0))[0],
-            "series": totals.get(d.id, (0, 0))[1],
+            "readings": totals.get(d.name, (0, 0))[0],
+            "series": totals.get(d.name, (0, 0))[1],
             "spool_dropped": d.spool_dropped,
         }
         for d in rows

@@ -11,7 +11,6 @@ same forms and fail the same way; and the read-only connection behind `--db`.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from collector.config import DEFAULT_CONFIG_FILE, DbLocation, locate_db
 from collector.errors import ConfigError
 from collector.query import formats
 from collector.query import readings as ql
-from collector.storage.sqlite import store
+from collector.storage.factory import open_storage
+from collector.storage.interface import Storage, StorageError
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -191,23 +191,17 @@ def missing(
     return ConfigError(f"--db: no database at {loc.path} ({how}); {remedy}")
 
 
-def open_db(loc: DbLocation | str) -> sqlite3.Connection:
-    """A read-only connection to the database. Raises ConfigError."""
+def open_db(loc: DbLocation | str, *, writes: bool = False) -> Storage:
+    """The storage the location names, read-only unless `writes`. Raises ConfigError."""
     if isinstance(loc, str):
         loc = DbLocation(loc, "--db")
     db = loc.path
-    if not Path(db).is_file():
+    if "://" not in db and not Path(db).is_file():
         raise missing(loc)
     try:
-        conn = store.connect(db, readonly=True)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"--db: cannot open {db}: {exc}") from None
-    try:
-        conn.execute(f"SELECT 1 FROM {store.SERIES} LIMIT 1").fetchall()
-    except sqlite3.Error as exc:
-        conn.close()
-        raise ConfigError(f"--db: {db} is not a telemetry database ({exc})") from None
-    return conn
+        return open_storage(db, readonly=not writes)
+    except StorageError as exc:
+        raise ConfigError(f"--db: {exc}") from None
 
 
 def out_format(fmt: str | None, out: TextIO) -> str:

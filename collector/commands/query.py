@@ -8,7 +8,7 @@ and their parsing (`collector.query.readings`'s, so the CLI and the HTTP API acc
 and fail the same way) are in `collector.commands.options`.
 
 Must not: hold the write lock (only `rejected --replay` writes, through
-`collector.query.replay`), or buffer a whole export in memory.
+`Storage.replay_rejected`), or buffer a whole export in memory.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from collector.config import DbLocation
 from collector.errors import ConfigError
 from collector.query import formats
 from collector.query import readings as ql
-from collector.query.replay import replay_rejected
-from collector.query.tail import Tail
 
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
@@ -124,16 +122,16 @@ def query(
                 remote.rows("readings", "readings", params, limit), columns, fmt, out
             )
         return
-    conn = open_db(database(db, config_file))
+    storage = open_db(database(db, config_file))
     try:
-        series = ql.resolve_series(conn, f)
+        series = ql.resolve_series(storage, f)
         if latest:
-            rows_latest = ql.latest(conn, series, r.since, r.until)
+            rows_latest = ql.latest(storage, series, r.since, r.until)
             formats.write_rows(rows_latest[:limit] if limit else rows_latest, columns, fmt, out)
         elif every_ns is not None and aggf is not None:
             formats.write_rows(
                 ql.aggregates(
-                    conn, series, r.since, r.until, every_ns, aggf, order=ordr, limit=limit
+                    storage, series, r.since, r.until, every_ns, aggf, order=ordr, limit=limit
                 ),
                 columns,
                 fmt,
@@ -141,13 +139,13 @@ def query(
             )
         else:
             formats.write_rows(
-                ql.readings(conn, series, r.since, r.until, order=ordr, limit=limit),
+                ql.readings(storage, series, r.since, r.until, order=ordr, limit=limit),
                 columns,
                 fmt,
                 out,
             )
     finally:
-        conn.close()
+        storage.close()
 
 
 @click.command()
@@ -175,11 +173,11 @@ def series(
         rows = data.get("series")
         assert isinstance(rows, list)
     else:
-        conn = open_db(database(db, config_file))
+        storage = open_db(database(db, config_file))
         try:
-            rows = [ql.series_row(s) for s in ql.resolve_series(conn, f)]
+            rows = [ql.series_row(s) for s in ql.resolve_series(storage, f)]
         finally:
-            conn.close()
+            storage.close()
     formats.write_rows(rows, ql.SERIES_COLUMNS, fmt, out)
 
 
@@ -243,19 +241,22 @@ def _tail_file(
     emit: Callable[[Sequence[ql.Row]], bool],
     deadline: float | None,
 ) -> None:
-    conn = open_db(db)
+    storage = open_db(db)
     try:
-        cursor = Tail.start(conn, f)
-        # On stderr, so scripts (and tests) know from when on readings count as new.
-        click.echo(f"tail: following {db.path}", err=True)
-        while True:
-            if emit(cursor.poll(conn)):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            time.sleep(TAIL_POLL_S)
+        cursor = storage.tail(f)
+        try:
+            # On stderr, so scripts (and tests) know from when on readings count as new.
+            click.echo(f"tail: following {db.path}", err=True)
+            while True:
+                if emit(cursor.poll()):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                time.sleep(TAIL_POLL_S)
+        finally:
+            cursor.close()
     finally:
-        conn.close()
+        storage.close()
 
 
 def _tail_remote(
@@ -337,7 +338,13 @@ def rejected(
             extra = load_kinds_file(kinds_file) if kinds_file else ()
         except KindFileError as exc:
             raise ConfigError(f"--kinds: {exc}") from None
-        result = replay_rejected(loc.path, Ingest.from_kinds(extra), devices=devices)
+        storage = open_db(loc, writes=True)
+        try:
+            result = storage.replay_rejected(
+                Ingest.from_kinds(extra), devices=devices, now_ns=time.time_ns()
+            )
+        finally:
+            storage.close()
         click.echo(
             f"replayed {result.replayed} of {result.checked} pending rejects; "
             f"{result.still_rejected} still rejected"
@@ -354,11 +361,11 @@ def rejected(
         rows = Remote(url, token).rows("rejected", "rejected", p, limit)
         formats.write_rows(rows, ql.REJECTED_COLUMNS, fmt, out)
         return
-    conn = open_db(database(db, config_file))
+    storage = open_db(database(db, config_file))
     try:
         formats.write_rows(
             ql.list_rejected(
-                conn,
+                storage,
                 devices=devices,
                 since_ns=r.since,
                 until_ns=r.until,
@@ -372,7 +379,7 @@ def rejected(
             out,
         )
     finally:
-        conn.close()
+        storage.close()
 
 
 @click.command()
@@ -428,16 +435,16 @@ def export(
                 rows = remote.rows("readings", "readings", params, None)
             formats.write_rows(rows, columns, fmt, out)
             return
-        conn = open_db(database(db, config_file))
+        storage = open_db(database(db, config_file))
         try:
-            series_l = ql.resolve_series(conn, f)
+            series_l = ql.resolve_series(storage, f)
             if every_ns is not None and aggf is not None:
-                it = ql.aggregates(conn, series_l, r.since, r.until, every_ns, aggf)
+                it = ql.aggregates(storage, series_l, r.since, r.until, every_ns, aggf)
             else:
-                it = ql.readings(conn, series_l, r.since, r.until)
+                it = ql.readings(storage, series_l, r.since, r.until)
             formats.write_rows(it, columns, fmt, out)
         finally:
-            conn.close()
+            storage.close()
     finally:
         if output is not None:
             out.close()

@@ -1,25 +1,25 @@
-"""The single SQLite writer: one thread owns the write connection and group-commits batches.
+"""The single writer: one thread owns the storage's write session and group-commits batches.
 
 Connection handlers (on the event loop) call `Writer.submit`, which waits for queue credits
 (backpressure: a handler that cannot get credits stops reading its socket) and returns a
 future. The writer thread takes everything queued (up to `txn_max_rows` rows) and stores it in
-ONE transaction (collector.storage.sqlite.batchstore: session fencing, series ids, head rows, dedup
-against head and compacted blocks, dead letters, series stats, the stream's `last_seq`). Only after
-COMMIT returns are the futures resolved, on the
-loop, via `call_soon_threadsafe`: an ACK always follows the commit that holds its readings.
+ONE atomic `store` call of its `collector.storage.interface.WriteSession` (session fencing,
+series, dedup, dead letters, the stream's `last_seq`). Only after it returns (the group is
+durable) are the futures resolved, on the loop, via `call_soon_threadsafe`: an ACK always
+follows the commit that holds its readings.
 
-A sqlite3 error (disk full, I/O error, lock timeout) rolls the transaction back and answers
-every batch of the group with RETRY; the next group tries again, so ingest resumes by itself
-once the fault clears. HELLO authentication runs here too, so it sees the committed
-`last_seq`; it also opens the session of (device, stream), whose new epoch fences older
-sessions of that stream (collector.storage.sqlite.devices.open_session).
+A storage error (`StorageError`: disk full, I/O error, lock timeout) stores nothing of the
+group and answers every batch of it with RETRY; the next group tries again, so ingest
+resumes by itself once the fault clears. HELLO authentication runs here too, so it sees the
+committed `last_seq`; it also opens the session of (device, stream), whose new epoch fences
+older sessions of that stream.
 
-Compaction runs in another process (collector.storage.sqlite.maintainer), which also writes the
-file: each ingest transaction is wrapped in `write_turn` (let the maintenance process write first
-when it waits). An optional maintenance hook
-runs in this thread instead (tests; collector.ingest.pacing decides when).
+The backend's own maintenance runs beside the writer (SQLite: a process of its own that the
+write session takes turns with); a session that `maintains` (a hook, in tests) is given
+bounded steps in this thread between group commits (collector.ingest.pacing decides when).
 
-This module owns the write connection; it does no socket I/O and no validation.
+This module owns the writer thread and its queue; it does no socket I/O, no validation and
+no SQL: it talks to the storage interface only.
 """
 
 from __future__ import annotations
@@ -28,31 +28,34 @@ import asyncio
 import collections
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from collector.ingest.pacing import MaintenanceClock
 from collector.ingest.prepare import PreparedBatch
-from collector.storage.sqlite import devices, store
-from collector.storage.sqlite.batchstore import BatchStore, Session, rollback
+from collector.storage.interface import (
+    AuthResult,
+    MaintenanceHook,
+    Session,
+    Storage,
+    StorageError,
+    WriteSession,
+)
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)
 
-Maintenance = Callable[[sqlite3.Connection, int], "bool | None"]
-"""Called as (write connection, now_ns) in the writer thread, between group commits and
-outside any ingest transaction, to do one bounded step of work (keep it under ~0.3 s: a
-batch that arrives meanwhile waits for it). It returns True when more work is waiting: the
-writer then calls it again at once while the queue is idle, and after group commits within
-pacing.MAINTENANCE_SHARE of its time under load; otherwise it calls again after the interval. It
-runs its own transaction(s) (a transaction it leaves open is committed, a sqlite3 error
-rolls it back). It must not delete or renumber series rows: the writer caches their ids."""
+Maintenance = MaintenanceHook
+"""Called as (the backend's write connection, now_ns) in the writer thread, between group
+commits and outside any ingest transaction, to do one bounded step of work (keep it under
+~0.3 s: a batch that arrives meanwhile waits for it). It returns True when more work is
+waiting: the writer then calls it again at once while the queue is idle, and after group
+commits within pacing.MAINTENANCE_SHARE of its time under load; otherwise it calls again
+after the interval. It runs its own transaction(s) (a transaction it leaves open is
+committed, a storage error rolls it back). It must not delete or renumber series rows."""
 
 # Default bound on rows waiting for the writer: ~0.3 s of ingest at the measured rate, so
 # a saturated collector answers within ~0.5 s and holds ~25 MB of decoded readings at most.
@@ -84,7 +87,7 @@ class BatchOutcome:
 
 @dataclass(frozen=True, slots=True)
 class HelloOutcome:
-    auth: devices.AuthResult
+    auth: AuthResult
     last_seq: int = 0
     storage_error: bool = False
     # The session's epoch for (device, stream); batches are submitted under it.
@@ -117,9 +120,9 @@ class Writer:
 
     def __init__(
         self,
-        path: str | Path,
+        storage: Storage,
         *,
-        synchronous: store.Synchronous = "FULL",
+        synchronous: str = "FULL",
         queue_rows: int = QUEUE_ROWS,
         txn_max_rows: int = TXN_MAX_ROWS,
         allow_unknown_devices: bool = False,
@@ -128,11 +131,10 @@ class Writer:
         retry_after_ms: int = RETRY_AFTER_MS,
         on_commit: Callable[[float], None] | None = None,
         on_stored: Callable[[Sequence[int]], None] | None = None,
-        write_turn: Callable[[], AbstractContextManager[None]] | None = None,
-        wal_autocheckpoint: int = store.WAL_AUTOCHECKPOINT_PAGES,
     ) -> None:
-        self.path = Path(path)
-        self.synchronous: store.Synchronous = synchronous
+        # The caller opened it and closes it after `close` (collector.storage.factory).
+        self.storage = storage
+        self.synchronous = synchronous
         self.txn_max_rows = txn_max_rows
         self.allow_unknown_devices = allow_unknown_devices
         self.maintenance = maintenance
@@ -140,13 +142,8 @@ class Writer:
         self.retry_after_ms = retry_after_ms
         self.on_commit = on_commit
         # Called in the writer thread with each stored batch's timestamps, before the
-        # maintenance hook can run again (collector.storage.sqlite.activity.Activity.note).
+        # maintenance hook can run again.
         self.on_stored = on_stored
-        # Wraps each ingest transaction in the writer thread; may wait first (how
-        # collector.storage.sqlite.maintainer gets its turn at the write lock).
-        self.write_turn = write_turn
-        # Another process checkpointing the WAL lets the writer raise its own threshold.
-        self.wal_autocheckpoint = wal_autocheckpoint
         self.credits = _Credits(queue_rows)
         # Unbounded as a container, bounded in effect: every batch item holds credits and
         # every HELLO item belongs to one of at most max_connections handlers.
@@ -157,14 +154,13 @@ class Writer:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self.crashed: asyncio.Event | None = None
-        # Writer-thread state: what is committed, and how a group is stored.
-        self._batches = BatchStore()
+        # Writer-thread state.
         self._failing = False
 
     # ---------------------------------------------------------------- loop side
 
     async def start(self) -> None:
-        """Open the write connection in the writer thread. Raises sqlite3.Error on failure."""
+        """Open the write session in the writer thread. Raises StorageError on failure."""
         self._loop = asyncio.get_running_loop()
         self.crashed = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry-writer", daemon=True)
@@ -206,7 +202,7 @@ class Writer:
         return fut
 
     async def close(self) -> None:
-        """Commit everything queued, then close the connection and join the thread."""
+        """Commit everything queued, then close the write session and join the thread."""
         if self._thread is None:
             return
         self._queue.put(_STOP)
@@ -237,14 +233,15 @@ class Writer:
 
     def _run(self) -> None:
         try:
-            conn = store.connect(self.path, synchronous=self.synchronous, check_same_thread=False)
-            conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
-        except sqlite3.Error as exc:
+            conn = self.storage.writer_session(
+                synchronous=self.synchronous, maintenance=self.maintenance
+            )
+        except (StorageError, ValueError) as exc:
             self._start_error = exc
             self._ready.set()
             return
         self._ready.set()
-        log.info("writer started db=%s synchronous=%s", self.path, self.synchronous)
+        log.info("writer started synchronous=%s", self.synchronous)
         try:
             self._loop_forever(conn)
         except BaseException as exc:
@@ -261,11 +258,11 @@ class Writer:
             conn.close()
         log.info("writer stopped")
 
-    def _loop_forever(self, conn: sqlite3.Connection) -> None:
+    def _loop_forever(self, conn: WriteSession) -> None:
         sched = MaintenanceClock(self.maintenance_interval_s)
         while True:
             try:
-                if self.maintenance is None:
+                if not conn.maintains:
                     first = self._queue.get()
                 elif wait := sched.idle_wait_s():
                     first = self._queue.get(timeout=wait)
@@ -290,12 +287,12 @@ class Writer:
             self._process(conn, group)
             if stop:
                 return
-            while self.maintenance is not None and sched.due_under_load():
+            while conn.maintains and sched.due_under_load():
                 self._maintain(conn, sched, loaded=True)
                 if not self._queue.empty() and not sched.in_debt(time.monotonic()):
                     break  # commit what arrived meanwhile first
 
-    def _process(self, conn: sqlite3.Connection, group: list[_Item]) -> None:
+    def _process(self, conn: WriteSession, group: list[_Item]) -> None:
         # In queue order: a HELLO sees the commit of every batch queued before it, so its
         # WELCOME.last_seq counts them.
         batches: list[_BatchItem] = []
@@ -308,7 +305,7 @@ class Writer:
                 batches.append(item)
         self._commit_and_deliver(conn, batches)
 
-    def _commit_and_deliver(self, conn: sqlite3.Connection, batches: list[_BatchItem]) -> None:
+    def _commit_and_deliver(self, conn: WriteSession, batches: list[_BatchItem]) -> None:
         if batches:
             for item, outcome in zip(batches, self._commit(conn, batches), strict=True):
                 self._deliver(item.future, outcome)
@@ -333,10 +330,9 @@ class Writer:
                 except RuntimeError:
                     return
 
-    def _hello(self, conn: sqlite3.Connection, item: _HelloItem) -> HelloOutcome:
+    def _hello(self, conn: WriteSession, item: _HelloItem) -> HelloOutcome:
         try:
-            auth = devices.authenticate(
-                conn,
+            auth = conn.authenticate(
                 item.name,
                 item.token,
                 time.time_ns(),
@@ -344,26 +340,19 @@ class Writer:
             )
             if auth.device is None:
                 return HelloOutcome(auth)
-            dev = auth.device
-            if item.dropped:
-                conn.execute(
-                    f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? WHERE id = ?",
-                    (item.dropped, dev.id),
-                )
-            last_seq, epoch = devices.open_session(conn, dev.id, item.stream, time.time_ns())
+            last_seq, epoch = conn.open_session(
+                auth.device.id, item.stream, time.time_ns(), spool_dropped=item.dropped
+            )
             return HelloOutcome(auth, last_seq, epoch=epoch)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             log.warning("device lookup failed device=%s error=%s", item.name, exc)
-            return HelloOutcome(devices.AuthResult(None, f"storage error: {exc}"), 0, True)
+            return HelloOutcome(AuthResult(None, f"storage error: {exc}"), 0, True)
 
-    def _commit(self, conn: sqlite3.Connection, items: list[_BatchItem]) -> list[BatchOutcome]:
+    def _commit(self, conn: WriteSession, items: list[_BatchItem]) -> list[BatchOutcome]:
         t0 = time.perf_counter()
         try:
-            with self.write_turn() if self.write_turn is not None else nullcontext():
-                outcomes, stored = self._batches.store(
-                    conn, [(it.session, it.batch) for it in items]
-                )
-        except sqlite3.Error as exc:
+            outcomes, stored = conn.store([(it.session, it.batch) for it in items])
+        except StorageError as exc:
             if not self._failing:
                 log.error("commit failed, answering RETRY until storage recovers error=%s", exc)
             self._failing = True
@@ -395,17 +384,14 @@ class Writer:
             for it, o in zip(items, outcomes, strict=True)
         ]
 
-    def _maintain(self, conn: sqlite3.Connection, sched: MaintenanceClock, *, loaded: bool) -> None:
-        if self.maintenance is None:
+    def _maintain(self, conn: WriteSession, sched: MaintenanceClock, *, loaded: bool) -> None:
+        if not conn.maintains:
             return
         t0 = time.monotonic()
         more = False
         try:
-            more = bool(self.maintenance(conn, time.time_ns()))
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            rollback(conn)
+            more = conn.maintain(time.time_ns())
+        except StorageError as exc:
             log.warning("maintenance failed error=%s", exc)
         sched.ran(t0, time.monotonic(), more=more, loaded=loaded)
 

@@ -37,7 +37,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import msgpack
@@ -48,7 +47,7 @@ from collector.inputs import auth as inputauth
 from collector.inputs import fluent
 from collector.inputs.mapping import INVALID, ForwardMapping, Reading, dead_letter, record_readings
 from collector.inputs.metrics import ForwardMetrics
-from collector.storage.sqlite import store
+from collector.storage.interface import Storage, StorageError
 from collector.tls import cert_device_ids
 from schemas.wire import Reject
 
@@ -102,7 +101,7 @@ class ForwardServer:
         self,
         writer: Writer,
         ingest: Ingest,
-        db_path: Path,
+        storage: Storage,
         mapping: ForwardMapping | None = None,
         *,
         ssl_context: ssl.SSLContext | None = None,
@@ -116,7 +115,7 @@ class ForwardServer:
     ) -> None:
         self.writer = writer
         self.ingest = ingest
-        self.db_path = db_path
+        self.storage = storage
         self.mapping = mapping or ForwardMapping()
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
@@ -275,7 +274,7 @@ class ForwardServer:
             await self._send(c, fluent.pong(False, str(exc), "", ""))
             raise _Closed(f"handshake: {exc}") from None
         name = ping.username or ping.hostname
-        ident = await self._in_db(lambda conn: inputauth.forward_key(conn, name))
+        ident = await self._in_db(lambda st: inputauth.forward_key(st, name))
         key = ident.key
         ok = inputauth.digests_equal(
             ping.shared_key_digest, fluent.digest(ping.shared_key_salt, ping.hostname, nonce, key)
@@ -300,18 +299,11 @@ class ForwardServer:
         log.info("forward connected device=%s peer=%s", c.device, c.peer)
 
     async def _in_db(
-        self, fn: Callable[[sqlite3.Connection], inputauth.ForwardIdentity]
+        self, fn: Callable[[Storage], inputauth.ForwardIdentity]
     ) -> inputauth.ForwardIdentity:
-        def run() -> inputauth.ForwardIdentity:
-            conn = store.connect(self.db_path, readonly=True)
-            try:
-                return fn(conn)
-            finally:
-                conn.close()
-
         try:
-            return await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
+            return await asyncio.to_thread(fn, self.storage)
+        except (sqlite3.Error, StorageError) as exc:
             raise _Closed(f"device registry unavailable: {exc}") from None
 
     async def _message(self, c: _Conn, obj: object) -> None:
@@ -377,20 +369,13 @@ class ForwardServer:
             if len(c.tokens) >= TOKEN_CACHE_ENTRIES:
                 c.tokens.clear()
 
-            def check(conn: sqlite3.Connection) -> tuple[int, str] | None:
-                auth = inputauth.by_token(conn, token)
+            def check() -> tuple[int, str] | None:
+                auth = inputauth.by_token(self.storage, token)
                 return (auth.device.id, auth.device.name) if auth.device else None
 
-            def run() -> tuple[int, str] | None:
-                conn = store.connect(self.db_path, readonly=True)
-                try:
-                    return check(conn)
-                finally:
-                    conn.close()
-
             try:
-                found = await asyncio.to_thread(run)
-            except sqlite3.Error as exc:
+                found = await asyncio.to_thread(check)
+            except (sqlite3.Error, StorageError) as exc:
                 raise _Closed(f"device registry unavailable: {exc}") from None
             if found is not None and c.cert_ids is not None and found[1] not in c.cert_ids:
                 found = None  # mutual TLS: the certificate names another device

@@ -41,7 +41,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -54,7 +53,7 @@ from collector.inputs import auth as inputauth
 from collector.inputs import lineprotocol
 from collector.inputs.mapping import INVALID, InfluxMapping, dead_letter, point_readings
 from collector.inputs.metrics import InfluxMetrics
-from collector.storage.sqlite import store
+from collector.storage.interface import Storage, StorageError
 from schemas.wire import Reject
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class InfluxInput:
 
     writer: Writer
     ingest: Ingest
-    db_path: Path
+    storage: Storage
     mapping: InfluxMapping = dataclasses.field(default_factory=InfluxMapping)
     max_body_bytes: int = MAX_BODY_BYTES
     submit_wait_s: float = SUBMIT_WAIT_S
@@ -188,16 +187,12 @@ class InfluxInput:
             raise _Refused(401, "unauthorized", "missing token: use 'Authorization: Token ...'")
 
         def check() -> tuple[int, str] | str:
-            conn = store.connect(self.db_path, readonly=True)
-            try:
-                auth = inputauth.by_token(conn, token, name)
-            finally:
-                conn.close()
+            auth = inputauth.by_token(self.storage, token, name)
             return (auth.device.id, auth.device.name) if auth.device else auth.reason
 
         try:
             result = await asyncio.to_thread(check)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
             raise _Refused(503, "unavailable", f"device registry unavailable: {exc}") from None
         if isinstance(result, str):
             raise _Refused(401, "unauthorized", result)

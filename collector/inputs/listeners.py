@@ -13,7 +13,6 @@ import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -43,13 +42,13 @@ class Inputs:
     ) -> Inputs:
         """Both inputs as `cfg` sets them up. Raises ConfigError for a bad inputs file."""
         mapping = load_inputs(cfg.inputs, tuple(ingest.validator.kinds))
-        influx = InfluxInput(writer, ingest, Path(cfg.db), mapping.influx)
+        influx = InfluxInput(writer, ingest, writer.storage, mapping.influx)
         forward = None
         if cfg.forward_addr is not None:
             forward = ForwardServer(
                 writer,
                 ingest,
-                Path(cfg.db),
+                writer.storage,
                 mapping.forward,
                 ssl_context=ssl_context,
                 handshake_timeout_s=cfg.limits.handshake_timeout_s,

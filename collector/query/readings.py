@@ -1,13 +1,12 @@
 """Read-side queries shared by the CLI (`collector.commands.query`) and the HTTP API.
 
 Owns: parsing of query arguments (times, durations, tags) into int nanoseconds and filters,
-resolving filters to series ids through the `series` and `devices` tables, turning what
-`collector.storage.sqlite.scan` yields into plain row dicts, and device/series/rejected listings.
-The live tail cursor is `collector.query.tail`; the replay of stored rejects is
-`collector.query.replay`.
+resolving filters to series, turning what the storage (`collector.storage.interface.Storage`)
+yields into plain row dicts, and device/series/rejected listings. The live tail cursor is
+`Storage.tail`; the replay of stored rejects is `Storage.replay_rejected`.
 
-Must not: read `readings_head` or the block tables directly (every reading goes through
-`collector.storage.sqlite.scan`, which knows where readings live), open sockets, or write anything.
+Must not: name a backend or its tables (every read goes through the Storage interface), open
+sockets, or write anything.
 
 Every row is a `dict[str, object]` whose keys are the column names of the listing, so the
 CLI formats (`collector.query.formats`) and the HTTP API (`collector.web.api`) print the same data.
@@ -16,21 +15,21 @@ CLI formats (`collector.query.formats`) and the HTTP API (`collector.web.api`) p
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 from collector.durations import NS_PER_S, duration_ns
 from collector.errors import ConfigError
+from collector.storage.interface import Agg, Storage
 from collector.storage.interface import Filters as Filters
 from collector.storage.interface import SeriesInfo as SeriesInfo
-from collector.storage.sqlite import scan, store
-from schemas.kinds import BUILTIN_KINDS, KindSpec
+from collector.storage.rows import base as _base
+from collector.storage.rows import format_ts as format_ts
+from collector.storage.rows import value as _value
 
 if TYPE_CHECKING:
     pass
@@ -157,14 +156,6 @@ def _check_range(ns: int, text: str, option: str) -> int:
     return ns
 
 
-def format_ts(ns: int) -> str:
-    """int ns -> RFC 3339 in UTC with nanoseconds, e.g. `2026-11-25T10:00:00.000000001Z`."""
-    seconds, frac = divmod(ns, NS_PER_S)
-    # time.strftime(gmtime): a third of the cost of datetime.strftime; runs once per row.
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
-
-
 def parse_tag(text: str, *, option: str = "--tag") -> tuple[str, str]:
     """`key=value` -> (key, value). Raises ConfigError naming `option`."""
     m = _TAG_RE.match(text)
@@ -200,93 +191,12 @@ def parse_limit(text: str | int, *, option: str = "--limit") -> int:
     return n
 
 
-def series_where(f: Filters) -> tuple[str, list[object]]:
-    """Filters -> (SQL condition over `s` = series and `d` = devices, parameters)."""
-    clauses: list[str] = []
-    params: list[object] = []
-
-    def any_of(expr: str, values: Sequence[str]) -> None:
-        if values:
-            clauses.append("(" + " OR ".join(expr for _ in values) + ")")
-            params.extend(values)
-
-    any_of("d.name GLOB ?", f.devices)
-    any_of("s.sensor GLOB ?", f.sensors)
-    any_of("s.kind = ?", f.kinds)
-    any_of("s.field = ?", f.fields)
-    for key, value in f.tags:
-        clauses.append(
-            "EXISTS (SELECT 1 FROM json_each(s.tags) AS t WHERE t.key = ? AND t.value = ?)"
-        )
-        params.extend((key, value))
-    return (" AND ".join(clauses) or "1"), params
-
-
 # ---------------------------------------------------------------- series and values
 
 
-_KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}
-
-
-def _value_type(kind: str, fld: str) -> str | None:
-    spec = _KINDS.get(kind)
-    if spec is None:
-        return None  # a user-defined kind: shown as stored
-    if spec.type == "object":
-        return next((f.type for f in spec.fields if f.name == fld), None)
-    return spec.type
-
-
-def resolve_series(conn: sqlite3.Connection, f: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
+def resolve_series(storage: Storage, f: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
     """Series matching the filters (and with id > `after_id`), by device, sensor, field, id."""
-    where, params = series_where(f)
-    if after_id:
-        where += " AND s.id > ?"
-        params.append(after_id)
-    sql = (
-        "SELECT s.id, d.name, s.sensor, s.field, s.kind, s.unit, s.tags, s.first_ts, "
-        f"s.last_ts, s.last_value, s.count FROM {store.SERIES} AS s "
-        f"JOIN {store.DEVICES} AS d ON d.id = s.device_id WHERE {where} "
-        "ORDER BY d.name, s.sensor, s.field, s.id"
-    )
-    tags: dict[str, dict[str, str]] = {}  # most series share a few tag sets: parse each once
-    out: list[SeriesInfo] = []
-    for sid, dev, sensor, fld, kind, unit, tag_json, first, last, last_value, count in conn.execute(
-        sql, params
-    ):
-        t = tags.get(tag_json)
-        if t is None:
-            t = tags[tag_json] = json.loads(tag_json)
-        info = SeriesInfo(sid, dev, sensor, fld, kind, unit, t, first, last, last_value, count)
-        info.vtype = _value_type(kind, fld)
-        out.append(info)
-    return out
-
-
-def _value(s: SeriesInfo, v: object) -> object:
-    # Storage gives back what SQLite kept: bools as 0/1, and whole floats as integers (the
-    # value column has NUMERIC affinity). The kind says what the reading was.
-    if v is None or isinstance(v, str | bytes):
-        return v
-    if s.vtype == "bool":
-        return bool(v)
-    if s.vtype == "number" and isinstance(v, int):
-        return float(v)
-    return v
-
-
-def _base(s: SeriesInfo, ts: int) -> Row:
-    return {
-        "ts": format_ts(ts),
-        "ts_ns": ts,
-        "device": s.device,
-        "sensor": s.sensor,
-        "field": s.field,
-        "kind": s.kind,
-        "unit": s.unit,
-        "tags": s.tags,
-        "series_id": s.id,
-    }
+    return storage.resolve_series(f, after_id=after_id)
 
 
 def series_row(s: SeriesInfo) -> Row:
@@ -343,7 +253,7 @@ def _windows(series: Sequence[SeriesInfo], lo: int, hi: int, order: Order) -> li
 
 
 def readings(
-    conn: sqlite3.Connection,
+    storage: Storage,
     series: Sequence[SeriesInfo],
     since_ns: int | None,
     until_ns: int | None,
@@ -363,7 +273,7 @@ def readings(
     n = 0
     for a, b in _windows(series, lo, hi, order):
         left = None if limit is None else limit - n
-        for sid, ts, value in scan.read_range(conn, ids, a, b, order=order, limit=left):
+        for sid, ts, value in storage.read_range(ids, a, b, order=order, limit=left):
             s = by_id[sid]
             row = _base(s, ts)
             row["value"] = _value(s, value)
@@ -374,7 +284,7 @@ def readings(
 
 
 def aggregates(
-    conn: sqlite3.Connection,
+    storage: Storage,
     series: Sequence[SeriesInfo],
     since_ns: int | None,
     until_ns: int | None,
@@ -384,9 +294,10 @@ def aggregates(
     order: Order = "asc",
     limit: int | None = None,
 ) -> Iterator[Row]:
-    """Time-bucketed aggregates (buckets at epoch multiples of `every_ns`), via scan.aggregate.
+    """Time-bucketed aggregates (buckets at epoch multiples of `every_ns`), via
+    `Storage.aggregate`.
 
-    Rows come ordered by (series id, bucket), series by series as `scan.aggregate` computes
+    Rows come ordered by (series id, bucket), series by series as the storage computes
     them (block summaries answer whole buckets without decoding); `order="desc"` reverses
     that order (buffered). Empty buckets are left out.
     """
@@ -394,7 +305,7 @@ def aggregates(
         return
     by_id = {s.id: s for s in series}
     lo, hi = time_bounds(series, since_ns, until_ns)
-    out = scan.aggregate(conn, list(by_id), lo, hi, every_ns, _agg(agg))
+    out = storage.aggregate(list(by_id), lo, hi, every_ns, _agg(agg))
     it: Iterable[tuple[int, int, object]] = out
     if order == "desc":
         it = sorted(out, key=lambda r: (r[0], r[1]), reverse=True)
@@ -414,15 +325,14 @@ def aggregates(
         yield row
 
 
-def _agg(text: str) -> scan.Agg:
-    for a in scan.AGGREGATES:
-        if a == text:
-            return a
+def _agg(text: str) -> Agg:
+    if text in AGGS:
+        return cast(Agg, text)
     raise ConfigError(f"--agg: must be one of {', '.join(AGGS)}, got {text!r}")
 
 
 def latest(
-    conn: sqlite3.Connection,
+    storage: Storage,
     series: Sequence[SeriesInfo],
     since_ns: int | None = None,
     until_ns: int | None = None,
@@ -432,7 +342,7 @@ def latest(
         return []
     by_id = {s.id: s for s in series}
     rows: list[Row] = []
-    for sid, ts, value in scan.latest(conn, list(by_id)):
+    for sid, ts, value in storage.latest(list(by_id)):
         if (since_ns is not None and ts < since_ns) or (until_ns is not None and ts >= until_ns):
             continue
         s = by_id[sid]
@@ -446,33 +356,36 @@ def latest(
 # ---------------------------------------------------------------- devices and rejects
 
 
-def list_devices(conn: sqlite3.Connection, connected: Collection[str] | None = None) -> list[Row]:
+def list_devices(storage: Storage, connected: Collection[str] | None = None) -> list[Row]:
     """Devices with last seen, readings total and series count.
 
     `connected` is the set of device names the running collector has open connections for;
     None (reading the file directly) reports `connected` as null: the file cannot know.
     """
-    sql = (
-        "SELECT d.name, d.last_seen_ns, d.revoked_ns, COALESCE(SUM(s.count), 0), COUNT(s.id) "
-        f"FROM {store.DEVICES} AS d LEFT JOIN {store.SERIES} AS s ON s.device_id = d.id "
-        "GROUP BY d.id ORDER BY d.name"
-    )
-    return [
-        {
-            "device": name,
-            "last_seen": None if seen is None else format_ts(seen),
-            "last_seen_ns": seen,
-            "connected": None if connected is None else name in connected,
-            "readings": total,
-            "series": n_series,
-            "revoked": revoked is not None,
-        }
-        for name, seen, revoked, total, n_series in conn.execute(sql)
-    ]
+    totals: dict[str, list[int]] = {}
+    for s in storage.resolve_series(Filters()):
+        t = totals.setdefault(s.device, [0, 0])
+        t[0] += s.count
+        t[1] += 1
+    rows: list[Row] = []
+    for d in storage.list_devices():
+        total, n_series = totals.get(d.name, (0, 0))
+        rows.append(
+            {
+                "device": d.name,
+                "last_seen": None if d.last_seen_ns is None else format_ts(d.last_seen_ns),
+                "last_seen_ns": d.last_seen_ns,
+                "connected": None if connected is None else d.name in connected,
+                "readings": total,
+                "series": n_series,
+                "revoked": d.revoked_ns is not None,
+            }
+        )
+    return rows
 
 
 def list_rejected(
-    conn: sqlite3.Connection,
+    storage: Storage,
     *,
     devices: Sequence[str] = (),
     since_ns: int | None = None,
@@ -482,54 +395,21 @@ def list_rejected(
     order: Order = "asc",
     limit: int | None = None,
     after: tuple[int, int] | None = None,
-) -> Iterator[Row]:
-    """Rows of the dead-letter table, by (receive time, id); streamed.
+) -> list[Row]:
+    """Rows of the dead-letter table, by (receive time, id) (`Storage.rejected`).
 
     `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
     """
-    f = Filters(devices=tuple(devices))
-    where, params = series_where(f)
-    clauses = [where]
-    if since_ns is not None:
-        clauses.append("r.received_ns >= ?")
-        params.append(since_ns)
-    if until_ns is not None:
-        clauses.append("r.received_ns < ?")
-        params.append(until_ns)
-    if codes:
-        clauses.append("r.code IN (" + ",".join("?" for _ in codes) + ")")
-        params.extend(codes)
-    if pending_only:
-        clauses.append("r.replayed_ns IS NULL")
-    if after is not None:
-        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (?, ?)")
-        params.extend(after)
-    direction = "DESC" if order == "desc" else "ASC"
-    sql = (
-        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
-        f"r.reading, r.replayed_ns FROM {store.REJECTED} AS r "
-        f"JOIN {store.DEVICES} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
-        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    return storage.rejected(
+        devices=devices,
+        since_ns=since_ns,
+        until_ns=until_ns,
+        codes=codes,
+        pending_only=pending_only,
+        order=order,
+        limit=limit,
+        after=after,
     )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
-        sql, params
-    ):
-        yield {
-            "id": rid,
-            "received": format_ts(received),
-            "received_ns": received,
-            "device": dev,
-            "seq": seq,
-            "idx": idx,
-            "code": code,
-            "path": path,
-            "message": msg,
-            "reading": reading,
-            "replayed": None if replayed is None else format_ts(replayed),
-        }
 
 
 def now_ns() -> int:

@@ -21,9 +21,9 @@ Imports only the standard library and schemas: no backend, no SQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple, Protocol, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, Protocol, TypeAlias
 
 from schemas.wire import Reject
 
@@ -189,12 +189,20 @@ class SeriesInfo:
 
 
 class TailCursor(Protocol):
-    """Readings committed after the cursor was opened (`Storage.tail`)."""
+    """Readings committed after the cursor was opened (`Storage.tail`). Used by one caller
+    at a time, from any thread (an event stream polls it from worker threads)."""
 
     def poll(self) -> list[Row]:
         """Readings committed since the last poll, ordered by (ts, series id); each reading
         at most once. A reading older than its series' newest stored one when it arrives is
-        not shown (per-series marks, see collector.query.tail)."""
+        not shown (per-series marks, see collector.storage.sqlite.tail)."""
+        ...
+
+    def rewind(self, ts_ns: int, series_id: int) -> None:
+        """Follow from just after the reading keyed (ts_ns, series_id) instead of from now:
+        the next poll returns every stored reading of the followed series that sorts after
+        that key (timestamp, then series id), then goes on as before. Resumes an event
+        stream from its Last-Event-ID."""
         ...
 
     def close(self) -> None: ...
@@ -242,6 +250,73 @@ class DeadLetterRecord:
     replayed_ns: int | None = None
 
 
+# ---------------------------------------------------------------- the writer's session
+
+
+class StorageError(Exception):
+    """A storage failure seen through a `WriteSession` (disk full, I/O error, lock timeout,
+    lost connection); the backend's own error is its `__cause__`. Nothing of the failed call
+    is stored, and the same session may be used again: the next call tries again."""
+
+
+# Called as (the backend's write connection, now_ns) by `WriteSession.maintain`, in the
+# writer thread, outside any ingest transaction. Any: the connection's type is the backend's
+# (sqlite3.Connection for SQLite), and a hook is written for one backend.
+MaintenanceHook: TypeAlias = Callable[[Any, int], "bool | None"]
+
+
+class WriteSession(Protocol):
+    """The one writer's handle on the storage (`Storage.writer_session`): used by one thread,
+    the one that opened it. Each method raises `StorageError` on a storage failure."""
+
+    # True when `maintain` has work to do: the writer then paces calls to it between group
+    # commits (collector.ingest.pacing). False: the writer never calls it.
+    maintains: bool
+
+    def authenticate(
+        self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
+    ) -> AuthResult:
+        """As `Storage.authenticate`."""
+        ...
+
+    def open_session(
+        self, device_id: int, stream: str, now_ns: int, *, spool_dropped: int = 0
+    ) -> SessionStart:
+        """As `Storage.open_session`."""
+        ...
+
+    def store(self, group: Sequence[tuple[Session | int, PreparedBatch]]) -> StoreResult:
+        """As `Storage.store`: atomic, durable when it returns; on StorageError nothing of
+        the group is stored."""
+        ...
+
+    def maintain(self, now_ns: int) -> bool:
+        """One bounded step of maintenance in the writer thread (keep it under ~0.3 s),
+        between group commits and outside any ingest transaction; True when more work is
+        waiting. It never deletes or renumbers series. A failure rolls its own work back
+        and raises StorageError."""
+        ...
+
+    def close(self) -> None:
+        """Release the write connection (in the thread that opened the session)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStats:
+    """What the storage holds right now, for /metrics: is compaction keeping up, how big is
+    it. A backend without a head/blocks split reports its own nearest equivalents (0 when
+    it has none)."""
+
+    head_rows: int
+    head_oldest_ns: int | None
+    blocks: int
+    small_blocks: int
+    db_bytes: int
+    wal_bytes: int
+    free_bytes: int
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -255,7 +330,8 @@ class Storage(Protocol):
     ) -> AuthResult:
         """Check a HELLO's device name and token. Constant time in the token whether or not
         the device exists. A revoked device is refused. With `allow_unknown`, a valid name
-        never seen before is registered with the token it presented."""
+        never seen before is registered with the token it presented; without it, nothing is
+        written (any thread may call it: the foreign inputs do)."""
         ...
 
     def open_session(
@@ -336,9 +412,17 @@ class Storage(Protocol):
         pending_only: bool = False,
         order: Order = "asc",
         limit: int | None = None,
+        after: tuple[int, int] | None = None,
     ) -> list[Row]:
-        """Dead letters by (receive time, id): device, seq, idx, code, path, message, the
-        reading as JSON text, and when it was replayed (None while pending)."""
+        """Dead letters by (receive time, id): id, received (RFC 3339) and received_ns,
+        device, seq, idx, code, path, message, the reading as JSON text, and when it was
+        replayed (RFC 3339, None while pending). `after`: a (received_ns, id) key; only rows
+        after it in `order` (pagination)."""
+        ...
+
+    def stats(self) -> StorageStats:
+        """The storage gauges of /metrics, read now (may take tens of milliseconds: call it
+        off the event loop). Raises StorageError when the storage cannot be read."""
         ...
 
     # ------------------------------------------------------------ administration
@@ -350,6 +434,18 @@ class Storage(Protocol):
 
     def list_devices(self) -> list[Device]:
         """Every registered device, revoked ones included, by name."""
+        ...
+
+    def device_named_by_token(self, token: str) -> str | None:
+        """The name of the device whose token `token` is (revoked ones included), found by
+        the token's stored hash; None when no device has it. Reads only."""
+        ...
+
+    def forward_key(self, name: str) -> tuple[Device, str] | None:
+        """The device called `name` (revoked ones included) and its forward key: the SHA-256
+        hex digest of its token's UTF-8 bytes, which is what the registry keeps (the Fluent
+        forward handshake's shared key, docs/inputs.md). None for an unknown or invalid name.
+        Reads only."""
         ...
 
     def revoke_device(self, name: str, now_ns: int) -> Device:
@@ -394,6 +490,37 @@ class Storage(Protocol):
         that is not registered here (import devices first)."""
         ...
 
+    # ------------------------------------------------------------ the daemon
+
+    def writer_session(
+        self, *, synchronous: str = "FULL", maintenance: MaintenanceHook | None = None
+    ) -> WriteSession:
+        """Open the write session of the one writer (call it in the writer thread).
+
+        `synchronous` is how durable a commit is before it returns ("FULL", "NORMAL"; a
+        backend may have only one level, then it ignores this). `maintenance` replaces the
+        backend's own maintenance by a hook `WriteSession.maintain` runs (tests). When
+        `start_background` ran first, the session cooperates with that background work
+        (SQLite: takes turns at the write lock, reports which time windows received
+        readings). Raises StorageError when the storage cannot be opened for writing."""
+        ...
+
+    def start_background(self, *, retention_ns: int | None) -> None:
+        """Start the backend's own background work (SQLite: the maintenance process that
+        compacts, applies retention with `retention_ns`, checkpoints), if it has any; `close`
+        stops it. Call once, before `writer_session`. Raises OSError when it cannot start."""
+        ...
+
+    def check_background(self) -> None:
+        """Start the background work again if it died (a watchdog calls this every few
+        seconds); nothing when none was started."""
+        ...
+
+    def background_restarts(self) -> int:
+        """How many times `check_background` had to start the background work again."""
+        ...
+
     def close(self) -> None:
-        """Release connections. The storage is not used afterwards."""
+        """Stop the background work (`start_background`) and release connections. The
+        storage is not used afterwards."""
         ...

@@ -9,7 +9,7 @@
                             (collector.web.stream)
 
 docs/api.md is the reference. The collector's HTTP server (`collector.web.http`) calls
-`register(app, db_path)` and serves /api/v1/devices itself (it holds the live connection
+`register(app, storage)` and serves /api/v1/devices itself (it holds the live connection
 state and per-device counters); this module owns only the routes above. Every database
 call runs in a worker thread on its own read-only connection (never on the event loop,
 never taking the write lock). Bad parameters answer 400 `{"error": ..., "param": ...}`;
@@ -25,9 +25,9 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 from aiohttp import web
@@ -36,7 +36,8 @@ from multidict import MultiMapping
 from collector.errors import ConfigError
 from collector.query import readings as query
 from collector.query.formats import dumps_json
-from collector.storage.sqlite import store
+from collector.storage.factory import open_storage
+from collector.storage.interface import Storage
 from collector.web import stream as http_stream
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,21 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Config:
-    db_path: str
+    db: Storage | str
     token: str | None
     stopping: asyncio.Event
+    # The storage opened from `db` at the first request that needs it (a str `db`).
+    opened: list[Storage] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def storage(self) -> Storage:
+        """The storage the routes read (opened read-only on first use from a location)."""
+        if not isinstance(self.db, str):
+            return self.db
+        with self.lock:
+            if not self.opened:
+                self.opened.append(open_storage(self.db, readonly=True))
+            return self.opened[0]
 
 
 _CONFIG: Final = web.AppKey("telemetry_query_api", _Config)
@@ -94,15 +107,16 @@ def require_token(host: str, token: str | None) -> None:
 
 def register(
     app: web.Application,
-    db_path: str,
+    db: Storage | str,
     *,
     token: str | None = None,
 ) -> None:
-    """Add the /api/v1 routes to `app`, reading the database file at `db_path`.
+    """Add the /api/v1 routes to `app`, reading `db` (a storage, or where one is: a file
+    path or URL, opened read-only at the first request).
 
     `token`: when set, every route requires `Authorization: Bearer <token>`.
     """
-    app[_CONFIG] = _Config(db_path, token, asyncio.Event())
+    app[_CONFIG] = _Config(db, token, asyncio.Event())
 
     async def on_shutdown(app: web.Application) -> None:
         app[_CONFIG].stopping.set()  # ends open streams so shutdown does not wait on them
@@ -160,17 +174,14 @@ def _json_rows(key: str, rows: list[query.Row], extra: Mapping[str, object]) -> 
     return web.Response(text=dumps_json({key: rows, **extra}), content_type="application/json")
 
 
-async def _in_db(request: web.Request, fn: Callable[[sqlite3.Connection], T]) -> T:
-    path = request.app[_CONFIG].db_path
+def storage_of(app: web.Application) -> Storage:
+    """The storage `register` was given (opened on first use; call it in a worker thread)."""
+    return app[_CONFIG].storage()
 
-    def run() -> T:
-        conn = store.connect(path, readonly=True)
-        try:
-            return fn(conn)
-        finally:
-            conn.close()
 
-    return await asyncio.to_thread(run)
+async def _in_db(request: web.Request, fn: Callable[[Storage], T]) -> T:
+    cfg = request.app[_CONFIG]
+    return await asyncio.to_thread(lambda: fn(cfg.storage()))
 
 
 # ---------------------------------------------------------------- parameters
@@ -334,7 +345,7 @@ async def _readings(request: web.Request) -> web.Response:
     cursor = _cursor(q)
     lo, hi = _after_cursor(since, until, cursor, order)
 
-    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+    def run(c: Storage) -> tuple[list[query.Row], str | None]:
         series = query.resolve_series(c, f)
         # At most one row per series shares the cursor's timestamp: that many may be skipped.
         it = query.readings(c, series, lo, hi, order=order, limit=limit + len(series) + 1)
@@ -356,7 +367,7 @@ async def _aggregate(request: web.Request) -> web.Response:
     limit = _limit(q, DEFAULT_PAGE_ROWS, MAX_PAGE_ROWS) or DEFAULT_PAGE_ROWS
     cursor = _cursor(q)
 
-    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+    def run(c: Storage) -> tuple[list[query.Row], str | None]:
         series = query.resolve_series(c, f)
         if cursor is not None:  # rows come by (series id, bucket): skip finished series
             first = cursor[0]
@@ -380,7 +391,7 @@ async def _rejected(request: web.Request) -> web.Response:
         raise BadParam("pending", "pending: must be true or false")
     devices, codes = tuple(q.getall("device", [])), tuple(q.getall("code", []))
 
-    def run(c: sqlite3.Connection) -> tuple[list[query.Row], str | None]:
+    def run(c: Storage) -> tuple[list[query.Row], str | None]:
         rows = list(
             query.list_rejected(
                 c,
@@ -426,4 +437,4 @@ async def _stream(request: web.Request) -> web.StreamResponse:
             raise BadParam("Last-Event-ID", "Last-Event-ID: not an event id sent by this stream")
     cfg = request.app[_CONFIG]
     spec = http_stream.StreamSpec(_filters(q), resume, throttle, every)
-    return await http_stream.serve(request, cfg.db_path, cfg.stopping, spec)
+    return await http_stream.serve(request, cfg.storage, cfg.stopping, spec)

@@ -2,7 +2,7 @@
 
 Routes here: `/healthz` (the process is up), `/readyz` (writer running and ingest listening),
 `/metrics` (Prometheus text: the in-process counters and what the file holds,
-collector.storage.sqlite.storagestats), `/api/v1/metrics` (the same numbers as JSON, for the
+`Storage.stats`), `/api/v1/metrics` (the same numbers as JSON, for the
 dashboard) and `/api/v1/devices` (registry + last seen + connected). Other modules add routes
 through route-registering callables passed to `create_app`; the query API (`collector.web.api`)
 adds the other /api/v1 routes, and its read token (when set) covers /api/v1/devices and
@@ -27,8 +27,7 @@ from typing import Final
 
 from aiohttp import web
 
-from collector.storage.sqlite import devices, storagestats, store
-from collector.storage.sqlite.storagestats import StorageStats
+from collector.storage.interface import Device, Filters, Storage, StorageError, StorageStats
 from collector.web import api as http_api
 from collector.web import dashboard
 from collector.web.metrics import Histogram, Metrics
@@ -54,6 +53,8 @@ class AppState:
     read_token: str | None = None
     # More Prometheus text for /metrics: the foreign inputs' counters (collector/inputs/).
     more_metrics: Callable[[], str] | None = None
+    # The storage to read (the daemon's); None: the one `db_path` names, opened read-only.
+    storage: Storage | None = None
 
 
 @dataclass(slots=True)
@@ -78,7 +79,11 @@ def create_app(state: AppState, routes: Sequence[RouteRegistrar] = ()) -> web.Ap
     app.router.add_get("/metrics", _metrics)
     for register in routes:
         register(app)
-    http_api.register(app, str(state.db_path), token=state.read_token)
+    http_api.register(
+        app,
+        state.storage if state.storage is not None else str(state.db_path),
+        token=state.read_token,
+    )
     # Registered after the query API so its read-token check covers these routes too.
     app.router.add_get(DEVICES_PATH, http_api.guard(_devices))
     app.router.add_get(METRICS_JSON_PATH, http_api.guard(_metrics_json))
@@ -98,10 +103,10 @@ async def _readyz(request: web.Request) -> web.Response:
     )
 
 
-async def _read_storage(path: Path) -> StorageStats | None:
+async def _read_storage(app: web.Application) -> StorageStats | None:
     try:
-        return await asyncio.to_thread(storagestats.read, path)
-    except (sqlite3.Error, OSError) as exc:
+        return await asyncio.to_thread(lambda: http_api.storage_of(app).stats())
+    except (StorageError, OSError) as exc:
         # The counters still help; the storage gauges are left out until the file reads.
         log.warning("metrics: cannot read the database error=%s", exc)
         return None
@@ -109,7 +114,7 @@ async def _read_storage(path: Path) -> StorageStats | None:
 
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    storage = await _read_storage(state.db_path)
+    storage = await _read_storage(request.app)
     text = state.metrics.render(storage)
     if state.more_metrics is not None:
         text += state.more_metrics()
@@ -120,7 +125,7 @@ async def _cached_storage(request: web.Request) -> StorageStats | None:
     cache = request.app[_STORAGE_CACHE]
     async with cache.lock:  # concurrent readers wait for one read instead of each reading
         if time.monotonic() - cache.read_at >= STORAGE_CACHE_S:
-            cache.stats = await _read_storage(request.app[STATE_KEY].db_path)
+            cache.stats = await _read_storage(request.app)
             cache.read_at = time.monotonic()
         return cache.stats
 
@@ -187,25 +192,21 @@ def _iso(ns: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _read_devices(path: Path) -> tuple[list[devices.Device], dict[int, int]]:
-    conn = store.connect(path, readonly=True)
-    try:
-        rows = devices.list_devices(conn)
-        totals = dict(
-            conn.execute(
-                f"SELECT device_id, sum(count) FROM {store.SERIES} GROUP BY device_id"
-            ).fetchall()
-        )
-        return rows, totals
-    finally:
-        conn.close()
+def _read_devices(storage: Storage) -> tuple[list[Device], dict[str, int]]:
+    rows = storage.list_devices()
+    totals: dict[str, int] = {}
+    for s in storage.resolve_series(Filters()):
+        totals[s.device] = totals.get(s.device, 0) + s.count
+    return rows, totals
 
 
 async def _devices(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
-        rows, totals = await asyncio.to_thread(_read_devices, state.db_path)
-    except sqlite3.Error as exc:
+        rows, totals = await asyncio.to_thread(
+            lambda: _read_devices(http_api.storage_of(request.app))
+        )
+    except (sqlite3.Error, StorageError, OSError) as exc:
         return web.json_response({"error": f"database unavailable: {exc}"}, status=503)
     connected = state.connected()
     out = []
@@ -222,7 +223,7 @@ async def _devices(request: web.Request) -> web.Response:
                 "last_seen": _iso(d.last_seen_ns),
                 "connected": connected.get(d.name, 0) > 0,
                 "connections": connected.get(d.name, 0),
-                "readings_total": int(totals.get(d.id) or 0),
+                "readings_total": int(totals.get(d.name) or 0),
                 "spool_dropped": d.spool_dropped,
                 "since_start": {
                     "batches": stats.batches if stats else 0,

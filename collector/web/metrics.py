@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collector.storage.sqlite.storagestats import StorageStats
+    from collector.storage.interface import StorageStats
 
 # Commit latency buckets in seconds: an fsync'd group commit costs ~0.2-5 ms on a local
 # disk; the upper buckets catch checkpoints and storage stalls.
@@ -84,7 +84,7 @@ class Metrics:
     batch_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS_S))
     devices: dict[str, DeviceStats] = field(default_factory=dict)
     queue_depth: Callable[[], int] = lambda: 0
-    # Times the maintenance process had to be started again (collector.storage.sqlite.maintainer).
+    # Times the maintenance process had to be started again (the storage's background work).
     maintainer_restarts: Callable[[], int] = lambda: 0
 
     def device(self, name: str) -> DeviceStats:

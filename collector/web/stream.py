@@ -1,6 +1,6 @@
 """The Server-Sent Events stream of /api/v1/stream: readings as they are committed.
 
-Two shapes, both over `collector.query.tail.Tail` on the stream's own read-only connection:
+Two shapes, both over the stream's own tail cursor (`Storage.tail`):
 
 - raw (default): one `reading` event per reading, checked every `STREAM_POLL_S`;
 - throttled (`throttle=1s`, what the dashboard asks for): at most one `summary` event per
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,8 +27,7 @@ from aiohttp import web
 from collector.durations import NS_PER_S
 from collector.query import readings as query
 from collector.query.formats import dumps_json, dumps_row
-from collector.query.tail import Tail
-from collector.storage.sqlite import store
+from collector.storage.interface import Storage
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +124,17 @@ def summarise(rows: list[query.Row], every_ns: int | None) -> list[dict[str, obj
 
 
 async def serve(
-    request: web.Request, db_path: str, stopping: asyncio.Event, spec: StreamSpec
+    request: web.Request,
+    storage: Callable[[], Storage],
+    stopping: asyncio.Event,
+    spec: StreamSpec,
 ) -> web.StreamResponse:
     """Answer one stream request until the client leaves or `stopping` is set."""
-    conn = await asyncio.to_thread(store.connect, db_path, readonly=True, check_same_thread=False)
+    tail = await asyncio.to_thread(lambda: storage().tail(spec.filters))
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     try:
-        tail = await asyncio.to_thread(Tail.start, conn, spec.filters)
         last_key = (-1, -1)
         if spec.resume is not None:
             oldest = query.now_ns() - STREAM_RESUME_MAX_NS
@@ -145,7 +147,7 @@ async def serve(
         last_sent = loop.time()
         wait_s = STREAM_POLL_S if spec.throttle_ns is None else spec.throttle_ns / NS_PER_S
         while not stopping.is_set():
-            rows = await asyncio.to_thread(tail.poll, conn)
+            rows = await asyncio.to_thread(tail.poll)
             if rows:
                 await resp.write(_events(rows, spec, last_key).encode())
                 if spec.throttle_ns is not None:
@@ -164,7 +166,7 @@ async def serve(
         if not resp.prepared:
             raise
     finally:
-        await asyncio.to_thread(conn.close)
+        await asyncio.to_thread(tail.close)
     return resp
 
 

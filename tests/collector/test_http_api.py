@@ -23,7 +23,7 @@ from tests.collector.test_query_support import (
     Db,
     S,
     get_json,
-    readonly,
+    read_storage,
     serve_api,
     standard_db,
 )
@@ -70,7 +70,7 @@ def _all_pages(
 
 
 def _file_rows(db: Db, f: query.Filters, order: query.Order) -> list[dict[str, object]]:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     try:
         rows = list(query.readings(conn, query.resolve_series(conn, f), None, None, order=order))
         out: list[dict[str, object]] = json.loads(json.dumps(rows))  # as JSON carries them
@@ -116,7 +116,7 @@ def test_readings_filters_and_range(api: str, db: Db) -> None:
 
 def test_aggregate_pages_match_the_query_layer(api: str, db: Db) -> None:
     rows, pages = _all_pages(api, "aggregate", "aggregates", every="1m", agg="avg", limit=4)
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     expected = list(
         query.aggregates(conn, query.resolve_series(conn, query.Filters()), None, None, MIN, "avg")
     )

@@ -29,6 +29,7 @@ from collector.ingest.prepare import Ingest
 from collector.ingest.writer import Writer
 from collector.inputs.influx_http import InfluxInput
 from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.backend import SQLiteStorage
 from schemas import wire
 from tests.collector.inputs_support import InputsCollector, Row, dead_letters, stored_rows
 from tests.collector.wireclient import WireClient
@@ -312,10 +313,12 @@ def test_a_full_writer_queue_answers_429_with_retry_after(tmp_path):
         release.wait(30)  # holds the writer: queued batches keep their credits
 
     async def main() -> tuple[int, str | None, int, int]:
-        w = Writer(path, queue_rows=10, maintenance=maintenance, maintenance_interval_ms=10)
+        w = Writer(
+            SQLiteStorage(path), queue_rows=10, maintenance=maintenance, maintenance_interval_ms=10
+        )
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path, submit_wait_s=0.3).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage, submit_wait_s=0.3).register(app)
         runner, url = await _serve(app)
         try:
             assert await asyncio.to_thread(entered.wait, 10)
@@ -368,10 +371,10 @@ def test_a_storage_failure_answers_503_and_the_resend_stores_once(tmp_path):
             assert await asyncio.to_thread(applied.wait, 10)
 
     async def main() -> tuple[int, str | None, int]:
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage).register(app)
         runner, url = await _serve(app)
         body = "".join(f"m,k=v{i % 7} f={i} {T0 + i}\n" for i in range(5000))
         try:
@@ -410,7 +413,7 @@ def test_unsequenced_batches_never_move_last_seq_nor_count_as_resends(tmp_path):
         return ing.prepare(seq, [[sensor, "gauge", T0, value, None, None]], 0)
 
     async def main() -> tuple[list[Any], int, int]:
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         try:
             dev = (await w.hello("dev-1", token)).auth.device
@@ -451,10 +454,10 @@ def test_a_body_that_trickles_in_answers_408_and_stores_nothing(tmp_path):
     path, token = _db(tmp_path)
 
     async def main() -> bytes:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         app = web.Application()
-        InfluxInput(w, Ingest.from_kinds(), path, body_timeout_s=0.5).register(app)
+        InfluxInput(w, Ingest.from_kinds(), w.storage, body_timeout_s=0.5).register(app)
         runner, url = await _serve(app)
         host, port = url.removeprefix("http://").rsplit(":", 1)
         try:
@@ -481,11 +484,11 @@ def test_writes_beyond_the_concurrency_cap_wait_then_answer_429(tmp_path):
     path, token = _db(tmp_path)
 
     async def main() -> tuple[int, bytes]:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         app = web.Application()
         InfluxInput(
-            w, Ingest.from_kinds(), path, max_concurrent_writes=1, submit_wait_s=0.3
+            w, Ingest.from_kinds(), w.storage, max_concurrent_writes=1, submit_wait_s=0.3
         ).register(app)
         runner, url = await _serve(app)
         host, port = url.removeprefix("http://").rsplit(":", 1)

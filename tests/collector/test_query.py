@@ -13,13 +13,13 @@ import pytest
 from collector.errors import ConfigError
 from collector.query import readings as query
 from collector.query.formats import RowWriter, write_rows
-from collector.query.tail import Tail
+from collector.storage.sqlite.series import series_where
 from tests.collector.test_query_support import (
     MIN,
     T0,
     Db,
     S,
-    readonly,
+    read_storage,
     standard_db,
 )
 
@@ -86,10 +86,10 @@ def test_format_ts_round_trips_through_parse_time() -> None:
 
 def test_series_where_builds_parameterised_sql() -> None:
     f = query.Filters(devices=("a*", "b"), kinds=("gps",), tags=(("zone", "z1"),))
-    sql, params = query.series_where(f)
+    sql, params = series_where(f)
     assert sql.count("GLOB ?") == 2 and "json_each" in sql
     assert params == ["a*", "b", "gps", "zone", "z1"]
-    assert query.series_where(query.Filters()) == ("1", [])
+    assert series_where(query.Filters()) == ("1", [])
 
 
 # ---------------------------------------------------------------- series resolution
@@ -107,7 +107,7 @@ def _names(series: list[query.SeriesInfo]) -> list[str]:
 
 
 def test_filters_select_series(db: Db) -> None:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     r = query.resolve_series
     assert _names(r(conn, query.Filters(devices=("greenhouse-*",), sensors=("air-*",)))) == [
         "greenhouse-1/air-temp",
@@ -141,7 +141,7 @@ def test_filters_select_series(db: Db) -> None:
 def _read(
     db: Db, f: query.Filters, since: int | None, until: int | None, **kw: object
 ) -> list[query.Row]:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     try:
         return list(query.readings(conn, query.resolve_series(conn, f), since, until, **kw))  # type: ignore[arg-type]
     finally:
@@ -201,7 +201,7 @@ def test_windowed_scan_equals_one_scan(db: Db, monkeypatch: pytest.MonkeyPatch) 
 def _agg(
     db: Db, f: query.Filters, every: int, agg: str, since: int | None = None
 ) -> list[tuple[object, ...]]:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     try:
         rows = query.aggregates(conn, query.resolve_series(conn, f), since, None, every, agg)
         return [(r["device"], r["ts_ns"], r["value"]) for r in rows]
@@ -226,7 +226,7 @@ def test_aggregates_in_epoch_aligned_buckets(db: Db) -> None:
 
 
 def test_latest_per_series(db: Db) -> None:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     rows = query.latest(conn, query.resolve_series(conn, query.Filters()))
     got = {(r["device"], r["sensor"], r["field"]): (r["ts_ns"], r["value"]) for r in rows}
     assert got[("greenhouse-2", "air-temp", "")] == (T0 + 270 * S, 25.5)
@@ -239,7 +239,7 @@ def test_latest_per_series(db: Db) -> None:
 
 
 def test_devices_listing(db: Db) -> None:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     rows = query.list_devices(conn, connected={"pump-1"})
     by = {r["device"]: r for r in rows}
     assert by["greenhouse-1"]["readings"] == 15 and by["greenhouse-1"]["series"] == 2
@@ -254,23 +254,23 @@ def test_devices_listing(db: Db) -> None:
 
 
 def test_tail_sees_only_readings_committed_after_start(db: Db) -> None:
-    conn = readonly(db.path)
-    tail = Tail.start(conn, query.Filters(devices=("greenhouse-*", "late-*")))
-    assert tail.poll(conn) == []
+    conn = read_storage(db.path)
+    tail = conn.tail(query.Filters(devices=("greenhouse-*", "late-*")))
+    assert tail.poll() == []
     db.add("greenhouse-1", "air-temp", "temperature", [(T0 + 600 * S, 30.0)], tags={"zone": "z1"})
     # A device whose clock is behind the others: older timestamps, still new readings.
     db.add("greenhouse-2", "humidity", "humidity", [(T0 + 10 * MIN, 70.0)])
     db.add("late-1", "air-temp", "temperature", [(T0 - 3600 * S, 1.0)])
     db.add("pump-1", "cycles", "counter", [(T0 + 700 * S, 99)])  # filtered out
-    rows = tail.poll(conn)
+    rows = tail.poll()
     assert [(r["device"], r["value"]) for r in rows] == [
         ("late-1", 1.0),
         ("greenhouse-1", 30.0),
         ("greenhouse-2", 70.0),
     ]
-    assert tail.poll(conn) == []
+    assert tail.poll() == []
     db.add("greenhouse-1", "air-temp", "temperature", [(T0 + 601 * S, 31.0)], tags={"zone": "z1"})
-    assert [r["value"] for r in tail.poll(conn)] == [31.0]
+    assert [r["value"] for r in tail.poll()] == [31.0]
     conn.close()
 
 

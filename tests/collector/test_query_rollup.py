@@ -18,7 +18,7 @@ from tests.collector.test_query_support import (
     T0,
     Db,
     S,
-    readonly,
+    read_storage,
 )
 
 HOURS = 5
@@ -66,7 +66,7 @@ def _compact_all(db: Db) -> None:
 
 
 def _aggs(db: Db, sensor: str, every: int, agg: str) -> list[tuple[object, object]]:
-    conn = readonly(db.path)
+    conn = read_storage(db.path)
     try:
         series = query.resolve_series(conn, query.Filters(sensors=(sensor,)))
         return [

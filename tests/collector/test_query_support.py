@@ -23,6 +23,7 @@ import msgpack
 from aiohttp import web
 
 from collector.storage.sqlite import store
+from collector.storage.sqlite.backend import SQLiteStorage
 from collector.web import api as http_api
 from schemas.kinds import BUILTIN_KINDS
 
@@ -167,6 +168,11 @@ def standard_db(path: Path) -> Db:
 
 def readonly(path: Path) -> sqlite3.Connection:
     return store.connect(path, readonly=True)
+
+
+def read_storage(path: Path) -> SQLiteStorage:
+    """The file as the query layer reads it: a read-only storage."""
+    return SQLiteStorage(path, readonly=True)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from collector.ingest.prepare import Ingest
 from collector.ingest.writer import Writer
 from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.backend import SQLiteStorage
 
 ING = Ingest.from_kinds()
 Key = tuple[str, int]  # (sensor, ts)
@@ -83,7 +84,7 @@ async def _run(path: Path, v11: list[bool], steps: list[tuple[str, int, int, boo
         agents.append(Agent(name, tokens[name], flag, stream=f"sp-{i}-0" if flag else ""))
     conn.close()
     newest: dict[tuple[str, str], int] = {}  # the epoch of each stream's newest HELLO
-    w = Writer(path)
+    w = Writer(SQLiteStorage(path))
     await w.start()
     accepted: dict[Key, object] = {}  # every reading an ACK counted as accepted
     ts = 0

@@ -16,6 +16,7 @@ import pytest
 from collector.ingest.prepare import Ingest, PreparedBatch
 from collector.ingest.writer import Writer, _Credits
 from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.backend import SQLiteStorage
 from collector.storage.sqlite.batchstore import BatchStore
 
 ING = Ingest.from_kinds()
@@ -57,7 +58,7 @@ def test_hello_checks_token_and_revocation(tmp_path):
     path, token = _db(tmp_path)
 
     async def main() -> Any:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         try:
             ok = await w.hello("dev-1", token)
@@ -82,7 +83,7 @@ def test_allow_unknown_registers_with_presented_token(tmp_path):
     path, _ = _db(tmp_path)
 
     async def main() -> Any:
-        w = Writer(path, allow_unknown_devices=True)
+        w = Writer(SQLiteStorage(path), allow_unknown_devices=True)
         await w.start()
         try:
             first = await w.hello("new-dev", "secret-1")
@@ -102,7 +103,7 @@ def test_ack_only_after_rows_are_committed_and_visible(tmp_path):
     seen: list[int] = []
 
     async def main() -> Any:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         try:
             dev = await _device(w, token)
@@ -131,7 +132,7 @@ def test_resend_and_rebatched_readings_are_duplicates(tmp_path):
     gps: list[object] = [["p", "gps", 5, {"lat": 1.0, "lon": 2.0}, None, None]]
 
     async def main() -> Any:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         try:
             dev = await _device(w, token)
@@ -171,7 +172,7 @@ def test_group_commit_coalesces_queued_batches(tmp_path):
     commits: list[float] = []
 
     async def main() -> Any:
-        w = Writer(path, on_commit=commits.append)
+        w = Writer(SQLiteStorage(path), on_commit=commits.append)
         await w.start()
         try:
             dev = await _device(w, token)
@@ -207,7 +208,12 @@ def test_storage_failure_answers_retry_then_recovers(tmp_path):
             assert await asyncio.to_thread(applied.wait, 10)
 
     async def main() -> Any:
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10, retry_after_ms=250)
+        w = Writer(
+            SQLiteStorage(path),
+            maintenance=maintenance,
+            maintenance_interval_ms=10,
+            retry_after_ms=250,
+        )
         await w.start()
         try:
             dev = await _device(w, token)
@@ -239,7 +245,7 @@ def test_maintenance_hook_runs_outside_ingest_transactions(tmp_path):
         done.set()
 
     async def main() -> Any:
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         try:
             await asyncio.to_thread(done.wait, 10)
@@ -291,7 +297,9 @@ def test_reading_resent_after_its_window_was_compacted_is_a_duplicate(tmp_path):
     old = 1_600_000_000 * 10**9  # a long-closed window
 
     async def main() -> Any:
-        w = Writer(path, maintenance=compactor.maintenance, maintenance_interval_ms=10)
+        w = Writer(
+            SQLiteStorage(path), maintenance=compactor.maintenance, maintenance_interval_ms=10
+        )
         await w.start()
         try:
             dev = await _device(w, token)
@@ -335,7 +343,7 @@ def test_resend_into_a_slot_block_ending_after_later_blocks_is_a_duplicate(tmp_p
         conn.close()
 
     async def send(seq: int, readings: Sequence[object]) -> Any:
-        w = Writer(path)
+        w = Writer(SQLiteStorage(path))
         await w.start()
         try:
             dev = await _device(w, token)
@@ -363,7 +371,7 @@ def test_stored_timestamps_reach_the_activity_hook(tmp_path):
     noted: list[list[int]] = []
 
     async def main() -> None:
-        w = Writer(path, on_stored=lambda ts: noted.append(list(ts)))
+        w = Writer(SQLiteStorage(path), on_stored=lambda ts: noted.append(list(ts)))
         await w.start()
         try:
             dev = await _device(w, token)
@@ -389,7 +397,7 @@ def test_pending_maintenance_runs_back_to_back_when_idle(tmp_path):
 
     async def main() -> None:
         # With nothing waiting the hook would only be asked every 60 s.
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=60_000)
+        w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=60_000)
         await w.start()
         try:
             assert await asyncio.to_thread(done.wait, 30)
@@ -412,7 +420,7 @@ def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
         return True  # always more to do
 
     async def main() -> list[Any]:
-        w = Writer(path, maintenance=maintenance, maintenance_interval_ms=10)
+        w = Writer(SQLiteStorage(path), maintenance=maintenance, maintenance_interval_ms=10)
         await w.start()
         try:
             dev = await _device(w, token)

@@ -15,6 +15,7 @@ psycopg errors (`psycopg.Error`) are this backend's storage errors.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +32,7 @@ from collector.storage.interface import (
     Device,
     DeviceRecord,
     Filters,
+    MaintenanceHook,
     Order,
     PreparedBatch,
     Preparer,
@@ -39,6 +41,8 @@ from collector.storage.interface import (
     SeriesInfo,
     Session,
     SessionStart,
+    StorageError,
+    StorageStats,
     StoreResult,
     Value,
 )
@@ -46,9 +50,17 @@ from collector.storage.postgres import devices, reads, replay, schema, transfer
 from collector.storage.postgres.ingest import GroupStore
 from collector.storage.postgres.schema import Conn
 from collector.storage.postgres.tail import PostgresTail
+from collector.storage.postgres.writesession import PostgresWriteSession
 
 _T = TypeVar("_T")
 
+log = logging.getLogger(__name__)
+
+# How often the upkeep thread (`start_background`) makes partitions ahead and applies
+# retention: a day partition is made days before it is needed, so hourly is plenty.
+BACKGROUND_INTERVAL_S: Final = 3600.0
+# A server that does not answer fails an open (and each new connection) this soon.
+CONNECT_TIMEOUT_S: Final = 10
 # Reader connections kept open: the HTTP API and the query commands rarely need more.
 POOL_MAX_CONNECTIONS: Final = 4
 # A statement waits at most this long for a lock (a partition being attached, a stream row
@@ -72,12 +84,24 @@ class PostgresStorage:
         options = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
         if readonly:
             options += " -c default_transaction_read_only=on"
-        self._kwargs: dict[str, object] = {"autocommit": True, "options": options}
+        self._kwargs: dict[str, object] = {
+            "autocommit": True,
+            "options": options,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+        }
         self._lock = threading.Lock()
+        self._background: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._retention_ns: int | None = None
+        self._restarts = 0
         self._conn: Conn | None = None
         self._store = GroupStore()
         if not readonly:
             self.ensure_partitions(time.time_ns() if now_ns is None else now_ns)
+        else:
+            # Fail now, in one line, when the server cannot be reached (the pool would only
+            # say so after its 30 s timeout, at the first read).
+            psycopg.connect(url, **self._kwargs).close()  # type: ignore[arg-type]  # psycopg's kwargs are untyped
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=self._kwargs, open=True
         )
@@ -86,6 +110,19 @@ class PostgresStorage:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.url, **self._kwargs)  # type: ignore[arg-type]  # psycopg's kwargs are untyped
         return self._conn
+
+    def set_synchronous_commit(self, level: str) -> None:
+        """`synchronous_commit` of the write connection: "on" (durable before COMMIT returns)
+        or "off" (the writer session's NORMAL / OFF)."""
+        if level not in ("on", "off"):
+            raise ValueError(f"synchronous_commit must be on or off, not {level!r}")
+        with self._lock:
+            self._write().execute(f"SET synchronous_commit = {level}")
+
+    def run_hook(self, hook: MaintenanceHook, now_ns: int) -> bool | None:
+        """Run a writer-session maintenance hook with the write connection (tests)."""
+        with self._lock:
+            return hook(self._write(), now_ns)
 
     def ensure_partitions(self, now_ns: int) -> list[int]:
         """Migrate, then make the day partitions around `now_ns` (yesterday to a few days
@@ -180,9 +217,11 @@ class PostgresStorage:
         pending_only: bool = False,
         order: Order = "asc",
         limit: int | None = None,
+        after: tuple[int, int] | None = None,
     ) -> list[Row]:
         return self._read(
             reads.rejected,
+            after=after,
             devices=devices,
             since_ns=since_ns,
             until_ns=until_ns,
@@ -192,7 +231,28 @@ class PostgresStorage:
             limit=limit,
         )
 
+    def stats(self) -> StorageStats:
+        """PostgreSQL has no head/blocks split: `blocks` counts the readings' partitions and
+        `db_bytes` is the database's size; the rest is 0."""
+        try:
+            with self._pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT pg_database_size(current_database()), "
+                    "(SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass)",
+                    (schema.READINGS,),
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise StorageError(str(exc)) from exc
+        assert row is not None
+        return StorageStats(0, None, int(row[1]), 0, int(row[0]), 0, 0)
+
     # ------------------------------------------------------------ administration
+
+    def device_named_by_token(self, token: str) -> str | None:
+        return self._read(devices.device_named_by_token, token)
+
+    def forward_key(self, name: str) -> tuple[Device, str] | None:
+        return self._read(devices.forward_key, name)
 
     def add_device(self, name: str, now_ns: int, *, token: str | None = None) -> tuple[Device, str]:
         return self._read(devices.add_device, name, now_ns, token=token)
@@ -227,7 +287,48 @@ class PostgresStorage:
     def import_dead_letters(self, records: Sequence[DeadLetterRecord]) -> int:
         return self._read(transfer.import_dead_letters, records)
 
+    # ------------------------------------------------------------ the daemon
+
+    def writer_session(
+        self, *, synchronous: str = "FULL", maintenance: MaintenanceHook | None = None
+    ) -> PostgresWriteSession:
+        return PostgresWriteSession(self, synchronous=synchronous, maintenance=maintenance)
+
+    def start_background(self, *, retention_ns: int | None) -> None:
+        """A thread that makes day partitions ahead and applies retention (by dropping whole
+        partitions) every `BACKGROUND_INTERVAL_S`."""
+        if self._background is None:
+            self._retention_ns = retention_ns
+            self._background = self._start_thread()
+
+    def check_background(self) -> None:
+        if self._background is not None and not self._background.is_alive():
+            self._restarts += 1
+            self._background = self._start_thread()
+
+    def background_restarts(self) -> int:
+        return self._restarts
+
+    def _start_thread(self) -> threading.Thread:
+        t = threading.Thread(target=self._background_loop, name="telemetry-pg-upkeep", daemon=True)
+        t.start()
+        return t
+
+    def _background_loop(self) -> None:
+        while not self._stopping.is_set():
+            now = time.time_ns()
+            try:
+                self.ensure_partitions(now)
+                if self._retention_ns is not None:
+                    self.apply_retention(now - self._retention_ns)
+            except psycopg.Error as exc:
+                log.warning("partition upkeep failed error=%s", exc)
+            self._stopping.wait(BACKGROUND_INTERVAL_S)
+
     def close(self) -> None:
+        self._stopping.set()
+        if self._background is not None:
+            self._background.join(timeout=5)
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

@@ -120,3 +120,23 @@ def open_session(
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def device_named_by_token(conn: Conn, token: str) -> str | None:
+    """The name of the device whose token hash is `token`'s (revoked ones included)."""
+    row = conn.execute(
+        f"SELECT name FROM {DEVICES} WHERE token_hash = %s ORDER BY id LIMIT 1",
+        (hash_token(token),),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def forward_key(conn: Conn, name: str) -> tuple[Device, str] | None:
+    """The device called `name` and its stored token hash (the forward input's key)."""
+    if not DEVICE_NAME_RE.match(name):
+        return None
+    row = conn.execute(f"SELECT token_hash FROM {DEVICES} WHERE name = %s", (name,)).fetchone()
+    device = get_device(conn, name)
+    if row is None or device is None:
+        return None
+    return device, str(row[0])

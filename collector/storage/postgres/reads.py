@@ -355,8 +355,10 @@ def rejected(
     pending_only: bool = False,
     order: Order = "asc",
     limit: int | None = None,
+    after: tuple[int, int] | None = None,
 ) -> list[Row]:
-    """Dead letters by (receive time, id), as the SQLite listing shows them."""
+    """Dead letters by (receive time, id), as the SQLite listing shows them. `after`: a
+    (received_ns, id) key; only rows after it in `order` (pagination)."""
     clauses = ["true"]
     params: list[object] = []
     if devices:
@@ -373,6 +375,9 @@ def rejected(
         params.append(list(codes))
     if pending_only:
         clauses.append("r.replayed_ns IS NULL")
+    if after is not None:
+        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (%s, %s)")
+        params.extend(after)
     direction = "DESC" if order == "desc" else "ASC"
     query = (
         "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "

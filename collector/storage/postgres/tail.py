@@ -59,6 +59,12 @@ class PostgresTail:
             self.marks[sid] = upto
         return [reading_row(self.series[sid], ts, v) for sid, ts, v in rows]
 
+    def rewind(self, ts_ns: int, series_id: int) -> None:
+        """Follow from just after the reading keyed (ts_ns, series_id): a reading (t, s)
+        sorts after it when t > ts_ns, or t == ts_ns and s > series_id."""
+        for sid in self.series:
+            self.marks[sid] = ts_ns - 1 if sid > series_id else ts_ns
+
     def close(self) -> None:
         self.series.clear()
 

@@ -6,10 +6,8 @@ exactly theirs. The write connection (ingest and administration writes) is opene
 use and may be used by one thread at a time, as the interface says; every read opens its own
 read-only connection, so reads run beside the writer and beside each other.
 
-Three read paths still live in `collector/query/` and are called from here until that code
-is split: series resolution and the dead-letter listing (`collector.query.readings`), the
-tail cursor (`collector.query.tail`) and the replay loop (`collector.query.replay`); the import
-contracts list them.
+Series resolution and the dead-letter listing are `series`, the tail cursor `tail`, the
+replay loop `replay`, the writer's session `writesession`.
 """
 
 from __future__ import annotations
@@ -18,11 +16,8 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from collector.query import readings
-from collector.query.replay import replay_rejected
-from collector.query.tail import Tail
 from collector.storage.interface import (
     Agg,
     AuthResult,
@@ -30,6 +25,7 @@ from collector.storage.interface import (
     Device,
     DeviceRecord,
     Filters,
+    MaintenanceHook,
     Order,
     PreparedBatch,
     Preparer,
@@ -38,11 +34,25 @@ from collector.storage.interface import (
     SeriesInfo,
     Session,
     SessionStart,
+    StorageError,
+    StorageStats,
     StoreResult,
     Value,
 )
-from collector.storage.sqlite import devices, retention, scan, store, transfer
+from collector.storage.sqlite import (
+    devices,
+    retention,
+    scan,
+    series,
+    storagestats,
+    store,
+    transfer,
+)
 from collector.storage.sqlite.batchstore import BatchStore
+from collector.storage.sqlite.maintainer import Maintainer
+from collector.storage.sqlite.replay import replay_rejected
+from collector.storage.sqlite.tail import Tail
+from collector.storage.sqlite.writesession import SQLiteWriteSession
 
 _T = TypeVar("_T")
 
@@ -50,13 +60,19 @@ _T = TypeVar("_T")
 class SQLiteStorage:
     """The `collector.storage.interface.Storage` of one SQLite file (migrated on open)."""
 
-    def __init__(self, path: str | Path, *, synchronous: store.Synchronous = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: store.Synchronous = "FULL", readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.synchronous: store.Synchronous = synchronous
-        store.migrate(self.path)
+        # Migrations this open applied (none when the file was current or `readonly`).
+        self.migrations_applied: list[str] = [] if readonly else list(store.migrate(self.path))
+        if readonly:
+            _check_schema(self.path)
         self._conn: sqlite3.Connection | None = None
         self._batches = BatchStore()
         self._lock = threading.Lock()
+        self._maintainer: Maintainer | None = None
 
     def _write(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -73,6 +89,12 @@ class SQLiteStorage:
     def authenticate(
         self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
     ) -> AuthResult:
+        if not allow_unknown:  # reads only: a connection of its own, beside the writer
+            conn = self._read()
+            try:
+                return devices.authenticate(conn, name, token, now_ns)
+            finally:
+                conn.close()
         with self._lock:
             return devices.authenticate(
                 self._write(), name, token, now_ns, allow_unknown=allow_unknown
@@ -98,10 +120,9 @@ class SQLiteStorage:
     # ------------------------------------------------------------ read side
 
     def resolve_series(self, filters: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
-
         conn = self._read()
         try:
-            return readings.resolve_series(conn, filters, after_id=after_id)
+            return series.resolve_series(conn, filters, after_id=after_id)
         finally:
             conn.close()
 
@@ -146,8 +167,9 @@ class SQLiteStorage:
             conn.close()
 
     def tail(self, filters: Filters) -> _Tail:
-
-        conn = self._read()
+        # Its own connection for the cursor's life; polled from whichever worker thread
+        # runs the next poll (the HTTP stream's asyncio.to_thread), one poll at a time.
+        conn = store.connect(self.path, readonly=True, check_same_thread=False)
         try:
             return _Tail(conn, Tail.start(conn, filters))
         except BaseException:
@@ -164,12 +186,12 @@ class SQLiteStorage:
         pending_only: bool = False,
         order: Order = "asc",
         limit: int | None = None,
+        after: tuple[int, int] | None = None,
     ) -> list[Row]:
-
         conn = self._read()
         try:
             return list(
-                readings.list_rejected(
+                series.list_rejected(
                     conn,
                     devices=devices,
                     since_ns=since_ns,
@@ -178,10 +200,17 @@ class SQLiteStorage:
                     pending_only=pending_only,
                     order=order,
                     limit=limit,
+                    after=after,
                 )
             )
         finally:
             conn.close()
+
+    def stats(self) -> StorageStats:
+        try:
+            return storagestats.read(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(str(exc)) from exc
 
     # ------------------------------------------------------------ administration
 
@@ -196,6 +225,20 @@ class SQLiteStorage:
         finally:
             conn.close()
 
+    def device_named_by_token(self, token: str) -> str | None:
+        conn = self._read()
+        try:
+            return devices.name_by_token(conn, token)
+        finally:
+            conn.close()
+
+    def forward_key(self, name: str) -> tuple[Device, str] | None:
+        conn = self._read()
+        try:
+            return devices.forward_key(conn, name)
+        finally:
+            conn.close()
+
     def revoke_device(self, name: str, now_ns: int) -> Device:
         with self._lock:
             return devices.revoke_device(self._write(), name, now_ns)
@@ -207,7 +250,6 @@ class SQLiteStorage:
     def replay_rejected(
         self, prepare: Preparer, *, devices: Sequence[str] = (), now_ns: int
     ) -> ReplayResult:
-
         return replay_rejected(str(self.path), prepare, devices=devices, now=now_ns)
 
     # ------------------------------------------------------------ copying between backends
@@ -236,7 +278,38 @@ class SQLiteStorage:
         with self._lock:
             return transfer.import_dead_letters(self._write(), records)
 
+    # ------------------------------------------------------------ the daemon
+
+    def writer_session(
+        self, *, synchronous: str = "FULL", maintenance: MaintenanceHook | None = None
+    ) -> SQLiteWriteSession:
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"unknown synchronous level {synchronous!r}")
+        return SQLiteWriteSession(
+            self.path,
+            synchronous=cast(store.Synchronous, synchronous),
+            maintenance=maintenance,
+            maintainer=self._maintainer,
+        )
+
+    def start_background(self, *, retention_ns: int | None) -> None:
+        if self._maintainer is not None:
+            return
+        maintainer = Maintainer(str(self.path), retention_ns=retention_ns)
+        maintainer.start()
+        self._maintainer = maintainer
+
+    def check_background(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.restart_if_dead()
+
+    def background_restarts(self) -> int:
+        return self._maintainer.restarts if self._maintainer is not None else 0
+
     def close(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.stop()
+            self._maintainer = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -244,19 +317,32 @@ class SQLiteStorage:
 
 
 class _Tail:
-    """A query.tail.Tail bound to the read-only connection it polls."""
+    """A tail.Tail bound to the read-only connection it polls."""
 
     def __init__(self, conn: sqlite3.Connection, tail: Tail) -> None:
-
-        assert isinstance(tail, Tail)
         self._conn = conn
         self._tail = tail
 
     def poll(self) -> list[Row]:
         return self._tail.poll(self._conn)
 
+    def rewind(self, ts_ns: int, series_id: int) -> None:
+        self._tail.rewind(ts_ns, series_id)
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _check_schema(path: Path) -> None:
+    """Raises StorageError when the file is not a telemetry database (sqlite3.Error when it
+    cannot be opened at all)."""
+    conn = store.connect(path, readonly=True)
+    try:
+        conn.execute(f"SELECT 1 FROM {store.SERIES} LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise StorageError(f"{path} is not a telemetry database ({exc})") from exc
+    finally:
+        conn.close()
 
 
 def _closing(conn: sqlite3.Connection, rows: Iterator[_T]) -> Iterator[_T]:

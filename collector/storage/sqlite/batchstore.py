@@ -163,7 +163,7 @@ class BatchStore:
         self, conn: sqlite3.Connection, group: Sequence[tuple[int, PreparedBatch]]
     ) -> list[int]:
         """Store (device id, batch) pairs inside the caller's write transaction, with no seq
-        check and no device row update (dead-letter replay, collector.query.replay); returns how
+        check and no device row update (dead-letter replay, replay.py); returns how
         many of each batch's valid readings were new. If the caller rolls back, drop this
         store: its series cache may name rows that were never committed."""
         self._read_horizon(conn)

@@ -51,6 +51,23 @@ def get_device(conn: sqlite3.Connection, name: str) -> Device | None:
     return None if row is None else _row(row)
 
 
+def name_by_token(conn: sqlite3.Connection, token: str) -> str | None:
+    """The name of the device whose stored hash is the token's (None: no such device)."""
+    row = conn.execute(
+        f"SELECT name FROM {DEVICES} WHERE token_hash = ?", (hash_token(token),)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def forward_key(conn: sqlite3.Connection, name: str) -> tuple[Device, str] | None:
+    """The device called `name` and its stored token hash (None: unknown or invalid name)."""
+    device = get_device(conn, name) if DEVICE_NAME_RE.match(name) else None
+    if device is None:
+        return None
+    row = conn.execute(f"SELECT token_hash FROM {DEVICES} WHERE id = ?", (device.id,)).fetchone()
+    return device, str(row[0])
+
+
 def list_devices(conn: sqlite3.Connection) -> list[Device]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM {DEVICES} ORDER BY name").fetchall()
     return [_row(r) for r in rows]

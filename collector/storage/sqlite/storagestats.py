@@ -8,22 +8,11 @@ backlog's two million (measured); a scrape every 15 s costs a backfill ~1.5% of 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from collector.storage.interface import StorageStats as StorageStats
 from collector.storage.sqlite import store
 from collector.storage.sqlite.compaction_config import MERGE_NS
-
-
-@dataclass(frozen=True, slots=True)
-class StorageStats:
-    head_rows: int
-    head_oldest_ns: int | None
-    blocks: int
-    small_blocks: int
-    db_bytes: int
-    wal_bytes: int
-    free_bytes: int
 
 
 def read(path: str | Path) -> StorageStats:

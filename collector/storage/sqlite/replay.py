@@ -1,6 +1,6 @@
 """Replay of stored rejects: re-validate dead-letter rows and move the ones that now pass.
 
-The one write path of the query tools (`telemetry rejected --replay`), run after a kinds file
+Behind `SQLiteStorage.replay_rejected` (`telemetry rejected --replay`), run after a kinds file
 was fixed. It writes through its own connection in short `BEGIN IMMEDIATE` transactions, so
 it is safe beside a running collector (SQLite serialises writers) and exactly-once: each
 reject is stamped `replayed_ns` in the same transaction that inserts its readings.
@@ -15,11 +15,11 @@ from typing import Final
 
 import msgpack
 
-from collector.query.readings import Filters, series_where
-from collector.storage.interface import PreparedBatch, Preparer
+from collector.storage.interface import Filters, PreparedBatch, Preparer
 from collector.storage.interface import ReplayResult as ReplayResult
 from collector.storage.sqlite import store
 from collector.storage.sqlite.batchstore import BatchStore
+from collector.storage.sqlite.series import series_where
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""The live tail: a cursor over readings committed after it was created.
+"""The live tail of a SQLite file: a cursor over readings committed after it was created.
 
-Shared by `telemetry tail` and the HTTP event stream. Reads only through
-`collector.storage.sqlite.scan` and the `series` table, on read-only connections; writes nothing.
+Behind `SQLiteStorage.tail` (`telemetry tail`, the HTTP event stream, the demo). Reads only
+through `collector.storage.sqlite.scan` and the `series` table, on read-only connections;
+writes nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from collector.durations import NS_PER_S
-from collector.query.readings import Filters, Row, SeriesInfo, readings, resolve_series
-from collector.storage.sqlite import store
+from collector.storage.interface import Filters, Row, SeriesInfo
+from collector.storage.rows import reading_row
+from collector.storage.sqlite import scan, store
+from collector.storage.sqlite.series import resolve_series
 
 
 @dataclass(slots=True)
@@ -93,12 +96,11 @@ class Tail:
             rows: list[Row] = []
             for group, lo in self._groups(moved):
                 hi = max(s.last_ts or 0 for s in group) + 1
+                by_id = {s.id: s for s in group}
                 rows += (
-                    r
-                    for r in readings(conn, group, lo, hi)
-                    if isinstance(r["ts_ns"], int)
-                    and isinstance(r["series_id"], int)
-                    and r["ts_ns"] > self.marks.get(r["series_id"], -1)
+                    reading_row(by_id[sid], ts, value)
+                    for sid, ts, value in scan.read_range(conn, list(by_id), lo, hi)
+                    if ts > self.marks.get(sid, -1)
                 )
             rows.sort(key=lambda r: (r["ts_ns"], r["series_id"]))
             for s in moved:

@@ -1,0 +1,122 @@
+"""Series resolution and the dead-letter listing over the `series`, `devices` and `rejected`
+tables (the SQL behind `SQLiteStorage.resolve_series` and `SQLiteStorage.rejected`). Reads only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+from collector.storage.interface import Filters, Order, Row, SeriesInfo
+from collector.storage.rows import format_ts, value_type
+from collector.storage.sqlite import store
+
+
+def series_where(f: Filters) -> tuple[str, list[object]]:
+    """Filters -> (SQL condition over `s` = series and `d` = devices, parameters)."""
+    clauses: list[str] = []
+    params: list[object] = []
+
+    def any_of(expr: str, values: Sequence[str]) -> None:
+        if values:
+            clauses.append("(" + " OR ".join(expr for _ in values) + ")")
+            params.extend(values)
+
+    any_of("d.name GLOB ?", f.devices)
+    any_of("s.sensor GLOB ?", f.sensors)
+    any_of("s.kind = ?", f.kinds)
+    any_of("s.field = ?", f.fields)
+    for key, value in f.tags:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM json_each(s.tags) AS t WHERE t.key = ? AND t.value = ?)"
+        )
+        params.extend((key, value))
+    return (" AND ".join(clauses) or "1"), params
+
+
+def resolve_series(conn: sqlite3.Connection, f: Filters, *, after_id: int = 0) -> list[SeriesInfo]:
+    """Series matching the filters (and with id > `after_id`), by device, sensor, field, id."""
+    where, params = series_where(f)
+    if after_id:
+        where += " AND s.id > ?"
+        params.append(after_id)
+    sql = (
+        "SELECT s.id, d.name, s.sensor, s.field, s.kind, s.unit, s.tags, s.first_ts, "
+        f"s.last_ts, s.last_value, s.count FROM {store.SERIES} AS s "
+        f"JOIN {store.DEVICES} AS d ON d.id = s.device_id WHERE {where} "
+        "ORDER BY d.name, s.sensor, s.field, s.id"
+    )
+    tags: dict[str, dict[str, str]] = {}  # most series share a few tag sets: parse each once
+    out: list[SeriesInfo] = []
+    for sid, dev, sensor, fld, kind, unit, tag_json, first, last, last_value, count in conn.execute(
+        sql, params
+    ):
+        t = tags.get(tag_json)
+        if t is None:
+            t = tags[tag_json] = json.loads(tag_json)
+        info = SeriesInfo(sid, dev, sensor, fld, kind, unit, t, first, last, last_value, count)
+        info.vtype = value_type(kind, fld)
+        out.append(info)
+    return out
+
+
+def list_rejected(
+    conn: sqlite3.Connection,
+    *,
+    devices: Sequence[str] = (),
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    codes: Sequence[str] = (),
+    pending_only: bool = False,
+    order: Order = "asc",
+    limit: int | None = None,
+    after: tuple[int, int] | None = None,
+) -> Iterator[Row]:
+    """Rows of the dead-letter table, by (receive time, id); streamed.
+
+    `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
+    """
+    f = Filters(devices=tuple(devices))
+    where, params = series_where(f)
+    clauses = [where]
+    if since_ns is not None:
+        clauses.append("r.received_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        clauses.append("r.received_ns < ?")
+        params.append(until_ns)
+    if codes:
+        clauses.append("r.code IN (" + ",".join("?" for _ in codes) + ")")
+        params.extend(codes)
+    if pending_only:
+        clauses.append("r.replayed_ns IS NULL")
+    if after is not None:
+        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (?, ?)")
+        params.extend(after)
+    direction = "DESC" if order == "desc" else "ASC"
+    sql = (
+        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
+        f"r.reading, r.replayed_ns FROM {store.REJECTED} AS r "
+        f"JOIN {store.DEVICES} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
+        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    )
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
+        sql, params
+    ):
+        yield {
+            "id": rid,
+            "received": format_ts(received),
+            "received_ns": received,
+            "device": dev,
+            "seq": seq,
+            "idx": idx,
+            "code": code,
+            "path": path,
+            "message": msg,
+            "reading": reading,
+            "replayed": None if replayed is None else format_ts(replayed),
+        }
