@@ -236,7 +236,8 @@ def report(args: argparse.Namespace, ours: dict[str, Any], peer: dict[str, Any])
         side["server_cpu_us_per_reading"] = round(side["server_cpu_s"] / n * 1e6, 2) if n else None
     return {
         "config": {k: getattr(args, k) for k in (
-            "connections", "processes", "batch", "pipeline", "rate", "duration", "commit_rows")},
+            "connections", "processes", "batch", "pipeline", "rate", "duration", "commit_rows",
+            "peer_first")},
         "ours": ours,
         "peer": peer,
         "ratio_ours_over_peer": {
@@ -309,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="peer: most rows per subscriber transaction")  # fmt: skip
     p.add_argument("--broker", default="127.0.0.1:1883", help="loopback HOST:PORT of the broker")
     p.add_argument("--keep", type=Path, help="write ours.db and peer.db here and keep them")
+    p.add_argument("--peer-first", action="store_true", help="run the peer's side first")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     args.host, _, port = args.broker.rpartition(":")
@@ -332,8 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ours.db", "peer.db"):
             for suffix in ("", "-wal", "-shm"):
                 (where / (name + suffix)).unlink(missing_ok=True)
-        ours = run_ours(args, where / "ours.db")
-        peer = run_peer(args, where / "peer.db")
+        if args.peer_first:
+            peer = run_peer(args, where / "peer.db")
+            ours = run_ours(args, where / "ours.db")
+        else:
+            ours = run_ours(args, where / "ours.db")
+            peer = run_peer(args, where / "peer.db")
     rep = report(args, ours, peer)
     print(json.dumps(rep, indent=2) if args.json else _table(rep))
     return 0
