@@ -241,7 +241,9 @@ def report(args: argparse.Namespace, ours: dict[str, Any], peer: dict[str, Any])
         "ours": ours,
         "peer": peer,
         "ratio_ours_over_peer": {
-            "readings_per_s": _ratio(ours["readings_per_s"], peer["readings_per_s"]),
+            # Paced by --rate, both sides store what they are sent: no throughput to compare.
+            "readings_per_s": None if args.rate else _ratio(
+                ours["readings_per_s"], peer["readings_per_s"]),
             "server_cpu_us_per_reading": _ratio(
                 ours["server_cpu_us_per_reading"], peer["server_cpu_us_per_reading"]),
             "latency_p99_ms": _ratio(ours["latency_ms"]["p99"], peer["latency_ms"]["p99"]),
@@ -286,7 +288,8 @@ def _table(rep: dict[str, Any]) -> str:
     lines = [head, "", f"{'':{w0}}  {'ours (collector)':>{w1}}  peer (Mosquitto + paho)"]
     lines += [f"{a:{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
     r = rep["ratio_ours_over_peer"]
-    lines += ["", f"ours/peer: readings/s {r['readings_per_s']}x, server CPU per reading "
+    rate = "n/a (paced by --rate)" if cfg["rate"] else f"{r['readings_per_s']}x"
+    lines += ["", f"ours/peer: readings/s {rate}, server CPU per reading "
               f"{r['server_cpu_us_per_reading']}x, p99 latency {r['latency_p99_ms']}x"]  # fmt: skip
     for name, side in (("ours", ours), ("peer", peer)):
         if side["errors"]:
