@@ -117,6 +117,20 @@ class DeviceClock:
         return out
 
 
+def now_readings(ts: int, n: int) -> tuple[int, list[list[Any]]]:
+    """A batch of `n` temperature readings at device time "now" (at least `ts` + `n`).
+
+    Returns the batch's first timestamp (pass it back as `ts` for the next batch) and the
+    readings; every reading of one device has its own (sensor, ts), so none is a duplicate.
+    """
+    ts = max(time.time_ns(), ts + n)
+    readings = [
+        [SENSOR_NAMES[i % SENSORS], "temperature", ts + i, 20.0 + (i & 7), "C", None]
+        for i in range(n)
+    ]
+    return ts, readings
+
+
 @dataclass
 class Result:
     acked: int = 0
@@ -124,6 +138,7 @@ class Result:
     retries: int = 0
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    last_ack: float = 0.0  # time.time() of the last ACK
 
 
 def raise_fd_limit() -> int:
@@ -295,6 +310,7 @@ async def _connection(
                     res.latencies_ms.append((time.perf_counter() - t) * 1000)
                     res.acked += ev.accepted + ev.duplicate
                     res.batches += 1
+                    res.last_ack = time.time()
                     if shared is not None:
                         _count_ack(shared, ev.accepted + ev.duplicate, args.slice)
                 else:
@@ -322,11 +338,7 @@ async def _connection(
             readings = total_batch
         else:
             # Device clocks read "now": every connection appends near the head's right edge.
-            ts = max(time.time_ns(), ts + args.batch)
-            readings = [
-                [SENSOR_NAMES[i % SENSORS], "temperature", ts + i, 20.0 + (i & 7), "C", None]
-                for i in range(args.batch)
-            ]
+            ts, readings = now_readings(ts, args.batch)
         seq += 1
         sent[seq] = time.perf_counter()
         if args.grouped and welcome.minor >= wire.GROUPS_MINOR:
@@ -421,6 +433,10 @@ def _worker(
         ready.put(idx)
         go, stop = await asyncio.to_thread(go_q.get)
         go_holder["go"], go_holder["stop"] = go, stop
+        # The worker's CPU is counted from the start (connecting and HELLO come before it).
+        asyncio.get_running_loop().call_later(
+            max(0.0, go - time.time()), lambda: cpu_at_go.append(time.process_time())
+        )
         if hold is not None:
             task = asyncio.create_task(run_all())
             await asyncio.to_thread(go_q.get)  # released by the parent after measuring
@@ -430,9 +446,48 @@ def _worker(
             await run_all()
         return res
 
+    cpu_at_go: list[float] = []
     res = asyncio.run(main())
     lat = res.latencies_ms
-    out.put((res.acked, res.batches, res.retries, res.errors[:5], lat))
+    cpu = time.process_time() - (cpu_at_go[0] if cpu_at_go else 0.0)
+    # (acked, batches, retries, errors, latencies, CPU s since the start, last ACK's time)
+    out.put((res.acked, res.batches, res.retries, res.errors[:5], lat, cpu, res.last_ack))
+
+
+class Clients:
+    """The client worker processes of one run: spawned, connected, then started together."""
+
+    def __init__(
+        self, args: argparse.Namespace, addr: tuple[str, int], shared: Shared | None = None
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        ready, self.go_q, self.out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        names = [f"bench-{i}" for i in range(args.connections)]
+        self.procs = [
+            ctx.Process(target=_worker,
+                        args=(i, names[i :: args.processes], args, addr, ready, self.go_q,
+                              self.out, shared))
+            for i in range(args.processes)
+        ]  # fmt: skip
+        for pr in self.procs:
+            pr.start()
+        for _ in self.procs:
+            ready.get(timeout=120)
+
+    def go(self, start: float, stop: float) -> None:
+        """Tell every worker when to start (time.time()) and stop sending."""
+        for _ in self.procs:
+            self.go_q.put((start, stop))
+
+    def results(self, timeout_s: float) -> list[Any]:
+        """Each worker's result tuple (see `_worker`), waiting at most `timeout_s` for each."""
+        return [self.out.get(timeout=timeout_s) for _ in self.procs]
+
+    def join(self, timeout_s: float = 30) -> None:
+        for pr in self.procs:
+            pr.join(timeout_s)
+            if pr.is_alive():
+                pr.kill()
 
 
 def main() -> None:
@@ -515,23 +570,11 @@ def main() -> None:
     )
     assert col.addr is not None
     rss0 = col.rss_mb()
-    ctx = mp.get_context("spawn")
-    ready, go_q, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    names = [f"bench-{i}" for i in range(args.connections)]
-    procs = [
-        ctx.Process(target=_worker,
-                    args=(i, names[i :: args.processes], args, col.addr, ready, go_q, out,
-                          shared))
-        for i in range(args.processes)
-    ]  # fmt: skip
-    for pr in procs:
-        pr.start()
-    for _ in procs:
-        ready.get(timeout=120)
+    clients = Clients(args, col.addr, shared)
+    procs, go_q, out = clients.procs, clients.go_q, clients.out
     start = time.time() + 2.0  # time for every connection's HELLO
     stop = start + args.duration if shared is None else float("inf")
-    for _ in procs:
-        go_q.put((start, stop))
+    clients.go(start, stop)
     report: dict[str, object] = {
         "connections": args.connections, "processes": args.processes, "batch": args.batch,
         "pipeline": args.pipeline, "rate_target": args.rate, "duration_s": args.duration,
