@@ -138,8 +138,10 @@ class WireClient:
 class CollectorProcess:
     """`python -m collector collector` as a subprocess on 127.0.0.1 port 0."""
 
-    def __init__(self, db: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.db = Path(db)
+    def __init__(self, db: Path | str, *args: str, env: dict[str, str] | None = None) -> None:
+        # A path to an SQLite file, or a postgresql:// URL (kept as given: Path would fold
+        # its "//").
+        self.db: Path | str = db if "://" in str(db) else Path(db)
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None

@@ -35,6 +35,7 @@ from tests.reliability.harness import (
     stored,
     wait_for,
 )
+from tests.storage.pgserver import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -122,8 +123,18 @@ def connected_here(c: CollectorProcess, device: str) -> bool:
     return f"connected device={device} " in c.log
 
 
-def test_agents_fail_over_through_haproxy(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_agents_fail_over_through_haproxy(tmp_path: Path, backend: str) -> None:
+    """Two collectors share one database: an SQLite file on this host, or PostgreSQL (the
+    scale-out setup: stateless collectors, one database)."""
+    if backend == "sqlite":
+        _fail_over(tmp_path, tmp_path / "shared.db")
+        return
+    with throwaway_database() as url:
+        _fail_over(tmp_path, url)
+
+
+def _fail_over(tmp_path: Path, db: Path | str) -> None:
     names = [f"agent-{i}" for i in range(AGENTS)]
     tokens = add_devices(db, [*names, "streamer"])
     args = ("--proxy-protocol", "--proxy-protocol-from", f"{PROXY_SOURCE}/32")
@@ -196,6 +207,6 @@ def test_agents_fail_over_through_haproxy(tmp_path: Path) -> None:
     st = stored(db)
     assert_exactly_once(st, expected)
     report(
-        "haproxy failover",
+        f"haproxy failover ({'postgres' if isinstance(db, str) else 'sqlite'})",
         {"readings": st.total, "moved_agents": len(moved), "failover_s": failover, "drain_s": took},
     )

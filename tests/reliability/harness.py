@@ -28,6 +28,8 @@ from pathlib import Path
 
 import msgpack
 
+from collector.storage.factory import open_storage
+from collector.storage.interface import Filters
 from collector.storage.sqlite import devices, scan, store
 from schemas import wire
 from schemas.errors import RemoteProtocolError
@@ -62,8 +64,20 @@ def wait_for(pred: Callable[[], bool], what: str, within: float = 60.0) -> float
     return time.monotonic() - t0
 
 
-def add_devices(db: Path, names: Iterable[str]) -> dict[str, str]:
+def _url(db: Path | str) -> str | None:
+    """The PostgreSQL URL `db` is, or None for an SQLite file."""
+    return db if isinstance(db, str) and "://" in db else None
+
+
+def add_devices(db: Path | str, names: Iterable[str]) -> dict[str, str]:
     """Register devices straight in the registry (faster than one CLI process each)."""
+    if (url := _url(db)) is not None:
+        storage = open_storage(url)
+        try:
+            return {n: storage.add_device(n, time.time_ns())[1] for n in names}
+        finally:
+            storage.close()
+    assert isinstance(db, Path)
     store.migrate(db)
     conn = store.connect(db)
     try:
@@ -76,7 +90,10 @@ def ro(db: Path) -> sqlite3.Connection:
     return store.connect(db, readonly=True)
 
 
-def integrity(db: Path) -> str:
+def integrity(db: Path | str) -> str:
+    if _url(db) is not None:
+        return "ok"  # PostgreSQL keeps its own consistency; nothing to check from here
+    assert isinstance(db, Path)
     conn = ro(db)
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
@@ -84,8 +101,15 @@ def integrity(db: Path) -> str:
         conn.close()
 
 
-def committed_total(db: Path) -> int:
+def committed_total(db: Path | str) -> int:
     """Readings committed so far (series.count is kept in the ingest transaction)."""
+    if (url := _url(db)) is not None:
+        storage = open_storage(url, readonly=True)
+        try:
+            return sum(s.count for s in storage.resolve_series(Filters()))
+        finally:
+            storage.close()
+    assert isinstance(db, Path)
     conn = ro(db)
     try:
         return int(conn.execute("SELECT coalesce(sum(count), 0) FROM series").fetchone()[0])
@@ -112,9 +136,22 @@ class Stored:
         return sum(len(v) for v in self.values.values())
 
 
-def stored(db: Path, device: str | None = None) -> Stored:
+def stored(db: Path | str, device: str | None = None) -> Stored:
     """Everything stored (or one device's readings), read back through
-    collector.storage.sqlite.scan."""
+    collector.storage.sqlite.scan (PostgreSQL: through the storage interface)."""
+    if (url := _url(db)) is not None:
+        storage = open_storage(url, readonly=True)
+        try:
+            series = storage.resolve_series(Filters(devices=(device,) if device else ()))
+            keys = {s.id: (s.device, s.sensor) for s in series}
+            by_key: dict[tuple[str, str], list[scan.Value]] = defaultdict(list)
+            for sid, _ts, value in storage.read_range(sorted(keys), None, None):
+                by_key[keys[sid]].append(value)
+            # No head/blocks split: every row read is a stored row.
+            return Stored(dict(by_key), sum(len(v) for v in by_key.values()), 0)
+        finally:
+            storage.close()
+    assert isinstance(db, Path)
     conn = ro(db)
     where, args = ("WHERE d.name = ?", (device,)) if device is not None else ("", ())
     try:
