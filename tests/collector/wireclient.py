@@ -139,9 +139,10 @@ class CollectorProcess:
     """`python -m collector collector` as a subprocess on 127.0.0.1 port 0."""
 
     def __init__(self, db: Path | str, *args: str, env: dict[str, str] | None = None) -> None:
-        # A path to an SQLite file, or a postgresql:// URL (kept as given: Path would fold
-        # its "//").
-        self.db: Path | str = db if "://" in str(db) else Path(db)
+        # A path to an SQLite file, or a postgresql:// URL: `db_arg` is what `--db` gets
+        # (a URL as given: Path would fold its "//"); `db` the file, for SQLite's helpers.
+        self.db_arg = str(db)
+        self.db = Path(db)
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
@@ -162,7 +163,7 @@ class CollectorProcess:
             "--http",
             "127.0.0.1:0",
             "--db",
-            str(self.db),
+            self.db_arg,
             *self.args,
         ]
         self._listening.clear()
@@ -197,7 +198,7 @@ class CollectorProcess:
     def add_device(self, name: str) -> str:
         """Register a device with `telemetry devices add`; returns its token."""
         out = subprocess.run(
-            [sys.executable, "-m", "collector", "devices", "add", name, "--db", str(self.db)],
+            [sys.executable, "-m", "collector", "devices", "add", name, "--db", self.db_arg],
             capture_output=True,
             text=True,
             check=True,
