@@ -10,7 +10,7 @@ COPY schemas ./schemas
 COPY collector ./collector
 COPY agents ./agents
 RUN python -m venv /opt/telemetry \
- && /opt/telemetry/bin/pip install --no-cache-dir --disable-pip-version-check ".[collector,system,fast]"
+ && /opt/telemetry/bin/pip install --no-cache-dir --disable-pip-version-check ".[collector,postgres,system,fast]"
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system telemetry \
