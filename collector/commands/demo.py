@@ -30,6 +30,10 @@ from typing import IO, Final
 import click
 
 from collector.errors import ConfigError
+
+# The demo runs a collector: without the collector extra (pydantic, aiohttp, ...) it is not
+# offered. collector.cli lists a command only when its module imports, so name one here.
+from collector.ingest import prepare as _needs_the_collector_extra  # noqa: F401
 from collector.storage.factory import open_storage
 from collector.storage.interface import Filters, Storage
 
