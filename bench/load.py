@@ -11,6 +11,16 @@ p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
     python bench/load.py --grouped ...           # GBATCH: readings as series groups (v1.2)
     python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
     python bench/load.py --connections 1000 --total 20000000 --slice 1000000
+    python bench/load.py --pg --collectors 2     # 2 collectors, throwaway PostgreSQL database
+    python bench/load.py --db postgresql://postgres@127.0.0.1/telemetry ...
+
+--db takes a file or a postgresql:// URL (passed to the collector's --db as given); --pg
+creates `telemetry_bench_<random>` on 127.0.0.1:5432 (see tests/storage/pgserver.py) and
+drops it after the run. --collectors N starts N collectors on the same database and
+connection k goes to collector k mod N. The report splits the run's CPU between the
+collectors (with their maintenance processes), the processes named postgres (the whole
+server) and the load generators, in seconds and µs per acknowledged reading.
+`python -m bench.pg_scaling` runs 1 and 2 collectors on PostgreSQL side by side.
 
 --total streams until that many readings are ACKed (instead of --duration) and reports the
 acknowledged readings/s of every --slice readings (client side: the time from the slice's
