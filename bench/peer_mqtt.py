@@ -143,7 +143,7 @@ def _load_args(args: argparse.Namespace) -> argparse.Namespace:
     """What bench.load's client workers read from their namespace."""
     return argparse.Namespace(connections=args.connections, processes=args.processes,
                               batch=args.batch, pipeline=args.pipeline, rate=args.rate,
-                              duration=args.duration, idle=0)  # fmt: skip
+                              duration=args.duration, idle=0, grouped=False)  # fmt: skip
 
 
 def run_peer(args: argparse.Namespace, db: Path) -> dict[str, Any]:
