@@ -11,6 +11,16 @@ p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
     python bench/load.py --grouped ...           # GBATCH: readings as series groups (v1.2)
     python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
     python bench/load.py --connections 1000 --total 20000000 --slice 1000000
+    python bench/load.py --pg --collectors 2     # 2 collectors, throwaway PostgreSQL database
+    python bench/load.py --db postgresql://postgres@127.0.0.1/telemetry ...
+
+--db takes a file or a postgresql:// URL (passed to the collector's --db as given); --pg
+creates `telemetry_bench_<random>` on 127.0.0.1:5432 (see tests/storage/pgserver.py) and
+drops it after the run. --collectors N starts N collectors on the same database and
+connection k goes to collector k mod N. The report splits the run's CPU between the
+collectors (with their maintenance processes), the processes named postgres (the whole
+server) and the load generators, in seconds and µs per acknowledged reading.
+`python -m bench.pg_scaling` runs 1 and 2 collectors on PostgreSQL side by side.
 
 --total streams until that many readings are ACKed (instead of --duration) and reports the
 acknowledged readings/s of every --slice readings (client side: the time from the slice's
@@ -49,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +163,7 @@ def raise_fd_limit() -> int:
 
 
 class Collector:
-    def __init__(self, db: Path, extra: list[str]) -> None:
+    def __init__(self, db: Path | str, extra: list[str]) -> None:
         cmd = [sys.executable, "-m", "collector", "collector", "--listen", "127.0.0.1:0",
                "--http", "127.0.0.1:0", "--db", str(db), "--allow-unknown-devices",
                "--log-level", "WARNING", *extra]  # fmt: skip
@@ -186,6 +197,12 @@ class Collector:
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
+
+    def all_cpu_s(self) -> float:
+        """CPU of the collector and its child processes so far (0 for a process gone)."""
+        with contextlib.suppress(psutil.Error):
+            return self.cpu_s() + self.children_cpu_s()
+        return 0.0
 
     def children_cpu_s(self) -> float:
         """CPU of the collector's child processes (the maintenance process)."""
@@ -251,6 +268,59 @@ def prefill(db: Path, rows: int) -> None:
         )  # fmt: skip
         conn.execute("COMMIT")
     conn.close()
+
+
+def is_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """Create `telemetry_bench_<random>` on the local server, yield its URL, drop it."""
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from tests.storage.pgserver import maintenance_url
+
+    admin = maintenance_url()
+    if admin is None:
+        raise SystemExit("--pg: no PostgreSQL at 127.0.0.1:5432 (or TELEMETRY_TEST_PG)")
+    name = f"telemetry_bench_{secrets.token_hex(6)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every process named postgres (server, backends), by pid."""
+    out: dict[int, float] = {}
+    for pr in psutil.process_iter(["name"]):
+        if pr.info["name"] == "postgres":
+            with contextlib.suppress(psutil.Error):
+                t = pr.cpu_times()
+                out[pr.pid] = t.user + t.system
+    return out
+
+
+def postgres_cpu_delta(before: dict[int, float]) -> float:
+    """CPU the postgres processes used since `before` (a new process counts from 0; one
+    that exited in between is lost: the collectors' pooled connections outlive the run)."""
+    now = postgres_cpu()
+    return sum(t - before.get(pid, 0.0) for pid, t in now.items())
+
+
+def _pg_rows(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM readings").fetchone()
+    return int(row[0]) if row else 0
 
 
 # ----------------------------------------------------------------------------- clients
@@ -406,7 +476,7 @@ def _count_ack(shared: Shared, n: int, slice_n: int) -> None:
 
 
 def _worker(
-    idx: int, names: list[str], args: argparse.Namespace, addr: tuple[str, int],
+    idx: int, names: list[str], args: argparse.Namespace, addrs: list[tuple[str, int]],
     ready: Any, go_q: Any, out: Any, shared: Shared | None = None,
 ) -> None:  # fmt: skip
     raise_fd_limit()
@@ -425,9 +495,16 @@ def _worker(
         async def run_all() -> None:
             sem = asyncio.Semaphore(200)
             go, stop = go_holder["go"], go_holder["stop"]
+            # Connection k goes to collector k mod N: round-robin over the collectors.
             await asyncio.gather(
-                *(_connection(*addr, n, args, go, stop, res, hold, sem, shared) for n in names)
-            )
+                *(
+                    _connection(
+                        *addrs[int(n.rsplit("-", 1)[1]) % len(addrs)],
+                        n, args, go, stop, res, hold, sem, shared,
+                    )
+                    for n in names
+                )
+            )  # fmt: skip
 
         # The parent says when to start (all workers connected) and when to stop.
         ready.put(idx)
@@ -458,14 +535,17 @@ class Clients:
     """The client worker processes of one run: spawned, connected, then started together."""
 
     def __init__(
-        self, args: argparse.Namespace, addr: tuple[str, int], shared: Shared | None = None
+        self,
+        args: argparse.Namespace,
+        addrs: list[tuple[str, int]],
+        shared: Shared | None = None,
     ) -> None:
         ctx = mp.get_context("spawn")
         ready, self.go_q, self.out = ctx.Queue(), ctx.Queue(), ctx.Queue()
         names = [f"bench-{i}" for i in range(args.connections)]
         self.procs = [
             ctx.Process(target=_worker,
-                        args=(i, names[i :: args.processes], args, addr, ready, self.go_q,
+                        args=(i, names[i :: args.processes], args, addrs, ready, self.go_q,
                               self.out, shared))
             for i in range(args.processes)
         ]  # fmt: skip
@@ -502,7 +582,23 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=15)
     p.add_argument("--idle", type=int, default=0, help="hold this many idle connections")
     p.add_argument("--prefill", type=int, default=0, help="rows in the DB before the run")
-    p.add_argument("--db", type=Path, help="database file (default: a temporary one)")
+    p.add_argument(
+        "--db",
+        help="database file, or a postgresql:// URL passed to the collector as given "
+        "(default: a temporary file)",
+    )
+    p.add_argument(
+        "--pg",
+        action="store_true",
+        help="store in a throwaway PostgreSQL database telemetry_bench_<random> on "
+        "127.0.0.1:5432 (dropped after the run)",
+    )
+    p.add_argument(
+        "--collectors",
+        type=int,
+        default=1,
+        help="collector processes on the same database; connections spread round-robin",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--grouped", action="store_true", help="send series groups (GBATCH, protocol v1.2)"
@@ -554,23 +650,48 @@ def main() -> None:
         spawn = mp.get_context("spawn")
         shared = Shared(spawn.Value("q", 0), spawn.Value("q", 0),
                         spawn.Array("d", n_slices + 1, lock=False))  # fmt: skip
+    url = args.db if args.db and is_url(args.db) else None
+    if (url or args.pg) and (args.prefill or args.total):
+        p.error("--prefill and --total need a SQLite file")
+    if args.pg and args.db:
+        p.error("--pg or --db, not both")
+    if args.collectors < 1:
+        p.error("--collectors is at least 1")
+    if args.collectors > 1 and (args.total or args.idle):
+        p.error("--collectors > 1 goes with neither --total nor --idle")
+    with contextlib.ExitStack() as stack:
+        if args.pg:
+            url = stack.enter_context(pg_database())
+        run(args, shared, url)
+
+
+def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> None:
+    """One run against a SQLite file (`url` None) or the PostgreSQL database `url`."""
     fd_limit = raise_fd_limit()
     if args.idle:
         args.connections = args.idle
     tmp = tempfile.TemporaryDirectory(prefix="telemetry-bench-")
-    db = args.db or Path(tmp.name) / "bench.db"
+    db = Path(args.db) if args.db and url is None else Path(tmp.name) / "bench.db"
+    target: Path | str = url or db
     if args.prefill:
         t = time.perf_counter()
         prefill(db, args.prefill)
         print(f"prefilled {args.prefill} rows in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     # Every bench connection comes from 127.0.0.1, so the per-address limit is lifted too.
     limit = str(args.connections + 100)
-    col = Collector(
-        db, ["--max-connections", limit, "--max-connections-per-ip", limit, *args.extra]
-    )
-    assert col.addr is not None
+    flags = ["--max-connections", limit, "--max-connections-per-ip", limit, *args.extra]
+    cols: list[Collector] = []
+    try:
+        for _ in range(args.collectors):
+            cols.append(Collector(target, flags))
+    except BaseException:
+        for c in cols:
+            c.stop()
+        raise
+    col = cols[0]
+    addrs = [c.addr for c in cols if c.addr is not None]
     rss0 = col.rss_mb()
-    clients = Clients(args, col.addr, shared)
+    clients = Clients(args, addrs, shared)
     procs, go_q, out = clients.procs, clients.go_q, clients.out
     start = time.time() + 2.0  # time for every connection's HELLO
     stop = start + args.duration if shared is None else float("inf")
@@ -579,6 +700,7 @@ def main() -> None:
         "connections": args.connections, "processes": args.processes, "batch": args.batch,
         "pipeline": args.pipeline, "rate_target": args.rate, "duration_s": args.duration,
         "prefill": args.prefill, "fd_limit": fd_limit, "rss_start_mb": round(rss0, 1),
+        "store": "postgresql" if url else "sqlite", "collectors": args.collectors,
     }  # fmt: skip
     if args.idle:
         deadline = time.time() + 120
@@ -600,6 +722,9 @@ def main() -> None:
         results = [out.get(timeout=120) for _ in procs]
     else:
         cpu0, child0 = col.cpu_s(), col.children_cpu_s()
+        all0 = [c.all_cpu_s() for c in cols]
+        pg0 = postgres_cpu()
+        busy0 = _machine_busy()
         spy = None
         if args.profile:
             time.sleep(max(0.0, start - time.time()))
@@ -618,6 +743,10 @@ def main() -> None:
             report["duration_s"] = round(elapsed, 1)  # first ACK to last
         cpu = col.cpu_s() - cpu0
         child = col.children_cpu_s() - child0
+        all_cpu = sum(c.all_cpu_s() - a for c, a in zip(cols, all0, strict=True))
+        pg_cpu = postgres_cpu_delta(pg0)
+        busy = _share(_machine_busy(), busy0)
+        load_cpu = sum(r[5] for r in results)
         if spy is not None:
             spy.wait(60)
         acked = sum(r[0] for r in results)
@@ -634,6 +763,20 @@ def main() -> None:
             "rss_mb": round(col.rss_mb(), 1), "load_avg_1m": os.getloadavg()[0],
             **col.commit_quantiles(),
         })  # fmt: skip
+        # The CPU split of the whole run: every collector (+ its maintenance process), the
+        # PostgreSQL processes (0 on SQLite, unless another database is busy), the clients.
+        split = {"collectors": all_cpu, "postgres": pg_cpu, "loadgen": load_cpu}
+        report.update({f"cpu_s_{k}": round(v, 1) for k, v in split.items()})
+        report.update({
+            f"cpu_us_per_reading_{k}": round(v / acked * 1e6, 2) if acked else None
+            for k, v in split.items()
+        })  # fmt: skip
+        report["machine_busy"] = round(busy, 2)
+        if len(cols) > 1:
+            report["rss_mb_per_collector"] = [round(c.rss_mb(), 1) for c in cols]
+            report["commit_count_per_collector"] = [
+                c.commit_quantiles()["commit_count"] for c in cols
+            ]
     errors = [e for r in results for e in r[3]]
     for pr in procs:
         pr.join(30)
@@ -642,13 +785,17 @@ def main() -> None:
         report["rss_mb"] = round(col.rss_mb(), 1)
     if "collector_exit" not in report:
         t_stop = time.monotonic()
-        report["collector_exit"] = col.stop()
+        exits = [c.stop() for c in cols]
+        report["collector_exit"] = max(exits, key=abs)
         report["shutdown_s"] = round(time.monotonic() - t_stop, 2)
     if errors:
         report["errors"] = errors[:5]
-    conn = sqlite3.connect(db)
-    report["rows_in_db"] = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
-    conn.close()
+    if url:
+        report["rows_in_db"] = _pg_rows(url)
+    else:
+        conn = sqlite3.connect(db)
+        report["rows_in_db"] = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
+        conn.close()
     tmp.cleanup()
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
 

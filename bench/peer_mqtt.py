@@ -101,7 +101,7 @@ def run_ours(args: argparse.Namespace, db: Path) -> dict[str, Any]:
     load_avg = [round(os.getloadavg()[0], 2)]
     try:
         assert col.addr is not None
-        clients = load.Clients(_load_args(args), col.addr)
+        clients = load.Clients(_load_args(args), [col.addr])
         start = time.time() + START_DELAY_S
         clients.go(start, start + args.duration)
         _wait_until(start)
