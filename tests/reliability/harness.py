@@ -151,8 +151,7 @@ def stored(db: Path | str, device: str | None = None) -> Stored:
             return Stored(dict(by_key), sum(len(v) for v in by_key.values()), 0)
         finally:
             storage.close()
-    assert isinstance(db, Path)
-    conn = ro(db)
+    conn = ro(Path(db))
     where, args = ("WHERE d.name = ?", (device,)) if device is not None else ("", ())
     try:
         ids = {

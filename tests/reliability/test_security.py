@@ -11,39 +11,34 @@ mTLS cases live with the TLS code in tests/collector/test_certs_tls.py.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.storage.sqlite import devices, store
+from collector.storage.factory import open_storage
+from collector.storage.interface import Filters
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
-from tests.reliability.harness import ENV, add_devices, ro, stored
+from tests.reliability.harness import ENV, add_devices, stored
+from tests.storage.pgserver import throwaway_database
 
 
-def rows(db: Path) -> dict[str, tuple[int, int, int]]:
-    """device -> (readings, series, dead letters)."""
-    conn = ro(db)
+def rows(db: str) -> dict[str, tuple[int, int, int]]:
+    """device -> (readings, series, dead letters), through the storage interface (either
+    backend)."""
+    storage = open_storage(db, readonly=True)
     try:
         out = {}
-        for dev_id, name in conn.execute("SELECT id, name FROM devices"):
-            series = conn.execute(
-                "SELECT count(*) FROM series WHERE device_id = ?", (dev_id,)
-            ).fetchone()[0]
-            head = conn.execute(
-                "SELECT count(*) FROM readings_head h JOIN series s ON s.id = h.series_id "
-                "WHERE s.device_id = ?",
-                (dev_id,),
-            ).fetchone()[0]
-            dead = conn.execute(
-                "SELECT count(*) FROM rejected WHERE device_id = ?", (dev_id,)
-            ).fetchone()[0]
-            out[str(name)] = (int(head), int(series), int(dead))
+        for dev in storage.list_devices():
+            series = storage.resolve_series(Filters(devices=(dev.name,)))
+            dead = storage.rejected(devices=(dev.name,))
+            out[dev.name] = (sum(x.count for x in series), len(series), len(dead))
         return out
     finally:
-        conn.close()
+        storage.close()
 
 
 def payload(seq: int, sensor: str = "victim/temp") -> list[object]:
@@ -59,17 +54,25 @@ def attack_frames(device: str, token: str) -> bytes:
     return hello + b"".join(wire.encode(wire.Batch(s, payload(s))) for s in (1, 2, 3))
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[CollectorProcess, dict[str, str]]]:
-    db = tmp_path / "sec.db"
-    tokens = add_devices(db, ["victim", "attacker", "revoked"])
-    conn = store.connect(db)
-    try:
-        devices.revoke_device(conn, "revoked", time.time_ns())
-    finally:
-        conn.close()
-    with CollectorProcess(db, env=ENV) as d:
-        yield d, tokens
+@pytest.fixture(params=["sqlite", "postgres"])
+def daemon(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[CollectorProcess, dict[str, str]]]:
+    """A collector on an SQLite file, or on a throwaway PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        db = (
+            str(tmp_path / "sec.db")
+            if request.param == "sqlite"
+            else stack.enter_context(throwaway_database())
+        )
+        tokens = add_devices(db if "://" in db else Path(db), ["victim", "attacker", "revoked"])
+        storage = open_storage(db)
+        try:
+            storage.revoke_device("revoked", time.time_ns())
+        finally:
+            storage.close()
+        with CollectorProcess(db, env=ENV) as d:
+            yield d, tokens
 
 
 def refused(d: CollectorProcess, frames: bytes) -> wire.Error:
@@ -82,7 +85,7 @@ def refused(d: CollectorProcess, frames: bytes) -> wire.Error:
         return ev
 
 
-def nothing_stored(db: Path) -> None:
+def nothing_stored(db: str) -> None:
     assert all(v == (0, 0, 0) for v in rows(db).values()), rows(db)
 
 
@@ -92,28 +95,28 @@ def test_wrong_token_is_refused_and_stores_nothing(daemon):
     assert ev.code == errors.AUTH_FAILED
     ev = refused(d, attack_frames("victim", tokens["victim"][:-1] + "x"))
     assert ev.code == errors.AUTH_FAILED
-    nothing_stored(d.db)
+    nothing_stored(d.db_arg)
 
 
 def test_revoked_token_is_refused_and_stores_nothing(daemon):
     d, tokens = daemon
     ev = refused(d, attack_frames("revoked", tokens["revoked"]))
     assert ev.code == errors.AUTH_FAILED
-    nothing_stored(d.db)
+    nothing_stored(d.db_arg)
 
 
 def test_unknown_device_is_refused_and_not_registered(daemon):
     d, tokens = daemon
     ev = refused(d, attack_frames("intruder", tokens["victim"]))
     assert ev.code == errors.AUTH_FAILED
-    assert "intruder" not in rows(d.db)
-    nothing_stored(d.db)
+    assert "intruder" not in rows(d.db_arg)
+    nothing_stored(d.db_arg)
 
 
 def test_batch_without_hello_is_refused(daemon):
     d, _ = daemon
     refused(d, wire.encode(wire.Batch(1, payload(1))))
-    nothing_stored(d.db)
+    nothing_stored(d.db_arg)
 
 
 def test_captured_token_of_another_device_is_refused(daemon):
@@ -121,7 +124,7 @@ def test_captured_token_of_another_device_is_refused(daemon):
     # The attacker's own valid token presented as the victim, and the victim's as the attacker.
     assert refused(d, attack_frames("victim", tokens["attacker"])).code == errors.AUTH_FAILED
     assert refused(d, attack_frames("attacker", tokens["victim"])).code == errors.AUTH_FAILED
-    nothing_stored(d.db)
+    nothing_stored(d.db_arg)
 
 
 def test_second_hello_on_an_established_connection_does_not_change_identity(daemon):
@@ -136,7 +139,7 @@ def test_second_hello_on_an_established_connection_does_not_change_identity(daem
     assert not any(isinstance(a, wire.Welcome) for a in answers)
     acks = [a for a in answers if isinstance(a, wire.Ack)]
     assert [a.seq for a in acks] == [1, 2, 3]
-    r = rows(d.db)
+    r = rows(d.db_arg)
     assert r["victim"] == (0, 0, 0)
     assert r["attacker"][0] == 3  # stored, but as the attacker's own readings
 
@@ -148,8 +151,8 @@ def test_readings_naming_another_device_are_stored_under_the_sender(daemon):
         for seq in (1, 2):
             ack = c.batch(seq, payload(seq, sensor="victim/temp"))
             assert isinstance(ack, wire.Ack) and ack.accepted == 1
-    r = rows(d.db)
+    r = rows(d.db_arg)
     assert r["victim"] == (0, 0, 0)
     assert r["attacker"] == (2, 1, 2)
-    st = stored(d.db)
+    st = stored(d.db_arg)
     assert set(st.values) == {("attacker", "victim/temp")}
