@@ -177,4 +177,4 @@ def test_protocol_limits_are_configurable(tmp_path: Path) -> None:
             waited = time.monotonic() - t0
             assert isinstance(ev, wire.Error) and ev.code == errors.HANDSHAKE_TIMEOUT
             assert 0.25 <= waited < 5
-    assert rows(str(db))["a"] == (0, 0, 0)
+    assert rows(db)["a"] == (0, 0, 0)

@@ -26,10 +26,10 @@ from tests.reliability.harness import ENV, add_devices, stored
 from tests.storage.pgserver import throwaway_database
 
 
-def rows(db: str) -> dict[str, tuple[int, int, int]]:
+def rows(db: Path | str) -> dict[str, tuple[int, int, int]]:
     """device -> (readings, series, dead letters), through the storage interface (either
-    backend)."""
-    storage = open_storage(db, readonly=True)
+    backend: an SQLite path or a postgresql:// URL)."""
+    storage = open_storage(str(db), readonly=True)
     try:
         out = {}
         for dev in storage.list_devices():
