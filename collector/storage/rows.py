@@ -7,10 +7,11 @@ HTTP API print the same data whichever backend read it. Pure: no I/O, no SQL.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Final
 
 from collector.durations import NS_PER_S
-from collector.storage.interface import Row, SeriesInfo
+from collector.storage.interface import DeviceRecord, Row, SeriesInfo
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 
@@ -68,3 +69,56 @@ def reading_row(s: SeriesInfo, ts: int, v: object) -> Row:
     row = base(s, ts)
     row["value"] = value(s, v)
     return row
+
+
+def rejected_row(
+    rid: int,
+    received_ns: int,
+    device: str,
+    seq: int,
+    idx: int,
+    code: str,
+    path: str,
+    message: str,
+    reading: str,
+    replayed_ns: int | None,
+) -> Row:
+    """One dead letter as every listing shows it (the columns in this order)."""
+    return {
+        "id": rid,
+        "received": format_ts(received_ns),
+        "received_ns": received_ns,
+        "device": device,
+        "seq": seq,
+        "idx": idx,
+        "code": code,
+        "path": path,
+        "message": message,
+        "reading": reading,
+        "replayed": None if replayed_ns is None else format_ts(replayed_ns),
+    }
+
+
+def device_records(
+    devices: Iterable[tuple[int, str, str, int, int | None, int, int]],
+    streams: Iterable[tuple[int, str, int]],
+) -> list[DeviceRecord]:
+    """`DeviceRecord`s from (id, name, token_hash, created_ns, revoked_ns, spool_dropped,
+    last_seq) device rows, in their order, and (device_id, stream, last_seq) stream rows.
+
+    A device with a last seq but no default-stream row (it has not said HELLO since streams
+    existed) gets its v1.0 last seq as the default stream's."""
+    own: dict[int, list[tuple[str, int]]] = {}
+    for dev, stream, last in streams:
+        own.setdefault(int(dev), []).append((str(stream), int(last)))
+    out = []
+    for dev_id, name, token_hash, created, revoked, dropped, last_seq in devices:
+        mine = own.get(int(dev_id), [])
+        if last_seq and not any(s == "" for s, _ in mine):
+            mine.insert(0, ("", int(last_seq)))
+        out.append(
+            DeviceRecord(
+                str(name), str(token_hash), int(created), revoked, int(dropped), tuple(mine)
+            )
+        )
+    return out

@@ -13,7 +13,6 @@ Read-only: this module never writes.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Final
@@ -22,7 +21,7 @@ from psycopg import sql
 
 from collector.storage.interface import Agg, Filters, Order, Row, SeriesInfo, Value
 from collector.storage.postgres.schema import DEVICES, LATEST, READINGS, REJECTED, SERIES, Conn
-from schemas.kinds import BUILTIN_KINDS, KindSpec
+from collector.storage.rows import rejected_row, value_type
 
 AGGREGATES: Final = ("avg", "min", "max", "sum", "count", "first", "last")
 # Rows fetched per round trip from a server-side cursor.
@@ -38,7 +37,6 @@ _AGGREGATE_SETTINGS: Final = (
     # (series, bucket) gives groups already in the order asked for.
     "SET LOCAL enable_hashagg = off"
 )
-_KINDS: Final[dict[str, KindSpec]] = {k.name: k for k in BUILTIN_KINDS}
 _C: Final = 'COLLATE "C"'  # order text by code point, as SQLite does, whatever the locale
 
 
@@ -91,25 +89,6 @@ def glob_regex(pattern: str) -> str:
         i += 1
     out.append("$")
     return "".join(out)
-
-
-def format_ts(ns: int) -> str:
-    """int ns -> RFC 3339 in UTC with nanoseconds (the query tools' format)."""
-    seconds, frac = divmod(ns, 10**9)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
-
-
-def value_type(kind: str, fld: str) -> str | None:
-    spec = _KINDS.get(kind)
-    if spec is None:
-        return None
-    if spec.type == "object":
-        return next((f.type for f in spec.fields if f.name == fld), None)
-    return spec.type
-
-
-# ---------------------------------------------------------------- series
 
 
 def _series_where(f: Filters) -> tuple[sql.Composable, list[object]]:
@@ -389,19 +368,7 @@ def rejected(
         query += " LIMIT %s"
         params.append(limit)
     return [
-        {
-            "id": rid,
-            "received": format_ts(received),
-            "received_ns": received,
-            "device": dev,
-            "seq": seq,
-            "idx": idx,
-            "code": code,
-            "path": path,
-            "message": msg,
-            "reading": reading,
-            "replayed": None if replayed is None else format_ts(replayed),
-        }
+        rejected_row(rid, received, dev, seq, idx, code, path, msg, reading, replayed)
         for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
             query, params
         )

@@ -15,8 +15,9 @@ from psycopg_pool import ConnectionPool
 
 from collector.storage.interface import Filters, Row, SeriesInfo, Value
 from collector.storage.postgres import reads
-from collector.storage.postgres.reads import format_ts, value_of
+from collector.storage.postgres.reads import value_of
 from collector.storage.postgres.schema import READINGS, Conn
+from collector.storage.rows import reading_row
 
 
 class PostgresTail:
@@ -67,33 +68,6 @@ class PostgresTail:
 
     def close(self) -> None:
         self.series.clear()
-
-
-def _shown(s: SeriesInfo, v: Value) -> object:
-    # As the SQLite read path shows a value: bools from their 0/1, numbers as floats.
-    if v is None or isinstance(v, str):
-        return v
-    if s.vtype == "bool":
-        return bool(v)
-    if s.vtype == "number" and isinstance(v, int):
-        return float(v)
-    return v
-
-
-def reading_row(s: SeriesInfo, ts: int, value: Value) -> Row:
-    """A reading as the query tools' rows show it (collector.query.readings)."""
-    return {
-        "ts": format_ts(ts),
-        "ts_ns": ts,
-        "device": s.device,
-        "sensor": s.sensor,
-        "field": s.field,
-        "kind": s.kind,
-        "unit": s.unit,
-        "tags": s.tags,
-        "series_id": s.id,
-        "value": _shown(s, value),
-    }
 
 
 def readings_after(conn: Conn, marks: dict[int, tuple[int, int]]) -> list[tuple[int, int, Value]]:

@@ -21,29 +21,21 @@ from collector.storage.interface import (
 from collector.storage.postgres import devices
 from collector.storage.postgres.ingest import clean_text
 from collector.storage.postgres.schema import DEVICES, REJECTED, STREAMS, Conn
+from collector.storage.rows import device_records
 
 
 def export_devices(conn: Conn) -> list[DeviceRecord]:
     """Every device with its token hash and streams, by name."""
-    streams: dict[int, list[tuple[str, int]]] = {}
-    for dev, stream, last in conn.execute(
-        f'SELECT device_id, stream, last_seq FROM {STREAMS} ORDER BY device_id, stream COLLATE "C"'
-    ):
-        streams.setdefault(int(dev), []).append((str(stream), int(last)))
-    out = []
-    for dev_id, name, token_hash, created, revoked, dropped, last_seq in conn.execute(
-        f"SELECT id, name, token_hash, created_ns, revoked_ns, spool_dropped, last_seq "
-        f'FROM {DEVICES} ORDER BY name COLLATE "C"'
-    ):
-        own = streams.get(int(dev_id), [])
-        if last_seq and not any(s == "" for s, _ in own):
-            own.insert(0, ("", int(last_seq)))
-        out.append(
-            DeviceRecord(
-                str(name), str(token_hash), int(created), revoked, int(dropped), tuple(own)
-            )
-        )
-    return out
+    return device_records(
+        conn.execute(
+            f"SELECT id, name, token_hash, created_ns, revoked_ns, spool_dropped, last_seq "
+            f'FROM {DEVICES} ORDER BY name COLLATE "C"'
+        ).fetchall(),
+        conn.execute(
+            f"SELECT device_id, stream, last_seq FROM {STREAMS} "
+            'ORDER BY device_id, stream COLLATE "C"'
+        ).fetchall(),
+    )
 
 
 def import_device(conn: Conn, record: DeviceRecord) -> Device:

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 
 from collector.storage.interface import Filters, Order, Row, SeriesInfo
-from collector.storage.rows import format_ts, value_type
+from collector.storage.rows import rejected_row, value_type
 from collector.storage.sqlite import store
 
 
@@ -107,16 +107,4 @@ def list_rejected(
     for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
         sql, params
     ):
-        yield {
-            "id": rid,
-            "received": format_ts(received),
-            "received_ns": received,
-            "device": dev,
-            "seq": seq,
-            "idx": idx,
-            "code": code,
-            "path": path,
-            "message": msg,
-            "reading": reading,
-            "replayed": None if replayed is None else format_ts(replayed),
-        }
+        yield rejected_row(rid, received, dev, seq, idx, code, path, msg, reading, replayed)

@@ -21,31 +21,21 @@ from collector.storage.interface import (
     DeviceRecord,
     check_name,
 )
+from collector.storage.rows import device_records
 from collector.storage.sqlite import devices, store
 
 
 def export_devices(conn: sqlite3.Connection) -> list[DeviceRecord]:
     """Every device with its token hash and streams, by name."""
-    streams: dict[int, list[tuple[str, int]]] = {}
-    for dev, stream, last in conn.execute(
-        f"SELECT device_id, stream, last_seq FROM {store.STREAMS} ORDER BY device_id, stream"
-    ):
-        streams.setdefault(int(dev), []).append((str(stream), int(last)))
-    rows = conn.execute(
-        f"SELECT id, name, token_hash, created_ns, revoked_ns, spool_dropped, last_seq "
-        f"FROM {store.DEVICES} ORDER BY name"
-    ).fetchall()
-    out = []
-    for dev_id, name, token_hash, created, revoked, dropped, last_seq in rows:
-        own = streams.get(int(dev_id), [])
-        if last_seq and not any(s == "" for s, _ in own):
-            own.insert(0, ("", int(last_seq)))  # a device that never said HELLO since m0005
-        out.append(
-            DeviceRecord(
-                str(name), str(token_hash), int(created), revoked, int(dropped), tuple(own)
-            )
-        )
-    return out
+    return device_records(
+        conn.execute(
+            f"SELECT id, name, token_hash, created_ns, revoked_ns, spool_dropped, last_seq "
+            f"FROM {store.DEVICES} ORDER BY name"
+        ).fetchall(),
+        conn.execute(
+            f"SELECT device_id, stream, last_seq FROM {store.STREAMS} ORDER BY device_id, stream"
+        ),
+    )
 
 
 def import_device(conn: sqlite3.Connection, record: DeviceRecord) -> Device:
