@@ -2,9 +2,9 @@
 
 The blocks table is a rowid table and the compactor appends: SQLite puts each new row on the
 rightmost leaf page while it fits and otherwise starts a new page with it, leaving the free
-space of the old one for good. Inserted in series order, the rows of bench/load.py's sensors
-(seven hour blocks of 100-350 bytes, then one of ~2.6 KB for a full-precision series) left a
-fifth of every 4 KiB page empty whenever the big row came when less than its size was left.
+space of the old one for good. Inserted in series order, the hour blocks of bench/load.py's
+sensors (per device seven rows of 180-360 bytes, then one of ~2.6 KB for a full-precision
+series) left a fifth of the 4 KiB pages' room empty: the big row came with less room left.
 
 `page_order` packs a batch of rows into page-sized groups (largest first, each group filled
 with the largest rows that still fit) and returns them group after group, each group's
