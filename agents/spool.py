@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import secrets
+import os
 import sqlite3
 import threading
 import time
@@ -128,9 +128,11 @@ class Spool:
             if self._db.execute("SELECT count(*) FROM identity").fetchone()[0] == 0:
                 # A spool that already numbered batches keeps the default stream.
                 legacy = self._meta("next_seq") > 1
+                # What secrets.token_hex(16) returns; importing `secrets` loads OpenSSL's
+                # libcrypto through hashlib: 3.5 MB of the agent's RSS.
                 self._db.execute(
                     "INSERT INTO identity(stream) VALUES (?)",
-                    ("" if legacy else secrets.token_hex(16),),
+                    ("" if legacy else os.urandom(16).hex(),),
                 )
         self.stream_id: str = self._db.execute("SELECT stream FROM identity").fetchone()[0]
         self._pending: int = self._db.execute(

@@ -11,6 +11,7 @@ the file after VACUUM, and the block payloads alone.
     python -m bench.bench_compaction                 # 2 hours of device time, 5.76M readings
     python -m bench.bench_compaction --hours 0.5 --devices 200
     python -m bench.bench_compaction --codec v1      # hour blocks in version 1, as before v3
+    python -m bench.bench_compaction --interleaved   # compact as the data arrives
 
 This is the cost the end-to-end run (bench/load.py --total) pays once windows start to settle,
 on the cores the load generators and the ingest daemon share. Nothing here is used by the
@@ -36,7 +37,14 @@ S = 10**9
 T0_NS = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
 
 
-def _fill(conn: sqlite3.Connection, devices: int, hours: float) -> int:
+def _fill(
+    conn: sqlite3.Connection,
+    devices: int,
+    hours: float,
+    after: Callable[[int], object] = lambda _end_ns: None,
+) -> int:
+    """Insert the backlog five minutes of device time per transaction; `after(end_ns)` runs
+    after each one (the interleaved mode compacts there)."""
     conn.executemany(
         "INSERT INTO devices (id, name, token_hash, created_ns) VALUES (?, ?, 'x', 0)",
         [(d, f"dev{d}") for d in range(1, devices + 1)],
@@ -53,7 +61,7 @@ def _fill(conn: sqlite3.Connection, devices: int, hours: float) -> int:
     clocks = [DeviceClock(d, args) for d in range(devices)]
     ticks = int(hours * 360)
     n = 0
-    for _ in range(0, ticks, 30):  # five minutes of device time per transaction
+    for tick in range(0, ticks, 30):  # five minutes of device time per transaction
         rows = []
         for d, clock in enumerate(clocks):  # device d + 1
             for i, (_s, _k, ts, value, _u, _m) in enumerate(clock.batch(30)):
@@ -64,7 +72,12 @@ def _fill(conn: sqlite3.Connection, devices: int, hours: float) -> int:
                          rows)  # fmt: skip
         conn.execute("COMMIT")
         n += len(rows)
+        after(T0_NS + (tick + 30) * 10 * S)
     return n
+
+
+def _noop(_end_ns: int) -> None:
+    pass
 
 
 def _head_rows(conn: sqlite3.Connection) -> int:
@@ -82,6 +95,13 @@ def main() -> None:
         help="hour blocks' format: v3 (pcodec, what the collector writes) or v1 (DEFLATE)",
     )
     ap.add_argument("--keep", type=Path, help="copy the compacted database here")
+    ap.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="compact after every five minutes of device time, as a live collector does "
+        "(small blocks of the next hour are written between the merge steps of the last), "
+        "instead of once over the whole backlog; reports the CPU of all levels together",
+    )
     args = ap.parse_args()
     if args.codec == "v1":
         # The version-1 encoder in place of `encode`, for before/after figures.
@@ -90,7 +110,16 @@ def main() -> None:
         path = Path(tmp) / "compaction.db"
         store.migrate(path)
         conn = store.connect(path, synchronous="NORMAL")
-        n = _fill(conn, args.devices, args.hours)
+        interleaved_cpu = [0.0, 0.0]  # CPU s, steps
+
+        def compact_at(end_ns: int) -> None:
+            # What the maintenance process does a grace period after `end_ns`.
+            c0 = time.process_time()
+            while compactor.compact_once(conn, end_ns + compactor.MERGE_GRACE_NS + S):
+                interleaved_cpu[1] += 1
+            interleaved_cpu[0] += time.process_time() - c0
+
+        n = _fill(conn, args.devices, args.hours, compact_at if args.interleaved else _noop)
         now = T0_NS + int(args.hours * 3600 * S) + 2 * compactor.MERGE_NS
         print(f"{n:,} readings of {args.devices * len(DEVICE_SENSORS):,} series, "
               f"{args.hours} h of device time, hour blocks {args.codec}; "
@@ -107,6 +136,11 @@ def main() -> None:
             ("free pages back", lambda: store.reclaim_space(conn)),
         ]
         total = 0.0
+        if args.interleaved:
+            cpu, steps = interleaved_cpu
+            print(f"| all levels, interleaved with the inserts | {steps:.0f} | {cpu:.2f} | "
+                  f"{1e6 * cpu / n:.2f} | |")  # fmt: skip
+            total += cpu
         for name, step in levels:
             c0, w0, steps = time.process_time(), time.perf_counter(), 0
             while step():

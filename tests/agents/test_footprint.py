@@ -32,6 +32,7 @@ def test_agent_runtime_imports_none_of_the_collector_dependencies():
     )
     assert {m.split(".")[0] for m in mods} & set(HEAVY) == set()
     assert "psutil" not in mods  # the system source imports it only when configured
+    assert "_hashlib" not in mods  # OpenSSL's libcrypto (secrets, hmac, hashlib): 3.5 MB RSS
 
 
 def test_cli_with_tls_off_runs_without_ssl_and_without_collector_code():

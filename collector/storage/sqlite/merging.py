@@ -22,6 +22,7 @@ from collector.storage.sqlite.blockwrites import (
     merge_readings,
     transaction,
 )
+from collector.storage.sqlite.pagefill import page_order
 from collector.storage.sqlite.store import BLOCKS, small_blocks
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def merge_small_blocks(
     """
     m = config.merge_ns
     small = small_blocks(m)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.execute(
         f"CREATE TABLE IF NOT EXISTS {_MERGE_STATE} (window_start INTEGER NOT NULL, "
         "cursor INTEGER NOT NULL, hi INTEGER NOT NULL, width INTEGER NOT NULL)"
@@ -59,7 +61,7 @@ def merge_small_blocks(
             rows = _slice_blocks(conn, state[0], m, ids)
         finally:
             conn.execute("COMMIT")
-        merged = _merged_blocks(state[0], state[0] + m, rows)
+        merged = _merged_blocks(state[0], state[0] + m, rows, page_size)
         try:
             with transaction(conn):
                 _write_merge(conn, state, config, ids, rows, merged, bound, done)
@@ -72,7 +74,7 @@ def merge_small_blocks(
             return 0
         ids, bound, done = _merge_slice(state)
         rows = _slice_blocks(conn, state[0], m, ids)
-        merged = _merged_blocks(state[0], state[0] + m, rows)
+        merged = _merged_blocks(state[0], state[0] + m, rows, page_size)
         _write_merge(conn, state, config, ids, rows, merged, bound, done)
     return max(merged[2], 1)
 
@@ -181,9 +183,10 @@ def _start_merge(
     return state
 
 
-def _merged_blocks(start: int, end: int, rows: _BlockRows) -> _Merged:
-    """Each series' blocks in [start, end) as one block: (block rows to insert, ids of the
-    blocks they replace, readings merged). Pure: decoding and encoding only."""
+def _merged_blocks(start: int, end: int, rows: _BlockRows, page_size: int) -> _Merged:
+    """Each series' blocks in [start, end) as one block: (block rows to insert, in the order
+    that fills pages of `page_size` (collector.storage.sqlite.pagefill), ids of the blocks they
+    replace, readings merged). Pure: decoding and encoding only."""
     per_series: dict[int, list[tuple[int, int, int, bytes]]] = {}
     for bid, sid, bstart, bend, data in rows:
         per_series.setdefault(sid, []).append((bid, bstart, bend, data))
@@ -205,4 +208,4 @@ def _merged_blocks(start: int, end: int, rows: _BlockRows) -> _Merged:
             stale.append((bid,))
         n += len(ts)
         out.append(block_row(sid, start, end, ts, values))
-    return out, stale, n
+    return page_order(out, page_size), stale, n
