@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gc
 import logging
 import logging.handlers
@@ -36,8 +37,9 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from collector.storage.sqlite import compactor, retention, store
 from collector.storage.sqlite.activity import Activity, window_keys
@@ -86,16 +88,67 @@ def step(
     return False
 
 
-class Maintainer:
-    """The daemon's handle on the maintenance process."""
+class WriterTurns(Protocol):
+    """Who writes next (Turns, FileTurns): what a writer and the maintenance process hold."""
 
-    def __init__(self, db: str, *, retention_ns: int | None) -> None:
+    def writer(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def maintainer(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+@dataclass(slots=True)
+class WriterLink:
+    """What a writer needs of the maintenance process: its turns at the write lock and the
+    inbox that hears which windows received readings. Picklable when the turns are
+    `FileTurns`, so writers in other processes (`--ingest-workers`) share one maintainer."""
+
+    inbox: Queue[tuple[int, ...] | None]
+    turns: WriterTurns
+    window_ns: int
+    _keys: set[int] = field(default_factory=set)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.inbox, self.turns, self.window_ns)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.inbox, self.turns, self.window_ns = state  # type: ignore[assignment]  # ours
+        self._keys = set()
+
+    def writer_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Writer thread: wrap each write transaction (Turns.writer)."""
+        return self.turns.writer()
+
+    def note(self, timestamps: Sequence[int]) -> None:
+        """Writer thread: readings with these timestamps are in the transaction."""
+        if timestamps:
+            self._keys.update(window_keys(timestamps, self.window_ns))
+
+    def flush(self) -> None:
+        """Writer thread, after a commit: tell the process which windows received readings."""
+        if self._keys:
+            self._inbox_put(tuple(self._keys))
+            self._keys.clear()
+
+    def _inbox_put(self, keys: tuple[int, ...]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the queue closed at shutdown
+            self.inbox.put_nowait(keys)  # a feeder thread writes the pipe
+
+
+class Maintainer:
+    """The daemon's handle on the maintenance process.
+
+    `shared=True`: writers in several processes (`--ingest-workers`) take turns at the
+    write lock with it and with each other through lock files beside the database
+    (`FileTurns`); `link` is what each of them needs.
+    """
+
+    def __init__(self, db: str, *, retention_ns: int | None, shared: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._inbox: Queue[tuple[int, ...] | None] = ctx.Queue()
-        self._turns = Turns(ctx)
+        self._shared = shared
+        self._turns: WriterTurns = FileTurns(db) if shared else Turns(ctx)
+        self.link = WriterLink(self._inbox, self._turns, compactor.WINDOW_NS)
         self._logs: Queue[logging.LogRecord] = ctx.Queue()
-        self._keys: set[int] = set()
-        self._window_ns = compactor.WINDOW_NS
         self._ctx = ctx
         self._args = (db, retention_ns, self._inbox, self._logs)
         self._process = self._new_process()
@@ -125,25 +178,23 @@ class Maintainer:
             return False
         log.error("maintainer exited code=%s; starting it again", self._process.exitcode)
         self.restarts += 1
-        self._turns = Turns(self._ctx)  # it may have died holding its turn
+        if not self._shared:  # it may have died holding its turn (file locks die with it)
+            self._turns = self.link.turns = Turns(self._ctx)
         self._process = self._new_process()
         self._process.start()
         return True
 
     def writer_turn(self) -> contextlib.AbstractContextManager[None]:
         """Writer thread: wrap each ingest transaction (Turns.writer)."""
-        return self._turns.writer()
+        return self.link.writer_turn()
 
     def note(self, timestamps: Sequence[int]) -> None:
         """Writer thread: readings with these timestamps are in the transaction."""
-        if timestamps:
-            self._keys.update(window_keys(timestamps, self._window_ns))
+        self.link.note(timestamps)
 
     def flush(self) -> None:
         """Writer thread, after a commit: tell the process which windows received readings."""
-        if self._keys:
-            self._inbox.put_nowait(tuple(self._keys))  # a feeder thread writes the pipe
-            self._keys.clear()
+        self.link.flush()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the process to finish its step and exit; kill it after `timeout_s`."""
@@ -165,7 +216,7 @@ def _main(
     retention_ns: int | None,
     inbox: Queue[tuple[int, ...] | None],
     logs: Queue[logging.LogRecord],
-    turns: Turns,
+    turns: WriterTurns,
     level: int,
     parent: int,
 ) -> None:
@@ -264,11 +315,62 @@ class Turns:
                 self.mutex.release()
 
 
+class FileTurns:
+    """Turns (same protocol) through `flock(2)` on two lock files beside the database, for
+    writers in several processes: the kernel wakes a waiter the moment the holder lets go
+    (SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries), and releases the
+    locks of a process that dies, so no timeout is needed. Picklable: each process opens
+    the files itself."""
+
+    def __init__(self, db: str) -> None:
+        self.paths = (f"{db}-turnstile.lock", f"{db}-write.lock")
+        self._fds: tuple[int, int] | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> tuple[str, str]:
+        return self.paths
+
+    def __setstate__(self, paths: tuple[str, str]) -> None:
+        self.paths, self._fds, self._pid = paths, None, 0
+
+    def _open(self) -> tuple[int, int]:
+        if self._fds is None or self._pid != os.getpid():
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            turnstile, mutex = self.paths
+            self._fds = (os.open(turnstile, flags, 0o600), os.open(mutex, flags, 0o600))
+            self._pid = os.getpid()
+        return self._fds
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        turnstile, mutex = self._open()
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # waits while the maintainer wants to write
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(mutex, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def maintainer(self) -> Iterator[None]:
+        turnstile, mutex = self._open()
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(mutex, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
 class _TakingTurns(sqlite3.Connection):
     """The process's connection: its write transactions
     (collector.storage.sqlite.blockwrites.transaction) run inside `write_turn()`."""
 
-    turns: Turns
+    turns: WriterTurns
 
     def write_turn(self) -> contextlib.AbstractContextManager[None]:
         return self.turns.maintainer()
