@@ -44,10 +44,11 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.queues import Queue
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.config import Config
@@ -84,7 +85,6 @@ class WorkerSpec:
     link: object | None
     # Reads the config again on SIGHUP; None: the same settings, their files read again.
     reload: Callable[[], Config] | None
-    logs: Queue[logging.LogRecord]
     log_level: int
     parent: int
 
@@ -122,10 +122,6 @@ class IngestWorkers:
             self._reload = reload
         except (pickle.PicklingError, AttributeError, TypeError):
             self._reload = None
-        self._logs: Queue[logging.LogRecord] = self._ctx.Queue()
-        self._listener = logging.handlers.QueueListener(
-            self._logs, *logging.getLogger().handlers, respect_handler_level=True
-        )
         self._slots: list[_Slot] = []
         # Counters of worker processes that died, so the totals never go backwards.
         self._departed = Metrics()
@@ -138,7 +134,6 @@ class IngestWorkers:
     async def start(self) -> None:
         """Start every worker and wait until each listens. Raises ConfigError when one
         cannot start (its own log line says why)."""
-        self._listener.start()
         self._slots = [self._spawn(i) for i in range(1, self.count + 1)]
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
@@ -165,7 +160,6 @@ class IngestWorkers:
             self._port,
             self._link,
             self._reload,
-            self._logs,
             logging.getLogger().getEffectiveLevel(),
             os.getpid(),
         )
@@ -187,7 +181,9 @@ class IngestWorkers:
                     slot.ready.set_result(int(body[0]))
                 elif kind == "metrics":
                     slot.metrics, slot.connected = body
-        except (EOFError, OSError) as exc:
+                elif kind == "log":
+                    _handle(body[0])
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:  # died mid-message
             asyncio.get_running_loop().remove_reader(slot.conn.fileno())
             if slot.ready is not None and not slot.ready.done():
                 slot.ready.set_exception(EOFError(f"exit code {slot.process.exitcode}"))
@@ -248,8 +244,6 @@ class IngestWorkers:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(slot.conn.fileno())
             slot.conn.close()
-        self._listener.stop()
-        self._logs.close()
 
     # ---------------------------------------------------------------- what /metrics sees
 
@@ -307,6 +301,35 @@ class IngestWorkers:
 # -------------------------------------------------------------------- in the worker process
 
 
+def _handle(record: logging.LogRecord) -> None:
+    """A worker's log record, to the daemon's handlers (as logging.handlers.QueueListener)."""
+    for handler in logging.getLogger().handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)
+
+
+class _Channel:
+    """The worker's end of its pipe to the daemon: one message at a time from any thread.
+
+    A pipe per worker, not a Queue shared by all: a Queue's writers share a cross-process
+    lock, and a worker SIGKILLed while holding it would silence the others for good."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, *message: object) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        """logging.handlers.QueueHandler's queue: a prepared (picklable) record."""
+        try:
+            self.send("log", record)
+        except (OSError, ValueError):  # the daemon is gone: nobody to tell
+            pass
+
+
 def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> None:
     """A worker process: run one ingest path until SIGTERM or the daemon goes away."""
     with contextlib.suppress(OSError, AttributeError):
@@ -314,8 +337,9 @@ def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # Ctrl-C reaches the whole process group: the daemon decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = _Channel(conn)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(spec.logs)]
+    root.handlers[:] = [logging.handlers.QueueHandler(channel)]  # type: ignore[arg-type]  # put_nowait is all it uses
     root.setLevel(spec.log_level)
     for handler in root.handlers:
         handler.addFilter(_WorkerName(spec.index))
@@ -326,12 +350,13 @@ def worker_main(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -
         factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            code = runner.run(_serve(spec, conn))
+            code = runner.run(_serve(spec, channel))
     except ConfigError as exc:
         log.error("ingest worker cannot start: %s", exc)
         code = 2
+    logging.shutdown()
     conn.close()
-    os._exit(code)  # no atexit work of the parent's modules in this spawned child
+    sys.exit(code)
 
 
 class _WorkerName(logging.Filter):
@@ -347,7 +372,7 @@ class _WorkerName(logging.Filter):
         return True
 
 
-async def _serve(spec: WorkerSpec, conn: multiprocessing.connection.Connection) -> int:
+async def _serve(spec: WorkerSpec, conn: _Channel) -> int:
     # Imported here: collector.daemon imports this module.
     from collector import daemon
     from collector import reload as reloading
@@ -416,7 +441,7 @@ async def _serve(spec: WorkerSpec, conn: multiprocessing.connection.Connection) 
                 raise ConfigError(
                     f"setting 'listen': cannot listen on {cfg.listen}: {exc}"
                 ) from None
-        conn.send(("ready", os.getpid()))
+        conn.send("ready", os.getpid())
         gc.freeze()
         gc.set_threshold(*daemon.GC_THRESHOLDS)
         log.info("ingest worker listening index=%d pid=%d", spec.index, os.getpid())
@@ -447,18 +472,16 @@ async def _serve(spec: WorkerSpec, conn: multiprocessing.connection.Connection) 
         await writer.close()
         await asyncio.to_thread(storage.close)
         with contextlib.suppress(OSError, ValueError):
-            conn.send(("metrics", metrics.snapshot(), server.connected))
+            conn.send("metrics", metrics.snapshot(), server.connected)
     log.info("ingest worker stopped index=%d", spec.index)
     return exit_code
 
 
-async def _push_metrics(
-    conn: multiprocessing.connection.Connection, metrics: Metrics, server: Server, parent: int
-) -> None:
+async def _push_metrics(conn: _Channel, metrics: Metrics, server: Server, parent: int) -> None:
     """Send the counters every METRICS_PUSH_S; return when the daemon is gone."""
     while os.getppid() == parent:
         try:
-            conn.send(("metrics", metrics.snapshot(), server.connected))
+            conn.send("metrics", metrics.snapshot(), server.connected)
         except (OSError, ValueError):
             return
         await asyncio.sleep(METRICS_PUSH_S)

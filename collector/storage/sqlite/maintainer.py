@@ -32,9 +32,11 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +90,78 @@ def step(
     return False
 
 
+class Inbox(Protocol):
+    """Where writers report which windows received readings (a multiprocessing Queue, or
+    a `PipeInbox` when writers of several processes share it)."""
+
+    def put_nowait(self, obj: tuple[int, ...] | None) -> None: ...
+
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[int, ...] | None: ...
+
+    def get_nowait(self) -> tuple[int, ...] | None: ...
+
+    def close(self) -> None: ...
+
+
+class PipeInbox:
+    """A one-way pipe that writers in many processes share with no lock between them.
+
+    A multiprocessing Queue serialises its writers with a cross-process lock: a writer
+    SIGKILLed while holding it (an ingest worker killed mid-write) would wedge every other
+    writer for good. Here each report is one write(2) of at most PIPE_BUF bytes, which the
+    kernel makes atomic, on a non-blocking pipe: a report is written whole or not at all
+    (dropped when the pipe is full, e.g. while the maintenance process is being restarted:
+    its windows then settle by time alone, and the horizon check keeps resent readings
+    out). The read end speaks multiprocessing.connection's framing. Picklable at spawn.
+    """
+
+    # Window start times per report: 4 + pickled ints stays below PIPE_BUF (4096).
+    CHUNK: Final = 256
+
+    def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._nonblocking = False
+        self.dropped = 0
+
+    def __getstate__(self) -> tuple[object, object]:
+        return (self._reader, self._writer)
+
+    def __setstate__(self, state: tuple[object, object]) -> None:
+        self._reader, self._writer = state  # type: ignore[assignment]  # ours
+        self._nonblocking = False
+        self.dropped = 0
+
+    def put_nowait(self, obj: tuple[int, ...] | None) -> None:
+        items = (
+            [obj]
+            if obj is None
+            else [obj[i : i + self.CHUNK] for i in range(0, len(obj), self.CHUNK)]
+        )
+        fd = self._writer.fileno()
+        if not self._nonblocking:
+            os.set_blocking(fd, False)
+            self._nonblocking = True
+        for item in items:
+            body = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                os.write(fd, struct.pack("!i", len(body)) + body)
+            except BlockingIOError:
+                self.dropped += 1
+
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[int, ...] | None:
+        if not self._reader.poll(timeout if block else 0):
+            raise queue.Empty
+        item: tuple[int, ...] | None = self._reader.recv()
+        return item
+
+    def get_nowait(self) -> tuple[int, ...] | None:
+        return self.get(block=False)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 class WriterTurns(Protocol):
     """Who writes next (Turns, FileTurns): what a writer and the maintenance process hold."""
 
@@ -102,7 +176,7 @@ class WriterLink:
     inbox that hears which windows received readings. Picklable when the turns are
     `FileTurns`, so writers in other processes (`--ingest-workers`) share one maintainer."""
 
-    inbox: Queue[tuple[int, ...] | None]
+    inbox: Inbox
     turns: WriterTurns
     window_ns: int
     _keys: set[int] = field(default_factory=set)
@@ -144,7 +218,8 @@ class Maintainer:
 
     def __init__(self, db: str, *, retention_ns: int | None, shared: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._inbox: Queue[tuple[int, ...] | None] = ctx.Queue()
+        # Shared: written by ingest processes that may be SIGKILLed (PipeInbox says why).
+        self._inbox: Inbox = PipeInbox(ctx) if shared else ctx.Queue()
         self._shared = shared
         self._turns: WriterTurns = FileTurns(db) if shared else Turns(ctx)
         self.link = WriterLink(self._inbox, self._turns, compactor.WINDOW_NS)
@@ -214,7 +289,7 @@ class Maintainer:
 def _main(
     db: str,
     retention_ns: int | None,
-    inbox: Queue[tuple[int, ...] | None],
+    inbox: Inbox,
     logs: Queue[logging.LogRecord],
     turns: WriterTurns,
     level: int,
@@ -376,7 +451,7 @@ class _TakingTurns(sqlite3.Connection):
         return self.turns.maintainer()
 
 
-def _receive(inbox: Queue[tuple[int, ...] | None], activity: Activity, wait_s: float) -> bool:
+def _receive(inbox: Inbox, activity: Activity, wait_s: float) -> bool:
     """Apply the activity reports waiting (the first up to `wait_s`); False on stop."""
     try:
         item = inbox.get(timeout=wait_s) if wait_s else inbox.get_nowait()
