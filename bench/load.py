@@ -234,6 +234,8 @@ class Collector:
             total_m = re.search(rf"telemetry_{what}_seconds_count (\d+)", text)
             total = int(total_m.group(1)) if total_m else 0
             out[f"{what}_count"] = total
+            sum_m = re.search(rf"telemetry_{what}_seconds_sum (\S+)", text)
+            out[f"{what}_seconds_sum"] = round(float(sum_m.group(1)), 3) if sum_m else None
             for q in (0.5, 0.99):
                 bound = next((b for b, n in buckets if total and n >= q * total), None)
                 out[f"{what}_p{int(q * 100)}_ms_le"] = None if bound is None else bound * 1000
