@@ -64,7 +64,7 @@ DEFAULT_CONFIG_FILE = "/etc/telemetry/collector.toml"
 CONFIG_ENV: Final = "TELEMETRY_CONFIG"
 DB_ENV: Final = "TELEMETRY_DB"
 # Most ingest processes: one per core of a large host, with room; beyond that the one
-# SQLite write lock is the limit anyway (docs/benchmarks.md, "Ingest workers").
+# SQLite write lock is the limit anyway (docs/benchmarks-history.md, "Ingest workers").
 MAX_INGEST_WORKERS: Final = 64
 # Smallest frame limit a collector may set: HELLO with a long device id and token is ~1 KiB.
 MIN_FRAME_BYTES: Final = 4096

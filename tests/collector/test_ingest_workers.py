@@ -148,15 +148,15 @@ def test_a_killed_worker_loses_nothing_acked_and_is_started_again(tmp_path: Path
     with CollectorProcess(db, "--ingest-workers", "2") as p:
         daemon_pid, worker_pid = pids(p)
         tokens = add_devices(db, [f"k{i:02d}" for i in range(12)])
-        streamers = [
-            Streamer(d, t, batches, [p.ingest[1]], pace_s=0.02) for d, t in tokens.items()
-        ]
+        streamers = [Streamer(d, t, batches, [p.ingest[1]], pace_s=0.02) for d, t in tokens.items()]
         for s in streamers:
             s.start()
         # Mid-stream, with connections on the worker: kill it without warning.
         wait_until(
-            lambda: per_worker(scrape(p), "connections_open").get(1, 0) > 0
-            and all(s.acked_seq >= 5 for s in streamers),
+            lambda: (
+                per_worker(scrape(p), "connections_open").get(1, 0) > 0
+                and all(s.acked_seq >= 5 for s in streamers)
+            ),
             "connections on the worker",
         )
         os.kill(worker_pid, signal.SIGKILL)
@@ -183,8 +183,10 @@ def test_sighup_reaches_the_workers(tmp_path: Path) -> None:
         assert p.proc is not None
         p.proc.send_signal(signal.SIGHUP)
         wait_until(
-            lambda: "collector.reload: reloaded config" in p.log
-            and "collector.reload[1]: reloaded config" in p.log,
+            lambda: (
+                "collector.reload: reloaded config" in p.log
+                and "collector.reload[1]: reloaded config" in p.log
+            ),
             "both reload lines",
         )
         assert p.terminate(timeout=20) == 0
