@@ -12,6 +12,7 @@ p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
     python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
     python bench/load.py --connections 1000 --total 20000000 --slice 1000000
     python bench/load.py --pg --collectors 2     # 2 collectors, throwaway PostgreSQL database
+    python bench/load.py --ingest-workers 2 ...  # one collector, 2 ingest processes
     python bench/load.py --db postgresql://postgres@127.0.0.1/telemetry ...
 
 --db takes a file or a postgresql:// URL (passed to the collector's --db as given); --pg
@@ -21,6 +22,9 @@ connection k goes to collector k mod N. The report splits the run's CPU between 
 collectors (with their maintenance processes), the processes named postgres (the whole
 server) and the load generators, in seconds and µs per acknowledged reading.
 `python -m bench.pg_scaling` runs 1 and 2 collectors on PostgreSQL side by side.
+
+--ingest-workers N starts the one collector with N ingest processes; the CPU split counts
+them all (with the maintenance process) under "collectors".
 
 --total streams until that many readings are ACKed (instead of --duration) and reports the
 acknowledged readings/s of every --slice readings (client side: the time from the slice's
@@ -230,6 +234,8 @@ class Collector:
             total_m = re.search(rf"telemetry_{what}_seconds_count (\d+)", text)
             total = int(total_m.group(1)) if total_m else 0
             out[f"{what}_count"] = total
+            sum_m = re.search(rf"telemetry_{what}_seconds_sum (\S+)", text)
+            out[f"{what}_seconds_sum"] = round(float(sum_m.group(1)), 3) if sum_m else None
             for q in (0.5, 0.99):
                 bound = next((b for b, n in buckets if total and n >= q * total), None)
                 out[f"{what}_p{int(q * 100)}_ms_le"] = None if bound is None else bound * 1000
@@ -635,6 +641,12 @@ def main() -> None:
         default=3600.0,
         help="--total: give up after this many seconds of load",
     )
+    p.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=1,
+        help="the collector's --ingest-workers (ingest processes sharing the port)",
+    )
     p.add_argument("extra", nargs="*", help="extra collector flags, after --")
     args = p.parse_args()
     shared: Shared | None = None
@@ -680,6 +692,8 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
     # Every bench connection comes from 127.0.0.1, so the per-address limit is lifted too.
     limit = str(args.connections + 100)
     flags = ["--max-connections", limit, "--max-connections-per-ip", limit, *args.extra]
+    if args.ingest_workers != 1:
+        flags += ["--ingest-workers", str(args.ingest_workers)]
     cols: list[Collector] = []
     try:
         for _ in range(args.collectors):
@@ -701,6 +715,7 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
         "pipeline": args.pipeline, "rate_target": args.rate, "duration_s": args.duration,
         "prefill": args.prefill, "fd_limit": fd_limit, "rss_start_mb": round(rss0, 1),
         "store": "postgresql" if url else "sqlite", "collectors": args.collectors,
+        "ingest_workers": args.ingest_workers,
     }  # fmt: skip
     if args.idle:
         deadline = time.time() + 120

@@ -24,6 +24,7 @@ Example file:
     tls_client_ca = "/etc/telemetry/certs/ca.pem"     # mutual TLS: device certs from this CA
     proxy_protocol = false           # true behind HAProxy send-proxy(-v2): header required
     proxy_protocol_from = ["127.0.0.1/32", "::1/128"]  # who may send that header
+    ingest_workers = 1               # ingest processes sharing the port (Linux, SO_REUSEPORT)
 
     [limits]
     max_connections = 10000
@@ -38,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +63,9 @@ DEFAULT_PROXY_FROM: Final = ("127.0.0.1/32", "::1/128")
 DEFAULT_CONFIG_FILE = "/etc/telemetry/collector.toml"
 CONFIG_ENV: Final = "TELEMETRY_CONFIG"
 DB_ENV: Final = "TELEMETRY_DB"
+# Most ingest processes: one per core of a large host, with room; beyond that the one
+# SQLite write lock is the limit anyway (docs/benchmarks-history.md, "Ingest workers").
+MAX_INGEST_WORKERS: Final = 64
 # Smallest frame limit a collector may set: HELLO with a long device id and token is ~1 KiB.
 MIN_FRAME_BYTES: Final = 4096
 
@@ -126,6 +131,10 @@ class Config:
     # the client it names is the connection's address in logs, metrics and limits.
     proxy_protocol: bool = False
     proxy_protocol_from: tuple[str, ...] = DEFAULT_PROXY_FROM
+    # Ingest processes (accept, TLS, decode, validate, group commit), each listening on the
+    # ingest port with SO_REUSEPORT (Linux); 1 runs ingest in the daemon process itself.
+    # The limits apply per process (collector.workers).
+    ingest_workers: int = 1
     limits: Limits = Limits()
 
     @property
@@ -376,6 +385,14 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(
             "setting 'proxy_protocol': not supported together with TLS on the ingest port "
             "(terminate TLS at the balancer, or run without the PROXY header)"
+        )
+    if cfg.ingest_workers > MAX_INGEST_WORKERS:
+        raise ConfigError(
+            f"setting 'ingest_workers': at most {MAX_INGEST_WORKERS}, got {cfg.ingest_workers}"
+        )
+    if cfg.ingest_workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError(
+            "setting 'ingest_workers': more than 1 needs SO_REUSEPORT (Linux); use 1 here"
         )
     lim = cfg.limits
     if lim.max_frame_bytes < MIN_FRAME_BYTES:

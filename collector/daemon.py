@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -45,6 +46,7 @@ from collector.tls import SwappableContext, TlsFileError, server_context
 from collector.web import api as http_api
 from collector.web.http import AppState, RouteRegistrar, create_app
 from collector.web.metrics import Metrics
+from collector.workers import IngestWorkers
 from schemas.kinds import KindFileError, KindSpec, load_kinds_file
 from schemas.readings import ReadingValidator
 
@@ -205,12 +207,20 @@ async def serve(
     log.info("database ready db=%s", cfg.db)
     metrics = Metrics()
     lim = cfg.limits
+    shared = cfg.ingest_workers > 1
+    # The other ingest processes (`ingest_workers` > 1), started once this one listens.
+    workers: IngestWorkers | None = None
+
+    def forward_sighup() -> None:
+        if workers is not None:
+            workers.signal(signal.SIGHUP)
+
     # The backend's own maintenance (a process of its own for SQLite) unless a hook
     # replaces it; the writer's session takes turns with it.
     watchdog: asyncio.Task[None] | None = None
     if maintenance is None:
         try:
-            storage.start_background(retention_ns=cfg.retention_ns)
+            storage.start_background(retention_ns=cfg.retention_ns, shared=shared)
         except OSError as exc:  # e.g. no /dev/shm for its locks
             storage.close()
             raise ConfigError(f"cannot start the maintenance process: {exc}") from None
@@ -218,7 +228,7 @@ async def serve(
         watchdog = asyncio.create_task(_watch(storage), name="maintainer-watchdog")
 
     def committed(seconds: float) -> None:
-        _call_soon(loop, metrics.commit_seconds.observe, seconds)
+        call_soon(loop, metrics.commit_seconds.observe, seconds)
 
     writer = Writer(
         storage,
@@ -238,15 +248,19 @@ async def serve(
         await asyncio.to_thread(storage.close)
         raise
     proxy_from = cfg.proxy_networks if cfg.proxy_protocol else None
-    server = Server(writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from)
+    server = Server(
+        writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from, reuse_port=shared
+    )
     reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
-    reloads = asyncio.create_task(
-        _reloads(reload_requested, reloader, reload or (lambda: cfg)), name="reloads"
+    reloading_task = asyncio.create_task(
+        reloads(reload_requested, reloader, reload or (lambda: cfg), forward_sighup),
+        name="reloads",
     )
     runner: web.AppRunner | None = None
     exit_code = 0
     gc_thresholds = gc.get_threshold()
     inputs: Inputs | None = None
+    workers_stopped: asyncio.Task[None] | None = None
     try:
         inputs = Inputs.build(cfg, writer, ingest, ssl_ctx)
         bound: asyncio.Future[tuple[str, int]] = loop.create_future()
@@ -263,16 +277,24 @@ async def serve(
                     f"setting 'listen': cannot listen on {cfg.listen}: {exc}"
                 ) from None
         ingest_host, ingest_port = bound.result()
+        if shared:
+            workers = IngestWorkers(cfg, ingest_port, storage.background_link(), reload)
+            await workers.start()
         http_desc = "off"
         if cfg.http_addr is not None:
             state = AppState(
                 db_path=Path(cfg.db),
                 storage=storage,
                 metrics=metrics,
-                connected=lambda: server.connected,
+                connected=(
+                    (lambda: server.connected)
+                    if workers is None
+                    else _all_connected(workers, server)
+                ),
                 ready=lambda: writer.running and not stop.is_set(),
                 read_token=cfg.http_token,
-                more_metrics=inputs.render_metrics,
+                more_metrics=_more_metrics(inputs, workers, metrics),
+                totals=None if workers is None else functools.partial(workers.totals, metrics),
             )
             # Open HTTP requests (e.g. event streams) get a second to finish at shutdown.
             runner = web.AppRunner(
@@ -313,6 +335,8 @@ async def serve(
             exit_code = 1
         log.info("shutting down")
         sd_notify("STOPPING=1")
+        if workers is not None:  # each stops in parallel with this process
+            workers_stopped = asyncio.create_task(workers.stop(lim.shutdown_timeout_s))
         await server.shutdown()
         await inputs.stop(lim.shutdown_timeout_s)
         try:
@@ -325,11 +349,15 @@ async def serve(
                 await server_task
     finally:
         gc.set_threshold(*gc_thresholds)
-        reloads.cancel()
+        reloading_task.cancel()
         if inputs is not None:
             await inputs.stop(0.1)
         if watchdog is not None:
             watchdog.cancel()
+        if workers is not None:
+            if workers_stopped is None:
+                workers_stopped = asyncio.create_task(workers.stop(0.0))
+            await workers_stopped  # before the maintainer stops (storage.close)
         await writer.close()
         await asyncio.to_thread(storage.close)
         if runner is not None:
@@ -338,19 +366,35 @@ async def serve(
     return exit_code
 
 
-async def _reloads(
-    requested: asyncio.Event, reloader: reloading.Reloader, read: Callable[[], Config]
+async def reloads(
+    requested: asyncio.Event,
+    reloader: reloading.Reloader,
+    read: Callable[[], Config],
+    forward: Callable[[], None] = lambda: None,
 ) -> None:
-    """Apply a reload for each SIGHUP; a bad config is one ERROR line, never an exit."""
+    """Apply a reload for each SIGHUP (and pass it on: `forward`); a bad config is one
+    ERROR line, never an exit."""
     while True:
         await requested.wait()
         requested.clear()
+        forward()
         try:
             loaded = await asyncio.to_thread(reloading.load, read)
         except (ConfigError, OSError, ValueError) as exc:
             reloading.log.error("reload failed, keeping the running config: %s", exc)
             continue
         reloader.apply(loaded)
+
+
+def _all_connected(workers: IngestWorkers, server: Server) -> Callable[[], dict[str, int]]:
+    return lambda: workers.connected(server.connected)
+
+
+def _more_metrics(inputs: Inputs, workers: IngestWorkers | None, own: Metrics) -> Callable[[], str]:
+    """The /metrics text after the counters: the foreign inputs', each worker's share."""
+    if workers is None:
+        return inputs.render_metrics
+    return lambda: inputs.render_metrics() + workers.render_metrics(own)
 
 
 async def _watch(storage: Storage) -> None:
@@ -360,7 +404,7 @@ async def _watch(storage: Storage) -> None:
         storage.check_background()
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:
+def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:
     with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
         loop.call_soon_threadsafe(fn, arg)
 

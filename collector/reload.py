@@ -48,6 +48,7 @@ RESTART_ONLY = (
     "retention",
     "proxy_protocol",
     "proxy_protocol_from",
+    "ingest_workers",
 )
 # Shown as "changed", never by value.
 SECRET = frozenset({"http_token"})

@@ -7,6 +7,7 @@ parses and checks them (`--check-config` stops there), sets up logging and hands
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -64,6 +65,8 @@ def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
         + (f"  ({cfg.kinds})" if cfg.kinds else ""),
         f"  retention    {cfg.retention or 'keep everything'}",
         f"  devices      {devices}",
+        f"  workers      {cfg.ingest_workers} ingest process"
+        + ("es (limits below apply to each)" if cfg.ingest_workers > 1 else ""),
         f"  limits       {lim.max_connections} connections, {lim.max_connections_per_ip} per "
         f"address, {rate} readings/s per device",
         f"  log level    {cfg.log_level}",
@@ -128,6 +131,15 @@ def describe(cfg: Config, config_file: str | None, kinds: list[str]) -> str:
     metavar="DURATION",
     help="Delete readings older than this (e.g. 30d, 12h, 1.5h, 2w); default: keep forever.",
 )
+@click.option(
+    "--ingest-workers",
+    type=int,
+    metavar="N",
+    help="Ingest processes (default 1): each accepts, decodes, validates and commits on "
+    "its own core, all listening on the ingest port (SO_REUSEPORT: Linux only); one "
+    "maintenance process and one HTTP server serve them all. Connection and rate limits "
+    "apply per process.",
+)
 @click.option("--max-connections", type=int, help="Most concurrent agent connections.")
 @click.option(
     "--max-connections-per-ip", type=int, help="Most concurrent connections per source address."
@@ -171,6 +183,7 @@ def collector_cmd(config_file: str | None, check_config: bool, **flags: object) 
     logging.basicConfig(level=cfg.log_level, format=LOG_FORMAT, stream=sys.stderr)
     from collector.daemon import run
 
-    code = run(cfg, reload=lambda: load_config(config_file, overrides=flags))
+    # A partial, not a lambda: it pickles, so ingest worker processes reload the same way.
+    code = run(cfg, reload=functools.partial(load_config, config_file, overrides=flags))
     if code:
         sys.exit(code)

@@ -164,8 +164,12 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         proxy_from: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.writer = writer
+        # SO_REUSEPORT: several ingest processes listen on one port, the kernel spreads
+        # new connections over them (collector.workers).
+        self.reuse_port = reuse_port
         # Networks allowed to send a PROXY header; None: no header expected.
         self.proxy_from = None if proxy_from is None else tuple(proxy_from)
         self.ingest = ingest
@@ -210,6 +214,7 @@ class Server:
             limit=READ_BYTES,
             backlog=4096,
             start_serving=False,
+            reuse_port=self.reuse_port or None,
             **tls,  # type: ignore[arg-type]  # ssl / ssl_handshake_timeout, typed per key
         )
         async with asyncio.TaskGroup() as tg:

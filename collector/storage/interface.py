@@ -505,10 +505,23 @@ class Storage(Protocol):
         readings). Raises StorageError when the storage cannot be opened for writing."""
         ...
 
-    def start_background(self, *, retention_ns: int | None) -> None:
+    def start_background(self, *, retention_ns: int | None, shared: bool = False) -> None:
         """Start the backend's own background work (SQLite: the maintenance process that
         compacts, applies retention with `retention_ns`, checkpoints), if it has any; `close`
-        stops it. Call once, before `writer_session`. Raises OSError when it cannot start."""
+        stops it. Call once, before `writer_session`. `shared`: writers in other processes
+        will join it (`background_link`). Raises OSError when it cannot start."""
+        ...
+
+    def background_link(self) -> object | None:
+        """What a writer in another process of the same daemon needs to cooperate with this
+        storage's background work and with the other writers (picklable; hand it to
+        `join_background` there). None when the backend needs nothing (PostgreSQL: row
+        locks order the writers). Call after `start_background(shared=True)`."""
+        ...
+
+    def join_background(self, link: object | None) -> None:
+        """In another process: the writer sessions opened from now on cooperate with the
+        background work `link` came from (`background_link`). None: nothing to join."""
         ...
 
     def check_background(self) -> None:

@@ -55,6 +55,12 @@ class AppState:
     more_metrics: Callable[[], str] | None = None
     # The storage to read (the daemon's); None: the one `db_path` names, opened read-only.
     storage: Storage | None = None
+    # The counters of every ingest process added up (`--ingest-workers`); None: `metrics`.
+    totals: Callable[[], Metrics] | None = None
+
+    def current_metrics(self) -> Metrics:
+        """The counters /metrics and the device listing report."""
+        return self.totals() if self.totals is not None else self.metrics
 
 
 @dataclass(slots=True)
@@ -115,7 +121,7 @@ async def _read_storage(app: web.Application) -> StorageStats | None:
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     storage = await _read_storage(request.app)
-    text = state.metrics.render(storage)
+    text = state.current_metrics().render(storage)
     if state.more_metrics is not None:
         text += state.more_metrics()
     return web.Response(text=text, content_type=PROMETHEUS_CONTENT_TYPE, charset="utf-8")
@@ -182,7 +188,7 @@ def metrics_json(m: Metrics, storage: StorageStats | None, now_ns: int) -> dict[
 
 async def _metrics_json(request: web.Request) -> web.Response:
     storage = await _cached_storage(request)
-    body = metrics_json(request.app[STATE_KEY].metrics, storage, time.time_ns())
+    body = metrics_json(request.app[STATE_KEY].current_metrics(), storage, time.time_ns())
     return web.json_response(body)
 
 
@@ -209,9 +215,10 @@ async def _devices(request: web.Request) -> web.Response:
     except (sqlite3.Error, StorageError, OSError) as exc:
         return web.json_response({"error": f"database unavailable: {exc}"}, status=503)
     connected = state.connected()
+    per_device = state.current_metrics().devices
     out = []
     for d in rows:
-        stats = state.metrics.devices.get(d.name)
+        stats = per_device.get(d.name)
         out.append(
             {
                 "device": d.name,

@@ -87,6 +87,36 @@ class Metrics:
     # Times the maintenance process had to be started again (the storage's background work).
     maintainer_restarts: Callable[[], int] = lambda: 0
 
+    def snapshot(self) -> Metrics:
+        """A copy that pickles (another process's /metrics adds it up, `add`): the
+        callables are read now and kept as constants."""
+        copy = Metrics(maintainer_restarts=_Constant(self.maintainer_restarts()))
+        copy.add(self)
+        copy.queue_depth = _Constant(self.queue_depth())
+        return copy
+
+    def add(self, other: Metrics) -> None:
+        """Add `other`'s counters, histograms and gauges to these (one sum over ingest
+        processes); the maintainer restarts are this object's own."""
+        for name in _INT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, n in other.connections_refused.items():
+            self.connections_refused[reason] = self.connections_refused.get(reason, 0) + n
+        for mine, theirs in (
+            (self.commit_seconds, other.commit_seconds),
+            (self.batch_seconds, other.batch_seconds),
+        ):
+            mine.counts = [a + b for a, b in zip(mine.counts, theirs.counts, strict=True)]
+            mine.total += theirs.total
+            mine.count += theirs.count
+        for name, theirs_d in other.devices.items():
+            mine_d = self.device(name)
+            for f in _DEVICE_INT_FIELDS:
+                setattr(mine_d, f, getattr(mine_d, f) + getattr(theirs_d, f))
+            mine_d.peer = mine_d.peer or theirs_d.peer
+        depth, more = self.queue_depth, other.queue_depth
+        self.queue_depth = lambda: depth() + more()
+
     def device(self, name: str) -> DeviceStats:
         stats = self.devices.get(name)
         if stats is None:
@@ -226,6 +256,24 @@ class Metrics:
             for name, help_, gauge in gauges:
                 metric(name, "gauge", help_, [] if gauge is None else [("", gauge)])
         return "\n".join(out) + "\n"
+
+
+class _Constant:
+    """A callable returning one number, that pickles (Metrics.snapshot)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self) -> int:
+        return self.value
+
+
+_INT_FIELDS: Final = tuple(
+    f for f in Metrics.__dataclass_fields__ if Metrics.__dataclass_fields__[f].type == "int"
+)
+_DEVICE_INT_FIELDS: Final = tuple(
+    f for f in DeviceStats.__dataclass_fields__ if DeviceStats.__dataclass_fields__[f].type == "int"
+)
 
 
 def _labels(**kv: str) -> str:

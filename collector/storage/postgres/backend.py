@@ -294,12 +294,18 @@ class PostgresStorage:
     ) -> PostgresWriteSession:
         return PostgresWriteSession(self, synchronous=synchronous, maintenance=maintenance)
 
-    def start_background(self, *, retention_ns: int | None) -> None:
+    def start_background(self, *, retention_ns: int | None, shared: bool = False) -> None:
         """A thread that makes day partitions ahead and applies retention (by dropping whole
         partitions) every `BACKGROUND_INTERVAL_S`."""
         if self._background is None:
             self._retention_ns = retention_ns
             self._background = self._start_thread()
+
+    def background_link(self) -> object | None:
+        return None  # the streams' row locks order writers of any number of processes
+
+    def join_background(self, link: object | None) -> None:
+        pass
 
     def check_background(self) -> None:
         if self._background is not None and not self._background.is_alive():

@@ -12,6 +12,7 @@ replay loop `replay`, the writer's session `writesession`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -49,7 +50,7 @@ from collector.storage.sqlite import (
     transfer,
 )
 from collector.storage.sqlite.batchstore import BatchStore
-from collector.storage.sqlite.maintainer import Maintainer
+from collector.storage.sqlite.maintainer import Maintainer, WriterLink
 from collector.storage.sqlite.replay import replay_rejected
 from collector.storage.sqlite.tail import Tail
 from collector.storage.sqlite.writesession import SQLiteWriteSession
@@ -73,6 +74,8 @@ class SQLiteStorage:
         self._batches = BatchStore()
         self._lock = threading.Lock()
         self._maintainer: Maintainer | None = None
+        # The writer's side of a maintainer: this process's own, or another's (joined).
+        self._link: WriterLink | None = None
 
     def _write(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -289,15 +292,26 @@ class SQLiteStorage:
             self.path,
             synchronous=cast(store.Synchronous, synchronous),
             maintenance=maintenance,
-            maintainer=self._maintainer,
+            maintainer=self._link,
         )
 
-    def start_background(self, *, retention_ns: int | None) -> None:
+    def start_background(self, *, retention_ns: int | None, shared: bool = False) -> None:
         if self._maintainer is not None:
             return
-        maintainer = Maintainer(str(self.path), retention_ns=retention_ns)
+        maintainer = Maintainer(
+            os.path.abspath(self.path), retention_ns=retention_ns, shared=shared
+        )
         maintainer.start()
         self._maintainer = maintainer
+        self._link = maintainer.link
+
+    def background_link(self) -> object | None:
+        return self._maintainer.link if self._maintainer is not None else None
+
+    def join_background(self, link: object | None) -> None:
+        if link is not None and not isinstance(link, WriterLink):
+            raise TypeError(f"not a link of this backend: {link!r}")
+        self._link = link
 
     def check_background(self) -> None:
         if self._maintainer is not None:
@@ -310,6 +324,7 @@ class SQLiteStorage:
         if self._maintainer is not None:
             self._maintainer.stop()
             self._maintainer = None
+        self._link = None
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

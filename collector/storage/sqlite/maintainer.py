@@ -26,18 +26,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import gc
 import logging
 import logging.handlers
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from collector.storage.sqlite import compactor, retention, store
 from collector.storage.sqlite.activity import Activity, window_keys
@@ -86,16 +90,140 @@ def step(
     return False
 
 
-class Maintainer:
-    """The daemon's handle on the maintenance process."""
+class Inbox(Protocol):
+    """Where writers report which windows received readings (a multiprocessing Queue, or
+    a `PipeInbox` when writers of several processes share it)."""
 
-    def __init__(self, db: str, *, retention_ns: int | None) -> None:
+    def put_nowait(self, obj: tuple[int, ...] | None) -> None: ...
+
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[int, ...] | None: ...
+
+    def get_nowait(self) -> tuple[int, ...] | None: ...
+
+    def close(self) -> None: ...
+
+
+class PipeInbox:
+    """A one-way pipe that writers in many processes share with no lock between them.
+
+    A multiprocessing Queue serialises its writers with a cross-process lock: a writer
+    SIGKILLed while holding it (an ingest worker killed mid-write) would wedge every other
+    writer for good. Here each report is one write(2) of at most PIPE_BUF bytes, which the
+    kernel makes atomic, on a non-blocking pipe: a report is written whole or not at all
+    (dropped when the pipe is full, e.g. while the maintenance process is being restarted:
+    its windows then settle by time alone, and the horizon check keeps resent readings
+    out). The read end speaks multiprocessing.connection's framing. Picklable at spawn.
+    """
+
+    # Window start times per report: 4 + pickled ints stays below PIPE_BUF (4096).
+    CHUNK: Final = 256
+
+    def __init__(self, ctx: multiprocessing.context.SpawnContext) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._nonblocking = False
+        self.dropped = 0
+
+    def __getstate__(self) -> tuple[object, object]:
+        return (self._reader, self._writer)
+
+    def __setstate__(self, state: tuple[object, object]) -> None:
+        self._reader, self._writer = state  # type: ignore[assignment]  # ours
+        self._nonblocking = False
+        self.dropped = 0
+
+    def put_nowait(self, obj: tuple[int, ...] | None) -> None:
+        items = (
+            [obj]
+            if obj is None
+            else [obj[i : i + self.CHUNK] for i in range(0, len(obj), self.CHUNK)]
+        )
+        fd = self._writer.fileno()
+        if not self._nonblocking:
+            os.set_blocking(fd, False)
+            self._nonblocking = True
+        for item in items:
+            body = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                os.write(fd, struct.pack("!i", len(body)) + body)
+            except BlockingIOError:
+                self.dropped += 1
+
+    def get(self, block: bool = True, timeout: float | None = None) -> tuple[int, ...] | None:
+        if not self._reader.poll(timeout if block else 0):
+            raise queue.Empty
+        item: tuple[int, ...] | None = self._reader.recv()
+        return item
+
+    def get_nowait(self) -> tuple[int, ...] | None:
+        return self.get(block=False)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+class WriterTurns(Protocol):
+    """Who writes next (Turns, FileTurns): what a writer and the maintenance process hold."""
+
+    def writer(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def maintainer(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+@dataclass(slots=True)
+class WriterLink:
+    """What a writer needs of the maintenance process: its turns at the write lock and the
+    inbox that hears which windows received readings. Picklable when the turns are
+    `FileTurns`, so writers in other processes (`--ingest-workers`) share one maintainer."""
+
+    inbox: Inbox
+    turns: WriterTurns
+    window_ns: int
+    _keys: set[int] = field(default_factory=set)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.inbox, self.turns, self.window_ns)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.inbox, self.turns, self.window_ns = state  # type: ignore[assignment]  # ours
+        self._keys = set()
+
+    def writer_turn(self) -> contextlib.AbstractContextManager[None]:
+        """Writer thread: wrap each write transaction (Turns.writer)."""
+        return self.turns.writer()
+
+    def note(self, timestamps: Sequence[int]) -> None:
+        """Writer thread: readings with these timestamps are in the transaction."""
+        if timestamps:
+            self._keys.update(window_keys(timestamps, self.window_ns))
+
+    def flush(self) -> None:
+        """Writer thread, after a commit: tell the process which windows received readings."""
+        if self._keys:
+            self._inbox_put(tuple(self._keys))
+            self._keys.clear()
+
+    def _inbox_put(self, keys: tuple[int, ...]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the queue closed at shutdown
+            self.inbox.put_nowait(keys)  # a feeder thread writes the pipe
+
+
+class Maintainer:
+    """The daemon's handle on the maintenance process.
+
+    `shared=True`: writers in several processes (`--ingest-workers`) take turns at the
+    write lock with it and with each other through lock files beside the database
+    (`FileTurns`); `link` is what each of them needs.
+    """
+
+    def __init__(self, db: str, *, retention_ns: int | None, shared: bool = False) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._inbox: Queue[tuple[int, ...] | None] = ctx.Queue()
-        self._turns = Turns(ctx)
+        # Shared: written by ingest processes that may be SIGKILLed (PipeInbox says why).
+        self._inbox: Inbox = PipeInbox(ctx) if shared else ctx.Queue()
+        self._shared = shared
+        self._turns: WriterTurns = FileTurns(db) if shared else Turns(ctx)
+        self.link = WriterLink(self._inbox, self._turns, compactor.WINDOW_NS)
         self._logs: Queue[logging.LogRecord] = ctx.Queue()
-        self._keys: set[int] = set()
-        self._window_ns = compactor.WINDOW_NS
         self._ctx = ctx
         self._args = (db, retention_ns, self._inbox, self._logs)
         self._process = self._new_process()
@@ -125,25 +253,23 @@ class Maintainer:
             return False
         log.error("maintainer exited code=%s; starting it again", self._process.exitcode)
         self.restarts += 1
-        self._turns = Turns(self._ctx)  # it may have died holding its turn
+        if not self._shared:  # it may have died holding its turn (file locks die with it)
+            self._turns = self.link.turns = Turns(self._ctx)
         self._process = self._new_process()
         self._process.start()
         return True
 
     def writer_turn(self) -> contextlib.AbstractContextManager[None]:
         """Writer thread: wrap each ingest transaction (Turns.writer)."""
-        return self._turns.writer()
+        return self.link.writer_turn()
 
     def note(self, timestamps: Sequence[int]) -> None:
         """Writer thread: readings with these timestamps are in the transaction."""
-        if timestamps:
-            self._keys.update(window_keys(timestamps, self._window_ns))
+        self.link.note(timestamps)
 
     def flush(self) -> None:
         """Writer thread, after a commit: tell the process which windows received readings."""
-        if self._keys:
-            self._inbox.put_nowait(tuple(self._keys))  # a feeder thread writes the pipe
-            self._keys.clear()
+        self.link.flush()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """Ask the process to finish its step and exit; kill it after `timeout_s`."""
@@ -163,9 +289,9 @@ class Maintainer:
 def _main(
     db: str,
     retention_ns: int | None,
-    inbox: Queue[tuple[int, ...] | None],
+    inbox: Inbox,
     logs: Queue[logging.LogRecord],
-    turns: Turns,
+    turns: WriterTurns,
     level: int,
     parent: int,
 ) -> None:
@@ -264,17 +390,68 @@ class Turns:
                 self.mutex.release()
 
 
+class FileTurns:
+    """Turns (same protocol) through `flock(2)` on two lock files beside the database, for
+    writers in several processes: the kernel wakes a waiter the moment the holder lets go
+    (SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries), and releases the
+    locks of a process that dies, so no timeout is needed. Picklable: each process opens
+    the files itself."""
+
+    def __init__(self, db: str) -> None:
+        self.paths = (f"{db}-turnstile.lock", f"{db}-write.lock")
+        self._fds: tuple[int, int] | None = None
+        self._pid = 0
+
+    def __getstate__(self) -> tuple[str, str]:
+        return self.paths
+
+    def __setstate__(self, paths: tuple[str, str]) -> None:
+        self.paths, self._fds, self._pid = paths, None, 0
+
+    def _open(self) -> tuple[int, int]:
+        if self._fds is None or self._pid != os.getpid():
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            turnstile, mutex = self.paths
+            self._fds = (os.open(turnstile, flags, 0o600), os.open(mutex, flags, 0o600))
+            self._pid = os.getpid()
+        return self._fds
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        turnstile, mutex = self._open()
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # waits while the maintainer wants to write
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(mutex, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(mutex, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def maintainer(self) -> Iterator[None]:
+        turnstile, mutex = self._open()
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(mutex, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(mutex, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+
+
 class _TakingTurns(sqlite3.Connection):
     """The process's connection: its write transactions
     (collector.storage.sqlite.blockwrites.transaction) run inside `write_turn()`."""
 
-    turns: Turns
+    turns: WriterTurns
 
     def write_turn(self) -> contextlib.AbstractContextManager[None]:
         return self.turns.maintainer()
 
 
-def _receive(inbox: Queue[tuple[int, ...] | None], activity: Activity, wait_s: float) -> bool:
+def _receive(inbox: Inbox, activity: Activity, wait_s: float) -> bool:
     """Apply the activity reports waiting (the first up to `wait_s`); False on stop."""
     try:
         item = inbox.get(timeout=wait_s) if wait_s else inbox.get_nowait()

@@ -27,7 +27,7 @@ from collector.storage.interface import (
 )
 from collector.storage.sqlite import devices, store
 from collector.storage.sqlite.batchstore import BatchStore, rollback
-from collector.storage.sqlite.maintainer import WRITER_WAL_AUTOCHECKPOINT, Maintainer
+from collector.storage.sqlite.maintainer import WRITER_WAL_AUTOCHECKPOINT, WriterLink
 
 
 class SQLiteWriteSession:
@@ -39,7 +39,7 @@ class SQLiteWriteSession:
         *,
         synchronous: store.Synchronous = "FULL",
         maintenance: MaintenanceHook | None = None,
-        maintainer: Maintainer | None = None,
+        maintainer: WriterLink | None = None,
     ) -> None:
         try:
             self._conn = store.connect(path, synchronous=synchronous, check_same_thread=False)
@@ -61,9 +61,10 @@ class SQLiteWriteSession:
         self, name: str, token: str, now_ns: int, *, allow_unknown: bool = False
     ) -> AuthResult:
         try:
-            return devices.authenticate(
-                self._conn, name, token, now_ns, allow_unknown=allow_unknown
-            )
+            with self._turn():
+                return devices.authenticate(
+                    self._conn, name, token, now_ns, allow_unknown=allow_unknown
+                )
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
 
@@ -71,14 +72,23 @@ class SQLiteWriteSession:
         self, device_id: int, stream: str, now_ns: int, *, spool_dropped: int = 0
     ) -> SessionStart:
         try:
-            if spool_dropped:
-                self._conn.execute(
-                    f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? WHERE id = ?",
-                    (spool_dropped, device_id),
-                )
-            return SessionStart(*devices.open_session(self._conn, device_id, stream, now_ns))
+            with self._turn():
+                if spool_dropped:
+                    self._conn.execute(
+                        f"UPDATE {store.DEVICES} SET spool_dropped = spool_dropped + ? "
+                        "WHERE id = ?",
+                        (spool_dropped, device_id),
+                    )
+                return SessionStart(*devices.open_session(self._conn, device_id, stream, now_ns))
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        # A HELLO writes too (last seen, the session's epoch): without its turn it would
+        # wait in SQLite's busy handler, which rarely finds the lock free between the
+        # back-to-back transactions of other writers.
+        m = self._maintainer
+        return m.writer_turn() if m is not None else contextlib.nullcontext()
 
     def store(self, group: Sequence[tuple[Session | int, PreparedBatch]]) -> StoreResult:
         m = self._maintainer
