@@ -8,18 +8,33 @@ database serialise on a stream and exactly-once holds across them. A batch sent 
 epoch that is no longer the stream's stores nothing (`fenced`).
 
 The readings of every other batch are resolved to series ids (an in-memory cache; new series
-are inserted in the transaction), de-duplicated within the group (the first occurrence of a
-(series, ts) is the one that counts), copied with COPY into a temporary table and moved with
-`INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING series_id, ts`: what comes back is
-exactly the set of new readings, so accepted and duplicate are exact per batch (a resend's
-readings that were never stored are stored and counted accepted, as in SQLite). COPY measured
-faster than a pipelined executemany (bench/bench_postgres.py --method; docs/storage.md).
+are inserted in the transaction), copied with COPY into a temporary table and moved with
+`INSERT ... SELECT ... ORDER BY series_id, ts ON CONFLICT DO NOTHING`, one of two ways
+(`_Rows`):
 
-Then, set-based (one statement each; every table's rows locked in key order, so two writers
-wait for each other rather than deadlock):
-series first_ts/count, the `latest` table, the streams' `last_seq`, `devices.last_seq` (the
-default stream's mirror) and last seen, the dead letters (a resend's only if not kept
-before), and COMMIT: the group is durable when `store` returns (synchronous_commit).
+- Every reading new, the usual case: the group's rows are all staged (numbers as one
+  binary COPY buffer built column by column in C, `_numeric_copy`; a group holding text
+  with write_row, row by row) and moved without RETURNING. When the statement's row count
+  equals the rows staged, no reading was a duplicate, of a stored one or within the group:
+  every batch's valid readings are accepted, and the series stats and `latest` rows are
+  computed by SQL from the staging table. Python does no per-reading work beyond the COPY
+  buffer.
+- Otherwise (a shortfall; or at once when the group holds a resend, which expects
+  duplicates): rolled back to a savepoint taken before the COPY, the readings are
+  de-duplicated within the group (the first occurrence of a (series, ts) is the one that
+  counts), copied and moved with `... RETURNING series_id, ts`: what comes back is exactly
+  the set of new readings, so accepted and duplicate are exact per batch (a resend's
+  readings that were never stored are stored and counted accepted, as in SQLite); series
+  stats and `latest` come from those.
+
+COPY measured faster than a pipelined executemany (bench/bench_postgres.py --insert-methods;
+docs/storage.md); the two ways' CPU per reading: bench/pg_store_cpu.py.
+
+Every table's rows are locked in key order (readings by (series_id, ts), series, `latest`
+and devices by id), so two writers wait for each other rather than deadlock. Then,
+set-based (one statement each): the streams' `last_seq`, `devices.last_seq` (the default
+stream's mirror) and last seen, the dead letters (a resend's only if not kept before), and
+COMMIT: the group is durable when `store` returns (synchronous_commit).
 
 Days without a partition are made before the transaction (collector.storage.postgres.schema):
 DDL commits on its own, and an empty partition left by a failed group is harmless.
@@ -163,6 +178,8 @@ class GroupStore:
         """Make the partitions `ts` need (schema.wanted_days) before a store transaction."""
         if self.days is None:
             self.days = schema.partition_days(conn)
+        if not ts:
+            return
         lo, hi = schema.day_of(min(ts)), schema.day_of(max(ts))
         if hi - lo < 8 and self.days.issuperset(range(lo, hi + 1)):
             return  # the usual case, without a look at each reading's day
