@@ -302,9 +302,12 @@ def test_two_collectors_storing_the_same_readings_at_once_neither_deadlock_nor_d
 # ---------------------------------------------------------------- the store path's two ways
 
 
-def mixed(seq: int, t0: int, extra: Sequence[list[object]] = ()) -> PreparedBatch:
+def mixed(
+    seq: int, t0: int, extra: Sequence[list[object]] = (), *, text: bool | None = None
+) -> PreparedBatch:
     """A batch of every value shape: floats, ints at the counter's bounds, bools, text (with
-    and without NUL), a composite; readings `t0`, `t0` + 1 s, ..."""
+    and without NUL), a composite; readings `t0`, `t0` + 1 s, ... `text`: only the text
+    readings (True) or only the others (False)."""
     values: list[list[object]] = [
         ["temp", "temperature", 21.5, "C"], ["neg", "gauge", -1.25e-300, None],
         ["big", "counter", 2**63 - 1, None], ["low", "counter", 0, None],
@@ -315,6 +318,7 @@ def mixed(seq: int, t0: int, extra: Sequence[list[object]] = ()) -> PreparedBatc
     readings = [
         [sensor, kind, t0 + k * S, v, unit, None]
         for k, (sensor, kind, v, unit) in enumerate(values)
+        if text is None or text == (kind == "text")
     ]
     return INGEST.prepare(seq, [*readings, *extra], T0)
 
@@ -361,16 +365,28 @@ def test_new_readings_take_the_row_count_path_and_duplicates_the_exact_one(
         exact.append(self.count)
         return real(self, conn)
 
+    binary: list[bool] = []
+    real_copy = ingest._numeric_copy
+
+    def spied(*args: list[int]) -> bytes | None:
+        buffer = real_copy(*args)  # type: ignore[arg-type]
+        binary.append(buffer is not None)
+        return buffer
+
     monkeypatch.setattr(ingest._Rows, "_insert_exact", counted)
+    monkeypatch.setattr(ingest, "_numeric_copy", spied)
     dev = pg.add_device("d", T0)[0].id
     other = pg.add_device("e", T0)[0].id
-    # All new, numbers only (the binary COPY) and with text (row by row): no fallback.
+    # All new, numbers only (the binary COPY), then text (row by row): no fallback.
     numbers = INGEST.prepare(
         1, [["temp", "temperature", T0 + k * S, 20.0 + k / 8, "C", None] for k in range(5)], T0
     )
-    out = pg.store([(dev, mixed(1, T0)), (other, numbers)])
-    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(9, 0), (5, 0)]
+    out = pg.store([(dev, mixed(1, T0, text=False)), (other, numbers)])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(7, 0), (5, 0)]
+    out = pg.store([(dev, mixed(2, T0, text=True))])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(2, 0)]
     assert exact == []
+    assert binary == [True, False]
     first = stored_rows(url, dev)
     assert first[("big", "", T0 + 2 * S)] == (2**63 - 1, None, None, None)
     assert first[("low", "", T0 + 3 * S)] == (0, None, None, None)
@@ -391,10 +407,10 @@ def test_new_readings_take_the_row_count_path_and_duplicates_the_exact_one(
     state = series_state(url)
     assert state[("big", "")] == (T0 + 2 * S, 1, T0 + 2 * S, 2**63 - 1, None, None, None)
 
-    # Seq 2 of `dev`: not a resend, yet half of it was stored (seq 1's readings), one
+    # Seq 3 of `dev`: not a resend, yet most of it was stored (seq 1's and 2's), one
     # reading comes twice (the first one counts) and one is new and latest.
     again = mixed(
-        2,
+        3,
         T0,
         [
             ["temp", "temperature", T0 + 100 * S, 30.0, "C", None],
@@ -430,7 +446,7 @@ def test_new_readings_take_the_row_count_path_and_duplicates_the_exact_one(
         "ON l.series_id = s.id WHERE s.sensor = 'neg'",
     ) == [(T0 - 5 * S, 2, T0 + S, None)]  # latest stays the newer reading
 
-    # A resend (seq 2 again) goes the exact way at once: nothing new, nothing stored twice.
+    # A resend (seq 3 again) goes the exact way at once: nothing new, nothing stored twice.
     exact.clear()
     out = pg.store([(dev, again)])
     assert [(o.accepted, o.duplicate, o.resend) for o in out.outcomes] == [(0, 12, True)]
