@@ -77,21 +77,17 @@ _MOVE: Final = (
     "ON CONFLICT DO NOTHING RETURNING series_id, ts"
 )
 # The common case, every staged row new (see _Rows): the same move without RETURNING, then
-# series stats and latest from the staging table, rows locked in key order as above.
+# (series rows locked by _LOCK_SERIES) series stats and latest from one aggregate pass over
+# the staging table; `latest` rows are written in key order as above.
 _MOVE_ALL: Final = _MOVE.removesuffix(" RETURNING series_id, ts")
-_LOCK_STAGED_SERIES: Final = (
-    f"SELECT 1 FROM {schema.SERIES} WHERE id IN (SELECT series_id FROM {_STAGING}) "
-    "ORDER BY id FOR NO KEY UPDATE"
-)
-_UPDATE_STAGED_SERIES: Final = (
-    f"UPDATE {schema.SERIES} AS s SET first_ts = least(s.first_ts, u.first_ts), "
-    f"count = s.count + u.n FROM (SELECT series_id, min(ts) AS first_ts, count(*) AS n "
-    f"FROM {_STAGING} GROUP BY series_id) AS u WHERE s.id = u.series_id"
-)
-_UPSERT_STAGED_LATEST: Final = (
+_STAGED_STATS: Final = (
+    f"WITH u AS MATERIALIZED (SELECT series_id, min(ts) AS first_ts, max(ts) AS last_ts, "
+    f"count(*) AS n FROM {_STAGING} GROUP BY series_id), "
+    f"s AS (UPDATE {schema.SERIES} AS s SET first_ts = least(s.first_ts, u.first_ts), "
+    "count = s.count + u.n FROM u WHERE s.id = u.series_id) "
     f"INSERT INTO {schema.LATEST} AS l (series_id, ts, i, f, t, b) "
-    f"SELECT DISTINCT ON (series_id) series_id, ts, i, f, t, b FROM {_STAGING} "
-    "ORDER BY series_id, ts DESC "
+    f"SELECT r.series_id, r.ts, r.i, r.f, r.t, r.b FROM {_STAGING} AS r JOIN u "
+    "ON r.series_id = u.series_id AND r.ts = u.last_ts ORDER BY r.series_id "
     "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, i = excluded.i, f = excluded.f, "
     "t = excluded.t, b = excluded.b WHERE l.ts <= excluded.ts"
 )
@@ -402,9 +398,8 @@ class _Rows:
                         copy.write_row((row[0], row[1], *value_columns(row[2])))
             cur.execute(_MOVE_ALL)
             if cur.rowcount == self.count:
-                cur.execute(_LOCK_STAGED_SERIES)
-                cur.execute(_UPDATE_STAGED_SERIES)
-                cur.execute(_UPSERT_STAGED_LATEST)
+                cur.execute(_LOCK_SERIES, (sorted(set(sids)),))
+                cur.execute(_STAGED_STATS)
                 return None
         conn.execute(_ROLLBACK_TO_SAVEPOINT)
         return self._insert_exact(conn)
