@@ -297,3 +297,160 @@ def test_two_collectors_storing_the_same_readings_at_once_neither_deadlock_nor_d
     finally:
         for c in collectors:
             c.close()
+
+
+# ---------------------------------------------------------------- the store path's two ways
+
+
+def mixed(
+    seq: int, t0: int, extra: Sequence[list[object]] = (), *, text: bool | None = None
+) -> PreparedBatch:
+    """A batch of every value shape: floats, ints at the counter's bounds, bools, text (with
+    and without NUL), a composite; readings `t0`, `t0` + 1 s, ... `text`: only the text
+    readings (True) or only the others (False)."""
+    values: list[list[object]] = [
+        ["temp", "temperature", 21.5, "C"], ["neg", "gauge", -1.25e-300, None],
+        ["big", "counter", 2**63 - 1, None], ["low", "counter", 0, None],
+        ["door", "state", True, None], ["lamp", "state", False, None],
+        ["note", "text", "a\tb\\c\nd", None], ["nul", "text", "x\x00y", None],
+        ["pos", "gps", {"lat": 1.5, "lon": -2.25}, None],
+    ]  # fmt: skip
+    readings = [
+        [sensor, kind, t0 + k * S, v, unit, None]
+        for k, (sensor, kind, v, unit) in enumerate(values)
+        if text is None or text == (kind == "text")
+    ]
+    return INGEST.prepare(seq, [*readings, *extra], T0)
+
+
+def stored_rows(url: str, dev: int) -> dict[tuple[str, str, int], tuple[object, ...]]:
+    """(sensor, field, ts) -> (i, f, t, b) of every reading of device `dev`."""
+    return {
+        (str(r[0]), str(r[1]), int(str(r[2]))): tuple(r[3:])
+        for r in sql(
+            url,
+            "SELECT s.sensor, s.field, r.ts, r.i, r.f, r.t, r.b FROM readings r "
+            "JOIN series s ON s.id = r.series_id WHERE s.device_id = %s",
+            dev,
+        )
+    }
+
+
+def series_state(url: str) -> dict[tuple[str, str], tuple[object, ...]]:
+    """(sensor, field) -> (first_ts, count, latest ts, i, f, t, b)."""
+    return {
+        (str(r[0]), str(r[1])): tuple(r[2:])
+        for r in sql(
+            url,
+            "SELECT s.sensor, s.field, s.first_ts, s.count, l.ts, l.i, l.f, l.t, l.b "
+            "FROM series s LEFT JOIN latest l ON l.series_id = s.id",
+        )
+    }
+
+
+def test_new_readings_take_the_row_count_path_and_duplicates_the_exact_one(
+    pg: PostgresStorage, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group whose readings are all new is stored without RETURNING (the move's row count
+    equals the rows staged) and its series and latest rows come from SQL; a group holding
+    duplicates no resend announces (a reading stored before under a new seq, the same
+    reading twice in one batch) falls back to the exact path. Both give exact counts and
+    the same stored rows, series stats and latest values as storing each reading once."""
+    from collector.storage.postgres import ingest
+
+    exact: list[int] = []
+    real = ingest._Rows._insert_exact
+
+    def counted(self: ingest._Rows, conn: schema.Conn) -> list[bool]:
+        exact.append(self.count)
+        return real(self, conn)
+
+    binary: list[bool] = []
+    real_copy = ingest._numeric_copy
+
+    def spied(*args: list[int]) -> bytes | None:
+        buffer = real_copy(*args)  # type: ignore[arg-type]
+        binary.append(buffer is not None)
+        return buffer
+
+    monkeypatch.setattr(ingest._Rows, "_insert_exact", counted)
+    monkeypatch.setattr(ingest, "_numeric_copy", spied)
+    dev = pg.add_device("d", T0)[0].id
+    other = pg.add_device("e", T0)[0].id
+    # All new, numbers only (the binary COPY), then text (row by row): no fallback.
+    numbers = INGEST.prepare(
+        1, [["temp", "temperature", T0 + k * S, 20.0 + k / 8, "C", None] for k in range(5)], T0
+    )
+    out = pg.store([(dev, mixed(1, T0, text=False)), (other, numbers)])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(7, 0), (5, 0)]
+    out = pg.store([(dev, mixed(2, T0, text=True))])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(2, 0)]
+    assert exact == []
+    assert binary == [True, False]
+    first = stored_rows(url, dev)
+    assert first[("big", "", T0 + 2 * S)] == (2**63 - 1, None, None, None)
+    assert first[("low", "", T0 + 3 * S)] == (0, None, None, None)
+    assert first[("neg", "", T0 + S)] == (None, -1.25e-300, None, None)
+    assert first[("door", "", T0 + 4 * S)] == (1, None, None, None)
+    assert first[("lamp", "", T0 + 5 * S)] == (0, None, None, None)
+    assert first[("note", "", T0 + 6 * S)] == (None, None, "a\tb\\c\nd", None)
+    assert first[("nul", "", T0 + 7 * S)] == (None, None, None, b"x\x00y")
+    assert first[("pos", "lon", T0 + 8 * S)] == (None, -2.25, None, None)
+    assert len(first) == 10
+    assert rows_in(url, "readings") == 10 + 5
+    assert sql(
+        url,
+        "SELECT s.first_ts, s.count, l.ts, l.f FROM series s JOIN latest l "
+        "ON l.series_id = s.id WHERE s.device_id = %s",
+        other,
+    ) == [(T0, 5, T0 + 4 * S, 20.5)]
+    state = series_state(url)
+    assert state[("big", "")] == (T0 + 2 * S, 1, T0 + 2 * S, 2**63 - 1, None, None, None)
+
+    # Seq 3 of `dev`: not a resend, yet most of it was stored (seq 1's and 2's), one
+    # reading comes twice (the first one counts) and one is new and latest.
+    again = mixed(
+        3,
+        T0,
+        [
+            ["temp", "temperature", T0 + 100 * S, 30.0, "C", None],
+            ["temp", "temperature", T0 + 100 * S, 31.0, "C", None],
+            ["neg", "gauge", T0 - 5 * S, 7.0, None, None],
+        ],
+    )
+    more = INGEST.prepare(2, [["temp", "temperature", T0 + 9 * S, 1.0, "C", None]], T0)
+    out = pg.store([(dev, again), (other, more)])
+    assert [(o.accepted, o.duplicate) for o in out.outcomes] == [(2, 10), (1, 0)]
+    assert exact == [again.row_count + more.row_count]
+    rows = stored_rows(url, dev)
+    assert len(rows) == 10 + 2
+    assert rows_in(url, "readings") == 15 + 3
+    assert rows[("temp", "", T0 + 100 * S)] == (None, 30.0, None, None)
+    assert rows[("neg", "", T0 - 5 * S)] == (None, 7.0, None, None)
+    state = series_state(url)
+    by_dev = {
+        int(str(r[0])): tuple(r[1:])
+        for r in sql(
+            url,
+            "SELECT s.device_id, s.first_ts, s.count, l.ts, l.f FROM series s "
+            "JOIN latest l ON l.series_id = s.id WHERE s.sensor = 'temp'",
+        )
+    }
+    assert by_dev == {
+        dev: (T0, 2, T0 + 100 * S, 30.0),
+        other: (T0, 6, T0 + 9 * S, 1.0),
+    }
+    assert sql(
+        url,
+        "SELECT s.first_ts, s.count, l.ts, l.i FROM series s JOIN latest l "
+        "ON l.series_id = s.id WHERE s.sensor = 'neg'",
+    ) == [(T0 - 5 * S, 2, T0 + S, None)]  # latest stays the newer reading
+
+    # A resend (seq 3 again) goes the exact way at once: nothing new, nothing stored twice.
+    exact.clear()
+    out = pg.store([(dev, again)])
+    assert [(o.accepted, o.duplicate, o.resend) for o in out.outcomes] == [(0, 12, True)]
+    assert exact == [again.row_count]
+    assert stored_rows(url, dev) == rows
+    assert rows_in(url, "readings") == 15 + 3
+    assert series_state(url) == state

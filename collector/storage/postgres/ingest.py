@@ -8,18 +8,33 @@ database serialise on a stream and exactly-once holds across them. A batch sent 
 epoch that is no longer the stream's stores nothing (`fenced`).
 
 The readings of every other batch are resolved to series ids (an in-memory cache; new series
-are inserted in the transaction), de-duplicated within the group (the first occurrence of a
-(series, ts) is the one that counts), copied with COPY into a temporary table and moved with
-`INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING series_id, ts`: what comes back is
-exactly the set of new readings, so accepted and duplicate are exact per batch (a resend's
-readings that were never stored are stored and counted accepted, as in SQLite). COPY measured
-faster than a pipelined executemany (bench/bench_postgres.py --method; docs/storage.md).
+are inserted in the transaction), copied with COPY into a temporary table and moved with
+`INSERT ... SELECT ... ORDER BY series_id, ts ON CONFLICT DO NOTHING`, one of two ways
+(`_Rows`):
 
-Then, set-based (one statement each; every table's rows locked in key order, so two writers
-wait for each other rather than deadlock):
-series first_ts/count, the `latest` table, the streams' `last_seq`, `devices.last_seq` (the
-default stream's mirror) and last seen, the dead letters (a resend's only if not kept
-before), and COMMIT: the group is durable when `store` returns (synchronous_commit).
+- Every reading new, the usual case: the group's rows are all staged (numbers as one
+  binary COPY buffer built column by column in C, `_numeric_copy`; a group holding text
+  with write_row, row by row) and moved without RETURNING. When the statement's row count
+  equals the rows staged, no reading was a duplicate, of a stored one or within the group:
+  every batch's valid readings are accepted, and the series stats and `latest` rows are
+  computed by SQL from the staging table. Python does no per-reading work beyond the COPY
+  buffer.
+- Otherwise (a shortfall; or at once when the group holds a resend, which expects
+  duplicates): rolled back to a savepoint taken before the COPY, the readings are
+  de-duplicated within the group (the first occurrence of a (series, ts) is the one that
+  counts), copied and moved with `... RETURNING series_id, ts`: what comes back is exactly
+  the set of new readings, so accepted and duplicate are exact per batch (a resend's
+  readings that were never stored are stored and counted accepted, as in SQLite); series
+  stats and `latest` come from those.
+
+COPY measured faster than a pipelined executemany (bench/bench_postgres.py --insert-methods;
+docs/storage.md); the two ways' CPU per reading: bench/pg_store_cpu.py.
+
+Every table's rows are locked in key order (readings by (series_id, ts), series, `latest`
+and devices by id), so two writers wait for each other rather than deadlock. Then,
+set-based (one statement each): the streams' `last_seq`, `devices.last_seq` (the default
+stream's mirror) and last seen, the dead letters (a resend's only if not kept before), and
+COMMIT: the group is durable when `store` returns (synchronous_commit).
 
 Days without a partition are made before the transaction (collector.storage.postgres.schema):
 DDL commits on its own, and an empty partition left by a failed group is harmless.
@@ -29,9 +44,14 @@ Runs in the writer thread only (and in a replay, on a connection of its own).
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
+import struct
+import sys
+from array import array
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from collector.storage.interface import PreparedBatch, SeriesKey, Session, StoredValue
 from collector.storage.interface import Stored as Stored
@@ -46,10 +66,30 @@ _CREATE_STAGING: Final = (
     "i bigint, f double precision, t text, b bytea) ON COMMIT DELETE ROWS"
 )
 _COPY: Final = f"COPY {_STAGING} (ts, series_id, i, f, t, b) FROM STDIN"
+_COPY_NUMERIC: Final = f"COPY {_STAGING} (ts, series_id, i, f) FROM STDIN (FORMAT binary)"
+_SAVEPOINT: Final = "SAVEPOINT staged"
+_ROLLBACK_TO_SAVEPOINT: Final = "ROLLBACK TO SAVEPOINT staged"
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
+assert array("i").itemsize == 4 and array("q").itemsize == 8 and array("d").itemsize == 8
 _MOVE: Final = (
     f"INSERT INTO {schema.READINGS} (ts, series_id, i, f, t, b) "
     f"SELECT ts, series_id, i, f, t, b FROM {_STAGING} ORDER BY series_id, ts "
     "ON CONFLICT DO NOTHING RETURNING series_id, ts"
+)
+# The common case, every staged row new (see _Rows): the same move without RETURNING, then
+# (series rows locked by _LOCK_SERIES) series stats and latest from one aggregate pass over
+# the staging table; `latest` rows are written in key order as above.
+_MOVE_ALL: Final = _MOVE.removesuffix(" RETURNING series_id, ts")
+_STAGED_STATS: Final = (
+    f"WITH u AS MATERIALIZED (SELECT series_id, min(ts) AS first_ts, max(ts) AS last_ts, "
+    f"count(*) AS n FROM {_STAGING} GROUP BY series_id), "
+    f"s AS (UPDATE {schema.SERIES} AS s SET first_ts = least(s.first_ts, u.first_ts), "
+    "count = s.count + u.n FROM u WHERE s.id = u.series_id) "
+    f"INSERT INTO {schema.LATEST} AS l (series_id, ts, i, f, t, b) "
+    f"SELECT r.series_id, r.ts, r.i, r.f, r.t, r.b FROM {_STAGING} AS r JOIN u "
+    "ON r.series_id = u.series_id AND r.ts = u.last_ts ORDER BY r.series_id "
+    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, i = excluded.i, f = excluded.f, "
+    "t = excluded.t, b = excluded.b WHERE l.ts <= excluded.ts"
 )
 # Row locks are taken in one order by every writer: streams, readings, series, latest and
 # devices, each table's rows by key (ORDER BY above and here). Two collectors storing the
@@ -134,6 +174,11 @@ class GroupStore:
         """Make the partitions `ts` need (schema.wanted_days) before a store transaction."""
         if self.days is None:
             self.days = schema.partition_days(conn)
+        if not ts:
+            return
+        lo, hi = schema.day_of(min(ts)), schema.day_of(max(ts))
+        if hi - lo < 8 and self.days.issuperset(range(lo, hi + 1)):
+            return  # the usual case, without a look at each reading's day
         missing = schema.wanted_days(ts, now_ns) - self.days
         if missing:
             schema.ensure_partitions(conn, missing)
@@ -205,7 +250,7 @@ class GroupStore:
             st[0] = max(st[0], b.seq)
             st[2], st[3] = b.received_ns, 1
             dead.extend(_dead_letters(conn, sess.device_id, b, resend, dead))
-        new = rows.insert(conn)
+        new = rows.insert(conn, exact=any(p is not None and p[1] for p in plan))
         outcomes: list[Stored] = []
         stored: list[PreparedBatch] = []
         for item in plan:
@@ -213,7 +258,7 @@ class GroupStore:
                 outcomes.append(Stored(0, 0, fenced=True))
                 continue
             b, resend, first = item
-            accepted = _accepted(b, new[first : first + b.row_count])
+            accepted = _accepted(b, new, first)
             if accepted or not resend:
                 stored.append(b)
             outcomes.append(Stored(accepted, b.valid_count - accepted, resend=resend))
@@ -251,10 +296,7 @@ class GroupStore:
         rows = _Rows()
         firsts = [rows.add(b, self._series_ids(conn, dev, b.keys, [])) for dev, b in group]
         new = rows.insert(conn)
-        return [
-            _accepted(b, new[first : first + b.row_count])
-            for (_, b), first in zip(group, firsts, strict=True)
-        ]
+        return [_accepted(b, new, first) for (_, b), first in zip(group, firsts, strict=True)]
 
     def _series_ids(
         self,
@@ -306,55 +348,96 @@ class GroupStore:
 
 
 class _Rows:
-    """The readings of a group, first occurrence of each (series, ts) only, and which of
-    them the INSERT found new."""
+    """The readings of a group and, once inserted, which of them were new.
+
+    `insert` first tries the common case: every row is new. All rows go to the staging
+    table (numeric values as one binary COPY buffer built column-wise, `_numeric_copy`),
+    are moved without RETURNING, and if the statement's row count equals the rows staged,
+    nothing was a duplicate (neither of a stored reading nor within the group): the series
+    stats and the latest table are computed by SQL from the staging table, with no per-row
+    work in Python. Otherwise (a shortfall) it rolls back to a savepoint taken before the
+    COPY and takes the exact path: first occurrence of each (series, ts) only, RETURNING
+    the rows that were new, stats from those.
+    """
 
     def __init__(self) -> None:
-        self.first: dict[tuple[int, int], int] = {}  # (series, ts) -> row number in group
-        self.keys: list[tuple[int, int] | None] = []  # per group row; None: repeated in group
-        self.values: list[StoredValue] = []
+        self.parts: list[tuple[list[int], PreparedBatch]] = []
+        self.count = 0
 
     def add(self, b: PreparedBatch, sids: list[int]) -> int:
         """Add a batch's rows; returns the group row number of its first row."""
-        start = len(self.keys)
-        first = self.first
-        for sid, ts, v in zip(sids, b.ts, b.values, strict=True):
-            key = (sid, ts)
-            if key in first:
-                self.keys.append(None)
-            else:
-                first[key] = len(self.keys)
-                self.keys.append(key)
-            self.values.append(v)
+        start = self.count
+        self.parts.append((sids, b))
+        self.count += b.row_count
         return start
 
-    def insert(self, conn: Conn) -> list[bool]:
-        """COPY, move into readings, update series stats and latest; per group row, new?"""
-        new = [False] * len(self.keys)
-        if not self.first:
-            return new
+    def insert(self, conn: Conn, *, exact: bool = False) -> list[bool] | None:
+        """COPY, move into readings, update series stats and latest; per group row, new?
+        None: every row was new. `exact`: duplicates are expected (a resend), take the
+        exact path at once."""
+        if not self.count:
+            return None
         conn.execute(_CREATE_STAGING)
+        if exact:
+            return self._insert_exact(conn)
+        conn.execute(_SAVEPOINT)
+        with conn.cursor() as cur:
+            ts: list[int] = []
+            sids: list[int] = []
+            values: list[StoredValue] = []
+            for s, b in self.parts:
+                ts += b.ts
+                sids += s
+                values += b.values
+            buffer = _numeric_copy(ts, sids, values)
+            with cur.copy(_COPY_NUMERIC if buffer is not None else _COPY) as copy:
+                if buffer is not None:
+                    copy.write(buffer)
+                else:
+                    for row in zip(ts, sids, values, strict=True):
+                        copy.write_row((row[0], row[1], *value_columns(row[2])))
+            cur.execute(_MOVE_ALL)
+            if cur.rowcount == self.count:
+                cur.execute(_LOCK_SERIES, (sorted(set(sids)),))
+                cur.execute(_STAGED_STATS)
+                return None
+        conn.execute(_ROLLBACK_TO_SAVEPOINT)
+        return self._insert_exact(conn)
+
+    def _insert_exact(self, conn: Conn) -> list[bool]:
+        first: dict[tuple[int, int], int] = {}  # (series, ts) -> row number in group
+        rows: list[tuple[int, int, StoredValue, int]] = []  # first occurrences only
+        values: list[StoredValue] = []
+        n = 0
+        for sids, b in self.parts:
+            for sid, ts, v in zip(sids, b.ts, b.values, strict=True):
+                values.append(v)
+                key = (sid, ts)
+                if key not in first:
+                    first[key] = n
+                    rows.append((ts, sid, v, n))
+                n += 1
+        new = [False] * n
         with conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
-                for key, v in zip(self.keys, self.values, strict=True):
-                    if key is not None:
-                        copy.write_row((key[1], key[0], *value_columns(v)))
+                for ts, sid, v, _ in rows:
+                    copy.write_row((ts, sid, *value_columns(v)))
             cur.execute(_MOVE)
             stored = cur.fetchall()
         # per series: [first_ts, count, last_ts, last value]
         stats: dict[int, list[object]] = {}
         for sid, ts in stored:
-            row = self.first[(sid, ts)]
+            row = first[(sid, ts)]
             new[row] = True
             s = stats.get(sid)
             if s is None:
-                stats[sid] = [ts, 1, ts, self.values[row]]
+                stats[sid] = [ts, 1, ts, values[row]]
                 continue
             if ts < s[0]:
                 s[0] = ts
             s[1] += 1  # type: ignore[operator]  # int by construction
             if ts > s[2]:
-                s[2], s[3] = ts, self.values[row]
+                s[2], s[3] = ts, values[row]
         if stats:
             ids = sorted(stats)
             conn.execute(_LOCK_SERIES, (ids,))
@@ -369,15 +452,70 @@ class _Rows:
         return new
 
 
-def _accepted(b: PreparedBatch, mask: list[bool]) -> int:
-    """Valid readings of `b` that were new: a composite reading counts once, when any of its
-    rows was new."""
+def _accepted(b: PreparedBatch, new: list[bool] | None, first: int) -> int:
+    """Valid readings of `b` that were new (`new`: per group row, None: all of them): a
+    composite reading counts once, when any of its rows was new."""
     n = b.scalar_rows
+    if new is None:
+        return n + sum(1 for size in b.composite_sizes if size)
+    mask = new[first : first + b.row_count]
     accepted = sum(mask[:n])
     for size in b.composite_sizes:
         accepted += any(mask[n : n + size])
         n += size
     return accepted
+
+
+# Binary COPY of the numeric rows, columns (ts, series_id, i, f): every row is 38 bytes,
+# field count, then (length, bytes) per field, -1 for NULL; a float's row has i NULL, an
+# int's (or a bool's, as 0/1) has f NULL.
+_ROW_BYTES: Final = 38
+_FLOAT_ROW: Final = struct.pack("!hiqiiiid", 4, 8, 0, 4, 0, -1, 8, 0.0)
+_INT_ROW: Final = struct.pack("!hiqiiiqi", 4, 8, 0, 4, 0, 8, 0, -1)
+_SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no extension
+_TRAILER: Final = b"\xff\xff"
+_NUMERIC: Final = frozenset((float, int, bool))
+
+
+def _numeric_copy(ts: list[int], sids: list[int], values: list[StoredValue]) -> bytes | None:
+    """The rows as one binary COPY buffer, built column by column in C (array, strided
+    slice assignment) rather than row by row; None when a value is not a number (text) or
+    an int does not fit in 64 bits: those take write_row."""
+    types = set(map(type, values))
+    if not types <= _NUMERIC:
+        return None
+    if types == {float}:
+        return _SIGNATURE + _fill(_FLOAT_ROW, 30, "d", ts, sids, values) + _TRAILER
+    is_float = list(map(operator.is_, map(type, values), itertools.repeat(float)))
+    is_int = list(map(operator.not_, is_float))
+    try:
+        ints = _fill(
+            _INT_ROW, 26, "q", list(itertools.compress(ts, is_int)),
+            list(itertools.compress(sids, is_int)), list(itertools.compress(values, is_int)),
+        )  # fmt: skip
+    except OverflowError:
+        return None
+    floats = _fill(
+        _FLOAT_ROW, 30, "d", list(itertools.compress(ts, is_float)),
+        list(itertools.compress(sids, is_float)), list(itertools.compress(values, is_float)),
+    )  # fmt: skip
+    return _SIGNATURE + floats + ints + _TRAILER
+
+
+def _fill(
+    template: bytes, value_at: int, code: str, ts: list[int], sids: list[int], values: list[Any]
+) -> bytearray:
+    buf = bytearray(template * len(ts))
+    for column, at, width, typecode in (
+        (ts, 6, 8, "q"), (sids, 18, 4, "i"), (values, value_at, 8, code),
+    ):  # fmt: skip
+        data = array(typecode, column)
+        if _LITTLE_ENDIAN:
+            data.byteswap()
+        raw = data.tobytes()
+        for k in range(width):
+            buf[at + k :: _ROW_BYTES] = raw[k::width]
+    return buf
 
 
 def _dead_letters(
