@@ -244,3 +244,31 @@ def test_checkpoint_lets_the_writer_start_the_wal_over(tmp_path: Path) -> None:
     assert conn.turns == 1
     for c in (writer, reader, conn):
         c.close()
+
+
+def test_the_writer_reports_a_filling_window_at_most_once_per_interval(tmp_path: Path) -> None:
+    # Counted, on a fake clock: one report per window per REPORT_S, a new window at once.
+    clock = [0.0]
+    m = maintainer.Maintainer(str(tmp_path / "t.db"), retention_ns=None, clock=lambda: clock[0])
+    w = compactor.WINDOW_NS
+    sent: list[tuple[int, ...]] = []
+
+    class Inbox:
+        def put_nowait(self, item: tuple[int, ...]) -> None:
+            sent.append(item)
+
+    m._inbox = Inbox()  # type: ignore[assignment]
+    for i in range(100):  # 100 commits in 0.1 s into one window
+        m.note([5 * w + i])
+        m.flush()
+        clock[0] += 0.001
+    assert sent == [(5 * w,)]
+    m.note([6 * w])  # the next window: at once
+    m.flush()
+    assert sent[-1] == (6 * w,) and len(sent) == 2
+    clock[0] += maintainer.REPORT_S  # the interval is over: reported again
+    m.note([6 * w + 1])
+    m.flush()
+    assert len(sent) == 3
+    m.flush()  # nothing noted since: nothing sent
+    assert len(sent) == 3
