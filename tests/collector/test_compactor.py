@@ -744,7 +744,7 @@ def test_the_write_lock_is_held_for_one_bounded_step_at_a_time(tmp_path: Path) -
 
 def test_default_steps_are_short() -> None:
     # The default bounds on one write turn of the maintenance process: a staged step of
-    # 5,000 rows and a reclaim step of 512 pages hold the lock for a few ms (not 20-40 ms:
+    # 5,000 rows and a reclaim step of 256 pages hold the lock for a few ms (not 20-100 ms:
     # docs/benchmarks.md, "ACK latency").
     assert compactor.DEFAULT_CONFIG.step <= 5_000
-    assert store.RECLAIM_STEP_PAGES <= 512
+    assert store.RECLAIM_STEP_PAGES <= 256

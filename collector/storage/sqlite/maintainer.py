@@ -59,10 +59,11 @@ REPORT_S: Final = 0.5
 # commits past the threshold, mostly the writer thread, the bottleneck of ingest: moving
 # them here measured ~10% more readings/s (docs/benchmarks.md, "End-to-end ingest").
 CHECKPOINT_S: Final = 0.5
-# The WAL starts over once it holds this many frames (pages; 32 MiB, within
-# store.WAL_SIZE_LIMIT_BYTES, so the file is reused, not grown) and a checkpoint left at
+# The WAL starts over once it holds this many frames (pages; 55 MiB, within
+# store.WAL_SIZE_LIMIT_BYTES, so the file is reused, not grown; each start costs the writer
+# a wait for the last copy and its fsync, 2-16 ms on a busy host) and a checkpoint left at
 # most FINISH_FRAMES of them to copy (checkpoint).
-RESTART_FRAMES: Final = 8_192
+RESTART_FRAMES: Final = 14_000
 FINISH_FRAMES: Final = 256
 # The writer's own checkpoint threshold while this process runs (pages): only reached if
 # the process stops checkpointing.
