@@ -59,11 +59,13 @@ REPORT_S: Final = 0.5
 # commits past the threshold, mostly the writer thread, the bottleneck of ingest: moving
 # them here measured ~10% more readings/s (docs/benchmarks.md, "End-to-end ingest").
 CHECKPOINT_S: Final = 0.5
-# The WAL starts over once it holds this many frames (pages; 55 MiB, within
-# store.WAL_SIZE_LIMIT_BYTES, so the file is reused, not grown; each start costs the writer
-# a wait for the last copy and its fsync, 2-16 ms on a busy host) and a checkpoint left at
-# most FINISH_FRAMES of them to copy (checkpoint).
-RESTART_FRAMES: Final = 14_000
+# The WAL starts over once it holds this many frames (pages; 32 MiB) and a checkpoint left
+# at most FINISH_FRAMES of them to copy (checkpoint); each start costs the writer a wait for
+# that copy and its fsync (2 ms p50, up to 47 ms on a busy host). It must start over well
+# within store.WAL_SIZE_LIMIT_BYTES, so that the file is reused, not cut back and grown
+# again: at 14,000 frames it peaked at 15-19k (past the 64 MiB) and ingest commits took
+# p50 0.39 ms and p99 5.8-8 ms against 0.23-0.26 and 2.1-4.6 ms at 8,192.
+RESTART_FRAMES: Final = 8_192
 FINISH_FRAMES: Final = 256
 # The writer's own checkpoint threshold while this process runs (pages): only reached if
 # the process stops checkpointing.
