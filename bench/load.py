@@ -10,6 +10,7 @@ p50/p99 (send -> ACK, per batch) and the collector's RSS and CPU.
     python bench/load.py --idle 10000            # hold idle connections, report RSS
     python bench/load.py --grouped ...           # GBATCH: readings as series groups (v1.2)
     python bench/load.py --prefill 5000000 ...   # start from a DB already holding rows
+    python bench/load.py --prefill 1200000 --prefill-closes-s 20 ...  # compaction 20 s in
     python bench/load.py --connections 1000 --total 20000000 --slice 1000000
     python bench/load.py --pg --collectors 2     # 2 collectors, throwaway PostgreSQL database
     python bench/load.py --ingest-workers 2 ...  # one collector, 2 ingest processes
@@ -246,10 +247,22 @@ class Collector:
         return self.proc.wait(30)
 
 
-def prefill(db: Path, rows: int) -> None:
-    """Insert `rows` readings straight into the head (time-ordered, 8,000 series)."""
+def prefill(db: Path, rows: int, closes_s: float | None = None) -> None:
+    """Insert `rows` readings straight into the head (time-ordered, 8,000 series): in the
+    current compaction window, or with `closes_s`, in the window that the compactor closes
+    (collector.storage.sqlite.compaction_config.GRACE_NS after its end) that many seconds
+    from now; it waits for the moment first."""
     from collector.storage.sqlite import store
+    from collector.storage.sqlite.compaction_config import GRACE_NS, WINDOW_NS
 
+    t0 = time.time_ns() - rows * 1_000  # recent: the current compaction window
+    if closes_s is not None:
+        # The previous window closes at this window's start + GRACE_NS: wait until that is
+        # closes_s away (at most one window), then fill the previous window's last rows.
+        phase = (GRACE_NS - int(closes_s * 1e9)) % WINDOW_NS
+        now = time.time_ns()
+        time.sleep(((phase - now % WINDOW_NS) % WINDOW_NS) / 1e9)
+        t0 = time.time_ns() // WINDOW_NS * WINDOW_NS - rows * 1_000 - 10**9
     store.migrate(db)
     conn = store.connect(db, synchronous="OFF")
     n_series = 8_000
@@ -263,7 +276,6 @@ def prefill(db: Path, rows: int) -> None:
         [(f"p{i}",) for i in range(n_series)],
     )
     conn.execute("COMMIT")
-    t0 = time.time_ns() - rows * 1_000  # recent: the current compaction window
     chunk = 100_000
     for start in range(0, rows, chunk):
         conn.execute("BEGIN")
@@ -333,7 +345,7 @@ def _pg_rows(url: str) -> int:
 
 
 async def _connection(
-    host: str, port: int, name: str, args: argparse.Namespace, go: float, stop_at: float,
+    host: str, port: int, name: str, args: argparse.Namespace, start: _Start,
     res: Result, hold: asyncio.Event | None, connecting: asyncio.Semaphore,
     shared: Shared | None = None,
 ) -> None:  # fmt: skip
@@ -357,6 +369,7 @@ async def _connection(
 
     welcome = await next_event()
     connecting.release()
+    start.welcomed()
     if not isinstance(welcome, wire.Welcome):
         res.errors.append(f"{name}: {welcome!r}")
         writer.close()
@@ -396,6 +409,7 @@ async def _connection(
                 return
 
     rx = asyncio.create_task(receive())
+    go, stop_at = await start.times()
     await asyncio.sleep(max(0.0, go - time.time()) + (hash(name) % 1000) / 1000 * interval)
     next_send = time.monotonic()
     while time.time() < stop_at:
@@ -496,30 +510,25 @@ def _worker(
     async def main() -> Result:
         res = Result()
         hold = asyncio.Event() if args.idle else None
-        go_holder: dict[str, float] = {}
 
         async def run_all() -> None:
             sem = asyncio.Semaphore(200)
-            go, stop = go_holder["go"], go_holder["stop"]
             # Connection k goes to collector k mod N: round-robin over the collectors.
             await asyncio.gather(
                 *(
                     _connection(
                         *addrs[int(n.rsplit("-", 1)[1]) % len(addrs)],
-                        n, args, go, stop, res, hold, sem, shared,
+                        n, args, start, res, hold, sem, shared,
                     )
                     for n in names
                 )
             )  # fmt: skip
 
-        # The parent says when to start (all workers connected) and when to stop.
+        # The parent says when to connect; once every connection of every worker has its
+        # WELCOME, when to start sending and when to stop (idle: only when to connect).
         ready.put(idx)
-        go, stop = await asyncio.to_thread(go_q.get)
-        go_holder["go"], go_holder["stop"] = go, stop
-        # The worker's CPU is counted from the start (connecting and HELLO come before it).
-        asyncio.get_running_loop().call_later(
-            max(0.0, go - time.time()), lambda: cpu_at_go.append(time.process_time())
-        )
+        await asyncio.to_thread(go_q.get)
+        start = _Start(len(names), idx, ready, go_q, cpu_at_go, idle=hold is not None)
         if hold is not None:
             task = asyncio.create_task(run_all())
             await asyncio.to_thread(go_q.get)  # released by the parent after measuring
@@ -537,6 +546,46 @@ def _worker(
     out.put((res.acked, res.batches, res.retries, res.errors[:5], lat, cpu, res.last_ack))
 
 
+class _Start:
+    """When a worker's connections start sending: HELLO and WELCOME first, for all of them.
+
+    Each connection reports its WELCOME (`welcomed`); once this worker has them all it tells
+    the parent, which sends every worker the same start and stop times (`times`) once all
+    have reported. So no batch of the measured load waits behind the collector's HELLO
+    commits (one durable commit each, ~1,000 of them take longer than a second on this disk).
+    """
+
+    def __init__(
+        self, n: int, idx: int, ready: Any, go_q: Any, cpu_at_go: list[float], *, idle: bool
+    ) -> None:
+        self.left, self.idx, self.ready, self.go_q = n, idx, ready, go_q
+        self.cpu_at_go = cpu_at_go
+        self.idle = idle
+        self._times: asyncio.Future[tuple[float, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._task: asyncio.Task[None] | None = None
+        if n == 0:
+            self._task = asyncio.create_task(self._wait_go())
+
+    def welcomed(self) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.idle:
+            self._task = asyncio.create_task(self._wait_go())
+
+    async def _wait_go(self) -> None:
+        self.ready.put(self.idx)
+        go, stop = await asyncio.to_thread(self.go_q.get)
+        # The worker's CPU is counted from the start (connecting and HELLO come before it).
+        asyncio.get_running_loop().call_later(
+            max(0.0, go - time.time()), lambda: self.cpu_at_go.append(time.process_time())
+        )
+        self._times.set_result((go, stop))
+
+    async def times(self) -> tuple[float, float]:
+        return await self._times
+
+
 class Clients:
     """The client worker processes of one run: spawned, connected, then started together."""
 
@@ -547,7 +596,8 @@ class Clients:
         shared: Shared | None = None,
     ) -> None:
         ctx = mp.get_context("spawn")
-        ready, self.go_q, self.out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        self.ready, self.go_q, self.out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        ready = self.ready
         names = [f"bench-{i}" for i in range(args.connections)]
         self.procs = [
             ctx.Process(target=_worker,
@@ -560,10 +610,21 @@ class Clients:
         for _ in self.procs:
             ready.get(timeout=120)
 
-    def go(self, start: float, stop: float) -> None:
-        """Tell every worker when to start (time.time()) and stop sending."""
+    def connect(self) -> None:
+        """Tell every worker to connect its connections (and send HELLO)."""
+        for _ in self.procs:
+            self.go_q.put(None)
+
+    def go(self, duration: float, timeout_s: float = 300) -> tuple[float, float]:
+        """Once every connection has its WELCOME, tell every worker when to start
+        (time.time()) and stop sending; returns (start, stop)."""
+        for _ in self.procs:
+            self.ready.get(timeout=timeout_s)
+        start = time.time() + 0.5
+        stop = start + duration
         for _ in self.procs:
             self.go_q.put((start, stop))
+        return start, stop
 
     def results(self, timeout_s: float) -> list[Any]:
         """Each worker's result tuple (see `_worker`), waiting at most `timeout_s` for each."""
@@ -588,6 +649,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=15)
     p.add_argument("--idle", type=int, default=0, help="hold this many idle connections")
     p.add_argument("--prefill", type=int, default=0, help="rows in the DB before the run")
+    p.add_argument(
+        "--prefill-closes-s", type=float, default=None,
+        help="put the prefilled rows in the compaction window that closes this long (<= 30 "
+        "s) after the collector starts (waiting up to 2 minutes for that moment), so the "
+        "maintenance process compacts them during the load",
+    )  # fmt: skip
     p.add_argument(
         "--db",
         help="database file, or a postgresql:// URL passed to the collector as given "
@@ -687,7 +754,7 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
     target: Path | str = url or db
     if args.prefill:
         t = time.perf_counter()
-        prefill(db, args.prefill)
+        prefill(db, args.prefill, args.prefill_closes_s)
         print(f"prefilled {args.prefill} rows in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     # Every bench connection comes from 127.0.0.1, so the per-address limit is lifted too.
     limit = str(args.connections + 100)
@@ -707,13 +774,14 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
     rss0 = col.rss_mb()
     clients = Clients(args, addrs, shared)
     procs, go_q, out = clients.procs, clients.go_q, clients.out
-    start = time.time() + 2.0  # time for every connection's HELLO
-    stop = start + args.duration if shared is None else float("inf")
-    clients.go(start, stop)
+    clients.connect()
+    if not args.idle:
+        start, _stop = clients.go(args.duration if shared is None else float("inf"))
     report: dict[str, object] = {
         "connections": args.connections, "processes": args.processes, "batch": args.batch,
         "pipeline": args.pipeline, "rate_target": args.rate, "duration_s": args.duration,
-        "prefill": args.prefill, "fd_limit": fd_limit, "rss_start_mb": round(rss0, 1),
+        "prefill": args.prefill, "prefill_closes_s": args.prefill_closes_s,
+        "fd_limit": fd_limit, "rss_start_mb": round(rss0, 1),
         "store": "postgresql" if url else "sqlite", "collectors": args.collectors,
         "ingest_workers": args.ingest_workers,
     }  # fmt: skip

@@ -102,8 +102,8 @@ def run_ours(args: argparse.Namespace, db: Path) -> dict[str, Any]:
     try:
         assert col.addr is not None
         clients = load.Clients(_load_args(args), [col.addr])
-        start = time.time() + START_DELAY_S
-        clients.go(start, start + args.duration)
+        clients.connect()
+        start, _stop = clients.go(args.duration)
         _wait_until(start)
         cpu0, child0 = col.cpu_s(), col.children_cpu_s()
         results = clients.results(args.duration + RESULT_TIMEOUT_S)

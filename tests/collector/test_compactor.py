@@ -693,3 +693,58 @@ def test_resend_into_a_slot_block_is_found_by_the_horizon(tmp_path: Path) -> Non
     assert horizon == 4 * WINDOW + 6
     held = scan.held_in_blocks(conn, [(0, 1, 4 * WINDOW + 5), (1, 2, 2 * WINDOW + 9)])
     assert held == {0, 1}
+
+
+class _CountingTurns(sqlite3.Connection):
+    """A connection that counts the rows each write turn changes (and the free pages it
+    gives back): the work done while the ingest writer waits, counted rather than timed."""
+
+    changes: list[int]
+    pages: list[int]
+
+    @contextlib.contextmanager
+    def write_turn(self) -> Iterator[None]:
+        changes = self.total_changes
+        pages = self.execute("PRAGMA page_count").fetchone()[0]
+        try:
+            yield
+        finally:
+            self.changes.append(self.total_changes - changes)
+            self.pages.append(pages - self.execute("PRAGMA page_count").fetchone()[0])
+
+
+def test_the_write_lock_is_held_for_one_bounded_step_at_a_time(tmp_path: Path) -> None:
+    # A window 24 times the step (stage, pack and delete in steps), then its freed pages
+    # given back: no write turn changes more than a step's rows plus one block per series
+    # of its slice (and the bookkeeping rows), none gives back more than a step of pages.
+    # Emptying the stage of the finished window (a temp table, no lock needed) is not done
+    # in a write turn either.
+    reclaim = functools.partial(
+        store.reclaim_space, min_free_pages=2, min_free_fraction=0.0, step_pages=2
+    )
+    path = tmp_path / "t.db"
+    open_db(path, 40).close()
+    conn = store.connect(path, factory=_CountingTurns)
+    assert isinstance(conn, _CountingTurns)
+    conn.changes, conn.pages = [], []
+    insert(conn, population(40, 10, seed=41))  # 2,400 readings in one 10-minute window
+    config = compactor.CompactionConfig(window_ns=10 * WINDOW, grace_ns=0, max_rows=100)
+    drain(conn, 100 * WINDOW, config)
+    assert head_count(conn) == 0
+    assert conn.execute("SELECT count(*), sum(count) FROM blocks").fetchone() == (40, 2400)
+    assert len(conn.changes) >= 2 * 2400 // 100  # pack and delete: one turn per step
+    assert max(conn.changes) <= config.step + 40 + 5, conn.changes
+    turns = len(conn.pages)
+    while reclaim(conn):
+        pass
+    assert len(conn.pages) > turns + 1  # the free pages went back in several steps
+    assert max(conn.pages[turns:]) <= 2
+    assert not conn.in_transaction
+
+
+def test_default_steps_are_short() -> None:
+    # The default bounds on one write turn of the maintenance process: a staged step of
+    # 5,000 rows and a reclaim step of 256 pages hold the lock for a few ms (not 20-100 ms:
+    # docs/benchmarks.md, "ACK latency").
+    assert compactor.DEFAULT_CONFIG.step <= 5_000
+    assert store.RECLAIM_STEP_PAGES <= 256

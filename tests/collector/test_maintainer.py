@@ -3,15 +3,19 @@ ingests, comes back if it dies, and never outlives the daemon."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import sqlite3
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
-from collector.storage.sqlite import compactor, store
+import pytest
+
+from collector.storage.sqlite import compactor, maintainer, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import wait_for
@@ -149,3 +153,122 @@ def test_maintainer_stops_at_sigterm(tmp_path: Path) -> None:
         child = _maintainer(daemon)
         assert daemon.terminate(30) == 0
         assert _gone(child)
+
+
+def test_pace_rests_in_proportion_to_the_step_and_gives_the_whole_core_to_a_backlog() -> None:
+    # Pure timekeeping on given timestamps: no clock is read, nothing sleeps.
+    pace = maintainer.Pace(min_share=0.25, ramp_s=100.0, max_pause_s=10.0)
+    assert pace.pause_s(0.0, 0.1, more=False) == 0.0  # nothing waits: no rest
+    # Work waits: a 0.1 s step at a quarter of a core rests 0.3 s.
+    assert pace.pause_s(0.0, 0.1, more=True) == pytest.approx(0.3)
+    # Half-way up the ramp the share is 0.625: the same step rests 0.06 s.
+    assert pace.pause_s(50.0, 50.1, more=True) == pytest.approx(0.1 * 0.375 / 0.625, rel=1e-3)
+    assert pace.pause_s(100.0, 100.1, more=True) == 0.0  # waited the whole ramp: flat out
+    assert pace.pause_s(200.0, 200.1, more=False) == 0.0  # caught up: the ramp starts over
+    assert pace.pause_s(300.0, 300.1, more=True) == pytest.approx(0.3)
+    assert maintainer.Pace(max_pause_s=0.5).pause_s(0.0, 10.0, more=True) == 0.5  # bounded
+
+
+def test_pace_keeps_the_process_to_its_share_while_little_work_waits() -> None:
+    # A live window's worth of steps (60 steps of 0.1 s), simulated: the busy share of the
+    # process stays within [min_share, 1] and the whole of it is done in bounded time.
+    pace = maintainer.Pace(min_share=0.3, ramp_s=120.0, max_pause_s=0.5)
+    now, busy = 0.0, 0.0
+    for i in range(60):
+        t0, now = now, now + 0.1
+        busy += 0.1
+        now += pace.pause_s(t0, now, more=i < 59)
+        assert 0.3 <= busy / now <= 1.0 + 1e-9
+    assert busy / now < 0.5  # far from flat out: the writer keeps its core
+    assert now < 6.0 / 0.3  # and no slower than the lowest share allows
+
+
+def _wal_frames(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+class _Turns(sqlite3.Connection):
+    """The maintenance connection: its write turn is counted, and taking it stops what kept
+    the first copy from finishing (in the daemon: the writer's commits meanwhile; here: a
+    reader's old snapshot)."""
+
+    turns = 0
+    reader: sqlite3.Connection
+
+    @contextlib.contextmanager
+    def write_turn(self) -> Iterator[None]:
+        self.turns += 1
+        self.reader.execute("COMMIT")
+        yield
+
+
+def test_checkpoint_lets_the_writer_start_the_wal_over(tmp_path: Path) -> None:
+    # Counted in WAL frames: once the maintenance process's checkpoint has copied the whole
+    # WAL, the writer's next commit writes at its start instead of growing it.
+    db = tmp_path / "t.db"
+    store.migrate(db)
+    writer, reader = store.connect(db), store.connect(db)
+    conn = store.connect(db, factory=_Turns)
+    assert isinstance(conn, _Turns)
+    conn.reader = reader
+    for c in (writer, reader, conn):
+        c.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def commit(n: int = 1) -> None:
+        for _ in range(n):
+            writer.execute(
+                "INSERT INTO devices (name, token_hash, created_ns) "
+                "VALUES (hex(randomblob(8)), '', 0)"
+            )
+
+    commit(20)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM devices").fetchone()  # a snapshot: copy stops here
+    commit(5)
+    # Below the threshold the WAL is copied as far as it can be; the next commit appends.
+    busy, frames, copied = maintainer.checkpoint(conn, restart_frames=10**6)
+    assert conn.turns == 0 and 0 < frames - copied <= 10
+    commit()
+    assert _wal_frames(conn) > frames
+    # Past it, with little left, the rest is copied in the write turn: the WAL starts over.
+    busy, frames, copied = maintainer.checkpoint(conn, restart_frames=10, finish_frames=100)
+    assert conn.turns == 1 and busy == 0 and frames == copied >= 26
+    commit()
+    assert 0 < _wal_frames(conn) <= 2
+    # Too much left to copy: no write turn (the writer would wait for all of it).
+    commit(20)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM devices").fetchone()
+    commit(20)
+    maintainer.checkpoint(conn, restart_frames=10, finish_frames=5)
+    assert conn.turns == 1
+    for c in (writer, reader, conn):
+        c.close()
+
+
+def test_the_writer_reports_a_filling_window_at_most_once_per_interval(tmp_path: Path) -> None:
+    # Counted, on a fake clock: one report per window per REPORT_S, a new window at once.
+    clock = [0.0]
+    m = maintainer.Maintainer(str(tmp_path / "t.db"), retention_ns=None, clock=lambda: clock[0])
+    w = compactor.WINDOW_NS
+    sent: list[tuple[int, ...]] = []
+
+    class Inbox:
+        def put_nowait(self, item: tuple[int, ...]) -> None:
+            sent.append(item)
+
+    m.link.inbox = Inbox()  # type: ignore[assignment]
+    for i in range(100):  # 100 commits in 0.1 s into one window
+        m.note([5 * w + i])
+        m.flush()
+        clock[0] += 0.001
+    assert sent == [(5 * w,)]
+    m.note([6 * w])  # the next window: at once
+    m.flush()
+    assert sent[-1] == (6 * w,) and len(sent) == 2
+    clock[0] += maintainer.REPORT_S  # the interval is over: reported again
+    m.note([6 * w + 1])
+    m.flush()
+    assert len(sent) == 3
+    m.flush()  # nothing noted since: nothing sent
+    assert len(sent) == 3

@@ -44,9 +44,11 @@ MAX_ROWS_PER_CALL: Final = 100_000
 # and encoding cost the same per reading, and the hour's merge decodes a fifth of the blocks.
 RUN_WINDOWS: Final = 5
 RUN_MAX_ROWS: Final = 500_000
-# Rows one step of a large window (stage, pack, delete) handles: the step holds the write
-# lock throughout and a batch that arrives meanwhile waits for it.
-STEP_ROWS: Final = 20_000
+# Rows one step of a large window (stage, pack, delete) handles: a pack or delete step
+# holds the write lock for its write and a batch that arrives meanwhile waits for it. At
+# 20,000 a delete held it 5-7 ms (up to 136 ms on a busy host) at 10,000 readings/s;
+# 5,000 holds it ~1.5 ms (docs/benchmarks.md, "ACK latency").
+STEP_ROWS: Final = 5_000
 # Readings one step of a merge handles. A merge step decodes and encodes with no lock held
 # and then writes for a few ms, so its size barely shows in the ACK latency; each step
 # waits once for the writer's transaction in progress, and 20,000-reading steps left the

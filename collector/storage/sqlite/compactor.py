@@ -164,6 +164,7 @@ def _compact_head(
         # Read and encode with no write lock held where the step allows it.
         staged = staging.current(conn)
         if staged is None:
+            staging.discard(conn)  # the last window's stage, if any: no lock held
             handled = _compact_window_unlocked(conn, closed_before, config, activity)
         elif staged[1] != "delete":
             handled = staging.step_unlocked(conn, staged, config)

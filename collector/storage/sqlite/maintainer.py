@@ -10,8 +10,10 @@ The daemon side (`Maintainer`) starts the process, relays which windows receive 
 (the writer's `note` per stored batch, `flush` per commit: a few window start times over a
 multiprocessing queue, never blocking the writer), forwards the process's log records to
 the daemon's handlers, and stops it at shutdown. The process (`_main`) opens its own
-connection and loops: one bounded step (`step`), again at once while work is waiting,
-otherwise after POLL_S or when the writer reports activity.
+connection and loops: one bounded step (`step`), again after a rest in proportion to
+the step while work is waiting (`Pace`: a share of a core that grows while work keeps
+waiting), otherwise after POLL_S or when the writer reports activity. It also checkpoints
+the WAL, and lets the writer start it over (`checkpoint`).
 
 Both processes write the same SQLite file; SQLite's write lock serialises them. The
 compactor reads and encodes outside the lock and holds it only to write blocks and delete
@@ -38,7 +40,7 @@ import signal
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from typing import Final, Protocol, cast
@@ -50,14 +52,35 @@ log = logging.getLogger(__name__)
 
 # With no work waiting, the process looks again this often (or at once when readings arrive).
 POLL_S: Final = 1.0
+# The writer reports a window that keeps receiving readings at most this often. Reported
+# after every commit (500 a second at 10,000 readings/s in batches of 10), each report woke
+# the process for a step that found nothing to do and cost the daemon a GIL handoff to the
+# queue's feeder thread; the activity only needs to know that a window is still filling
+# (activity.QUIET_S is 5 s).
+REPORT_S: Final = 0.5
 # How often this process copies the WAL into the database file (a PASSIVE checkpoint: it
 # never waits for the writer or readers). Checkpoints otherwise run in whichever connection
 # commits past the threshold, mostly the writer thread, the bottleneck of ingest: moving
 # them here measured ~10% more readings/s (docs/benchmarks.md, "End-to-end ingest").
 CHECKPOINT_S: Final = 0.5
+# The WAL starts over once it holds this many frames (pages; 32 MiB) and a checkpoint left
+# at most FINISH_FRAMES of them to copy (checkpoint); each start costs the writer a wait for
+# that copy and its fsync (2 ms p50, up to 47 ms on a busy host). It must start over well
+# within store.WAL_SIZE_LIMIT_BYTES, so that the file is reused, not cut back and grown
+# again: at 14,000 frames it peaked at 15-19k (past the 64 MiB) and ingest commits took
+# p50 0.39 ms and p99 5.8-8 ms against 0.23-0.26 and 2.1-4.6 ms at 8,192.
+RESTART_FRAMES: Final = 8_192
+FINISH_FRAMES: Final = 256
 # The writer's own checkpoint threshold while this process runs (pages): only reached if
 # the process stops checkpointing.
 WRITER_WAL_AUTOCHECKPOINT: Final = 4 * store.WAL_AUTOCHECKPOINT_PAGES
+# While work waits, the process uses at most this share of a core at first (Pace), growing
+# to all of it once work has waited RAMP_S without a break; one rest is at most
+# MAX_PAUSE_S. A live window (6-10 s of CPU at 10,000 readings/s) then takes ~25 s of the
+# two minutes before the next one closes.
+MIN_SHARE: Final = 0.3
+RAMP_S: Final = 120.0
+MAX_PAUSE_S: Final = 0.5
 # After a storage error (lock timeout, disk full) the next step waits this long.
 ERROR_PAUSE_S: Final = 1.0
 # At shutdown the current step may finish for this long before the process is killed (a
@@ -179,14 +202,21 @@ class WriterLink:
     inbox: Inbox
     turns: WriterTurns
     window_ns: int
+    clock: Callable[[], float] = time.monotonic
     _keys: set[int] = field(default_factory=set)
+    # The windows reported since _sent_at (each at most once per REPORT_S).
+    _sent: set[int] = field(default_factory=set)
+    _sent_at: float = -float("inf")
 
     def __getstate__(self) -> tuple[object, ...]:
         return (self.inbox, self.turns, self.window_ns)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
         self.inbox, self.turns, self.window_ns = state  # type: ignore[assignment]  # ours
+        self.clock = time.monotonic
         self._keys = set()
+        self._sent = set()
+        self._sent_at = -float("inf")
 
     def writer_turn(self) -> contextlib.AbstractContextManager[None]:
         """Writer thread: wrap each write transaction (Turns.writer)."""
@@ -198,10 +228,18 @@ class WriterLink:
             self._keys.update(window_keys(timestamps, self.window_ns))
 
     def flush(self) -> None:
-        """Writer thread, after a commit: tell the process which windows received readings."""
-        if self._keys:
+        """Writer thread, after a commit: tell the process which windows received readings,
+        each window at most once per REPORT_S (a new one at once)."""
+        if not self._keys:
+            return
+        now = self.clock()
+        if now - self._sent_at >= REPORT_S:
+            self._sent.clear()
+            self._sent_at = now
+        if not self._keys <= self._sent:
             self._inbox_put(tuple(self._keys))
-            self._keys.clear()
+            self._sent |= self._keys
+        self._keys.clear()
 
     def _inbox_put(self, keys: tuple[int, ...]) -> None:
         with contextlib.suppress(ValueError, OSError):  # the queue closed at shutdown
@@ -216,13 +254,20 @@ class Maintainer:
     (`FileTurns`); `link` is what each of them needs.
     """
 
-    def __init__(self, db: str, *, retention_ns: int | None, shared: bool = False) -> None:
+    def __init__(
+        self,
+        db: str,
+        *,
+        retention_ns: int | None,
+        shared: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         # Shared: written by ingest processes that may be SIGKILLed (PipeInbox says why).
         self._inbox: Inbox = PipeInbox(ctx) if shared else ctx.Queue()
         self._shared = shared
         self._turns: WriterTurns = FileTurns(db) if shared else Turns(ctx)
-        self.link = WriterLink(self._inbox, self._turns, compactor.WINDOW_NS)
+        self.link = WriterLink(self._inbox, self._turns, compactor.WINDOW_NS, clock)
         self._logs: Queue[logging.LogRecord] = ctx.Queue()
         self._ctx = ctx
         self._args = (db, retention_ns, self._inbox, self._logs)
@@ -268,7 +313,8 @@ class Maintainer:
         self.link.note(timestamps)
 
     def flush(self) -> None:
-        """Writer thread, after a commit: tell the process which windows received readings."""
+        """Writer thread, after a commit: tell the process which windows received readings
+        (WriterLink.flush: each at most once per REPORT_S)."""
         self.link.flush()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -327,17 +373,20 @@ def _main(
     # This process checkpoints the WAL (below); the writer's own threshold is a safety net.
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     checkpointed = time.monotonic()
+    pace = Pace()
     more = True
     try:
         while not stopping and os.getppid() == parent:
             if not _receive(inbox, activity, 0.0 if more else POLL_S):
                 break
             try:
+                t0 = time.monotonic()
                 more = step(conn, time.time_ns(), activity, retention_ns)
                 if conn.in_transaction:
                     conn.execute("COMMIT")
+                t1 = time.monotonic()
                 if time.monotonic() - checkpointed >= CHECKPOINT_S:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    checkpoint(conn)
                     checkpointed = time.monotonic()
             except sqlite3.Error as exc:
                 if conn.in_transaction:
@@ -346,8 +395,89 @@ def _main(
                 log.warning("maintenance failed error=%s", exc)
                 more = False
                 time.sleep(ERROR_PAUSE_S)
+                continue
+            # Spread the step's CPU out while little work waits (Pace): the ingest writer
+            # and the event loop share the machine with this process.
+            if not _pause(inbox, activity, pace.pause_s(t0, t1, more=more)):
+                break
     finally:
         conn.close()
+
+
+def checkpoint(
+    conn: sqlite3.Connection,
+    *,
+    restart_frames: int = RESTART_FRAMES,
+    finish_frames: int = FINISH_FRAMES,
+) -> tuple[int, int, int]:
+    """Copy the WAL into the database file (PASSIVE: it waits for nobody); once the WAL is
+    longer than RESTART_FRAMES and all but FINISH_FRAMES of it are copied, copy the rest in
+    the connection's write turn, so the writer's next commit starts the WAL over.
+
+    Under constant commits a PASSIVE checkpoint never catches up (the writer appends while
+    it copies), so without the second one the WAL grew past WAL_SIZE_LIMIT_BYTES to the
+    writer's own threshold, and the writer's checkpoint then held one commit for 50-70 ms
+    every ~9 s at 10,000 readings/s (docs/benchmarks.md, "ACK latency"). The write turn
+    holds the writer for a copy of at most FINISH_FRAMES pages. Returns the last
+    checkpoint's (busy, frames in the WAL, frames copied).
+    """
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    _busy, frames, copied = row
+    if frames >= restart_frames and 0 <= frames - copied <= finish_frames:
+        with store.write_turn(conn):
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return (int(row[0]), int(row[1]), int(row[2]))
+
+
+class Pace:
+    """How long the process rests after a step: it takes at most a share of one core.
+
+    Compacting a live window is a burst of CPU (about 6 s of it for a 2-minute window at
+    10,000 readings/s) that has two minutes to finish; run flat out, it takes a core from
+    the daemon's event loop, its writer thread and whatever else runs on the host just
+    then, and the ACK latency's tail is made of that (docs/benchmarks.md, "ACK latency").
+    So after a step of d seconds it rests d * (1 - share) / share. The share starts at
+    MIN_SHARE and grows to 1 while work keeps waiting without a break (over RAMP_S): a
+    backlog (a replay, a restart) still gets the whole core after that, so compaction
+    keeps up with any ingest rate it kept up with before. Pure timekeeping.
+    """
+
+    def __init__(
+        self, min_share: float = MIN_SHARE, ramp_s: float = RAMP_S, max_pause_s: float = MAX_PAUSE_S
+    ) -> None:
+        self.min_share = min_share
+        self.ramp_s = ramp_s
+        self.max_pause_s = max_pause_s
+        self.pending_since: float | None = None
+
+    def share(self, now: float) -> float:
+        if self.pending_since is None or self.ramp_s <= 0:
+            return 1.0 if self.ramp_s <= 0 else self.min_share
+        ramp = min(1.0, (now - self.pending_since) / self.ramp_s)
+        return self.min_share + (1.0 - self.min_share) * ramp
+
+    def pause_s(self, t0: float, t1: float, *, more: bool) -> float:
+        """The rest after a step that ran from t0 to t1 (monotonic seconds); `more`: work
+        is waiting. Nothing waiting: no rest (the loop polls anyway), and the ramp starts
+        over."""
+        if not more:
+            self.pending_since = None
+            return 0.0
+        if self.pending_since is None:
+            self.pending_since = t0
+        share = self.share(t0)
+        if share >= 1.0:
+            return 0.0
+        return min(self.max_pause_s, (t1 - t0) * (1.0 - share) / share)
+
+
+def _pause(inbox: Inbox, activity: Activity, seconds: float) -> bool:
+    """Rest `seconds`, applying the activity reports meanwhile; False on stop."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not _receive(inbox, activity, left):
+            return False
+    return True
 
 
 class Turns:
