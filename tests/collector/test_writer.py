@@ -440,10 +440,9 @@ def test_endless_maintenance_work_does_not_starve_ingest(tmp_path):
 
 
 def test_a_group_with_an_overlapping_batch_is_redone_with_its_new_series(tmp_path):
-    # A group of batches is stored without a savepoint each; a batch that finds some of
-    # its readings stored already makes the group roll back and be redone with savepoints.
-    # A series created earlier in the group must come back with the redo (its cached id
-    # from the rolled-back pass would name a series row that no longer exists).
+    # A group whose later batch overlaps stored readings: the overlap is found before
+    # anything is inserted (exact dedup), so the group's new series and readings stay and
+    # the next group finds the new series through the cache.
     path, _token = _db(tmp_path)
     conn = store.connect(path)
     (dev,) = conn.execute(f"SELECT id FROM {store.DEVICES}").fetchone()
