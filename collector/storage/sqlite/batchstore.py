@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Final
 
 from collector.storage.interface import PreparedBatch, SeriesKey
@@ -215,40 +217,39 @@ class BatchStore:
         if not b.ts:
             return 0
         sids = self._series_ids(conn, dev, b.keys, new_series)
-        tss = b.ts
-        idx_of: dict[int, list[int]] = {}
-        for i, sid in enumerate(sids):
-            got = idx_of.get(sid)
-            if got is None:
-                idx_of[sid] = [i]
-            else:
-                got.append(i)
+        tss, values, lags = b.ts, b.values, b.lag_ms
         dropped: set[int] = set()
         chunks: list[tuple[object, ...]] = []
-        values, lags = b.values, b.lag_ms
-        for sid, idx in idx_of.items():
-            ts = [tss[i] for i in idx]
+        # Row indexes per series, each in batch order, with no Python step per reading
+        # (sorted is stable; groupby, itemgetter, map and min/max run in C).
+        order = sorted(range(len(sids)), key=sids.__getitem__)
+        for sid, group in groupby(order, key=sids.__getitem__):
+            idx = list(group)
+            if len(idx) == 1:
+                ts, vals, lag = [tss[idx[0]]], [values[idx[0]]], [lags[idx[0]]]
+            else:
+                pick = itemgetter(*idx)
+                ts, vals, lag = list(pick(tss)), list(pick(values)), list(pick(lags))
             last = self._last_ts(conn, sid)
             low = min(ts)
-            if (last is None or low > last) and len(set(ts)) == len(ts):
-                keep_idx = idx
-            else:
-                keep_idx = self._new_readings(conn, sid, idx, ts, low, last)
-                dropped.update(set(idx).difference(keep_idx))
-                if not keep_idx:
-                    continue
-                ts = [tss[i] for i in keep_idx]
-            chunks += headchunks.chunk_rows(
-                sid, ts, [values[i] for i in keep_idx], [lags[i] for i in keep_idx]
-            )
+            if not ((last is None or low > last) and len(set(ts)) == len(ts)):
+                keep = self._new_readings(conn, sid, idx, ts, low, last)
+                if len(keep) < len(idx):
+                    dropped.update(set(idx).difference(keep))
+                    if not keep:
+                        continue
+                    ts = [tss[i] for i in keep]
+                    vals = [values[i] for i in keep]
+                    lag = [lags[i] for i in keep]
+            chunks += headchunks.chunk_rows(sid, ts, vals, lag)  # type: ignore[arg-type]
             top = max(ts)
             if last is None or top > last:
                 self._txn_last[sid] = top
+            _fold(stats, sid, ts, vals, top)
         headchunks.write(conn, chunks)
-        mask = [i not in dropped for i in range(len(sids))] if dropped else None
-        _accumulate(stats, sids, tss, values, mask)
-        if mask is None:
+        if not dropped:
             return b.valid_count
+        mask = [i not in dropped for i in range(len(sids))]
         n = b.scalar_rows
         accepted = sum(mask[:n])
         for size in b.composite_sizes:
@@ -291,7 +292,7 @@ class BatchStore:
         if cache is None:
             cache = self._series[dev] = {}
         try:
-            return [cache[k] for k in keys]
+            return list(map(cache.__getitem__, keys))
         except KeyError:
             pass
         for key in dict.fromkeys(k for k in keys if k not in cache):
@@ -326,24 +327,20 @@ def _write_stats(conn: sqlite3.Connection, stats: dict[int, list[object]]) -> No
         conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
 
 
-def _accumulate(
-    stats: dict[int, list[object]],
-    sids: list[int],
-    tss: list[int],
-    values: Sequence[object],
-    mask: list[bool] | None,
+def _fold(
+    stats: dict[int, list[object]], sid: int, ts: list[int], values: Sequence[object], top: int
 ) -> None:
-    """Fold rows into per-series [first_ts, last_ts, last_value, count]."""
-    for i, (sid, ts, value) in enumerate(zip(sids, tss, values, strict=True)):
-        if mask is not None and not mask[i]:
-            continue
-        s = stats.get(sid)
-        if s is None:
-            stats[sid] = [ts, ts, value, 1]
-            continue
-        if ts < s[0]:  # type: ignore[operator]  # ints by construction
-            s[0] = ts
-        if ts >= s[1]:  # type: ignore[operator]  # ints by construction
-            s[1] = ts
-            s[2] = value
-        s[3] += 1  # type: ignore[operator]  # int by construction
+    """Fold one series' new readings (distinct timestamps, `top` the largest) into its
+    [first_ts, last_ts, last_value, count]."""
+    first = min(ts)
+    value = values[-1] if ts[-1] == top else values[ts.index(top)]
+    s = stats.get(sid)
+    if s is None:
+        stats[sid] = [first, top, value, len(ts)]
+        return
+    if first < s[0]:  # type: ignore[operator]  # ints by construction
+        s[0] = first
+    if top >= s[1]:  # type: ignore[operator]  # ints by construction
+        s[1] = top
+        s[2] = value
+    s[3] += len(ts)  # type: ignore[operator]  # int by construction

@@ -15,7 +15,9 @@ Nothing here checks for duplicates: the head has no key on (series, ts). The wri
 migration, tests, benchmarks). Every (series, ts) is therefore in the head at most once.
 
 Packed forms (docs/storage.md):
-    ts, lags    little-endian int64 arrays (native `array('q')`; lags may be NULL: none)
+    ts          little-endian int64 array
+    lags        little-endian int32 array, int64 when a lag does not fit (the length tells),
+                or NULL
     vals        one kind byte, then: b"d" float64 array (every value a float), b"q" int64
                 array (every value an int), b"m" a msgpack array (text, None, mixed types,
                 ints beyond int64). A value is read back with the type it was stored with;
@@ -27,9 +29,10 @@ from __future__ import annotations
 import sqlite3
 import sys
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import compress, pairwise
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, lt
 from typing import Final, TypeAlias, cast
 
 import msgpack
@@ -114,6 +117,27 @@ def decode_ts(data: bytes) -> list[int]:
     return _unpack_ints(data)
 
 
+def _pack_lags(lags: list[int]) -> bytes:
+    """int32 when every lag fits (~24 days), else int64: the blob's length tells which."""
+    try:
+        a = array("i", lags)
+    except OverflowError:
+        return _pack_ints(lags)
+    if not _LITTLE:
+        a.byteswap()
+    return a.tobytes()
+
+
+def decode_lags(data: bytes, n: int) -> list[int]:
+    if len(data) == 8 * n:
+        return _unpack_ints(data)
+    a = array("i")
+    a.frombytes(data)
+    if not _LITTLE:
+        a.byteswap()
+    return a.tolist()
+
+
 def chunk_rows(
     sid: int,
     ts: list[int],
@@ -122,7 +146,7 @@ def chunk_rows(
 ) -> list[tuple[object, ...]]:
     """The head rows (INSERT parameters) for one series' readings, distinct timestamps in
     any order: sorted by timestamp and cut at chunk windows."""
-    if any(a >= b for a, b in pairwise(ts)):
+    if not all(map(lt, ts, ts[1:])):  # not strictly increasing (in C, no Python step)
         order = sorted(range(len(ts)), key=ts.__getitem__)
         ts = [ts[i] for i in order]
         values = [values[i] for i in order]
@@ -135,9 +159,7 @@ def chunk_rows(
     i = 0
     while i < len(ts):
         w = ts[i] - ts[i] % CHUNK_NS
-        j = i + 1
-        while j < len(ts) and ts[j] < w + CHUNK_NS:
-            j += 1
+        j = bisect_left(ts, w + CHUNK_NS, i + 1)
         out.append(_row(sid, w, ts[i:j], values[i:j], None if lags is None else lags[i:j]))
         i = j
     return out
@@ -154,7 +176,7 @@ def _row(
         len(ts),
         _pack_ints(ts),
         encode_values(values),
-        None if lags is None else _pack_ints(lags),
+        None if lags is None else _pack_lags(lags),
     )
 
 
@@ -363,7 +385,7 @@ def read_all(conn: sqlite3.Connection) -> list[tuple[int, int, Value, int | None
     out: list[tuple[int, int, Value, int | None]] = []
     for sid, tsb, vb, lb in conn.execute(f"SELECT series_id, ts, vals, lags FROM {HEAD_CHUNKS}"):
         ts = decode_ts(tsb)
-        lags: list[int | None] = decode_ts(lb) if lb is not None else [None] * len(ts)  # type: ignore[assignment]
+        lags: list[int | None] = decode_lags(lb, len(ts)) if lb is not None else [None] * len(ts)  # type: ignore[assignment]
         out += zip([sid] * len(ts), ts, decode_values(vb), lags, strict=True)
     out.sort(key=lambda r: (r[1], r[0]))
     return out
@@ -395,7 +417,7 @@ def delete_range(
             gone += n
             continue
         ts, values = decode_ts(tsb), decode_values(vb)
-        lags = decode_ts(lb) if lb is not None else None
+        lags = decode_lags(lb, n) if lb is not None else None
         keep = [not (lo <= t < hi and (only is None or (sid, t) in only)) for t in ts]
         kept = sum(keep)
         if kept == n:
@@ -432,7 +454,7 @@ def delete_before(conn: sqlite3.Connection, cutoff: int, max_chunks: int) -> tup
             gone += n
             continue
         ts, values = decode_ts(tsb), decode_values(vb)
-        lags = decode_ts(lb) if lb is not None else None
+        lags = decode_lags(lb, n) if lb is not None else None
         keep = [t >= cutoff for t in ts]
         gone += n - sum(keep)
         rewrite += chunk_rows(
