@@ -31,7 +31,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import compress
+from itertools import compress, groupby, repeat
 from operator import itemgetter, lt
 from typing import Final, TypeAlias, cast
 
@@ -259,49 +259,89 @@ def _chunks_in(conn: sqlite3.Connection, lo: int, hi: int, columns: str) -> sqli
     )
 
 
+def _aligned(lo: int, hi: int) -> bool:
+    """Whether [lo, hi) is whole chunk windows: its chunks are then exactly those whose
+    window starts in it, every reading of them inside (chunk_rows cuts at chunk windows)."""
+    return lo % CHUNK_NS == 0 and hi % CHUNK_NS == 0
+
+
+def _by_window(columns: str, tail: str = "") -> str:
+    return (
+        f"SELECT {columns} FROM {HEAD_CHUNKS} WHERE window_start >= ? AND window_start < ?" + tail
+    )
+
+
+_FLOAT_KIND: Final = _FLOAT[0]
+_INT_KIND: Final = _INT[0]
+
+
+def _concat_values(vbs: list[bytes]) -> list[Value]:
+    """The values of several chunks, in order: one array when they are all floats or all
+    ints, else chunk by chunk."""
+    kinds = {v[0] for v in vbs}
+    if len(kinds) == 1 and (kind := kinds.pop()) in (_FLOAT_KIND, _INT_KIND):
+        return decode_values(bytes((kind,)) + b"".join([v[1:] for v in vbs]))
+    out: list[Value] = []
+    for v in vbs:
+        out += decode_values(v)
+    return out
+
+
 def read_window(conn: sqlite3.Connection, lo: int, hi: int) -> list[Row]:
     """The head readings with lo <= ts < hi as (series_id, ts, value), sorted by series
-    then timestamp."""
-    per: dict[int, list[tuple[int, int, bytes, bytes]]] = {}
-    for sid, first, last, tsb, vb in _chunks_in(
-        conn, lo, hi, "series_id, first_ts, last_ts, ts, vals"
-    ):
-        per.setdefault(sid, []).append((first, last, tsb, vb))
+    then timestamp. Per series, its chunks' arrays are joined and unpacked at once."""
+    aligned = _aligned(lo, hi)
+    cols = "series_id, first_ts, last_ts, ts, vals"
+    if aligned:
+        chunks = conn.execute(_by_window(cols), (lo, hi)).fetchall()
+    else:
+        chunks = _chunks_in(conn, lo, hi, cols).fetchall()
+    chunks.sort(key=_SID_FIRST)
     out: list[Row] = []
-    for sid in sorted(per):
-        chunks = per[sid]
-        chunks.sort(key=itemgetter(0))
-        ts: list[int] = []
-        values: list[Value] = []
-        ordered = True
-        for first, last, tsb, vb in chunks:
-            cts, cvals = decode_ts(tsb), decode_values(vb)
-            if first < lo or last >= hi:
-                keep = [lo <= t < hi for t in cts]
-                cts, cvals = list(compress(cts, keep)), list(compress(cvals, keep))
-                if not cts:
-                    continue
-            if ts and cts[0] <= ts[-1]:
-                ordered = False
-            ts += cts
-            values += cvals
-        if not ordered:  # chunks of one window from several writes interleave
+    for sid, group in groupby(chunks, key=_SID):
+        mine = list(group)
+        if len(mine) == 1:
+            _, first, last, tsb, vb = mine[0]
+            ts, values = decode_ts(tsb), decode_values(vb)
+            ordered = True
+        else:
+            ts = decode_ts(b"".join(map(_TS, mine)))
+            values = _concat_values(list(map(_VALS, mine)))
+            firsts, lasts = list(map(_FIRST, mine)), list(map(_LAST, mine))
+            # Chunks of one window from several writes may interleave.
+            ordered = all(map(lt, lasts, firsts[1:]))
+            first, last = firsts[0], max(lasts)
+        if not aligned and (first < lo or last >= hi):
+            keep = [lo <= t < hi for t in ts]
+            ts, values = list(compress(ts, keep)), list(compress(values, keep))
+        if not ordered:
             order = sorted(range(len(ts)), key=ts.__getitem__)
             ts = [ts[i] for i in order]
             values = [values[i] for i in order]
-        out += zip([sid] * len(ts), ts, values, strict=True)
+        out += zip(repeat(sid, len(ts)), ts, values, strict=True)
     return out
+
+
+_SID: Final = itemgetter(0)
+_SID_FIRST: Final = itemgetter(0, 1)
+_FIRST: Final = itemgetter(1)
+_LAST: Final = itemgetter(2)
+_TS: Final = itemgetter(3)
+_VALS: Final = itemgetter(4)
 
 
 def count_range(conn: sqlite3.Connection, lo: int, hi: int) -> int:
     """How many head readings have lo <= ts < hi (only chunks cut by a bound are decoded)."""
+    if _aligned(lo, hi):
+        (n,) = conn.execute(_by_window("coalesce(sum(n), 0)"), (lo, hi)).fetchone()
+        return int(n)
     n = 0
     for first, last, count, tsb in _chunks_in(conn, lo, hi, "first_ts, last_ts, n, ts"):
         if first >= lo and last < hi:
             n += count
         else:
             n += sum(1 for t in decode_ts(tsb) if lo <= t < hi)
-    return n
+    return int(n)
 
 
 def nth_ts(conn: sqlite3.Connection, lo: int, hi: int, k: int) -> int | None:
@@ -408,6 +448,12 @@ def delete_range(
     """Delete the head readings with lo <= ts < hi (with `only`: those whose (series_id,
     ts) it holds); returns how many. Whole chunks go with one DELETE; a chunk holding
     readings that stay is rewritten with them."""
+    if only is None and _aligned(lo, hi):
+        deleted = conn.execute(
+            f"DELETE FROM {HEAD_CHUNKS} WHERE window_start >= ? AND window_start < ? RETURNING n",
+            (lo, hi),
+        ).fetchall()
+        return int(sum(map(_SID, deleted)))
     gone = 0
     drop: list[tuple[int]] = []
     rewrite: list[tuple[object, ...]] = []
