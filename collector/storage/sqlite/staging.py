@@ -53,6 +53,8 @@ _TEMP_SCHEMA: Final = (
 
 def chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> int:
     """Timestamp bound after about `max_rows` head rows from `cursor` (at most `end`)."""
+    if headchunks.count_range(conn, cursor, end) <= max_rows:
+        return end  # the usual question (does a window or slot fit?), without decoding
     ts = headchunks.nth_ts(conn, cursor, end, max_rows)
     if ts is None:
         return end
