@@ -25,7 +25,7 @@ from collector.storage.sqlite.batchstore import BatchStore
 
 S = 10**9
 SENSORS = ("a", "b", "c")
-# Small windows that do not line up with the 1-minute chunk windows: chunks get cut.
+# Small windows that do not line up with the chunk windows: chunks get cut.
 ODD = compactor.CompactionConfig(window_ns=45 * S, grace_ns=5 * S, max_rows=7, step_rows=3)
 ALIGNED = compactor.CompactionConfig(
     window_ns=120 * S, grace_ns=5 * S, max_rows=10_000, merge_ns=600 * S, merge_grace_ns=0
@@ -141,13 +141,12 @@ def test_stored_set_equals_the_reference_with_aligned_windows_and_merges(steps: 
 
 
 def test_values_keep_their_type_and_chunks_split_at_window_bounds(tmp_path: Path) -> None:
-    rows = headchunks.chunk_rows(
-        7, [61 * S, 59 * S, 1, 120 * S], ["007", 21.0, 5, None], [1, 2, 3, 4]
-    )
+    c = headchunks.CHUNK_NS
+    rows = headchunks.chunk_rows(7, [c + S, c - S, 1, 2 * c], ["007", 21.0, 5, None], [1, 2, 3, 4])
     assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
-        (0, 1, 59 * S, 2),
-        (60 * S, 61 * S, 61 * S, 1),
-        (120 * S, 120 * S, 120 * S, 1),
+        (0, 1, c - S, 2),
+        (c, c + S, c + S, 1),
+        (2 * c, 2 * c, 2 * c, 1),
     ]
     assert headchunks.decode_values(rows[0][6]) == [5, 21.0]  # type: ignore[arg-type]
     assert [type(v) for v in headchunks.decode_values(rows[0][6])] == [int, float]  # type: ignore[arg-type]
@@ -170,7 +169,7 @@ def test_migration_moves_the_row_head_into_chunks(tmp_path: Path) -> None:
     conn.execute(
         "INSERT INTO series (id, device_id, sensor, kind) VALUES (1, ?, 'a', 'gauge')", (dev,)
     )
-    old = [(61 * S, 1, "007", 3), (2 * S, 1, 21.0, None), (3 * S, 1, 4, 1)]
+    old = [(121 * S, 1, "007", 3), (2 * S, 1, 21.0, None), (3 * S, 1, 4, 1)]
     conn.executemany(f"INSERT INTO {store.OLD_HEAD} VALUES (?, ?, ?, ?)", old)
     conn.close()
     assert store.migrate(path) == ["m0006_head_chunks"]
@@ -179,9 +178,9 @@ def test_migration_moves_the_row_head_into_chunks(tmp_path: Path) -> None:
     assert headchunks.read_all(conn) == [
         (1, 2 * S, 21.0, None),
         (1, 3 * S, 4, None),
-        (1, 61 * S, "007", None),
+        (1, 121 * S, "007", None),
     ]
-    assert conn.execute("SELECT last_ts FROM series WHERE id = 1").fetchone() == (61 * S,)
+    assert conn.execute("SELECT last_ts FROM series WHERE id = 1").fetchone() == (121 * S,)
     assert (
         conn.execute(
             "SELECT name FROM sqlite_master WHERE name IN ('readings_head', 'readings_recent')"

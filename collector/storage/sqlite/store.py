@@ -9,7 +9,7 @@ Tables (docs/storage.md has the full description):
     streams         one row per (device, stream): last committed seq and the session epoch
                     (protocol v1.1; the default stream "" is a v1.0 agent's)
     series          one row per (device, sensor, field, kind, unit, tags): the series id
-    head_chunks     recent readings, one row per (series, 1-minute window, write) with the
+    head_chunks     recent readings, one row per (series, 2-minute window, write) with the
                     readings packed as arrays (collector.storage.sqlite.headchunks; m0006
                     replaced m0001's one row per reading, `readings_head`)
     rejected        the dead-letter table: every rejected reading as received, with why
