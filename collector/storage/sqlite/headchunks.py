@@ -369,6 +369,11 @@ def oldest_ts(conn: sqlite3.Connection, since: int, before: int) -> int | None:
         if row is None or row[0] is None or row[0] >= before:
             return None
         w = row[0]
+        if w >= since:  # the usual case: one seek in the window index
+            (first,) = conn.execute(
+                f"SELECT min(first_ts) FROM {HEAD_CHUNKS} WHERE window_start = ?", (w,)
+            ).fetchone()
+            return int(first) if first < before else None
         best: int | None = None
         for first, tsb in conn.execute(
             f"SELECT first_ts, ts FROM {HEAD_CHUNKS} WHERE window_start = ?", (w,)

@@ -266,11 +266,12 @@ def m0006_head_chunks(db: sqlite_utils.Database) -> None:
     # chunk window, write) instead of one per reading; inserting and compacting cost per
     # chunk, not per reading (bench/bench_head.py, docs/benchmarks-history.md). (series, ts)
     # dedup moves out of the primary key into the writer (collector.storage.sqlite.batchstore).
-    # Indexes: by window, with n so counting a window's readings reads the index alone (the
-    # compactor, retention); by (series_id, last_ts) for range reads and the writer's
-    # duplicate check. The rows of m0001's head move into chunks; series.last_ts is raised to
-    # cover them (the writer's in-order fast path trusts it). A SQL view cannot unpack the
-    # arrays: the per-reading view gives way to one row per chunk.
+    # Indexes: by window, with first_ts and n so that finding a window's oldest reading and
+    # counting its readings read the index alone (the compactor, retention); by (series_id,
+    # last_ts) for range reads and the writer's duplicate check. The rows of m0001's head move
+    # into chunks; series.last_ts is raised to cover them (the writer's in-order fast path
+    # trusts it). A SQL view cannot unpack the arrays: the per-reading view gives way to one
+    # row per chunk.
     from collector.storage.sqlite import headchunks  # it imports this module
 
     conn = db.conn
@@ -287,7 +288,7 @@ def m0006_head_chunks(db: sqlite_utils.Database) -> None:
             vals BLOB NOT NULL,
             lags BLOB
         );
-        CREATE INDEX head_chunks_by_window ON {HEAD_CHUNKS}(window_start, n);
+        CREATE INDEX head_chunks_by_window ON {HEAD_CHUNKS}(window_start, first_ts, n);
         CREATE INDEX head_chunks_by_series ON {HEAD_CHUNKS}(series_id, last_ts);
         DROP VIEW IF EXISTS {OLD_RECENT_VIEW};
         CREATE VIEW {HEAD_VIEW} AS
