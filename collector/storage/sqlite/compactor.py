@@ -21,12 +21,12 @@ each series' small blocks in it are replaced by one block, a slice of series per
 (collector.storage.sqlite.merging), which gives the long blocks' ~3 bytes per reading. The head
 always comes first. docs/storage.md has the full rules.
 
-Merging and dedup: a late or resent reading lands in the head after its window was
-compacted (INSERT OR IGNORE cannot see the block); its window is closed, so a later step
-stages it again, decodes the series' block covering the window (its small block, or the
-hour's block once merged: a series' blocks never overlap), adds the readings whose
-timestamps the block lacks (the block's value wins, as the first INSERT OR IGNORE would
-have kept it), and rewrites the block. Readers never see a reading twice meanwhile
+Merging and dedup: a late reading lands in the head after its window was compacted (the
+writer drops resent ones a block holds, collector.storage.sqlite.batchstore); its window is
+closed, so a later step stages it again, decodes the series' block covering the window (its
+small block, or the hour's block once merged: a series' blocks never overlap), adds the
+readings whose timestamps the block lacks (the block's value wins: it was stored first), and
+rewrites the block. Readers never see a reading twice meanwhile
 (collector.storage.sqlite.scan dedups the same way).
 
 Crash safety: every step is a transaction and the only other state is in temp tables,

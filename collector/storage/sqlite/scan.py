@@ -5,8 +5,8 @@ Every query sees each reading exactly once, whether it sits in the head's packed
 query runs in one read transaction (one WAL snapshot), so a compaction committing meanwhile
 cannot make a reading appear twice or vanish. A reading present in both places (a resend or
 late reading stored in the head after its window was compacted, before the compactor merged
-it) is answered from the block, as a plain table with INSERT OR IGNORE would have kept the
-first value.
+it, or while a window is part-way through compaction) is answered from the block, the
+value stored first.
 
 Aggregates use a block's stored summary (count/min/max/sum/first/last) without decoding it
 when the block lies wholly inside one bucket and inside the range, and no head reading of
