@@ -9,14 +9,16 @@ Tables (docs/storage.md has the full description):
     streams         one row per (device, stream): last committed seq and the session epoch
                     (protocol v1.1; the default stream "" is a v1.0 agent's)
     series          one row per (device, sensor, field, kind, unit, tags): the series id
-    readings_head   recent readings, keyed (ts, series_id) WITHOUT ROWID: appends at the
-                    right edge of the B-tree, so ingest stays flat as the file grows
+    head_chunks     recent readings, one row per (series, 2-minute window, write) with the
+                    readings packed as arrays (collector.storage.sqlite.headchunks; m0006
+                    replaced m0001's one row per reading, `readings_head`)
     rejected        the dead-letter table: every rejected reading as received, with why
     blocks          compacted readings: one row per (series, window), packed by
                     collector.storage.sqlite.blocks, with count/first/last/min/max/sum beside the
                     bytes; small 1-minute blocks until their hour is merged into one block
-    readings_recent view over the head with readable times and series names (Datasette,
-                    Grafana's SQLite source); blocks_summary: the same for block summaries
+    head_summary    view over the head's chunks with readable times and series names
+                    (Datasette, Grafana's SQLite source); blocks_summary: the same for block
+                    summaries
 
 This module opens connections and creates tables; it does not insert readings (that is
 `collector.ingest.writer`, the one writer) and does not query them (`collector.query.readings`).
@@ -33,12 +35,16 @@ import sqlite_utils
 
 DEVICES: Final = "devices"
 SERIES: Final = "series"
-HEAD: Final = "readings_head"
+# m0001's head, one row per reading: m0006 moves its rows into HEAD_CHUNKS and drops it.
+OLD_HEAD: Final = "readings_head"
+HEAD_CHUNKS: Final = "head_chunks"
+HEAD_VIEW: Final = "head_summary"
 REJECTED: Final = "rejected"
 BLOCKS: Final = "blocks"
 HORIZON: Final = "compaction_horizon"
 STREAMS: Final = "streams"
-RECENT_VIEW: Final = "readings_recent"
+# m0002's view over OLD_HEAD, one row per reading; m0006 replaced it with HEAD_VIEW.
+OLD_RECENT_VIEW: Final = "readings_recent"
 BLOCKS_VIEW: Final = "blocks_summary"
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -98,7 +104,7 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
             count INTEGER NOT NULL DEFAULT 0,
             UNIQUE (device_id, sensor, field, kind, unit, tags)
         );
-        CREATE TABLE {HEAD} (
+        CREATE TABLE {OLD_HEAD} (
             ts INTEGER NOT NULL,
             series_id INTEGER NOT NULL,
             value,
@@ -152,7 +158,7 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
             UNIQUE (series_id, start_ns)
         );
         CREATE INDEX blocks_by_start ON {BLOCKS}(start_ns, series_id);
-        CREATE VIEW {RECENT_VIEW} AS
+        CREATE VIEW {OLD_RECENT_VIEW} AS
             SELECT
                 strftime('%Y-%m-%dT%H:%M:%f', h.ts / 1000000000.0, 'unixepoch') || 'Z' AS time,
                 h.ts AS ts,
@@ -164,7 +170,7 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
                 s.unit AS unit,
                 s.tags AS tags,
                 h.value AS value
-            FROM {HEAD} AS h
+            FROM {OLD_HEAD} AS h
             JOIN {SERIES} AS s ON s.id = h.series_id
             JOIN {DEVICES} AS d ON d.id = s.device_id;
         CREATE VIEW {BLOCKS_VIEW} AS
@@ -253,6 +259,75 @@ def m0005_streams(db: sqlite_utils.Database) -> None:
         CREATE INDEX rejected_by_seq ON {REJECTED}(device_id, seq);
         """
     )
+
+
+@migrations()
+def m0006_head_chunks(db: sqlite_utils.Database) -> None:
+    # The head as packed chunks (collector.storage.sqlite.headchunks): one row per (series,
+    # chunk window, write) instead of one per reading; inserting and compacting cost per
+    # chunk, not per reading (bench/bench_head.py, docs/benchmarks-history.md). (series, ts)
+    # dedup moves out of the primary key into the writer (collector.storage.sqlite.batchstore).
+    # Indexes: by window, with first_ts and n so that finding a window's oldest reading and
+    # counting its readings read the index alone (the compactor, retention); by (series_id,
+    # last_ts) for range reads and the writer's duplicate check. The rows of m0001's head move
+    # into chunks; series.last_ts is raised to cover them (the writer's in-order fast path
+    # trusts it). A SQL view cannot unpack the arrays: the per-reading view gives way to one
+    # row per chunk.
+    from collector.storage.sqlite import headchunks  # it imports this module
+
+    conn = db.conn
+    # Statement by statement: executescript would commit the migration's transaction.
+    schema = f"""
+        CREATE TABLE {HEAD_CHUNKS} (
+            id INTEGER PRIMARY KEY,
+            series_id INTEGER NOT NULL,
+            window_start INTEGER NOT NULL,
+            first_ts INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            ts BLOB NOT NULL,
+            vals BLOB NOT NULL,
+            lags BLOB
+        );
+        CREATE INDEX head_chunks_by_window ON {HEAD_CHUNKS}(window_start, first_ts, n);
+        CREATE INDEX head_chunks_by_series ON {HEAD_CHUNKS}(series_id, last_ts);
+        DROP VIEW IF EXISTS {OLD_RECENT_VIEW};
+        CREATE VIEW {HEAD_VIEW} AS
+            SELECT
+                strftime('%Y-%m-%dT%H:%M:%f', c.first_ts / 1000000000.0, 'unixepoch') || 'Z'
+                    AS first_time,
+                strftime('%Y-%m-%dT%H:%M:%f', c.last_ts / 1000000000.0, 'unixepoch') || 'Z'
+                    AS last_time,
+                c.first_ts AS first_ts,
+                c.last_ts AS last_ts,
+                c.series_id AS series_id,
+                d.name AS device,
+                s.sensor AS sensor,
+                s.field AS field,
+                s.kind AS kind,
+                s.unit AS unit,
+                s.tags AS tags,
+                c.n AS count,
+                length(c.ts) + length(c.vals) + coalesce(length(c.lags), 0) AS bytes
+            FROM {HEAD_CHUNKS} AS c
+            JOIN {SERIES} AS s ON s.id = c.series_id
+            JOIN {DEVICES} AS d ON d.id = s.device_id
+        """
+    for statement in schema.split(";"):
+        conn.execute(statement)
+    # One series at a time, so a large old head never sits in memory whole.
+    rows: list[tuple[int, int, object, object]] = []
+    current = None
+    for row in conn.execute(
+        f"SELECT ts, series_id, value, lag_ms FROM {OLD_HEAD} ORDER BY series_id, ts"
+    ):
+        if row[1] != current and len(rows) >= 100_000:
+            headchunks.insert(conn, rows)
+            rows = []
+        current = row[1]
+        rows.append(row)
+    headchunks.insert(conn, rows)
+    conn.execute(f"DROP TABLE {OLD_HEAD}")
 
 
 def connect(
