@@ -1,6 +1,6 @@
 """The head as chunks: one row per (series, chunk window, write) of packed readings.
 
-The head (`store.HEAD_CHUNKS`, store.m0006) holds the recent readings until the compactor
+The head (`tables.HEAD_CHUNKS`, store.m0006) holds the recent readings until the compactor
 moves them into blocks. A batch's readings of one series that fall in one chunk window
 [k * CHUNK_NS, (k + 1) * CHUNK_NS) are one row: their timestamps, values and lags packed
 as arrays, sorted by timestamp, with (series_id, window_start, first_ts, last_ts, n)
@@ -38,7 +38,7 @@ from typing import Final, TypeAlias, cast
 import msgpack
 
 from collector.storage.sqlite.compaction_config import WINDOW_NS
-from collector.storage.sqlite.store import HEAD_CHUNKS, SERIES
+from collector.storage.sqlite.tables import HEAD_CHUNKS, SERIES
 
 Value: TypeAlias = int | float | str | None
 Row: TypeAlias = tuple[int, int, Value]  # (series_id, ts, value)

@@ -1,8 +1,9 @@
 """The SQLite layout: migrations, table and column names, and how connections are opened.
 
-Every other module names tables through the constants here. Migrations run through
-sqlite-utils' `Migrations` at collector start-up (migrate -> start writer -> listen) and
-are additive: a new migration function, never an edited one.
+Every other module names tables through the constants here (defined in
+collector.storage.sqlite.tables). Migrations run through sqlite-utils' `Migrations` at
+collector start-up (migrate -> start writer -> listen) and are additive: a new migration
+function, never an edited one.
 
 Tables (docs/storage.md has the full description):
     devices         one row per device: hashed token, revocation, last seen
@@ -33,19 +34,19 @@ from typing import Final, Literal
 
 import sqlite_utils
 
-DEVICES: Final = "devices"
-SERIES: Final = "series"
-# m0001's head, one row per reading: m0006 moves its rows into HEAD_CHUNKS and drops it.
-OLD_HEAD: Final = "readings_head"
-HEAD_CHUNKS: Final = "head_chunks"
-HEAD_VIEW: Final = "head_summary"
-REJECTED: Final = "rejected"
-BLOCKS: Final = "blocks"
-HORIZON: Final = "compaction_horizon"
-STREAMS: Final = "streams"
-# m0002's view over OLD_HEAD, one row per reading; m0006 replaced it with HEAD_VIEW.
-OLD_RECENT_VIEW: Final = "readings_recent"
-BLOCKS_VIEW: Final = "blocks_summary"
+from collector.storage.sqlite import tables
+
+DEVICES: Final = tables.DEVICES
+SERIES: Final = tables.SERIES
+OLD_HEAD: Final = tables.OLD_HEAD
+HEAD_CHUNKS: Final = tables.HEAD_CHUNKS
+HEAD_VIEW: Final = tables.HEAD_VIEW
+REJECTED: Final = tables.REJECTED
+BLOCKS: Final = tables.BLOCKS
+HORIZON: Final = tables.HORIZON
+STREAMS: Final = tables.STREAMS
+OLD_RECENT_VIEW: Final = tables.OLD_RECENT_VIEW
+BLOCKS_VIEW: Final = tables.BLOCKS_VIEW
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -273,7 +274,7 @@ def m0006_head_chunks(db: sqlite_utils.Database) -> None:
     # into chunks; series.last_ts is raised to cover them (the writer's in-order fast path
     # trusts it). A SQL view cannot unpack the arrays: the per-reading view gives way to one
     # row per chunk.
-    from collector.storage.sqlite import headchunks  # it imports this module
+    from collector.storage.sqlite import headchunks
 
     conn = db.conn
     # Statement by statement: executescript would commit the migration's transaction.
