@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.load import DEVICE_SENSORS, DeviceClock
-from collector.storage.sqlite import blocks, compactor, headchunks, store
-from collector.storage.sqlite.store import BLOCKS, SERIES
+from collector.storage.sqlite import blocks, compactor, store
+from collector.storage.sqlite.store import BLOCKS, HEAD, SERIES
 
 S = 10**9
 T0_NS = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
@@ -68,7 +68,8 @@ def _fill(
                 sid = d * len(DEVICE_SENSORS) + i % len(DEVICE_SENSORS) + 1
                 rows.append((ts, sid, int(value) if type(value) is bool else value))
         conn.execute("BEGIN")
-        headchunks.insert(conn, rows)
+        conn.executemany(f"INSERT INTO {HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+                         rows)  # fmt: skip
         conn.execute("COMMIT")
         n += len(rows)
         after(T0_NS + (tick + 30) * 10 * S)
@@ -80,7 +81,7 @@ def _noop(_end_ns: int) -> None:
 
 
 def _head_rows(conn: sqlite3.Connection) -> int:
-    return headchunks.totals(conn)[0]
+    return int(conn.execute(f"SELECT count(*) FROM {HEAD}").fetchone()[0])
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The head as one row per reading vs one row per (series, batch): what each costs the CPU.
 
-The row head (store.m0001's `readings_head`, here `row_head`) held one row per reading, keyed
+The head (collector.storage.sqlite.store.HEAD) holds one row per reading, keyed
 (ts, series_id): its primary key is what makes a resent reading a no-op. A "chunk head"
 would hold one row per series per batch instead (the batch's timestamps and values of that
 series packed as arrays), so a 496-reading batch of 8 series is 8 rows, and the compactor
@@ -51,29 +51,18 @@ DEVICES = 1_000
 GROUP = 20  # batches per transaction
 WINDOW_NS = 60 * S
 
-# The row head this experiment measures (store.m0001's `readings_head`, one row per
-# reading; store.m0006 replaced it with packed chunks): created here beside the schema.
-ROW_HEAD = "row_head"
-ROW_HEAD_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {ROW_HEAD} (ts INTEGER NOT NULL, series_id INTEGER NOT NULL, "
-    "value, lag_ms INTEGER, PRIMARY KEY (ts, series_id)) WITHOUT ROWID"
-)
-ROW_INSERT = BulkInsert(f"INSERT OR IGNORE INTO {ROW_HEAD} (ts, series_id, value, lag_ms)", 4)
-CHUNKS = "bench_chunks"
+ROW_INSERT = BulkInsert(f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4)
+CHUNKS = "head_chunks"
 CHUNK_SCHEMA = (
     f"CREATE TABLE {CHUNKS} (id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, "
     "first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, n INTEGER NOT NULL, "
     "ts BLOB NOT NULL, vals BLOB NOT NULL, lags BLOB NOT NULL)",
-    f"CREATE INDEX bench_chunks_by_time ON {CHUNKS}(first_ts)",
-    ROW_HEAD_DDL,
+    f"CREATE INDEX head_chunks_by_time ON {CHUNKS}(first_ts)",
 )
 CHUNK_INSERT = f"INSERT INTO {CHUNKS} (series_id, first_ts, last_ts, n, ts, vals, lags) VALUES "
 
 
-Batch = tuple[int, list[tuple[int, list[int], list[float]]]]
-
-
-def _batches(count: int) -> list[Batch]:
+def _batches(count: int) -> list[tuple[int, list[tuple[int, list[int], list[float]]]]]:
     """(device, [(series_id, ts…, values…) per series]) in arrival order: each device sends
     62 s of its 8 series at 1 Hz per batch, devices interleaved."""
     out = []
@@ -92,7 +81,7 @@ def _batches(count: int) -> list[Batch]:
     return out
 
 
-def _insert_rows(conn: sqlite3.Connection, batches: list[Batch]) -> float:
+def _insert_rows(conn: sqlite3.Connection, batches: list) -> float:
     t0 = time.process_time()
     for g in range(0, len(batches), GROUP):
         conn.execute("BEGIN IMMEDIATE")
@@ -105,7 +94,7 @@ def _insert_rows(conn: sqlite3.Connection, batches: list[Batch]) -> float:
     return time.process_time() - t0
 
 
-def _insert_chunks(conn: sqlite3.Connection, batches: list[Batch]) -> float:
+def _insert_chunks(conn: sqlite3.Connection, batches: list) -> float:
     last: dict[int, int] = {}
     t0 = time.process_time()
     for g in range(0, len(batches), GROUP):
@@ -141,9 +130,9 @@ def _windows(conn: sqlite3.Connection, table: str, column: str) -> list[int]:
 def _compact_rows(conn: sqlite3.Connection) -> tuple[float, int]:
     done = 0
     t0 = time.process_time()
-    for w in _windows(conn, ROW_HEAD, "ts"):
+    for w in _windows(conn, store.HEAD, "ts"):
         rows = conn.execute(
-            f"SELECT series_id, ts, value FROM {ROW_HEAD} WHERE ts >= ? AND ts < ? "
+            f"SELECT series_id, ts, value FROM {store.HEAD} WHERE ts >= ? AND ts < ? "
             "ORDER BY series_id, ts",
             (w, w + WINDOW_NS),
         ).fetchall()
@@ -156,7 +145,7 @@ def _compact_rows(conn: sqlite3.Connection) -> tuple[float, int]:
             entry[1].append(v)
         done += len(rows)
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(f"DELETE FROM {ROW_HEAD} WHERE ts >= ? AND ts < ?", (w, w + WINDOW_NS))
+        conn.execute(f"DELETE FROM {store.HEAD} WHERE ts >= ? AND ts < ?", (w, w + WINDOW_NS))
         conn.execute("COMMIT")
     return time.process_time() - t0, done
 
@@ -193,7 +182,7 @@ def _compact_chunks(conn: sqlite3.Connection) -> tuple[float, int]:
     return time.process_time() - t0, done
 
 
-def _one(tmp: Path, layout: str, batches: list[Batch], run: int) -> dict[str, float]:
+def _one(tmp: Path, layout: str, batches: list, run: int) -> dict[str, float]:
     path = tmp / f"{layout}-{run}.db"
     store.migrate(path)
     conn = store.connect(path)  # the collector's pragmas: WAL, synchronous=FULL
@@ -237,15 +226,15 @@ def main() -> None:
         for run in range(args.repeat):
             for layout in ("rows", "chunks"):
                 results[layout].append(_one(Path(tmp), layout, batches, run))
-    print(
-        "| head layout | insert + commit, µs/reading | read for compaction + delete, "
-        "µs/reading | head file, B/reading |"
-    )
+    print("| head layout | insert + commit, µs/reading | read for compaction + delete, "
+          "µs/reading | head file, B/reading |")
     print("|---|---:|---:|---:|")
     for layout, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         name = "one row per reading" if layout == "rows" else "one row per (series, batch)"
-        print(f"| {name} | {med['insert_us']:.3f} | {med['compact_us']:.3f} | {med['bytes']:.1f} |")
+        print(
+            f"| {name} | {med['insert_us']:.3f} | {med['compact_us']:.3f} | {med['bytes']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,15 +34,8 @@ from collector.storage.sqlite.bulkinsert import BulkInsert
 
 S = 10**9
 BATCH = 496
-# The row head this experiment measures (store.m0001's `readings_head`, one row per
-# reading; store.m0006 replaced it with packed chunks): created here beside the schema.
-ROW_HEAD = "row_head"
-ROW_HEAD_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {ROW_HEAD} (ts INTEGER NOT NULL, series_id INTEGER NOT NULL, "
-    "value, lag_ms INTEGER, PRIMARY KEY (ts, series_id)) WITHOUT ROWID"
-)
-SINGLE = f"INSERT OR IGNORE INTO {ROW_HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
-MULTI = BulkInsert(f"INSERT OR IGNORE INTO {ROW_HEAD} (ts, series_id, value, lag_ms)", 4)
+SINGLE = f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
+MULTI = BulkInsert(f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4)
 
 
 def _busy(stop: threading.Event) -> None:
@@ -56,7 +49,6 @@ def _busy(stop: threading.Event) -> None:
 def _run(path: Path, how: str, busy: bool, batches: int) -> float:
     store.migrate(path)
     conn = store.connect(path, synchronous="NORMAL")
-    conn.execute(ROW_HEAD_DDL)
     stop = threading.Event()
     other = threading.Thread(target=_busy, args=(stop,), daemon=True)
     if busy:

@@ -43,7 +43,7 @@ from pathlib import Path
 from aiohttp import web
 
 from collector.query import readings as query
-from collector.storage.sqlite import compactor, headchunks, scan, store
+from collector.storage.sqlite import compactor, scan, store
 from collector.storage.sqlite.backend import SQLiteStorage
 from collector.web import api as http_api
 
@@ -85,7 +85,7 @@ def build(path: Path, readings: int, series: int) -> tuple[float, float, int]:
         if not chunk:
             break
         conn.execute("BEGIN")
-        headchunks.insert(conn, chunk)
+        conn.executemany("INSERT INTO readings_head VALUES (?, ?, ?, ?)", chunk)
         conn.execute("COMMIT")
     last_i = per_series - 1
     conn.execute("BEGIN")
@@ -193,7 +193,7 @@ def main() -> None:
         t_insert, t_compact, end_ns = build(path, args.readings, args.series)
     conn = store.connect(path, readonly=True)
     head, blocks = (
-        conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone()[0],
+        conn.execute("SELECT count(*) FROM readings_head").fetchone()[0],
         conn.execute("SELECT count(*) FROM blocks").fetchone()[0],
     )
     total, n_series = conn.execute("SELECT sum(count), count(*) FROM series").fetchone()

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import msgpack
 
-from collector.storage.sqlite import blocks, compactor, headchunks, scan, store
+from collector.storage.sqlite import blocks, compactor, scan, store
 
 S: int = 10**9
 T0_NS: int = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
-# New readings into the head (collector.storage.sqlite.headchunks), as (ts, sid, value, lag).
-INSERT_HEAD = headchunks.insert
+INSERT_HEAD = (
+    "INSERT OR IGNORE INTO readings_head (ts, series_id, value, lag_ms) VALUES (?, ?, ?, ?)"
+)
 UPDATE_SERIES = (
     "UPDATE series SET first_ts = coalesce(first_ts, ?1), "
     "last_value = CASE WHEN last_ts IS NULL OR ?2 >= last_ts THEN ?3 ELSE last_value END, "
@@ -133,7 +134,7 @@ def write_batch(conn: sqlite3.Connection, rows: list[tuple[int, int, int | float
                 f[1], f[2] = ts, value
             f[3] += 1  # type: ignore[operator]  # int
     conn.execute("BEGIN IMMEDIATE")
-    INSERT_HEAD(conn, rows)
+    conn.executemany(INSERT_HEAD, rows)
     conn.executemany(UPDATE_SERIES, list(fold.values()))
     conn.execute("COMMIT")
 
@@ -296,6 +297,11 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=900, help="stop ingest after this")
     ap.add_argument("--no-compaction", action="store_true", help="baseline: head only")
     ap.add_argument(
+        "--head-index",
+        action="store_true",
+        help="experiment: add an index readings_head(series_id, ts) (not in the schema)",
+    )
+    ap.add_argument(
         "--compact-every", type=int, default=16, help="one compaction step per N transactions"
     )
     ap.add_argument("--dir", type=Path, default=None, help="keep the DB here (default: temp)")
@@ -333,6 +339,8 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         f"{args.txn_rows}-row transactions, synchronous=FULL"
     )
     conn = setup_db(path, args.devices, args.sensors)
+    if args.head_index:
+        conn.execute("CREATE INDEX head_by_series ON readings_head (series_id, ts)")
     gen = readings(
         args.devices, args.sensors, int(args.interval_s * S), args.jitter_ms * 10**6, seed=1
     )
@@ -360,7 +368,7 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
                 f"{(m - 1) * args.slice / 1e6:>5g}-{m * args.slice / 1e6:<4g}M "
                 f"{args.slice / slice_t:>11,.0f} "
                 f"{slice_compact / slice_t:>16.0%} "
-                f"{headchunks.totals(conn)[0]:>10,}",
+                f"{conn.execute('SELECT count(*) FROM readings_head').fetchone()[0]:>10,}",
                 flush=True,
             )
             total_t += slice_t
@@ -375,7 +383,7 @@ def run(path: Path, args: argparse.Namespace, config: compactor.CompactionConfig
         f"total: {done:,} readings in {total_t:.1f}s = {done / total_t:,.0f} readings/s, "
         f"compaction {total_compact / total_t:.0%} of it"
     )
-    head_rows = headchunks.totals(conn)[0]
+    head_rows = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
     print(f"head rows before final compaction: {head_rows:,}")
     print("reads as ingest left it (closed windows compacted, the head as on a live collector):")
     report_reads(path, args, newest)

@@ -21,9 +21,10 @@ import random
 import sqlite3
 import tempfile
 import time
+from operator import itemgetter
 from pathlib import Path
 
-from collector.storage.sqlite import compactor, headchunks, store
+from collector.storage.sqlite import compactor, store
 from collector.storage.sqlite.blockwrites import covering_blocks, head_block_rows, insert_blocks
 
 S = 10**9
@@ -46,7 +47,7 @@ def _fill(conn: sqlite3.Connection, windows: int) -> None:
             for sid in range(1, SERIES + 1)
         ]
         conn.execute("BEGIN IMMEDIATE")
-        headchunks.insert(conn, rows)
+        conn.executemany("INSERT INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)", rows)
         conn.execute("COMMIT")
 
 
@@ -55,7 +56,10 @@ def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float
     end = start + span * compactor.WINDOW_NS
     marks = [time.perf_counter()]
     conn.execute("BEGIN")
-    rows = headchunks.read_window(conn, start, end)
+    rows = conn.execute(
+        "SELECT series_id, ts, value FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
+    ).fetchall()
+    rows.sort(key=itemgetter(0))
     existing = covering_blocks(conn, start, rows, cfg)
     conn.execute("COMMIT")
     marks.append(time.perf_counter())
@@ -66,7 +70,9 @@ def _compact(conn: sqlite3.Connection, start: int, span: int) -> dict[str, float
     marks.append(time.perf_counter())
     # The DELETE's row count is the check that no late rows arrived
     # (collector.storage.sqlite.compactor).
-    deleted = headchunks.delete_range(conn, start, end)
+    deleted = conn.execute(
+        "DELETE FROM readings_head WHERE ts >= ? AND ts < ?", (start, end)
+    ).rowcount
     assert deleted == len(rows)
     marks.append(time.perf_counter())
     insert_blocks(conn, out)

@@ -71,7 +71,7 @@ from typing import Any
 
 import psutil
 
-from collector.storage.sqlite import headchunks, store
+from collector.storage.sqlite import store
 from schemas import wire
 
 LISTENING_RE = re.compile(r"listening ingest=(\S+):(\d+) http=(\S+)")
@@ -279,10 +279,10 @@ def prefill(db: Path, rows: int, closes_s: float | None = None) -> None:
     chunk = 100_000
     for start in range(0, rows, chunk):
         conn.execute("BEGIN")
-        headchunks.insert(
-            conn,
-            [(t0 + i * 1_000, i % n_series + 1, 20.5, 0)
-             for i in range(start, min(rows, start + chunk))],
+        conn.executemany(
+            f"INSERT INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+            ((t0 + i * 1_000, i % n_series + 1, 20.5)
+             for i in range(start, min(rows, start + chunk))),
         )  # fmt: skip
         conn.execute("COMMIT")
     conn.close()
@@ -877,7 +877,7 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
         report["rows_in_db"] = _pg_rows(url)
     else:
         conn = sqlite3.connect(db)
-        report["rows_in_db"] = headchunks.totals(conn)[0]
+        report["rows_in_db"] = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
         conn.close()
     tmp.cleanup()
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
@@ -890,7 +890,7 @@ def _db_stats(db: Path, summed: bool = True) -> dict[str, int]:
         page_count = conn.execute("PRAGMA page_count").fetchone()[0]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        head = conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone()[0]
+        head = conn.execute("SELECT count(*) FROM readings_head").fetchone()[0]
         sql = (
             "SELECT count(*), coalesce(sum(count), 0) FROM blocks"
             if summed

@@ -116,7 +116,7 @@ def run_ours(args: argparse.Namespace, db: Path) -> dict[str, Any]:
         exit_code = col.stop()
     acked = sum(r[0] for r in results)
     last = max((r[6] for r in results), default=start)
-    stored = _count(db, "SELECT (SELECT coalesce(sum(n), 0) FROM head_chunks)"
+    stored = _count(db, "SELECT (SELECT count(*) FROM readings_head)"
                         " + (SELECT coalesce(sum(count), 0) FROM blocks)")  # fmt: skip
     commits = metrics.get("commit_count") or 0
     return {

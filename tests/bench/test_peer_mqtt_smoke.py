@@ -45,7 +45,7 @@ def test_both_sides_store_every_reading(tmp_path: Path) -> None:
     rep = json.loads(proc.stdout)
     ours, peer = rep["ours"], rep["peer"]
 
-    ours_rows = _rows(tmp_path / "ours.db", "SELECT (SELECT coalesce(sum(n), 0) FROM head_chunks)"
+    ours_rows = _rows(tmp_path / "ours.db", "SELECT (SELECT count(*) FROM readings_head)"
                       " + (SELECT coalesce(sum(count), 0) FROM blocks)")  # fmt: skip
     peer_rows = _rows(tmp_path / "peer.db", "SELECT count(*) FROM readings")
     for name, side, rows in (("ours", ours, ours_rows), ("peer", peer, peer_rows)):

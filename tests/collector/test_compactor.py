@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from collector.storage.sqlite import compactor, headchunks, merging, retention, scan, store
+from collector.storage.sqlite import compactor, merging, retention, scan, store
 from collector.storage.sqlite.activity import Activity
 from collector.storage.sqlite.blockwrites import head_block_rows
 
@@ -40,7 +40,10 @@ def open_db(path: Path, n_series: int) -> sqlite3.Connection:
 
 def insert(conn: sqlite3.Connection, rows: list[tuple[int, int, Any]]) -> int:
     conn.execute("BEGIN IMMEDIATE")
-    n = headchunks.insert(conn, [(ts, sid, v) for sid, ts, v in rows])
+    n = conn.executemany(
+        "INSERT OR IGNORE INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)",
+        [(ts, sid, v) for sid, ts, v in rows],
+    ).rowcount
     conn.execute("COMMIT")
     return n
 
@@ -54,7 +57,7 @@ def drain(conn: sqlite3.Connection, now: int, config: compactor.CompactionConfig
 
 
 def head_count(conn: sqlite3.Connection) -> int:
-    return headchunks.totals(conn)[0]
+    return int(conn.execute("SELECT count(*) FROM readings_head").fetchone()[0])
 
 
 def population(n_series: int, minutes: int, seed: int) -> list[tuple[int, int, Any]]:
@@ -75,7 +78,7 @@ def test_only_closed_windows_move(tmp_path: Path) -> None:
     drain(conn, now)
     starts = [r[0] for r in conn.execute("SELECT DISTINCT start_ns FROM blocks ORDER BY 1")]
     assert starts == [0, WINDOW]
-    assert (headchunks.totals(conn)[1] or 0) >= 2 * WINDOW
+    assert conn.execute("SELECT min(ts) FROM readings_head").fetchone()[0] >= 2 * WINDOW
     assert head_count(conn) + conn.execute("SELECT sum(count) FROM blocks").fetchone()[0] == 60
 
 
@@ -157,7 +160,7 @@ def test_two_levels_small_blocks_then_merged(tmp_path: Path) -> None:
     insert(conn, rows)
     drain(conn, 10 * WINDOW + 20 * S, TWO_LEVEL)  # minutes 0..9 closed; merge window 0 not
     assert conn.execute("SELECT DISTINCT end_ns - start_ns FROM blocks").fetchall() == [(WINDOW,)]
-    assert headchunks.totals(conn)[1] == 10 * WINDOW + 1000
+    assert conn.execute("SELECT min(ts) FROM readings_head").fetchone() == (10 * WINDOW + 1000,)
     drain(conn, 20 * WINDOW + 20 * S, TWO_LEVEL)  # merge window 0 closed: merged; 1 not
     sizes = conn.execute(
         "SELECT start_ns, end_ns - start_ns, count(*), sum(count) FROM blocks GROUP BY 1, 2"
@@ -237,7 +240,9 @@ def test_two_compactors_merging_at_once_lose_and_duplicate_nothing(
     rows = population(40, 25, seed=13)
     insert(conn, rows)
     config = MERGING
-    while headchunks.count_range(conn, -(2**63), 20 * WINDOW):
+    while conn.execute(
+        "SELECT count(*) FROM readings_head WHERE ts < ?", (20 * WINDOW,)
+    ).fetchone()[0]:
         assert compactor.compact_once(conn, 20 * WINDOW, config)  # head windows first
     other = store.connect(path)
     real = merging._merged_blocks
@@ -442,10 +447,10 @@ def test_plain_sql_views(tmp_path: Path) -> None:
     insert(conn, [(2, hour + compactor.MERGE_GRACE_NS, "off")])
     while compactor.maintenance(conn, hour + compactor.MERGE_GRACE_NS):
         pass  # merged: a later block exists
-    recent = conn.execute(
-        "SELECT first_time, last_ts, device, sensor, count FROM head_summary"
-    ).fetchall()
-    assert recent == [("1970-01-01T01:05:00.000Z", hour + compactor.MERGE_GRACE_NS, "dev", "s2", 1)]
+    recent = conn.execute("SELECT time, ts, device, sensor, value FROM readings_recent").fetchall()
+    assert recent == [
+        ("1970-01-01T01:05:00.000Z", hour + compactor.MERGE_GRACE_NS, "dev", "s2", "off")
+    ]
     summary = conn.execute(
         "SELECT window_start, window_end, sensor, count, min, max, avg, first, last "
         "FROM blocks_summary WHERE sensor = 's1'"

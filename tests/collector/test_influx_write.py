@@ -298,7 +298,7 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 def _head_count(path: Path) -> int:
     conn = store.connect(path, readonly=True)
     try:
-        return int(conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone()[0])
+        return int(conn.execute(f"SELECT count(*) FROM {store.HEAD}").fetchone()[0])
     finally:
         conn.close()
 

@@ -120,7 +120,7 @@ def _in_main_file(db: Path, tmp: Path) -> int:
     copy.write_bytes(db.read_bytes())
     conn = sqlite3.connect(copy)
     try:
-        return int(conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM readings_head").fetchone()[0])
     finally:
         conn.close()
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from collector.storage.sqlite import blocks, compactor, headchunks, numeric_blocks, scan, store
+from collector.storage.sqlite import blocks, compactor, numeric_blocks, scan, store
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 EXACT_INT = st.integers(-(2**53), 2**53)
@@ -233,7 +233,9 @@ def _db(path: Path) -> sqlite3.Connection:
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[int, int, Any]]) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    headchunks.insert(conn, rows)
+    conn.executemany(
+        "INSERT OR IGNORE INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)", rows
+    )
     conn.execute("COMMIT")
 
 

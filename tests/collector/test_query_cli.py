@@ -359,12 +359,12 @@ def test_replay_of_a_reading_already_compacted_stores_nothing_twice(db: Db, tmp_
     db.add("pump-1", "flow", "flowrate", [(T0 + 5 * S, 12.5)], unit="l/min", tags={"line": "a"})
     while compactor.maintenance(db.conn, T0 + 10 * 3600 * S):
         pass  # the reading now sits in a block, not in the head
-    assert db.conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone() == (0,)
+    assert db.conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
     db.reject("pump-1", reading)  # the same reading, rejected once before the kind existed
     d = str(db.path)
     msg = run("rejected", "--db", d, "--replay", "--kinds", str(kinds))
     assert msg.strip() == "replayed 1 of 1 pending rejects; 0 still rejected"
-    assert db.conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone() == (0,)
+    assert db.conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
     series = jsonl("series", "--db", d, "--sensor", "flow")
     assert [r["count"] for r in series] == [1]
     assert [r["value"] for r in jsonl("query", "--db", d, "--sensor", "flow")] == [12.5]

@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
-from collector.storage.sqlite import headchunks, store
+from collector.storage.sqlite import store
 from collector.storage.sqlite.backend import SQLiteStorage
 from collector.web import api as http_api
 from schemas.kinds import BUILTIN_KINDS
@@ -102,7 +102,12 @@ class Db:
             fields = sorted(value.items()) if isinstance(value, dict) else [("", value)]
             for fname, v in fields:
                 sid = self.series_id(device, sensor, kind, unit=unit, tags=tags, field=fname)
-                if headchunks.insert(self.conn, [(ts, sid, v, 5)]) == 1:
+                cur = self.conn.execute(
+                    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms) "
+                    "VALUES (?, ?, ?, 5)",
+                    (ts, sid, v),
+                )
+                if cur.rowcount == 1:
                     self.conn.execute(
                         f"UPDATE {store.SERIES} SET first_ts = min(coalesce(first_ts, ?1), ?1), "
                         "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
@@ -135,7 +140,7 @@ class Db:
         return cur.lastrowid
 
     def count_head(self) -> int:
-        return int(self.conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone()[0])
+        return int(self.conn.execute(f"SELECT count(*) FROM {store.HEAD}").fetchone()[0])
 
 
 def standard_db(path: Path) -> Db:

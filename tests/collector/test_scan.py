@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.storage.sqlite import compactor, headchunks, scan, store
+from collector.storage.sqlite import compactor, scan, store
 
 SERIES = (1, 2, 3)
 WINDOW = 100
@@ -50,10 +50,14 @@ def open_db(path: Path, series: Sequence[int] = SERIES) -> sqlite3.Connection:
 
 
 def insert(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, Any]]) -> None:
-    """What the writer does: new readings into the head, series bookkeeping, one commit."""
+    """What the writer does: INSERT OR IGNORE into the head, series bookkeeping, one commit."""
     conn.execute("BEGIN IMMEDIATE")
     for sid, ts, value in rows:
-        if headchunks.insert(conn, [(ts, sid, value)]) == 1:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)",
+            (ts, sid, value),
+        )
+        if cur.rowcount == 1:
             conn.execute(
                 "UPDATE series SET "
                 "last_value = CASE WHEN last_ts IS NULL OR ?1 >= last_ts THEN ?2 "
@@ -231,7 +235,7 @@ def test_summaries_are_used_for_aligned_buckets(tmp_path: Path) -> None:
     rows = [(1, ts, ts % 13 / 4) for ts in range(0, 1000, 3)]
     insert(conn, rows)
     assert drain(conn, 10_000, CONFIG) > 0
-    assert conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
     # Break every blob: answers for aligned buckets must still come from the summaries.
     conn.execute("UPDATE blocks SET data = x'00'")
     got = list(scan.aggregate(conn, [1], 0, 1000, 200, "avg"))
@@ -251,7 +255,7 @@ def test_resend_after_compaction_is_read_once_and_merged_once(tmp_path: Path) ->
     assert list(scan.read_range(conn, [1, 2], None, None)) == want
     assert list(scan.aggregate(conn, [1], None, None, 100, "sum")) == [(1, 0, 7.5)]
     drain(conn, 1_000, CONFIG)
-    assert conn.execute("SELECT coalesce(sum(n), 0) FROM head_chunks").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM readings_head").fetchone() == (0,)
     assert conn.execute("SELECT count FROM blocks WHERE series_id = 1").fetchone() == (3,)
     assert list(scan.read_range(conn, [1, 2], None, None)) == want
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from collector.ingest.prepare import Ingest
 from collector.ingest.writer import Writer
-from collector.storage.sqlite import devices, headchunks, store
+from collector.storage.sqlite import devices, store
 from collector.storage.sqlite.backend import SQLiteStorage
 
 ING = Ingest.from_kinds()
@@ -44,8 +44,10 @@ class Agent:
 def _stored(path: Path) -> dict[Key, object]:
     conn = store.connect(path, readonly=True)
     try:
-        names = dict(conn.execute(f"SELECT id, sensor FROM {store.SERIES}").fetchall())
-        rows = [(names[sid], ts, v) for sid, ts, v, _lag in headchunks.read_all(conn)]
+        rows = conn.execute(
+            f"SELECT s.sensor, h.ts, h.value FROM {store.HEAD} h "
+            f"JOIN {store.SERIES} s ON s.id = h.series_id"
+        ).fetchall()
     finally:
         conn.close()
     return {(str(s), int(ts)): v for s, ts, v in rows}

@@ -16,7 +16,7 @@ import pytest
 from agents.config import AgentConfig
 from agents.spool import Spool
 from agents.transport import Transport
-from collector.storage.sqlite import headchunks, store
+from collector.storage.sqlite import store
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 
@@ -31,9 +31,10 @@ def stored(db: Path) -> dict[int, object]:
     """Stored readings of sensor s/1 as {ts offset: value}."""
     conn = store.connect(db, readonly=True)
     try:
-        named = conn.execute(f"SELECT id FROM {store.SERIES} WHERE sensor = 's/1'")
-        sids = {sid for (sid,) in named}
-        rows = [(ts, v) for sid, ts, v, _lag in headchunks.read_all(conn) if sid in sids]
+        rows = conn.execute(
+            f"SELECT h.ts, h.value FROM {store.HEAD} h JOIN {store.SERIES} s "
+            "ON s.id = h.series_id WHERE s.sensor = 's/1'"
+        ).fetchall()
     finally:
         conn.close()
     return {int(ts) - TS0: v for ts, v in rows}

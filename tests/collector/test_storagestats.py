@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from collector.storage.sqlite import compactor, headchunks, storagestats, store
+from collector.storage.sqlite import compactor, storagestats, store
 from collector.storage.sqlite.storagestats import StorageStats
 from collector.web.metrics import Metrics
 
@@ -23,7 +23,7 @@ def _db(path: Path) -> None:
     )
     rows = [(k * W + i * 10 * S, sid, float(i)) for k in range(3) for i in range(6)
             for sid in (1, 2, 3)]  # fmt: skip
-    headchunks.insert(conn, rows)
+    conn.executemany("INSERT INTO readings_head (ts, series_id, value) VALUES (?, ?, ?)", rows)
     # The first two windows into small blocks (one per series each); the third stays.
     while compactor.compact_once(conn, 2 * W + compactor.GRACE_NS + 1):
         pass

@@ -6,7 +6,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-from collector.storage.sqlite import headchunks
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 
@@ -26,10 +25,12 @@ def test_values_keep_their_type_in_head_and_latest(tmp_path: Path) -> None:
             ack = c.batch(1, readings)
             assert isinstance(ack, wire.Ack) and ack.accepted == 4, ack
     conn = sqlite3.connect(tmp_path / "t.db")
-    names = dict(conn.execute("SELECT id, sensor FROM series").fetchall())
-    # The head keeps each value's type: as SQLite's typeof() would name it.
-    typeof = {int: "integer", float: "real", str: "text"}
-    got = {names[sid]: f"{typeof[type(v)]}:{v}" for sid, _ts, v, _lag in headchunks.read_all(conn)}
+    got = dict(
+        conn.execute(
+            """SELECT s.sensor, typeof(h.value) || ':' || h.value FROM readings_head h
+               JOIN series s ON s.id = h.series_id"""
+        ).fetchall()
+    )
     latest = dict(
         conn.execute("SELECT sensor, typeof(last_value) || ':' || last_value FROM series")
     )

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from collector.storage.sqlite import headchunks
-
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 LISTENING = re.compile(r"listening ingest=([\d.]+):(\d+)")
@@ -123,13 +121,14 @@ class Collector:
 
     def values(self, sensor: str) -> list[object]:
         """Stored values of one sensor, in timestamp order."""
-        sids = {sid for (sid,) in self.query("SELECT id FROM series WHERE sensor = ?", sensor)}
-        db = sqlite3.connect(f"{self.db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = headchunks.read_all(db)  # sorted by ts
-        finally:
-            db.close()
-        return [v for sid, _ts, v, _lag in rows if sid in sids]
+        return [
+            v
+            for (v,) in self.query(
+                "SELECT h.value FROM readings_head h JOIN series s ON s.id = h.series_id "
+                "WHERE s.sensor = ? ORDER BY h.ts",
+                sensor,
+            )
+        ]
 
     def rejected(self) -> list[tuple[object, ...]]:
         return self.query("SELECT seq, idx, code FROM rejected ORDER BY id")

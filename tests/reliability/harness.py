@@ -168,8 +168,7 @@ def stored(db: Path | str, device: str | None = None) -> Stored:
         marks = ",".join("?" * len(ids))
         head = int(
             conn.execute(
-                f"SELECT coalesce(sum(n), 0) FROM {store.HEAD_CHUNKS} WHERE series_id IN ({marks})",
-                list(ids),
+                f"SELECT count(*) FROM {store.HEAD} WHERE series_id IN ({marks})", list(ids)
             ).fetchone()[0]
         )
         blk = int(

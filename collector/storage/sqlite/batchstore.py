@@ -5,26 +5,24 @@ group it takes off its queue. Per (device, stream) of the group it reads the com
 `streams` row under the write lock: a batch sent under an epoch that is no longer the
 stream's (a newer HELLO fenced its session, in this process or another) is not stored at all
 and comes back `fenced`. Every other batch is stored: its series ids are resolved (an
-in-memory cache; new series are inserted in the same transaction), the readings already
-stored are dropped, and the rest go into the head as one packed chunk per (series, chunk
-window) (collector.storage.sqlite.headchunks). A resend (seq not above the stream's last seq)
-is stored the same way: its readings that were never stored are stored and counted
-accepted, so a reading is never answered "duplicate" unless its (series, timestamp) is
-stored. Then the series stats, the streams' `last_seq` (and `devices.last_seq` for the
-default stream), the dead-letter rows, and COMMIT.
+in-memory cache; new series are inserted in the same transaction), the readings a compacted
+block already holds are dropped (looked up only below the compaction horizon, store.m0004),
+and the rest go into the head with `INSERT OR IGNORE` in multi-row statements
+(collector.storage.sqlite.bulkinsert). A resend (seq not above the stream's last seq) is stored the
+same way, row by row: its readings that were never stored are stored and counted accepted, so a
+reading is never answered "duplicate" unless its (series, timestamp) is stored. Then the
+series stats, the streams' `last_seq` (and `devices.last_seq` for the default stream), the
+dead-letter rows, and COMMIT.
 
-Dedup is exact before anything is inserted (the head has no (series, ts) key): a series
-whose readings in the batch are all newer than its newest stored reading (series.last_ts,
-cached) takes the fast path, no lookup; otherwise its stored timestamps from the batch's
-oldest reading on are read (its overlapping head chunks, and the blocks below the
-compaction horizon, store.m0004) and those readings dropped; within a group the first of
-equal (series, ts) wins. So there is no optimistic pass to undo and no savepoint per batch.
+Optimistic first: batches go in without a savepoint each (one costs a copy of every page the
+batch touches: 20-30% of the head insert's time, bench/bench_insert_gil.py --savepoints). A
+batch that finds some of its readings stored already (re-batched after a reconnect) makes
+the transaction roll back; the group is then done again with a savepoint per batch, so that
+batch can be redone row by row to learn exactly which readings are new.
 
-The caches (series ids, series last_ts, the horizon) only ever hold committed state:
-whatever a rolled-back transaction added to them is taken out again. Another connection
-(the maintenance process, another collector process sharing the file) may commit between
-two transactions: `PRAGMA data_version`, read under the write lock, tells, and the cached
-last_ts are then read again as needed. Stream rows are read fresh in every transaction.
+The caches (series ids, the horizon) only ever hold committed state: whatever a rolled-back
+transaction added to them is taken out again. Stream rows are read fresh in every
+transaction: another collector process may have moved them.
 
 Runs in the writer thread only; no queue, no threads, no event loop.
 """
@@ -34,17 +32,21 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
-from itertools import groupby
-from operator import itemgetter
 from typing import Final
 
 from collector.storage.interface import PreparedBatch, SeriesKey
 from collector.storage.interface import Session as Session
 from collector.storage.interface import Stored as Stored
-from collector.storage.sqlite import headchunks, scan, store
+from collector.storage.sqlite import scan, store
+from collector.storage.sqlite.bulkinsert import BulkInsert
 
 log = logging.getLogger(__name__)
 
+# A batch's head rows in a few multi-row statements, not one GIL handoff per row
+# (collector.storage.sqlite.bulkinsert).
+_insert_head: Final = BulkInsert(
+    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4
+)
 _INSERT_REJECTED: Final = (
     f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
     "path, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -81,12 +83,6 @@ class BatchStore:
         self._series: dict[int, dict[SeriesKey, int]] = {}
         # Rows with ts below this may already sit in a compacted block (0: no blocks yet).
         self._horizon = 0
-        # Committed series.last_ts per series id (a series not here is read when needed);
-        # valid while `PRAGMA data_version` is unchanged (no other connection committed).
-        self._last: dict[int, int | None] = {}
-        self._data_version = -1
-        # This transaction's last_ts per series, over _last.
-        self._txn_last: dict[int, int] = {}
 
     def store(
         self, conn: sqlite3.Connection, group: Sequence[tuple[Session | int, PreparedBatch]]
@@ -96,12 +92,24 @@ class BatchStore:
         Returns what happened to each batch and the batches whose readings were stored
         (not resends). Raises sqlite3.Error after rolling back; nothing is stored then.
         """
+        try:
+            return self._store(conn, group, careful=False)
+        except _Overlap:
+            return self._store(conn, group, careful=True)
+
+    def _store(
+        self,
+        conn: sqlite3.Connection,
+        group: Sequence[tuple[Session | int, PreparedBatch]],
+        *,
+        careful: bool,
+    ) -> tuple[list[Stored], list[PreparedBatch]]:
         new_series: list[tuple[int, SeriesKey]] = []
         outcomes: list[Stored] = []
         stored: list[PreparedBatch] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            self._begin(conn)
+            self._read_horizon(conn)
             stats: dict[int, list[object]] = {}
             # (device, stream) -> [last seq, epoch, seen_ns, stored]: committed, then this
             # group's (stored: 1 once a batch of it was stored in this transaction).
@@ -121,7 +129,8 @@ class BatchStore:
                 # forward), never a resend and leaving last_seq alone; (series, timestamp)
                 # dedup alone keeps its retries from being stored twice.
                 resend = 0 < b.seq <= st[0]
-                accepted = self._insert(conn, dev, b, stats, new_series)
+                # A resend usually overlaps what is stored: straight to the row-by-row path.
+                accepted = self._insert(conn, dev, b, stats, new_series, careful or resend)
                 if accepted or not resend:
                     stored.append(b)
                 st[0] = max(st[0], b.seq)
@@ -147,10 +156,7 @@ class BatchStore:
             rollback(conn)
             for dev, key in new_series:  # their ids were never committed
                 self._series.get(dev, {}).pop(key, None)
-            self._txn_last.clear()
             raise
-        self._last.update(self._txn_last)
-        self._txn_last.clear()
         return outcomes, stored
 
     def insert_unsequenced(
@@ -159,43 +165,18 @@ class BatchStore:
         """Store (device id, batch) pairs inside the caller's write transaction, with no seq
         check and no device row update (dead-letter replay, replay.py); returns how
         many of each batch's valid readings were new. If the caller rolls back, drop this
-        store: its caches may name rows that were never committed."""
-        self._begin(conn)
+        store: its series cache may name rows that were never committed."""
+        self._read_horizon(conn)
         stats: dict[int, list[object]] = {}
-        accepted = [self._insert(conn, dev, b, stats, []) for dev, b in group]
+        accepted = [self._insert(conn, dev, b, stats, [], careful=True) for dev, b in group]
         _write_stats(conn, stats)
-        self._last.update(self._txn_last)
-        self._txn_last.clear()
         return accepted
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """Read what another connection may have changed, under the write lock: the
-        horizon (compaction, collector.storage.sqlite.maintainer, cannot move more readings
-        into blocks before this transaction ends) and, when another connection committed
-        since this one last looked (another collector process sharing the file, the
-        maintainer), forget the cached series last_ts: they are read again as needed."""
+    def _read_horizon(self, conn: sqlite3.Connection) -> None:
+        # Under the write lock: compaction (collector.storage.sqlite.maintainer) cannot move more
+        # readings into blocks before this transaction ends.
         row = conn.execute(f"SELECT below_ns FROM {store.HORIZON}").fetchone()
         self._horizon = int(row[0]) if row else 0
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._data_version:
-            self._last.clear()
-            self._data_version = version
-        self._txn_last.clear()
-
-    def _last_ts(self, conn: sqlite3.Connection, sid: int) -> int | None:
-        """The series' newest stored timestamp (None: none stored), this transaction's
-        readings included."""
-        last = self._txn_last.get(sid)
-        if last is not None:
-            return last
-        try:
-            return self._last[sid]
-        except KeyError:
-            row = conn.execute(f"SELECT last_ts FROM {store.SERIES} WHERE id = ?", (sid,))
-            found = row.fetchone()
-            value = None if found is None or found[0] is None else int(found[0])
-            self._last[sid] = value
-            return value
 
     def _insert(
         self,
@@ -204,52 +185,40 @@ class BatchStore:
         b: PreparedBatch,
         stats: dict[int, list[object]],
         new_series: list[tuple[int, SeriesKey]],
+        careful: bool,
     ) -> int:
-        """Store one batch's readings that are not stored yet; returns how many of its
-        valid readings were new.
+        """Insert one batch's rows; returns how many of its valid readings were new.
 
-        Per series of the batch: when all its readings are newer than the series' newest
-        stored one (the in-order case), they are all new unless one timestamp repeats in
-        the batch; otherwise the series' stored timestamps from its oldest reading on are
-        read (the head's overlapping chunks, and the blocks below the compaction horizon)
-        and those readings dropped. Within the batch the first of equal (series, ts) wins.
-        """
+        Raises _Overlap, unless `careful`, when some were stored already."""
         if not b.ts:
             return 0
         sids = self._series_ids(conn, dev, b.keys, new_series)
-        tss, values, lags = b.ts, b.values, b.lag_ms
-        dropped: set[int] = set()
-        chunks: list[tuple[object, ...]] = []
-        # Row indexes per series, each in batch order, with no Python step per reading
-        # (sorted is stable; groupby, itemgetter, map and min/max run in C).
-        order = sorted(range(len(sids)), key=sids.__getitem__)
-        for sid, group in groupby(order, key=sids.__getitem__):
-            idx = list(group)
-            if len(idx) == 1:
-                ts, vals, lag = [tss[idx[0]]], [values[idx[0]]], [lags[idx[0]]]
-            else:
-                pick = itemgetter(*idx)
-                ts, vals, lag = list(pick(tss)), list(pick(values)), list(pick(lags))
-            last = self._last_ts(conn, sid)
-            low = min(ts)
-            if not ((last is None or low > last) and len(set(ts)) == len(ts)):
-                keep = self._new_readings(conn, sid, idx, ts, low, last)
-                if len(keep) < len(idx):
-                    dropped.update(set(idx).difference(keep))
-                    if not keep:
-                        continue
-                    ts = [tss[i] for i in keep]
-                    vals = [values[i] for i in keep]
-                    lag = [lags[i] for i in keep]
-            chunks += headchunks.chunk_rows(sid, ts, vals, lag)  # type: ignore[arg-type]
-            top = max(ts)
-            if last is None or top > last:
-                self._txn_last[sid] = top
-            _fold(stats, sid, ts, vals, top)
-        headchunks.write(conn, chunks)
-        if not dropped:
+        rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
+        mask: list[bool] | None = None
+        # Late rows already moved into blocks are duplicates the head's key cannot see.
+        found = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else set()
+        todo = [r for i, r in enumerate(rows) if i not in found] if found else rows
+        if careful:
+            conn.execute("SAVEPOINT batch")
+        new: list[bool] | None = None
+        if _insert_head(conn, todo) != len(todo):
+            # Some rows were already stored (readings re-batched after a reconnect):
+            # redo this batch row by row to learn exactly which ones are new.
+            if not careful:
+                raise _Overlap
+            conn.execute("ROLLBACK TO batch")
+            new = [conn.execute(_insert_head.one_row, r).rowcount == 1 for r in todo]
+        if careful:
+            conn.execute("RELEASE batch")
+        if found or new is not None:
+            fresh = iter(new) if new is not None else None
+            mask = [
+                False if i in found else (next(fresh) if fresh is not None else True)
+                for i in range(len(rows))
+            ]
+        _accumulate(stats, sids, b.ts, b.values, mask)
+        if mask is None:
             return b.valid_count
-        mask = [i not in dropped for i in range(len(sids))]
         n = b.scalar_rows
         accepted = sum(mask[:n])
         for size in b.composite_sizes:
@@ -257,29 +226,14 @@ class BatchStore:
             n += size
         return accepted
 
-    def _new_readings(
-        self,
-        conn: sqlite3.Connection,
-        sid: int,
-        idx: list[int],
-        ts: list[int],
-        low: int,
-        last: int | None,
-    ) -> list[int]:
-        """The row indexes of `idx` (one series' readings, timestamps `ts`) not stored yet,
-        the first of a repeated timestamp only."""
-        stored: set[int] = set()
-        if last is not None and low <= last:
-            stored = headchunks.stored_ts(conn, sid, low)
-            if low < self._horizon:
-                below = [(k, sid, t) for k, t in enumerate(ts) if t < self._horizon]
-                stored.update(ts[k] for k in scan.held_in_blocks(conn, below))
-        keep: list[int] = []
-        for i, t in zip(idx, ts, strict=True):
-            if t not in stored:
-                stored.add(t)
-                keep.append(i)
-        return keep
+    def _in_blocks(self, conn: sqlite3.Connection, sids: list[int], tss: list[int]) -> set[int]:
+        """Indexes of the rows whose (series, ts) a compacted block already holds."""
+        below = [
+            (i, sid, ts)
+            for i, (sid, ts) in enumerate(zip(sids, tss, strict=True))
+            if ts < self._horizon
+        ]
+        return scan.held_in_blocks(conn, below)
 
     def _series_ids(
         self,
@@ -292,7 +246,7 @@ class BatchStore:
         if cache is None:
             cache = self._series[dev] = {}
         try:
-            return list(map(cache.__getitem__, keys))
+            return [cache[k] for k in keys]
         except KeyError:
             pass
         for key in dict.fromkeys(k for k in keys if k not in cache):
@@ -322,25 +276,33 @@ def rollback(conn: sqlite3.Connection) -> None:
             log.warning("rollback failed error=%s", exc)
 
 
+class _Overlap(Exception):
+    """A batch found some of its readings stored already (the optimistic pass gives up)."""
+
+
 def _write_stats(conn: sqlite3.Connection, stats: dict[int, list[object]]) -> None:
     if stats:
         conn.executemany(_UPDATE_SERIES, [(*s, sid) for sid, s in stats.items()])
 
 
-def _fold(
-    stats: dict[int, list[object]], sid: int, ts: list[int], values: Sequence[object], top: int
+def _accumulate(
+    stats: dict[int, list[object]],
+    sids: list[int],
+    tss: list[int],
+    values: Sequence[object],
+    mask: list[bool] | None,
 ) -> None:
-    """Fold one series' new readings (distinct timestamps, `top` the largest) into its
-    [first_ts, last_ts, last_value, count]."""
-    first = min(ts)
-    value = values[-1] if ts[-1] == top else values[ts.index(top)]
-    s = stats.get(sid)
-    if s is None:
-        stats[sid] = [first, top, value, len(ts)]
-        return
-    if first < s[0]:  # type: ignore[operator]  # ints by construction
-        s[0] = first
-    if top >= s[1]:  # type: ignore[operator]  # ints by construction
-        s[1] = top
-        s[2] = value
-    s[3] += len(ts)  # type: ignore[operator]  # int by construction
+    """Fold rows into per-series [first_ts, last_ts, last_value, count]."""
+    for i, (sid, ts, value) in enumerate(zip(sids, tss, values, strict=True)):
+        if mask is not None and not mask[i]:
+            continue
+        s = stats.get(sid)
+        if s is None:
+            stats[sid] = [ts, ts, value, 1]
+            continue
+        if ts < s[0]:  # type: ignore[operator]  # ints by construction
+            s[0] = ts
+        if ts >= s[1]:  # type: ignore[operator]  # ints by construction
+            s[1] = ts
+            s[2] = value
+        s[3] += 1  # type: ignore[operator]  # int by construction

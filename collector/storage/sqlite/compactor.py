@@ -21,12 +21,12 @@ each series' small blocks in it are replaced by one block, a slice of series per
 (collector.storage.sqlite.merging), which gives the long blocks' ~3 bytes per reading. The head
 always comes first. docs/storage.md has the full rules.
 
-Merging and dedup: a late reading lands in the head after its window was compacted (the
-writer drops resent ones a block holds, collector.storage.sqlite.batchstore); its window is
-closed, so a later step stages it again, decodes the series' block covering the window (its
-small block, or the hour's block once merged: a series' blocks never overlap), adds the
-readings whose timestamps the block lacks (the block's value wins: it was stored first), and
-rewrites the block. Readers never see a reading twice meanwhile
+Merging and dedup: a late or resent reading lands in the head after its window was
+compacted (INSERT OR IGNORE cannot see the block); its window is closed, so a later step
+stages it again, decodes the series' block covering the window (its small block, or the
+hour's block once merged: a series' blocks never overlap), adds the readings whose
+timestamps the block lacks (the block's value wins, as the first INSERT OR IGNORE would
+have kept it), and rewrites the block. Readers never see a reading twice meanwhile
 (collector.storage.sqlite.scan dedups the same way).
 
 Crash safety: every step is a transaction and the only other state is in temp tables,
@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from operator import itemgetter
 
-from collector.storage.sqlite import headchunks, staging, store
+from collector.storage.sqlite import staging, store
 from collector.storage.sqlite.activity import MAX_WINDOWS_SKIPPED, Activity
 from collector.storage.sqlite.blockwrites import (
     covering_blocks,
@@ -67,7 +68,7 @@ from collector.storage.sqlite.compaction_config import (
     CompactionConfig,
 )
 from collector.storage.sqlite.merging import merge_small_blocks
-from collector.storage.sqlite.store import BLOCKS
+from collector.storage.sqlite.store import BLOCKS, HEAD
 
 # The compaction settings are re-exported: callers configure the compactor through it.
 __all__ = [
@@ -110,7 +111,10 @@ def _closed_rows_waiting(conn: sqlite3.Connection, now_ns: int, config: Compacti
     back to the file system would only move pages to no end, and hold the write lock doing
     it (measured: 7 steps of ~0.1-0.6 s each in the first 30 s of a backfill).
     """
-    return headchunks.any_before(conn, config.closed_before(now_ns))
+    row = conn.execute(
+        f"SELECT 1 FROM {HEAD} WHERE ts < ? LIMIT 1", (config.closed_before(now_ns),)
+    )
+    return row.fetchone() is not None
 
 
 def compact_once(
@@ -138,10 +142,12 @@ def _oldest_settled_window(
     """Start of the oldest closed window with head rows that is not still filling."""
     cursor = -(2**63)
     for _ in range(MAX_WINDOWS_SKIPPED + 1):
-        oldest = headchunks.oldest_ts(conn, cursor, closed_before)
-        if oldest is None:
+        row = conn.execute(
+            f"SELECT ts FROM {HEAD} WHERE ts >= ? ORDER BY ts LIMIT 1", (cursor,)
+        ).fetchone()
+        if row is None or row[0] >= closed_before:
             return None
-        start: int = oldest // w * w
+        start: int = row[0] // w * w
         if activity is None or activity.window_settled(start):
             return start
         cursor = start + w
@@ -206,9 +212,13 @@ def _compact_window_unlocked(
         if end is None:
             return 0  # the rest of its slot is still settling: wait for it
         limit = config.max_rows if end - start == w else config.run_rows
-        if headchunks.count_range(conn, start, end) > limit:
+        rows = conn.execute(
+            f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ? LIMIT ?",
+            (start, end, limit + 1),
+        ).fetchall()
+        if len(rows) > limit:
             return None  # a window too large for one step (_run_end checked the slot)
-        rows = headchunks.read_window(conn, start, end)  # by series, then ts
+        rows.sort(key=itemgetter(0))  # stable: each series keeps its ts order
         existing = covering_blocks(conn, start, rows, config)
     finally:
         conn.execute("COMMIT")
@@ -226,7 +236,9 @@ def _compact_window_unlocked(
             # The writer only adds head rows and only compaction removes them, so deleting
             # as many as were read deletes the same rows. The DELETE's count is the check:
             # counting first walked the range twice under the lock (~50 ms for a slot).
-            deleted = headchunks.delete_range(conn, start, end)
+            deleted = conn.execute(
+                f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+            ).rowcount
             if deleted != len(rows):
                 raise _HeadChanged
             insert_blocks(conn, out)
@@ -283,9 +295,14 @@ def _compact_small_window(
     Under the lock, inside the caller's transaction: the fallback of
     _compact_window_unlocked (and its path when the caller holds a transaction).
     """
-    rows = headchunks.read_window(conn, start, end)  # by series, then ts
+    rows = conn.execute(
+        f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end)
+    ).fetchall()
+    # In key order (ts, series_id); a stable sort by series keeps each series' ts order
+    # (measured 12 ms less per 48,000 rows than ORDER BY series_id, ts in SQL).
+    rows.sort(key=itemgetter(0))
     if rows:
         write_head_blocks(conn, start, end, rows, config)
-    headchunks.delete_range(conn, start, end)
+    conn.execute(f"DELETE FROM {HEAD} WHERE ts >= ? AND ts < ?", (start, end))
     log.debug("compacted window start_ns=%d readings=%d", start, len(rows))
     return max(len(rows), 1)

@@ -11,13 +11,13 @@ import logging
 import sqlite3
 from typing import Final
 
-from collector.storage.sqlite import headchunks, staging
+from collector.storage.sqlite import staging
 from collector.storage.sqlite.blockwrites import transaction
-from collector.storage.sqlite.store import BLOCKS
+from collector.storage.sqlite.store import BLOCKS, HEAD
 
 log = logging.getLogger(__name__)
 
-# Rows (blocks, or head chunks of several readings) deleted per retention transaction.
+# Rows deleted per retention transaction.
 RETENTION_BATCH_ROWS: Final = 10_000
 
 
@@ -26,10 +26,10 @@ def apply_retention(
 ) -> tuple[int, int]:
     """Drop blocks whose readings all precede `cutoff_ns`, and head rows before it.
 
-    Works in transactions of at most `batch_rows` rows (blocks, or head chunks) each. Returns
-    (blocks dropped, head readings deleted). A block holding readings on both sides of the
-    cutoff is kept whole. Run it on the compacting connection, between maintenance calls; it
-    is cheap when there is nothing to drop, so it can run with every maintenance call.
+    Works in transactions of at most `batch_rows` rows each. Returns (blocks dropped, head
+    rows deleted). A block holding readings on both sides of the cutoff is kept whole.
+    Run it on the compacting connection, between maintenance calls; it is
+    cheap when there is nothing to drop, so it can run with every maintenance call.
     """
     blocks_dropped = head_deleted = 0
     while True:
@@ -45,11 +45,15 @@ def apply_retention(
             break
     while True:
         with transaction(conn):
-            n, more = headchunks.delete_before(conn, cutoff_ns, batch_rows)
+            n = conn.execute(
+                f"DELETE FROM {HEAD} WHERE (ts, series_id) IN "
+                f"(SELECT ts, series_id FROM {HEAD} WHERE ts < ? ORDER BY ts LIMIT ?)",
+                (cutoff_ns, batch_rows),
+            ).rowcount
             if n:
                 staging.forget_staged_window(conn)
         head_deleted += n
-        if not more:
+        if n < batch_rows:
             break
     if blocks_dropped or head_deleted:
         log.info(

@@ -1,12 +1,11 @@
 """The read API over stored readings: ranges, bucketed aggregates and latest values.
 
-Every query sees each reading exactly once, whether it sits in the head's packed chunks
-(`head_chunks`, collector.storage.sqlite.headchunks) or in a compacted block (`blocks`): each
-query runs in one read transaction (one WAL snapshot), so a compaction committing meanwhile
-cannot make a reading appear twice or vanish. A reading present in both places (a resend or
-late reading stored in the head after its window was compacted, before the compactor merged
-it, or while a window is part-way through compaction) is answered from the block, the
-value stored first.
+Every query sees each reading exactly once, whether it sits in the time-ordered head
+(`readings_head`) or in a compacted block (`blocks`): each query runs in one read
+transaction (one WAL snapshot), so a compaction committing meanwhile cannot make a reading
+appear twice or vanish. A reading present in both places (a resend or late reading stored
+in the head after its window was compacted, before the compactor merged it) is answered
+from the block, as a plain table with INSERT OR IGNORE would have kept the first value.
 
 Aggregates use a block's stored summary (count/min/max/sum/first/last) without decoding it
 when the block lies wholly inside one bucket and inside the range, and no head reading of
@@ -29,8 +28,7 @@ from itertools import islice
 from typing import Final, Literal, NamedTuple, TypeAlias
 
 from collector.storage.sqlite import blocks as codec
-from collector.storage.sqlite import headchunks
-from collector.storage.sqlite.store import BLOCKS, SERIES
+from collector.storage.sqlite.store import BLOCKS, HEAD, SERIES
 
 Value: TypeAlias = int | float | str | None
 Order = Literal["asc", "desc"]
@@ -39,6 +37,9 @@ AGGREGATES: Final = ("avg", "min", "max", "sum", "count", "first", "last")
 
 _MIN_TS: Final = -(2**63)
 _MAX_TS: Final = 2**63 - 1
+# Up to this many series ids go into the SQL text as literals (SQLite builds a small
+# lookup for IN lists); more go through one json_each parameter.
+_LITERAL_IDS_MAX: Final = 100
 
 
 class _Block(NamedTuple):
@@ -74,8 +75,29 @@ def _ids(series_ids: Sequence[int]) -> list[int]:
 def _fetch_head(
     conn: sqlite3.Connection, ids: list[int], since: int, until: int | None
 ) -> dict[int, list[tuple[int, Value]]]:
-    # Each series' chunks through the (series_id, last_ts) index, unpacked.
-    return headchunks.read_series(conn, ids, since, until)
+    # The head is keyed (ts, series_id): a range walks every series' rows in it, so the
+    # per-row series test must be cheap. A literal list of ints (ids are ints: `_ids` made
+    # them so) measured ~30% faster than IN over json_each; large sets still use json_each.
+    if len(ids) == 1:
+        series_test = f"series_id = {ids[0]}"
+    elif len(ids) <= _LITERAL_IDS_MAX:
+        series_test = f"series_id IN ({','.join(map(str, ids))})"
+    else:
+        series_test = "series_id IN (SELECT value FROM json_each(?))"
+    sql = (
+        f"SELECT series_id, ts, value FROM {HEAD} WHERE ts >= ?"
+        + (" AND ts < ?" if until is not None else "")
+        + f" AND {series_test} ORDER BY ts"
+    )
+    params: list[object] = [since]
+    if until is not None:
+        params.append(until)
+    if len(ids) > _LITERAL_IDS_MAX:
+        params.append(json.dumps(ids))
+    out: dict[int, list[tuple[int, Value]]] = {sid: [] for sid in ids}
+    for sid, ts, value in conn.execute(sql, params):
+        out[sid].append((ts, value))
+    return out
 
 
 def _fetch_blocks(
@@ -359,8 +381,9 @@ def latest(
 def held_in_blocks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, int]]) -> set[int]:
     """Keys of the (key, series_id, ts) rows whose reading a compacted block already holds.
 
-    A writer checks late or resent readings below the compaction horizon here. One query
-    per series (`_fetch_blocks`), for the blocks overlapping that series' rows.
+    The head's INSERT OR IGNORE cannot see blocks: a writer checks late or resent readings
+    here first. One query per series (`_fetch_blocks`), for the blocks overlapping that
+    series' rows.
     """
     spans: dict[int, list[int]] = {}
     for _, sid, ts in rows:

@@ -17,7 +17,6 @@ import sqlite3
 from typing import TYPE_CHECKING, Final
 
 from collector.storage.sqlite import blocks as codec
-from collector.storage.sqlite import headchunks
 from collector.storage.sqlite.blockwrites import (
     covering_blocks,
     head_block_rows,
@@ -25,6 +24,7 @@ from collector.storage.sqlite.blockwrites import (
     transaction,
     write_head_blocks,
 )
+from collector.storage.sqlite.store import HEAD
 
 if TYPE_CHECKING:
     from collector.storage.sqlite.compaction_config import CompactionConfig
@@ -53,11 +53,13 @@ _TEMP_SCHEMA: Final = (
 
 def chunk_end(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> int:
     """Timestamp bound after about `max_rows` head rows from `cursor` (at most `end`)."""
-    if headchunks.count_range(conn, cursor, end) <= max_rows:
-        return end  # the usual question (does a window or slot fit?), without decoding
-    ts = headchunks.nth_ts(conn, cursor, end, max_rows)
-    if ts is None:
+    row = conn.execute(
+        f"SELECT ts FROM {HEAD} WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+        (cursor, end, max_rows),
+    ).fetchone()
+    if row is None:
         return end
+    ts: int = row[0]
     return max(ts, cursor + 1)  # many rows on one timestamp: take them all
 
 
@@ -182,9 +184,11 @@ def _clear_state(conn: sqlite3.Connection) -> None:
 def _stage(conn: sqlite3.Connection, cursor: int, end: int, max_rows: int) -> tuple[int, int, bool]:
     """Copy the next chunk of the window's head rows into the series-ordered stage."""
     bound = chunk_end(conn, cursor, end, max_rows)
-    rows = headchunks.read_window(conn, cursor, bound)  # by series, then ts
-    conn.executemany(f"INSERT INTO {_STAGE} VALUES (?, ?, ?, ?)", [(cursor, *r) for r in rows])
-    n = len(rows)
+    n = conn.execute(
+        f"INSERT INTO {_STAGE} SELECT ?, series_id, ts, value FROM {HEAD} "
+        "WHERE ts >= ? AND ts < ? ORDER BY series_id, ts",
+        (cursor, cursor, bound),
+    ).rowcount
     conn.execute(
         f"INSERT INTO {_CHUNKS} SELECT ?, ?, ?, min(series_id), max(series_id) FROM {_STAGE} "
         "WHERE chunk = ?",
@@ -229,8 +233,12 @@ def _delete(conn: sqlite3.Connection, cursor: int, end: int) -> tuple[int, int, 
     if chunk is None:
         return 0, end, True
     lo, hi, staged = chunk
-    only: set[tuple[int, int]] | None = None
-    if headchunks.count_range(conn, lo, hi) != staged:
-        only = set(conn.execute(f"SELECT series_id, ts FROM {_STAGE} WHERE chunk = ?", (lo,)))
-    n = headchunks.delete_range(conn, lo, hi, only)
+    where = "ts >= ?1 AND ts < ?2"
+    (now_in_head,) = conn.execute(f"SELECT count(*) FROM {HEAD} WHERE {where}", (lo, hi)).fetchone()
+    if now_in_head != staged:
+        where += (
+            f" AND EXISTS (SELECT 1 FROM {_STAGE} AS s WHERE s.chunk = ?1 "
+            f"AND s.series_id = {HEAD}.series_id AND s.ts = {HEAD}.ts)"
+        )
+    n: int = conn.execute(f"DELETE FROM {HEAD} WHERE {where}", (lo, hi)).rowcount
     return n, hi, hi >= end

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from collector.storage.interface import StorageStats as StorageStats
-from collector.storage.sqlite import headchunks, store
+from collector.storage.sqlite import store
 from collector.storage.sqlite.compaction_config import MERGE_NS
 
 
@@ -19,7 +19,7 @@ def read(path: str | Path) -> StorageStats:
     """Read the numbers. Raises sqlite3.Error when the file cannot be read."""
     conn = store.connect(path, readonly=True)
     try:
-        head_rows, oldest = headchunks.totals(conn)
+        head_rows, oldest = conn.execute(f"SELECT count(*), min(ts) FROM {store.HEAD}").fetchone()
         (blocks,) = conn.execute(f"SELECT count(*) FROM {store.BLOCKS}").fetchone()
         (small,) = conn.execute(
             f"SELECT count(*) FROM {store.BLOCKS} WHERE {store.small_blocks(MERGE_NS)}"

@@ -1,25 +1,22 @@
 """The SQLite layout: migrations, table and column names, and how connections are opened.
 
-Every other module names tables through the constants here (defined in
-collector.storage.sqlite.tables). Migrations run through sqlite-utils' `Migrations` at
-collector start-up (migrate -> start writer -> listen) and are additive: a new migration
-function, never an edited one.
+Every other module names tables through the constants here. Migrations run through
+sqlite-utils' `Migrations` at collector start-up (migrate -> start writer -> listen) and
+are additive: a new migration function, never an edited one.
 
 Tables (docs/storage.md has the full description):
     devices         one row per device: hashed token, revocation, last seen
     streams         one row per (device, stream): last committed seq and the session epoch
                     (protocol v1.1; the default stream "" is a v1.0 agent's)
     series          one row per (device, sensor, field, kind, unit, tags): the series id
-    head_chunks     recent readings, one row per (series, 2-minute window, write) with the
-                    readings packed as arrays (collector.storage.sqlite.headchunks; m0006
-                    replaced m0001's one row per reading, `readings_head`)
+    readings_head   recent readings, keyed (ts, series_id) WITHOUT ROWID: appends at the
+                    right edge of the B-tree, so ingest stays flat as the file grows
     rejected        the dead-letter table: every rejected reading as received, with why
     blocks          compacted readings: one row per (series, window), packed by
                     collector.storage.sqlite.blocks, with count/first/last/min/max/sum beside the
                     bytes; small 1-minute blocks until their hour is merged into one block
-    head_summary    view over the head's chunks with readable times and series names
-                    (Datasette, Grafana's SQLite source); blocks_summary: the same for block
-                    summaries
+    readings_recent view over the head with readable times and series names (Datasette,
+                    Grafana's SQLite source); blocks_summary: the same for block summaries
 
 This module opens connections and creates tables; it does not insert readings (that is
 `collector.ingest.writer`, the one writer) and does not query them (`collector.query.readings`).
@@ -34,19 +31,15 @@ from typing import Final, Literal
 
 import sqlite_utils
 
-from collector.storage.sqlite import tables
-
-DEVICES: Final = tables.DEVICES
-SERIES: Final = tables.SERIES
-OLD_HEAD: Final = tables.OLD_HEAD
-HEAD_CHUNKS: Final = tables.HEAD_CHUNKS
-HEAD_VIEW: Final = tables.HEAD_VIEW
-REJECTED: Final = tables.REJECTED
-BLOCKS: Final = tables.BLOCKS
-HORIZON: Final = tables.HORIZON
-STREAMS: Final = tables.STREAMS
-OLD_RECENT_VIEW: Final = tables.OLD_RECENT_VIEW
-BLOCKS_VIEW: Final = tables.BLOCKS_VIEW
+DEVICES: Final = "devices"
+SERIES: Final = "series"
+HEAD: Final = "readings_head"
+REJECTED: Final = "rejected"
+BLOCKS: Final = "blocks"
+HORIZON: Final = "compaction_horizon"
+STREAMS: Final = "streams"
+RECENT_VIEW: Final = "readings_recent"
+BLOCKS_VIEW: Final = "blocks_summary"
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -105,7 +98,7 @@ def m0001_initial(db: sqlite_utils.Database) -> None:
             count INTEGER NOT NULL DEFAULT 0,
             UNIQUE (device_id, sensor, field, kind, unit, tags)
         );
-        CREATE TABLE {OLD_HEAD} (
+        CREATE TABLE {HEAD} (
             ts INTEGER NOT NULL,
             series_id INTEGER NOT NULL,
             value,
@@ -159,7 +152,7 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
             UNIQUE (series_id, start_ns)
         );
         CREATE INDEX blocks_by_start ON {BLOCKS}(start_ns, series_id);
-        CREATE VIEW {OLD_RECENT_VIEW} AS
+        CREATE VIEW {RECENT_VIEW} AS
             SELECT
                 strftime('%Y-%m-%dT%H:%M:%f', h.ts / 1000000000.0, 'unixepoch') || 'Z' AS time,
                 h.ts AS ts,
@@ -171,7 +164,7 @@ def m0002_blocks(db: sqlite_utils.Database) -> None:
                 s.unit AS unit,
                 s.tags AS tags,
                 h.value AS value
-            FROM {OLD_HEAD} AS h
+            FROM {HEAD} AS h
             JOIN {SERIES} AS s ON s.id = h.series_id
             JOIN {DEVICES} AS d ON d.id = s.device_id;
         CREATE VIEW {BLOCKS_VIEW} AS
@@ -260,75 +253,6 @@ def m0005_streams(db: sqlite_utils.Database) -> None:
         CREATE INDEX rejected_by_seq ON {REJECTED}(device_id, seq);
         """
     )
-
-
-@migrations()
-def m0006_head_chunks(db: sqlite_utils.Database) -> None:
-    # The head as packed chunks (collector.storage.sqlite.headchunks): one row per (series,
-    # chunk window, write) instead of one per reading; inserting and compacting cost per
-    # chunk, not per reading (bench/bench_head.py, docs/benchmarks-history.md). (series, ts)
-    # dedup moves out of the primary key into the writer (collector.storage.sqlite.batchstore).
-    # Indexes: by window, with first_ts and n so that finding a window's oldest reading and
-    # counting its readings read the index alone (the compactor, retention); by (series_id,
-    # last_ts) for range reads and the writer's duplicate check. The rows of m0001's head move
-    # into chunks; series.last_ts is raised to cover them (the writer's in-order fast path
-    # trusts it). A SQL view cannot unpack the arrays: the per-reading view gives way to one
-    # row per chunk.
-    from collector.storage.sqlite import headchunks
-
-    conn = db.conn
-    # Statement by statement: executescript would commit the migration's transaction.
-    schema = f"""
-        CREATE TABLE {HEAD_CHUNKS} (
-            id INTEGER PRIMARY KEY,
-            series_id INTEGER NOT NULL,
-            window_start INTEGER NOT NULL,
-            first_ts INTEGER NOT NULL,
-            last_ts INTEGER NOT NULL,
-            n INTEGER NOT NULL,
-            ts BLOB NOT NULL,
-            vals BLOB NOT NULL,
-            lags BLOB
-        );
-        CREATE INDEX head_chunks_by_window ON {HEAD_CHUNKS}(window_start, first_ts, n);
-        CREATE INDEX head_chunks_by_series ON {HEAD_CHUNKS}(series_id, last_ts);
-        DROP VIEW IF EXISTS {OLD_RECENT_VIEW};
-        CREATE VIEW {HEAD_VIEW} AS
-            SELECT
-                strftime('%Y-%m-%dT%H:%M:%f', c.first_ts / 1000000000.0, 'unixepoch') || 'Z'
-                    AS first_time,
-                strftime('%Y-%m-%dT%H:%M:%f', c.last_ts / 1000000000.0, 'unixepoch') || 'Z'
-                    AS last_time,
-                c.first_ts AS first_ts,
-                c.last_ts AS last_ts,
-                c.series_id AS series_id,
-                d.name AS device,
-                s.sensor AS sensor,
-                s.field AS field,
-                s.kind AS kind,
-                s.unit AS unit,
-                s.tags AS tags,
-                c.n AS count,
-                length(c.ts) + length(c.vals) + coalesce(length(c.lags), 0) AS bytes
-            FROM {HEAD_CHUNKS} AS c
-            JOIN {SERIES} AS s ON s.id = c.series_id
-            JOIN {DEVICES} AS d ON d.id = s.device_id
-        """
-    for statement in schema.split(";"):
-        conn.execute(statement)
-    # One series at a time, so a large old head never sits in memory whole.
-    rows: list[tuple[int, int, object, object]] = []
-    current = None
-    for row in conn.execute(
-        f"SELECT ts, series_id, value, lag_ms FROM {OLD_HEAD} ORDER BY series_id, ts"
-    ):
-        if row[1] != current and len(rows) >= 100_000:
-            headchunks.insert(conn, rows)
-            rows = []
-        current = row[1]
-        rows.append(row)
-    headchunks.insert(conn, rows)
-    conn.execute(f"DROP TABLE {OLD_HEAD}")
 
 
 def connect(
