@@ -62,7 +62,10 @@ CHUNK_SCHEMA = (
 CHUNK_INSERT = f"INSERT INTO {CHUNKS} (series_id, first_ts, last_ts, n, ts, vals, lags) VALUES "
 
 
-def _batches(count: int) -> list[tuple[int, list[tuple[int, list[int], list[float]]]]]:
+Batch = tuple[int, list[tuple[int, list[int], list[float]]]]
+
+
+def _batches(count: int) -> list[Batch]:
     """(device, [(series_id, ts…, values…) per series]) in arrival order: each device sends
     62 s of its 8 series at 1 Hz per batch, devices interleaved."""
     out = []
@@ -81,7 +84,7 @@ def _batches(count: int) -> list[tuple[int, list[tuple[int, list[int], list[floa
     return out
 
 
-def _insert_rows(conn: sqlite3.Connection, batches: list) -> float:
+def _insert_rows(conn: sqlite3.Connection, batches: list[Batch]) -> float:
     t0 = time.process_time()
     for g in range(0, len(batches), GROUP):
         conn.execute("BEGIN IMMEDIATE")
@@ -94,7 +97,7 @@ def _insert_rows(conn: sqlite3.Connection, batches: list) -> float:
     return time.process_time() - t0
 
 
-def _insert_chunks(conn: sqlite3.Connection, batches: list) -> float:
+def _insert_chunks(conn: sqlite3.Connection, batches: list[Batch]) -> float:
     last: dict[int, int] = {}
     t0 = time.process_time()
     for g in range(0, len(batches), GROUP):
@@ -182,7 +185,7 @@ def _compact_chunks(conn: sqlite3.Connection) -> tuple[float, int]:
     return time.process_time() - t0, done
 
 
-def _one(tmp: Path, layout: str, batches: list, run: int) -> dict[str, float]:
+def _one(tmp: Path, layout: str, batches: list[Batch], run: int) -> dict[str, float]:
     path = tmp / f"{layout}-{run}.db"
     store.migrate(path)
     conn = store.connect(path)  # the collector's pragmas: WAL, synchronous=FULL
@@ -226,15 +229,15 @@ def main() -> None:
         for run in range(args.repeat):
             for layout in ("rows", "chunks"):
                 results[layout].append(_one(Path(tmp), layout, batches, run))
-    print("| head layout | insert + commit, µs/reading | read for compaction + delete, "
-          "µs/reading | head file, B/reading |")
+    print(
+        "| head layout | insert + commit, µs/reading | read for compaction + delete, "
+        "µs/reading | head file, B/reading |"
+    )
     print("|---|---:|---:|---:|")
     for layout, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         name = "one row per reading" if layout == "rows" else "one row per (series, batch)"
-        print(
-            f"| {name} | {med['insert_us']:.3f} | {med['compact_us']:.3f} | {med['bytes']:.1f} |"
-        )
+        print(f"| {name} | {med['insert_us']:.3f} | {med['compact_us']:.3f} | {med['bytes']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -866,6 +866,18 @@ def run(args: argparse.Namespace, shared: Shared | None, url: str | None) -> Non
     if shared is not None:
         _settle(db, args.settle_s, report)
         report["rss_mb"] = round(col.rss_mb(), 1)
+        # The whole run, start-up and compaction after the load included: CPU of the daemon
+        # and of its children (the maintenance process, ingest workers) per stored reading.
+        settled = report["settled"]
+        stored = settled["readings"] if isinstance(settled, dict) else 0
+        daemon_s, children_s = col.cpu_s(), col.children_cpu_s()
+        report["whole_run"] = {
+            "daemon_cpu_s": round(daemon_s, 1),
+            "children_cpu_s": round(children_s, 1),
+            "us_per_stored_reading": (
+                round((daemon_s + children_s) / stored * 1e6, 2) if stored else None
+            ),
+        }
     if "collector_exit" not in report:
         t_stop = time.monotonic()
         exits = [c.stop() for c in cols]
