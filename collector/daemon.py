@@ -263,20 +263,9 @@ async def serve(
     workers_stopped: asyncio.Task[None] | None = None
     try:
         inputs = Inputs.build(cfg, writer, ingest, ssl_ctx)
-        bound: asyncio.Future[tuple[str, int]] = loop.create_future()
-        server_task = asyncio.create_task(
-            server.run(*cfg.listen_addr, bound.set_result), name="ingest-server"
+        server_task, (ingest_host, ingest_port) = await listen(
+            server, cfg.listen_addr[0], cfg.listen_addr[1], cfg.listen
         )
-        waiting: list[asyncio.Future[Any]] = [bound, server_task]
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if not bound.done():
-            try:
-                await server_task  # raises the bind error
-            except OSError as exc:
-                raise ConfigError(
-                    f"setting 'listen': cannot listen on {cfg.listen}: {exc}"
-                ) from None
-        ingest_host, ingest_port = bound.result()
         if shared:
             workers = IngestWorkers(cfg, ingest_port, storage.background_link(), reload)
             await workers.start()
@@ -339,14 +328,7 @@ async def serve(
             workers_stopped = asyncio.create_task(workers.stop(lim.shutdown_timeout_s))
         await server.shutdown()
         await inputs.stop(lim.shutdown_timeout_s)
-        try:
-            async with asyncio.timeout(lim.shutdown_timeout_s):
-                await asyncio.shield(server_task)
-        except TimeoutError:
-            log.warning("sessions did not finish in %.1fs; closing them", lim.shutdown_timeout_s)
-            server_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await server_task
+        await finish_sessions(server_task, lim.shutdown_timeout_s)
     finally:
         gc.set_threshold(*gc_thresholds)
         reloading_task.cancel()
@@ -364,6 +346,38 @@ async def serve(
             await runner.cleanup()
     log.info("stopped")
     return exit_code
+
+
+async def listen(
+    server: Server, host: str, port: int, setting: str
+) -> tuple[asyncio.Task[None], tuple[str, int]]:
+    """Start `server` on host:port; its task and the address it bound. A bind error is
+    the `listen` setting's ConfigError (`setting`: the address as configured)."""
+    loop = asyncio.get_running_loop()
+    bound: asyncio.Future[tuple[str, int]] = loop.create_future()
+    server_task = asyncio.create_task(
+        server.run(host, port, bound.set_result), name="ingest-server"
+    )
+    waiting: list[asyncio.Future[Any]] = [bound, server_task]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not bound.done():
+        try:
+            await server_task  # raises the bind error
+        except OSError as exc:
+            raise ConfigError(f"setting 'listen': cannot listen on {setting}: {exc}") from None
+    return server_task, bound.result()
+
+
+async def finish_sessions(server_task: asyncio.Task[None], timeout_s: float) -> None:
+    """After `server.shutdown()`: let open sessions finish for `timeout_s`, then close them."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(server_task)
+    except TimeoutError:
+        log.warning("sessions did not finish in %.1fs; closing them", timeout_s)
+        server_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server_task
 
 
 async def reloads(

@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from collector.config import Config
 from collector.errors import ConfigError
@@ -429,18 +429,7 @@ async def _serve(spec: WorkerSpec, conn: _Channel) -> int:
     )
     exit_code = 0
     try:
-        bound: asyncio.Future[tuple[str, int]] = loop.create_future()
-        host = cfg.listen_addr[0]
-        server_task = asyncio.create_task(server.run(host, spec.port, bound.set_result))
-        first: list[asyncio.Future[Any]] = [bound, server_task]
-        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
-        if not bound.done():
-            try:
-                await server_task
-            except OSError as exc:
-                raise ConfigError(
-                    f"setting 'listen': cannot listen on {cfg.listen}: {exc}"
-                ) from None
+        server_task, _ = await daemon.listen(server, cfg.listen_addr[0], spec.port, cfg.listen)
         conn.send("ready", os.getpid())
         gc.freeze()
         gc.set_threshold(*daemon.GC_THRESHOLDS)
@@ -459,14 +448,7 @@ async def _serve(spec: WorkerSpec, conn: _Channel) -> int:
             log.error("writer failed; ingest worker exiting")
             exit_code = 1
         await server.shutdown()
-        try:
-            async with asyncio.timeout(lim.shutdown_timeout_s):
-                await asyncio.shield(server_task)
-        except TimeoutError:
-            log.warning("sessions did not finish in %.1fs; closing them", lim.shutdown_timeout_s)
-            server_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await server_task
+        await daemon.finish_sessions(server_task, lim.shutdown_timeout_s)
     finally:
         reloads.cancel()
         await writer.close()

@@ -93,7 +93,7 @@ class SQLiteWriteSession:
     def store(self, group: Sequence[tuple[Session | int, PreparedBatch]]) -> StoreResult:
         m = self._maintainer
         try:
-            with m.writer_turn() if m is not None else contextlib.nullcontext():
+            with self._turn():
                 outcomes, stored = self._batches.store(self._conn, group)
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
