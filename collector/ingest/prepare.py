@@ -41,6 +41,9 @@ from schemas.wire import Reject, expand_groups
 NO_TAGS: Final = "{}"
 _NOTHING: Final = BatchResult([], [], [])
 _NS_PER_MS: Final = 1_000_000
+# A composite reading held back until the scalar rows are in: (sensor, kind, ts, fields,
+# unit, tags).
+_Composite = tuple[str, str, int, dict[str, StoredValue], str, str]
 
 
 def canonical_tags(tags: Mapping[str, str] | None) -> str:
@@ -79,7 +82,7 @@ class Ingest:
         out = PreparedBatch(seq=seq, received_ns=received_ns, valid_count=len(result.valid))
         keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
         default_unit = self._default_unit
-        composites: list[tuple[str, str, int, dict[str, StoredValue], str, str]] = []
+        composites: list[_Composite] = []
         for sensor, kind, ts, value, unit, tags in result.valid:
             unit_s = unit if unit is not None else default_unit[kind]
             tags_s = NO_TAGS if tags is None else canonical_tags(tags)
@@ -91,14 +94,7 @@ class Ingest:
             values.append(value)  # type: ignore[arg-type]  # dict handled above
             lags.append((received_ns - ts) // _NS_PER_MS)
         out.scalar_rows = len(tss)
-        for sensor, kind, ts, value, unit_s, tags_s in composites:
-            lag = (received_ns - ts) // _NS_PER_MS
-            for fname in sorted(value):
-                keys.append((sensor, fname, kind, unit_s, tags_s))
-                tss.append(ts)
-                values.append(value[fname])
-                lags.append(lag)
-            out.composite_sizes.append(len(value))
+        _add_composites(out, composites, received_ns)
         if result.rejects:
             out.rejects = tuple(result.rejects)
             out.dead_letters = tuple(_dead_letter(r, readings[r.index]) for r in result.rejects)
@@ -125,7 +121,7 @@ class Ingest:
         out = PreparedBatch(seq=seq, received_ns=received_ns)
         keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
         default_unit = self._default_unit
-        composites: list[tuple[str, str, int, dict[str, StoredValue], str, str]] = []
+        composites: list[_Composite] = []
         valid, valid_index = result.valid, result.valid_index
         p = 0
         count = 0
@@ -167,14 +163,7 @@ class Ingest:
             lags.extend([(received_ns - ts) // _NS_PER_MS for ts in gts])
         out.valid_count = count + len(valid)
         out.scalar_rows = len(tss)
-        for sensor, kind, ts, value, unit_s, tags_s in composites:
-            lag = (received_ns - ts) // _NS_PER_MS
-            for fname in sorted(value):
-                keys.append((sensor, fname, kind, unit_s, tags_s))
-                tss.append(ts)
-                values.append(value[fname])
-                lags.append(lag)
-            out.composite_sizes.append(len(value))
+        _add_composites(out, composites, received_ns)
         if result.rejects:
             starts = [pos for pos, _ in spans]
 
@@ -190,6 +179,20 @@ class Ingest:
                 for r, orig in zip(out.rejects, result.rejects, strict=True)
             )
         return out
+
+
+def _add_composites(out: PreparedBatch, composites: list[_Composite], received_ns: int) -> None:
+    """A composite reading's fields as rows after the scalar rows, one per field in name
+    order, and its row count in `composite_sizes`."""
+    keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
+    for sensor, kind, ts, value, unit_s, tags_s in composites:
+        lag = (received_ns - ts) // _NS_PER_MS
+        for fname in sorted(value):
+            keys.append((sensor, fname, kind, unit_s, tags_s))
+            tss.append(ts)
+            values.append(value[fname])
+            lags.append(lag)
+        out.composite_sizes.append(len(value))
 
 
 def _dead_letter(reject: Reject, reading: object) -> DeadLetter:
