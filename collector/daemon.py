@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,22 @@ from aiohttp import web
 from collector import reload as reloading
 from collector.config import Config
 from collector.errors import ConfigError
-from collector.ingest.prepare import Ingest
 from collector.ingest.server import Server
-from collector.ingest.writer import Maintenance, Writer
+from collector.ingest.writer import Maintenance
+from collector.ingestpath import (
+    HookMaintenance,
+    StartMaintenance,
+    build_ingest,
+    load_kinds,
+    tls_context,
+)
 from collector.inputs.listeners import Inputs
 from collector.inputs.mapping import load_inputs
-from collector.storage.factory import open_storage
-from collector.storage.interface import Storage, StorageError
-from collector.tls import SwappableContext, TlsFileError, server_context
 from collector.web import api as http_api
 from collector.web.http import AppState, RouteRegistrar, create_app
 from collector.web.metrics import Metrics
 from collector.workers import IngestWorkers
-from schemas.kinds import KindFileError, KindSpec, load_kinds_file
+from schemas.kinds import KindSpec
 from schemas.readings import ReadingValidator
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,6 @@ HTTP_SHUTDOWN_S = 1.0
 # "End-to-end ingest"). Ingest allocates little cyclic garbage, so collecting every 200,000
 # costs a few MB of memory at most.
 GC_THRESHOLDS = (200_000, 10, 10)
-# How often the daemon checks that the maintenance process is alive.
-WATCHDOG_S = 5.0
 
 
 def sd_notify(state: str) -> bool:
@@ -78,34 +78,6 @@ def sd_notify(state: str) -> bool:
         log.warning("sd_notify failed socket=%s error=%s", addr, exc)
         return False
     return True
-
-
-def load_kinds(cfg: Config) -> tuple[KindSpec, ...]:
-    """The user-defined kinds named by the config. Raises ConfigError."""
-    if cfg.kinds is None:
-        return ()
-    try:
-        kinds = load_kinds_file(cfg.kinds)
-        ReadingValidator(kinds)  # also rejects clashes with built-in kinds
-    except KindFileError as exc:
-        raise ConfigError(f"setting 'kinds': {exc}") from None
-    return kinds
-
-
-def tls_context(cfg: Config) -> ssl.SSLContext | None:
-    """The ingest listener's TLS context (None: plain TCP). Raises ConfigError.
-
-    The certificate, key and client CA are loaded now, so a missing, unreadable or
-    mismatched file is one line naming the setting, not a failure at the first handshake.
-    """
-    if cfg.tls_cert is None or cfg.tls_key is None:
-        return None
-    try:
-        return server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-    except TlsFileError as exc:
-        raise ConfigError(
-            f"setting 'tls_{exc.which}': cannot load {exc.path}: {exc.detail}"
-        ) from None
 
 
 def check_db(cfg: Config) -> None:
@@ -196,18 +168,21 @@ async def serve(
     ):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, handler)
-    kinds = load_kinds(cfg)
-    ingest = Ingest(ReadingValidator(kinds))
-    ssl_ctx = tls_context(cfg)
-    tls_swap = SwappableContext(ssl_ctx) if ssl_ctx is not None else None
-    try:
-        storage = open_storage(cfg.db)
-    except (StorageError, OSError) as exc:
-        raise ConfigError(f"setting 'db': {exc}") from None
-    log.info("database ready db=%s", cfg.db)
-    metrics = Metrics()
     lim = cfg.limits
     shared = cfg.ingest_workers > 1
+    # The backend's own maintenance (a process of its own for SQLite) unless a hook
+    # replaces it; the writer's session takes turns with it.
+    path = await build_ingest(
+        cfg,
+        maintenance=(
+            StartMaintenance(shared) if maintenance is None else HookMaintenance(maintenance)
+        ),
+        reuse_port=shared,
+        writer_error_as_config=False,
+        ready_log=log,
+    )
+    ingest, ssl_ctx, storage, metrics = path.ingest, path.ssl_context, path.storage, path.metrics
+    writer, server, watchdog = path.writer, path.server, path.watchdog
     # The other ingest processes (`ingest_workers` > 1), started once this one listens.
     workers: IngestWorkers | None = None
 
@@ -215,45 +190,8 @@ async def serve(
         if workers is not None:
             workers.signal(signal.SIGHUP)
 
-    # The backend's own maintenance (a process of its own for SQLite) unless a hook
-    # replaces it; the writer's session takes turns with it.
-    watchdog: asyncio.Task[None] | None = None
-    if maintenance is None:
-        try:
-            storage.start_background(retention_ns=cfg.retention_ns, shared=shared)
-        except OSError as exc:  # e.g. no /dev/shm for its locks
-            storage.close()
-            raise ConfigError(f"cannot start the maintenance process: {exc}") from None
-        metrics.maintainer_restarts = storage.background_restarts
-        watchdog = asyncio.create_task(_watch(storage), name="maintainer-watchdog")
-
-    def committed(seconds: float) -> None:
-        call_soon(loop, metrics.commit_seconds.observe, seconds)
-
-    writer = Writer(
-        storage,
-        synchronous=cfg.synchronous,
-        queue_rows=lim.queue_rows,
-        txn_max_rows=lim.txn_max_rows,
-        allow_unknown_devices=cfg.allow_unknown_devices,
-        maintenance=maintenance,
-        on_commit=committed,
-    )
-    metrics.queue_depth = writer.queue_depth
-    try:
-        await writer.start()
-    except (StorageError, ValueError):
-        if watchdog is not None:
-            watchdog.cancel()
-        await asyncio.to_thread(storage.close)
-        raise
-    proxy_from = cfg.proxy_networks if cfg.proxy_protocol else None
-    server = Server(
-        writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from, reuse_port=shared
-    )
-    reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
     reloading_task = asyncio.create_task(
-        reloads(reload_requested, reloader, reload or (lambda: cfg), forward_sighup),
+        reloads(reload_requested, path.reloader, reload or (lambda: cfg), forward_sighup),
         name="reloads",
     )
     runner: web.AppRunner | None = None
@@ -409,18 +347,6 @@ def _more_metrics(inputs: Inputs, workers: IngestWorkers | None, own: Metrics) -
     if workers is None:
         return inputs.render_metrics
     return lambda: inputs.render_metrics() + workers.render_metrics(own)
-
-
-async def _watch(storage: Storage) -> None:
-    """Start the backend's maintenance again if it dies (compaction must not stop for good)."""
-    while True:
-        await asyncio.sleep(WATCHDOG_S)
-        storage.check_background()
-
-
-def call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[float], None], arg: float) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-        loop.call_soon_threadsafe(fn, arg)
 
 
 def run(

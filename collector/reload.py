@@ -74,7 +74,9 @@ def tls_digest(cfg: Config) -> str:
 
 def load(read: Callable[[], Config]) -> Loaded:
     """Read the config again and check it as start-up does. Raises ConfigError."""
-    from collector.daemon import check_config, tls_context  # the daemon imports this module
+    # Imported here: the daemon and collector.ingestpath import this module.
+    from collector.daemon import check_config
+    from collector.ingestpath import tls_context
 
     cfg = read()
     kinds = check_config(cfg)

@@ -375,14 +375,7 @@ class _WorkerName(logging.Filter):
 async def _serve(spec: WorkerSpec, conn: _Channel) -> int:
     # Imported here: collector.daemon imports this module.
     from collector import daemon
-    from collector import reload as reloading
-    from collector.ingest.prepare import Ingest
-    from collector.ingest.server import Server
-    from collector.ingest.writer import Writer
-    from collector.storage.factory import open_storage
-    from collector.storage.interface import StorageError
-    from collector.tls import SwappableContext
-    from schemas.readings import ReadingValidator
+    from collector.ingestpath import JoinMaintenance, build_ingest
 
     cfg = spec.cfg
     loop = asyncio.get_running_loop()
@@ -390,42 +383,18 @@ async def _serve(spec: WorkerSpec, conn: _Channel) -> int:
     reload_requested = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
-    kinds = daemon.load_kinds(cfg)
-    ingest = Ingest(ReadingValidator(kinds))
-    ssl_ctx = daemon.tls_context(cfg)
-    tls_swap = SwappableContext(ssl_ctx) if ssl_ctx is not None else None
-    try:
-        storage = open_storage(cfg.db)
-    except (StorageError, OSError) as exc:
-        raise ConfigError(f"setting 'db': {exc}") from None
-    storage.join_background(spec.link)
-    metrics = Metrics()
+    path = await build_ingest(
+        cfg,
+        maintenance=JoinMaintenance(spec.link),
+        reuse_port=True,
+        writer_error_as_config=True,
+        ready_log=None,
+    )
+    storage, metrics, writer, server = path.storage, path.metrics, path.writer, path.server
     lim = cfg.limits
-
-    def committed(seconds: float) -> None:
-        daemon.call_soon(loop, metrics.commit_seconds.observe, seconds)
-
-    writer = Writer(
-        storage,
-        synchronous=cfg.synchronous,
-        queue_rows=lim.queue_rows,
-        txn_max_rows=lim.txn_max_rows,
-        allow_unknown_devices=cfg.allow_unknown_devices,
-        on_commit=committed,
-    )
-    metrics.queue_depth = writer.queue_depth
-    try:
-        await writer.start()
-    except (StorageError, ValueError) as exc:
-        await asyncio.to_thread(storage.close)
-        raise ConfigError(f"setting 'db': {exc}") from None
-    proxy_from = cfg.proxy_networks if cfg.proxy_protocol else None
-    server = Server(
-        writer, ingest, metrics, lim, ssl_context=ssl_ctx, proxy_from=proxy_from, reuse_port=True
-    )
-    reloader = reloading.Reloader(cfg, kinds, server, writer, tls_swap)
     reloads = asyncio.create_task(
-        daemon.reloads(reload_requested, reloader, spec.reload or (lambda: cfg)), name="reloads"
+        daemon.reloads(reload_requested, path.reloader, spec.reload or (lambda: cfg)),
+        name="reloads",
     )
     exit_code = 0
     try:
