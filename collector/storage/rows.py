@@ -1,17 +1,22 @@
 """How a stored reading and a series look as rows: shared by every backend and the query layer.
 
 A `Row` is a `dict[str, object]` keyed by listing column names, so the CLI formats and the
-HTTP API print the same data whichever backend read it. Pure: no I/O, no SQL.
+HTTP API print the same data whichever backend read it.
+
+The SQL both backends would otherwise write twice, differing in little more than their
+placeholders (the dead-letter listing, the imports of `telemetry migrate`), is built here
+too, in a backend's `Dialect`; the backend runs it. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from collector.durations import NS_PER_S
-from collector.storage.interface import DeviceRecord, Row, SeriesInfo
+from collector.storage.interface import DeviceRecord, Order, Row, SeriesInfo
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 
@@ -122,3 +127,143 @@ def device_records(
             )
         )
     return out
+
+
+# ---------------------------------------------------------------- SQL both backends share
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What tells one backend's SQL from the other's in the statements they share."""
+
+    # The parameter placeholder: "?" (sqlite3) or "%s" (psycopg).
+    ph: str
+    # A list binds to one placeholder (PostgreSQL: `x = ANY(%s)`); otherwise each value has
+    # its own (SQLite: `x IN (?,?)`).
+    arrays: bool
+    # The larger of two values: SQLite's two-argument max(), PostgreSQL's greatest().
+    greatest: str
+    # Ends the SELECT that reads a device before changing it: PostgreSQL locks the row
+    # (" FOR UPDATE"); SQLite's BEGIN IMMEDIATE already holds the write lock ("").
+    lock_row: str
+    # The tables' names in this backend.
+    devices: str
+    streams: str
+    rejected: str
+
+    def marks(self, n: int) -> str:
+        """`n` placeholders, comma-separated (a VALUES list)."""
+        return ", ".join([self.ph] * n)
+
+    def one_of(self, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
+        """The condition "`column` is one of `values`" (not empty) and its parameters."""
+        if self.arrays:
+            return f"{column} = ANY({self.ph})", [list(values)]
+        return f"{column} IN (" + ",".join(self.ph for _ in values) + ")", list(values)
+
+
+def rejected_query(
+    d: Dialect,
+    devices: tuple[str, Sequence[object]],
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    codes: Sequence[str] = (),
+    pending_only: bool = False,
+    order: Order = "asc",
+    limit: int | None = None,
+    after: tuple[int, int] | None = None,
+) -> tuple[str, list[object]]:
+    """The dead-letter listing (`Storage.rejected`): its SELECT and parameters. Rows come by
+    (receive time, id) in `order`, their columns in `rejected_row`'s argument order.
+
+    `devices`: the backend's condition on `d.name` for the device globs and its parameters
+    (the backends match globs differently: SQLite GLOB, PostgreSQL regular expressions).
+    `after`: a (received_ns, id) key; only rows after it in `order` (pagination)."""
+    where, device_params = devices
+    clauses = [where]
+    params = list(device_params)
+    if since_ns is not None:
+        clauses.append(f"r.received_ns >= {d.ph}")
+        params.append(since_ns)
+    if until_ns is not None:
+        clauses.append(f"r.received_ns < {d.ph}")
+        params.append(until_ns)
+    if codes:
+        clause, values = d.one_of("r.code", codes)
+        clauses.append(clause)
+        params.extend(values)
+    if pending_only:
+        clauses.append("r.replayed_ns IS NULL")
+    if after is not None:
+        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} ({d.marks(2)})")
+        params.extend(after)
+    direction = "DESC" if order == "desc" else "ASC"
+    query = (
+        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
+        f"r.reading, r.replayed_ns FROM {d.rejected} AS r "
+        f"JOIN {d.devices} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
+        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    )
+    if limit is not None:
+        query += f" LIMIT {d.ph}"
+        params.append(limit)
+    return query, params
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSql:
+    """The statements of `Storage.import_device` and `Storage.import_dead_letters`
+    (`telemetry migrate`) in one backend's dialect; the backend runs them in its own
+    transaction. Each comment names the parameters in order."""
+
+    # (name) -> id, token_hash; the row locked where the dialect locks rows.
+    device: str
+    # (name, token_hash, created_ns, revoked_ns, spool_dropped) -> id
+    insert_device: str
+    # (revoked_ns, id): an earlier revocation stays.
+    revoke_device: str
+    # (device_id, stream, last_seq, created_ns): a stream already there keeps the larger
+    # last seq.
+    merge_stream: str
+    # (last_seq, id): the device row's own last seq (the default stream's, from v1.0), only
+    # ever raised.
+    raise_device_seq: str
+    # (name) -> id
+    device_id: str
+    # (device_id, seq, idx, raw, received_ns) -> a row when that dead letter is there already.
+    dead_letter_seen: str
+    # (device_id, received_ns, seq, idx, raw, reading, code, path, message, replayed_ns)
+    insert_dead_letter: str
+
+
+def import_sql(d: Dialect) -> ImportSql:
+    """`ImportSql` for dialect `d` (built once per backend)."""
+    p = d.ph
+    return ImportSql(
+        device=f"SELECT id, token_hash FROM {d.devices} WHERE name = {p}{d.lock_row}",
+        insert_device=(
+            f"INSERT INTO {d.devices} (name, token_hash, created_ns, revoked_ns, spool_dropped) "
+            f"VALUES ({d.marks(5)}) RETURNING id"
+        ),
+        revoke_device=(
+            f"UPDATE {d.devices} SET revoked_ns = coalesce(revoked_ns, {p}) WHERE id = {p}"
+        ),
+        merge_stream=(
+            f"INSERT INTO {d.streams} (device_id, stream, last_seq, epoch, created_ns) "
+            f"VALUES ({p}, {p}, {p}, 0, {p}) ON CONFLICT (device_id, stream) DO UPDATE SET "
+            f"last_seq = {d.greatest}({d.streams}.last_seq, excluded.last_seq)"
+        ),
+        raise_device_seq=(
+            f"UPDATE {d.devices} SET last_seq = {d.greatest}(last_seq, {p}) WHERE id = {p}"
+        ),
+        device_id=f"SELECT id FROM {d.devices} WHERE name = {p}",
+        dead_letter_seen=(
+            f"SELECT 1 FROM {d.rejected} WHERE device_id = {p} AND seq = {p} AND idx = {p} "
+            f"AND raw = {p} AND received_ns = {p}"
+        ),
+        insert_dead_letter=(
+            f"INSERT INTO {d.rejected} (device_id, received_ns, seq, idx, raw, reading, code, "
+            f"path, message, replayed_ns) VALUES ({d.marks(10)})"
+        ),
+    )

@@ -554,6 +554,35 @@ def test_rejected_pages_after_a_key(backend: Backend) -> None:
     assert [r["id"] for r in s.rejected(after=key, order="desc")] == [rows[0]["id"]]
 
 
+def test_rejected_filters_combine(backend: Backend) -> None:
+    """Device globs, codes, the receive-time window, order, limit and pending-only narrow the
+    listing alike on every backend (one query builder, each backend's own glob matching)."""
+    s = backend.storage
+    bad = [["h", "humidity", T0, 150.0, None, None], ["w", "wind_gust", T0, 1.0, "m/s", None]]
+    s.store([(device(s, "dev-1"), INGEST.prepare(1, bad, T0))])
+    s.store([(device(s, "dev-2"), INGEST.prepare(1, bad, T0 + 10 * S))])
+    rows = s.rejected()
+    assert [(r["device"], r["idx"]) for r in rows] == [
+        ("dev-1", 0),
+        ("dev-1", 1),
+        ("dev-2", 0),
+        ("dev-2", 1),
+    ]
+    humid, wind = str(rows[0]["code"]), str(rows[1]["code"])
+    assert humid != wind
+
+    def listed(**kw: object) -> list[tuple[object, object]]:
+        return [(r["device"], r["idx"]) for r in s.rejected(**kw)]  # type: ignore[arg-type]
+
+    assert listed(codes=[wind]) == [("dev-1", 1), ("dev-2", 1)]
+    assert listed(codes=[humid, wind], devices=["dev-2"]) == [("dev-2", 0), ("dev-2", 1)]
+    assert listed(devices=["dev-?", "none"], since_ns=T0 + S) == [("dev-2", 0), ("dev-2", 1)]
+    assert listed(devices=["*-[1]"], until_ns=T0 + S) == [("dev-1", 0), ("dev-1", 1)]
+    assert listed(since_ns=T0 + 10 * S, until_ns=T0 + 10 * S) == []
+    assert listed(order="desc", limit=3, codes=[humid]) == [("dev-2", 0), ("dev-1", 0)]
+    assert listed(pending_only=True, limit=1) == [("dev-1", 0)]
+
+
 def test_a_rewound_tail_shows_stored_readings_after_the_key(backend: Backend) -> None:
     s = backend.storage
     dev = device(s)

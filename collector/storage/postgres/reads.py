@@ -20,8 +20,8 @@ from typing import Final
 from psycopg import sql
 
 from collector.storage.interface import Agg, Filters, Order, Row, SeriesInfo, Value
-from collector.storage.postgres.schema import DEVICES, LATEST, READINGS, REJECTED, SERIES, Conn
-from collector.storage.rows import rejected_row, value_type
+from collector.storage.postgres.schema import DEVICES, DIALECT, LATEST, READINGS, SERIES, Conn
+from collector.storage.rows import rejected_query, rejected_row, value_type
 
 AGGREGATES: Final = ("avg", "min", "max", "sum", "count", "first", "last")
 # Rows fetched per round trip from a server-side cursor.
@@ -338,35 +338,20 @@ def rejected(
 ) -> list[Row]:
     """Dead letters by (receive time, id), as the SQLite listing shows them. `after`: a
     (received_ns, id) key; only rows after it in `order` (pagination)."""
-    clauses = ["true"]
-    params: list[object] = []
-    if devices:
-        clauses.append("d.name ~ ANY(%s)")
-        params.append([glob_regex(g) for g in devices])
-    if since_ns is not None:
-        clauses.append("r.received_ns >= %s")
-        params.append(since_ns)
-    if until_ns is not None:
-        clauses.append("r.received_ns < %s")
-        params.append(until_ns)
-    if codes:
-        clauses.append("r.code = ANY(%s)")
-        params.append(list(codes))
-    if pending_only:
-        clauses.append("r.replayed_ns IS NULL")
-    if after is not None:
-        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (%s, %s)")
-        params.extend(after)
-    direction = "DESC" if order == "desc" else "ASC"
-    query = (
-        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
-        f"r.reading, r.replayed_ns FROM {REJECTED} AS r JOIN {DEVICES} AS d "
-        f"ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
-        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    where: tuple[str, list[object]] = (
+        ("d.name ~ ANY(%s)", [[glob_regex(g) for g in devices]]) if devices else ("true", [])
     )
-    if limit is not None:
-        query += " LIMIT %s"
-        params.append(limit)
+    query, params = rejected_query(
+        DIALECT,
+        where,
+        since_ns=since_ns,
+        until_ns=until_ns,
+        codes=codes,
+        pending_only=pending_only,
+        order=order,
+        limit=limit,
+        after=after,
+    )
     return [
         rejected_row(rid, received, dev, seq, idx, code, path, msg, reading, replayed)
         for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(

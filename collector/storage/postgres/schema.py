@@ -34,6 +34,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from collector.storage.rows import Dialect
+
 log = logging.getLogger(__name__)
 
 DEVICES: Final = "devices"
@@ -44,6 +46,19 @@ READINGS: Final = "readings"
 DEFAULT_PARTITION: Final = "readings_default"
 REJECTED: Final = "rejected"
 MIGRATIONS: Final = "schema_migrations"
+
+# How this backend writes the SQL it shares with SQLite's (collector.storage.rows): psycopg's
+# `%s`, a list as one array parameter, greatest(), and the device row locked before an
+# import changes it.
+DIALECT: Final = Dialect(
+    ph="%s",
+    arrays=True,
+    greatest="greatest",
+    lock_row=" FOR UPDATE",
+    devices=DEVICES,
+    streams=STREAMS,
+    rejected=REJECTED,
+)
 
 NS_PER_DAY: Final = 86_400 * 10**9
 # Partitions are made this many days ahead of "now", so midnight never waits on DDL.

@@ -20,8 +20,11 @@ from collector.storage.interface import (
 )
 from collector.storage.postgres import devices
 from collector.storage.postgres.ingest import clean_text
-from collector.storage.postgres.schema import DEVICES, REJECTED, STREAMS, Conn
-from collector.storage.rows import device_records
+from collector.storage.postgres.schema import DEVICES, DIALECT, REJECTED, STREAMS, Conn
+from collector.storage.rows import device_records, import_sql
+
+# The import statements, written alike for both backends (collector.storage.rows).
+_SQL = import_sql(DIALECT)
 
 
 def export_devices(conn: Conn) -> list[DeviceRecord]:
@@ -42,13 +45,10 @@ def import_device(conn: Conn, record: DeviceRecord) -> Device:
     """See `Storage.import_device`."""
     check_name(record.name)
     with conn.transaction():
-        row = conn.execute(
-            f"SELECT id, token_hash FROM {DEVICES} WHERE name = %s FOR UPDATE", (record.name,)
-        ).fetchone()
+        row = conn.execute(_SQL.device, (record.name,)).fetchone()
         if row is None:
             inserted = conn.execute(
-                f"INSERT INTO {DEVICES} (name, token_hash, created_ns, revoked_ns, spool_dropped) "
-                "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                _SQL.insert_device,
                 (
                     record.name,
                     record.token_hash,
@@ -66,22 +66,11 @@ def import_device(conn: Conn, record: DeviceRecord) -> Device:
         else:
             dev_id = int(row[0])
             if record.revoked_ns is not None:
-                conn.execute(
-                    f"UPDATE {DEVICES} SET revoked_ns = coalesce(revoked_ns, %s) WHERE id = %s",
-                    (record.revoked_ns, dev_id),
-                )
+                conn.execute(_SQL.revoke_device, (record.revoked_ns, dev_id))
         for stream, last_seq in record.streams:
-            conn.execute(
-                f"INSERT INTO {STREAMS} (device_id, stream, last_seq, epoch, created_ns) "
-                "VALUES (%s, %s, %s, 0, %s) ON CONFLICT (device_id, stream) DO UPDATE SET "
-                f"last_seq = greatest({STREAMS}.last_seq, excluded.last_seq)",
-                (dev_id, stream, last_seq, record.created_ns),
-            )
+            conn.execute(_SQL.merge_stream, (dev_id, stream, last_seq, record.created_ns))
             if stream == "":
-                conn.execute(
-                    f"UPDATE {DEVICES} SET last_seq = greatest(last_seq, %s) WHERE id = %s",
-                    (last_seq, dev_id),
-                )
+                conn.execute(_SQL.raise_device_seq, (last_seq, dev_id))
     device = devices.get_device(conn, record.name)
     assert device is not None
     return device
@@ -110,23 +99,18 @@ def import_dead_letters(conn: Conn, records: Sequence[DeadLetterRecord]) -> int:
         for r in records:
             dev_id = ids.get(r.device)
             if dev_id is None:
-                row = conn.execute(
-                    f"SELECT id FROM {DEVICES} WHERE name = %s", (r.device,)
-                ).fetchone()
+                row = conn.execute(_SQL.device_id, (r.device,)).fetchone()
                 if row is None:
                     raise DeviceError(f"no device named {r.device!r}: import devices first")
                 dev_id = ids[r.device] = int(row[0])
             d = r.letter
             seen = conn.execute(
-                f"SELECT 1 FROM {REJECTED} WHERE device_id = %s AND seq = %s AND idx = %s "
-                "AND raw = %s AND received_ns = %s",
-                (dev_id, r.seq, d.index, d.raw, r.received_ns),
+                _SQL.dead_letter_seen, (dev_id, r.seq, d.index, d.raw, r.received_ns)
             ).fetchone()
             if seen:
                 continue
             conn.execute(
-                f"INSERT INTO {REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
-                "path, message, replayed_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                _SQL.insert_dead_letter,
                 (dev_id, r.received_ns, r.seq, d.index, d.raw, clean_text(d.reading),
                  clean_text(d.code), clean_text(d.path), clean_text(d.message), r.replayed_ns),
             )  # fmt: skip

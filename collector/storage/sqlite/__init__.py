@@ -7,7 +7,8 @@ the packed block codec (`blocks`), compaction of the head into blocks (`compacto
 (`maintainer`), retention (`retention`), reads of a time range from head and blocks
 (`scan`), series resolution and the dead-letter listing (`series`), the tail cursor
 (`tail`), dead-letter replay (`replay`), the ingest writer's session (`writesession`), file
-statistics (`storagestats`), and the `Storage` face over all of them (`backend`).
+statistics (`storagestats`), how it writes the SQL it shares with the other backend
+(`dialect`), and the `Storage` face over all of them (`backend`).
 
 May import: `schemas`, `collector/storage/` and the collector's top-level leaf modules.
 Must not import `collector/ingest/`, `collector/query/`, `collector/web/` or

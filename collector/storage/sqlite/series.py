@@ -9,8 +9,9 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 
 from collector.storage.interface import Filters, Order, Row, SeriesInfo
-from collector.storage.rows import rejected_row, value_type
+from collector.storage.rows import rejected_query, rejected_row, value_type
 from collector.storage.sqlite import store
+from collector.storage.sqlite.dialect import DIALECT
 
 
 def series_where(f: Filters) -> tuple[str, list[object]]:
@@ -77,33 +78,17 @@ def list_rejected(
 
     `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
     """
-    f = Filters(devices=tuple(devices))
-    where, params = series_where(f)
-    clauses = [where]
-    if since_ns is not None:
-        clauses.append("r.received_ns >= ?")
-        params.append(since_ns)
-    if until_ns is not None:
-        clauses.append("r.received_ns < ?")
-        params.append(until_ns)
-    if codes:
-        clauses.append("r.code IN (" + ",".join("?" for _ in codes) + ")")
-        params.extend(codes)
-    if pending_only:
-        clauses.append("r.replayed_ns IS NULL")
-    if after is not None:
-        clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} (?, ?)")
-        params.extend(after)
-    direction = "DESC" if order == "desc" else "ASC"
-    sql = (
-        "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
-        f"r.reading, r.replayed_ns FROM {store.REJECTED} AS r "
-        f"JOIN {store.DEVICES} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
-        f"ORDER BY r.received_ns {direction}, r.id {direction}"
+    sql, params = rejected_query(
+        DIALECT,
+        series_where(Filters(devices=tuple(devices))),
+        since_ns=since_ns,
+        until_ns=until_ns,
+        codes=codes,
+        pending_only=pending_only,
+        order=order,
+        limit=limit,
+        after=after,
     )
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
     for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
         sql, params
     ):

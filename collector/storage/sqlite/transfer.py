@@ -21,8 +21,12 @@ from collector.storage.interface import (
     DeviceRecord,
     check_name,
 )
-from collector.storage.rows import device_records
+from collector.storage.rows import device_records, import_sql
 from collector.storage.sqlite import devices, store
+from collector.storage.sqlite.dialect import DIALECT
+
+# The import statements, written alike for both backends (collector.storage.rows).
+_SQL = import_sql(DIALECT)
 
 
 def export_devices(conn: sqlite3.Connection) -> list[DeviceRecord]:
@@ -43,13 +47,10 @@ def import_device(conn: sqlite3.Connection, record: DeviceRecord) -> Device:
     check_name(record.name)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute(
-            f"SELECT id, token_hash FROM {store.DEVICES} WHERE name = ?", (record.name,)
-        ).fetchone()
+        row = conn.execute(_SQL.device, (record.name,)).fetchone()
         if row is None:
             dev_id = conn.execute(
-                f"INSERT INTO {store.DEVICES} (name, token_hash, created_ns, revoked_ns, "
-                "spool_dropped) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                _SQL.insert_device,
                 (
                     record.name,
                     record.token_hash,
@@ -65,22 +66,11 @@ def import_device(conn: sqlite3.Connection, record: DeviceRecord) -> Device:
         else:
             dev_id = row[0]
             if record.revoked_ns is not None:
-                conn.execute(
-                    f"UPDATE {store.DEVICES} SET revoked_ns = coalesce(revoked_ns, ?) WHERE id = ?",
-                    (record.revoked_ns, dev_id),
-                )
+                conn.execute(_SQL.revoke_device, (record.revoked_ns, dev_id))
         for stream, last_seq in record.streams:
-            conn.execute(
-                f"INSERT INTO {store.STREAMS} (device_id, stream, last_seq, epoch, created_ns) "
-                "VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (device_id, stream) DO UPDATE SET "
-                "last_seq = max(last_seq, ?3)",
-                (dev_id, stream, last_seq, record.created_ns),
-            )
+            conn.execute(_SQL.merge_stream, (dev_id, stream, last_seq, record.created_ns))
             if stream == "":
-                conn.execute(
-                    f"UPDATE {store.DEVICES} SET last_seq = max(last_seq, ?) WHERE id = ?",
-                    (last_seq, dev_id),
-                )
+                conn.execute(_SQL.raise_device_seq, (last_seq, dev_id))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -111,23 +101,18 @@ def import_dead_letters(conn: sqlite3.Connection, records: Sequence[DeadLetterRe
         for r in records:
             dev_id = ids.get(r.device)
             if dev_id is None:
-                row = conn.execute(
-                    f"SELECT id FROM {store.DEVICES} WHERE name = ?", (r.device,)
-                ).fetchone()
+                row = conn.execute(_SQL.device_id, (r.device,)).fetchone()
                 if row is None:
                     raise DeviceError(f"no device named {r.device!r}: import devices first")
                 dev_id = ids[r.device] = int(row[0])
             d = r.letter
             seen = conn.execute(
-                f"SELECT 1 FROM {store.REJECTED} WHERE device_id = ? AND seq = ? AND idx = ? "
-                "AND raw = ? AND received_ns = ?",
-                (dev_id, r.seq, d.index, d.raw, r.received_ns),
+                _SQL.dead_letter_seen, (dev_id, r.seq, d.index, d.raw, r.received_ns)
             ).fetchone()
             if seen:
                 continue
             conn.execute(
-                f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, "
-                "code, path, message, replayed_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _SQL.insert_dead_letter,
                 (dev_id, r.received_ns, r.seq, d.index, d.raw, d.reading, d.code, d.path,
                  d.message, r.replayed_ns),
             )  # fmt: skip
