@@ -65,11 +65,9 @@ def _blocks(db: Path) -> int:
 
 
 def _send_old_window(daemon: CollectorProcess, token: str, seq: int, sensor: str) -> None:
-    # All five in one window of an hour that ended over an hour ago (compacted once it
-    # settles, 5 s): one block per sensor. The first goes straight into the hour's final
-    # block (a backlog hour with no blocks yet); a later one into a small block beside it,
-    # merged into the hour once that settles.
-    ts = (time.time_ns() - 7_200 * S) // compactor.MERGE_NS * compactor.MERGE_NS + 10 * S
+    # All five in one closed window (compacted once it settles, 5 s): one block per sensor.
+    w = compactor.WINDOW_NS
+    ts = (time.time_ns() - 3_600 * S) // w * w + 10 * S
     with WireClient(*daemon.ingest) as c:
         assert isinstance(c.hello("dev", token), wire.Welcome)
         ack = c.batch(seq, [[sensor, "gauge", ts + i * S, float(i), None, None] for i in range(5)])
@@ -98,7 +96,7 @@ def test_maintainer_compacts_and_is_restarted_when_it_dies(tmp_path: Path) -> No
         assert _metric(daemon, "telemetry_head_rows") == 0
         assert _metric(daemon, "telemetry_head_oldest_timestamp_seconds") is None
         assert _metric(daemon, "telemetry_blocks") == 1
-        assert _metric(daemon, "telemetry_small_blocks") == 0
+        assert _metric(daemon, "telemetry_small_blocks") == 1
         assert (_metric(daemon, "telemetry_db_bytes") or 0) > 0
         assert _metric(daemon, "telemetry_maintainer_restarts_total") == 0
         os.kill(first, signal.SIGKILL)

@@ -277,8 +277,9 @@ def _direct_hour(
 ) -> int | None:
     """Start of the merge window holding `start` (the oldest settled window) when it goes
     straight into its final blocks (collector.storage.sqlite.directmerge): closed the way a
-    merge closes, no block in it yet, not given up on before; -1 to wait while the rest of
-    it settles; None when it takes the two levels."""
+    merge closes, no block in it yet, not given up on before, readings stored past its end
+    (the backlog has moved on); -1 to wait while its windows settle; None when it takes the
+    two levels."""
     m = config.merge_ns
     if not config.direct_merge or not m:
         return None
@@ -287,6 +288,11 @@ def _direct_hour(
         return None
     if _blocks_start_within(conn, hour, hour + m):
         return None  # compacted window by window already (live, a restart, late readings)
+    if conn.execute(f"SELECT 1 FROM {HEAD} WHERE ts >= ? LIMIT 1", (hour + m,)).fetchone() is None:
+        # Nothing stored past the hour: the replay may not have reached its later windows
+        # yet (a window nobody wrote to counts as settled), whose readings would then all
+        # arrive late and each re-encode its hour's block. The two levels take it.
+        return None
     if activity is not None and not all(
         activity.window_settled(k) for k in range(hour, hour + m, config.window_ns)
     ):
