@@ -62,26 +62,38 @@ _SKIP: Final = "temp.direct_merge_skip"
 
 
 class _Column:
-    """One series' readings of the hour, in timestamp order: int64 timestamps, and float64
-    values while every value is a float (a list once one is not)."""
+    """One series' readings of the hour, in timestamp order: int64 timestamps, and values as
+    a float64 or int64 array while they are all floats or all ints that fit (8 bytes each),
+    as a list once they are not."""
 
     __slots__ = ("ts", "values")
 
     def __init__(self) -> None:
         self.ts = array("q")
-        self.values: array[float] | list[codec.Value] | None = array("d")
+        self.values: array[float] | array[int] | list[codec.Value] | None = None
 
     def extend(self, ts: list[int], values: list[codec.Value]) -> None:
         self.ts.extend(ts)
         held = self.values
-        assert held is not None
-        if isinstance(held, array):
-            if not values or set(map(type, values)) == _FLOATS:  # no Python step per value
-                held.extend(values)  # type: ignore[arg-type]  # floats, checked above
-                return
-            as_list: list[codec.Value] = list(held)
-            self.values = held = as_list
+        if not isinstance(held, list):
+            kinds = set(map(type, values))  # no Python step per value
+            code = _ARRAYS.get(kinds.pop()) if len(kinds) == 1 else None
+            if code is not None and (held is None or held.typecode == code):
+                if held is None:
+                    held = self.values = array(code)
+                try:
+                    held.extend(values)  # type: ignore[arg-type]  # one number type, checked
+                    return
+                except OverflowError:  # an int beyond int64; extend stops at it
+                    pass
+            kept: list[codec.Value] = [] if held is None else list(held)
+            if held is not None and len(kept) > len(self.ts) - len(ts):
+                del kept[len(self.ts) - len(ts) :]  # what the failed extend added
+            held = self.values = kept
         held.extend(values)
+
+
+_ARRAYS: Final[dict[type, str]] = {float: "d", int: "q"}
 
 
 @dataclass
@@ -194,7 +206,7 @@ def _write(conn: sqlite3.Connection, hour: Hour, config: CompactionConfig) -> in
     for sid in sids:
         col = hour.series[sid]
         values = col.values
-        assert values is not None
+        assert values is not None, "a series read with no readings"
         out.append(
             block_row(
                 sid,
