@@ -107,6 +107,11 @@ def _head_rows(conn: sqlite3.Connection) -> int:
     return int(conn.execute(f"SELECT count(*) FROM {HEAD}").fetchone()[0])
 
 
+def _head_holds_rows(conn: sqlite3.Connection) -> bool:
+    """Whether the head holds a row (one seek: counting it after every step is quadratic)."""
+    return conn.execute(f"SELECT 1 FROM {HEAD} LIMIT 1").fetchone() is not None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000, help="devices of 8 sensors each")
@@ -151,8 +156,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|")
         levels: list[tuple[str, Callable[[], object]]] = [
             (
-                "head -> small blocks",
-                lambda: _head_rows(conn) and compactor.compact_once(conn, now),
+                "head -> blocks",
+                lambda: _head_holds_rows(conn) and compactor.compact_once(conn, now),
             ),
             ("hourly merges", lambda: compactor.compact_once(conn, now)),
             ("free pages back", lambda: store.reclaim_space(conn)),

@@ -4,6 +4,7 @@ random points of compaction losing or duplicating nothing."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import random
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from collector.storage.sqlite import compactor, merging, retention, scan, store
+from collector.storage.sqlite import compactor, directmerge, merging, retention, scan, store
 from collector.storage.sqlite.activity import Activity
 from collector.storage.sqlite.blockwrites import head_block_rows
 
@@ -179,6 +180,137 @@ def test_two_levels_small_blocks_then_merged(tmp_path: Path) -> None:
     assert got == sorted(rows + late, key=lambda r: (r[1], r[0]))
 
 
+DIRECT = compactor.CompactionConfig(
+    window_ns=WINDOW,
+    grace_ns=5 * S,
+    max_rows=300,
+    merge_ns=10 * WINDOW,
+    merge_grace_ns=30 * S,
+    direct_merge=True,
+)
+
+
+@pytest.mark.parametrize("run_rows", [100_000, 500], ids=["one-read", "read-in-slices"])
+def test_a_closed_backlog_merge_window_goes_straight_into_its_final_blocks(
+    tmp_path: Path, run_rows: int
+) -> None:
+    # A backlog (readings of long-closed merge windows, no blocks yet): each merge window
+    # closed as a merge closes becomes one final block per series, never small blocks,
+    # read in one go or in slices of run_rows. The merge window whose grace is not over
+    # takes the two levels.
+    config = dataclasses.replace(DIRECT, run_rows=run_rows)
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = population(40, 25, seed=21)  # merge windows 0, 1 and half of 2
+    rows[7] = (rows[7][0], rows[7][1], 17)  # an int among a float series' values
+    rows[9] = (rows[9][0], rows[9][1], None)
+    insert(conn, rows)
+    drain(conn, 20 * WINDOW + 20 * S, config)  # merge window 1: not closed as a merge yet
+    sizes = conn.execute(
+        "SELECT start_ns, end_ns - start_ns, count(*), sum(count) FROM blocks GROUP BY 1, 2"
+    ).fetchall()
+    assert sizes[0] == (0, 10 * WINDOW, 40, 40 * 60)
+    assert {size for _, size, _, _ in sizes[1:]} == {WINDOW}  # merge window 1: small blocks
+    # Written once, in their final form: the file's first 40 blocks, none plain.
+    assert conn.execute("SELECT max(id) FROM blocks WHERE start_ns = 0").fetchone() == (40,)
+    assert conn.execute(
+        "SELECT count(*) FROM blocks WHERE start_ns = 0 AND unicode(data) = 2"
+    ).fetchone() == (0,)
+    drain(conn, 40 * WINDOW, config)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert got == sorted(rows, key=lambda r: (r[1], r[0]))
+    assert all(
+        type(v) is type(w)
+        for (_, _, v), (_, _, w) in zip(got, sorted(rows, key=lambda r: (r[1], r[0])), strict=True)
+    )
+
+
+def test_a_late_reading_during_a_direct_merge_window_stays_and_merges_later(
+    tmp_path: Path,
+) -> None:
+    # Read, then a late reading lands in a slice already read: the slice's range DELETE
+    # would count one row more, so exactly the rows read are deleted; the late one stays
+    # in the head and merges into its series' final block on a later call.
+    config = dataclasses.replace(DIRECT, run_rows=500)
+    conn = open_db(tmp_path / "t.db", 40)
+    rows = population(40, 11, seed=24)  # merge window 0, and a minute past it
+    insert(conn, rows)
+    steps = 0
+    while directmerge.current(conn) is None or directmerge.current(conn).to_write is None:  # type: ignore[union-attr]
+        assert compactor.compact_once(conn, 40 * WINDOW, config)
+        steps += 1
+    assert steps > 1  # read in slices
+    late = (3, 5 * S + 3, 42.5)
+    insert(conn, [late])
+    drain(conn, 40 * WINDOW, config)
+    assert head_count(conn) == 0
+    got = list(scan.read_range(conn, range(1, 41), None, None))
+    assert got == sorted([*rows, late], key=lambda r: (r[1], r[0]))
+    assert conn.execute(
+        "SELECT start_ns, end_ns FROM blocks WHERE end_ns - start_ns = ? GROUP BY 1", (10 * WINDOW,)
+    ).fetchall() == [(0, 10 * WINDOW), (10 * WINDOW, 20 * WINDOW)]
+
+
+def test_a_backlog_merge_window_waits_until_all_its_windows_settle(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 11, seed=22)  # merge window 0 whole, and a minute past it
+    insert(conn, rows)
+    clock = [0.0]
+    activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
+    activity.note([9 * WINDOW + 1])  # its last window is still receiving readings
+    assert compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity) == 0
+    assert head_count(conn) == len(rows)
+    clock[0] += 60.0  # quiet since: settled
+    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity):
+        pass
+    assert head_count(conn) == 0
+    assert conn.execute(
+        "SELECT max(id), count(*) FROM blocks WHERE start_ns = 0 AND end_ns = ?", (10 * WINDOW,)
+    ).fetchone() == (4, 4)  # written once each: straight from the head
+
+
+def test_a_backlog_hour_with_nothing_stored_past_it_takes_the_two_levels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The replay may not have reached the hour's later windows: nothing after the hour is
+    # stored, so it is not read whole (its later readings would all arrive late).
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 10, seed=25)  # merge window 0 exactly
+    insert(conn, rows)
+    begun: list[int] = []
+    real = directmerge.begin
+
+    def begin(c: sqlite3.Connection, start: int, end: int) -> directmerge.Hour:
+        begun.append(start)
+        return real(c, start, end)
+
+    monkeypatch.setattr(directmerge, "begin", begin)
+    drain(conn, 40 * WINDOW, DIRECT)
+    assert begun == []
+    assert head_count(conn) == 0
+    assert conn.execute(
+        "SELECT count(*), sum(count) FROM blocks WHERE start_ns = 0 AND end_ns = ?", (10 * WINDOW,)
+    ).fetchone() == (4, len(rows))  # small blocks, then merged
+
+
+def test_a_merge_window_over_direct_max_rows_takes_the_two_levels(tmp_path: Path) -> None:
+    config = dataclasses.replace(DIRECT, direct_max_rows=100, run_rows=60)
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 11, seed=23)  # 240 readings in merge window 0, 24 past it
+    insert(conn, rows)
+    handled = 0
+    while compactor.compact_once(conn, 40 * WINDOW, config):
+        handled += 1
+        if head_count(conn) == 0:
+            break
+    assert directmerge.skipped(conn, 0)
+    assert conn.execute(
+        "SELECT DISTINCT end_ns - start_ns FROM blocks WHERE start_ns < ?", (10 * WINDOW,)
+    ).fetchall() == [(WINDOW,)]
+    got = list(scan.read_range(conn, range(1, 5), None, None))
+    assert got == sorted(rows, key=lambda r: (r[1], r[0]))
+
+
 def test_merge_of_an_idle_collectors_last_hour_keeps_the_horizon_above_every_reading(
     tmp_path: Path,
 ) -> None:
@@ -283,11 +415,17 @@ def test_compaction_inside_callers_transaction_uses_a_savepoint(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"window_ns": 0}, {"window_ns": 2 * 86_400 * S}, {"grace_ns": -1}, {"max_rows": 0}],
+    [
+        {"window_ns": 0},
+        {"window_ns": 2 * 86_400 * S},
+        {"grace_ns": -1},
+        {"max_rows": 0},
+        {"direct_max_rows": 0},
+    ],
 )
 def test_config_is_checked(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
-        compactor.CompactionConfig(**kwargs)
+        compactor.CompactionConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_retention_drops_whole_blocks_and_old_head_rows(tmp_path: Path) -> None:
@@ -351,7 +489,7 @@ from collector.storage.sqlite import compactor, store
 conn = store.connect(sys.argv[1])
 config = compactor.CompactionConfig(
     window_ns=int(sys.argv[2]), grace_ns=0, max_rows=int(sys.argv[4]), merge_ns=int(sys.argv[3]),
-    merge_grace_ns=0, run_windows=int(sys.argv[5]),
+    merge_grace_ns=0, run_windows=int(sys.argv[5]), direct_merge=sys.argv[6] == "1",
 )
 steps = 0
 while compactor.compact_once(conn, 10**18, config):
@@ -362,12 +500,24 @@ print("done", flush=True)
 
 
 @pytest.mark.parametrize(
-    ("merge_ns", "max_rows", "run_windows"),
-    [(0, 60, 1), (5 * WINDOW, 60, 1), (5 * WINDOW, 300, 1), (10 * WINDOW, 300, 5)],
-    ids=["one-level", "two-level-staged", "two-level-whole-windows", "two-level-slots"],
+    ("merge_ns", "max_rows", "run_windows", "direct"),
+    [
+        (0, 60, 1, False),
+        (5 * WINDOW, 60, 1, False),
+        (5 * WINDOW, 300, 1, False),
+        (10 * WINDOW, 300, 5, False),
+        (5 * WINDOW, 60, 1, True),
+    ],
+    ids=[
+        "one-level",
+        "two-level-staged",
+        "two-level-whole-windows",
+        "two-level-slots",
+        "direct-merge-windows",
+    ],
 )
 def test_sigkill_during_compaction_loses_and_duplicates_nothing(
-    tmp_path: Path, merge_ns: int, max_rows: int, run_windows: int
+    tmp_path: Path, merge_ns: int, max_rows: int, run_windows: int, direct: bool
 ) -> None:
     path = tmp_path / "t.db"
     conn = open_db(path, 40)
@@ -380,6 +530,7 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
         merge_ns=merge_ns,
         merge_grace_ns=0,
         run_windows=run_windows,
+        direct_merge=direct,
     )
     drain(conn, 4 * WINDOW, config)  # some windows compacted already
     insert(conn, rows[1::2])  # late readings for compacted windows and fresh ones
@@ -399,6 +550,7 @@ def test_sigkill_during_compaction_loses_and_duplicates_nothing(
                 str(merge_ns),
                 str(max_rows),
                 str(run_windows),
+                "1" if direct else "0",
             ],
             stdout=subprocess.PIPE,
             text=True,

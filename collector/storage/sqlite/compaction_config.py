@@ -54,6 +54,12 @@ STEP_ROWS: Final = 5_000
 # waits once for the writer's transaction in progress, and 20,000-reading steps left the
 # hourly merges behind a 100,000 readings/s backfill (docs/benchmarks.md).
 MERGE_STEP_ROWS: Final = 100_000
+# A backlog's closed merge window with no blocks yet goes from the head straight into its
+# final blocks (CompactionConfig.direct_merge, collector.storage.sqlite.directmerge) when it
+# holds at most this many readings: they wait in the maintenance process's memory between
+# reading and writing (16 bytes per numeric reading; ~64 MB here); a larger one takes the
+# two levels.
+DIRECT_MAX_ROWS: Final = 4_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,10 @@ class CompactionConfig:
     merge_step_rows: int = MERGE_STEP_ROWS
     run_windows: int = 1
     run_rows: int = RUN_MAX_ROWS
+    # A closed, settled merge window with no blocks yet (a backlog) is compacted straight
+    # into its final blocks, skipping the small blocks and their merge.
+    direct_merge: bool = False
+    direct_max_rows: int = DIRECT_MAX_ROWS
 
     def closed_before(self, now_ns: int) -> int:
         """Start of the oldest window not closed at `now_ns` (it ends within the grace)."""
@@ -98,8 +108,11 @@ class CompactionConfig:
             raise ValueError(f"window_ns must be in (0, {codec.MAX_WINDOW_NS}]")
         if self.grace_ns < 0 or self.merge_grace_ns < 0:
             raise ValueError("grace_ns and merge_grace_ns must be >= 0")
-        if min(self.max_rows, self.step_rows, self.merge_step_rows, self.run_rows) < 1:
-            raise ValueError("max_rows, step_rows, merge_step_rows and run_rows must be >= 1")
+        bounds = (self.max_rows, self.step_rows, self.merge_step_rows, self.run_rows)
+        if min(*bounds, self.direct_max_rows) < 1:
+            raise ValueError(
+                "max_rows, step_rows, merge_step_rows, run_rows and direct_max_rows must be >= 1"
+            )
         if self.run_windows < 1 or self.run_ns > codec.MAX_WINDOW_NS:
             raise ValueError(f"run_windows must be >= 1, window_ns * run_windows <= "
                              f"{codec.MAX_WINDOW_NS}")  # fmt: skip
@@ -120,4 +133,6 @@ class CompactionConfig:
             )
 
 
-DEFAULT_CONFIG: Final = CompactionConfig(merge_ns=MERGE_NS, run_windows=RUN_WINDOWS)
+DEFAULT_CONFIG: Final = CompactionConfig(
+    merge_ns=MERGE_NS, run_windows=RUN_WINDOWS, direct_merge=True
+)

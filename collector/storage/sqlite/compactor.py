@@ -45,7 +45,7 @@ import logging
 import sqlite3
 from operator import itemgetter
 
-from collector.storage.sqlite import staging, store
+from collector.storage.sqlite import directmerge, staging, store
 from collector.storage.sqlite.activity import MAX_WINDOWS_SKIPPED, Activity
 from collector.storage.sqlite.blockwrites import (
     covering_blocks,
@@ -160,12 +160,15 @@ def _compact_head(
     w = config.window_ns
     closed_before = config.closed_before(now_ns)
     staging.ensure_tables(conn)
+    hour = directmerge.current(conn)
+    if hour is not None:
+        return directmerge.step(conn, hour, config)
     if not conn.in_transaction:
         # Read and encode with no write lock held where the step allows it.
         staged = staging.current(conn)
         if staged is None:
             staging.discard(conn)  # the last window's stage, if any: no lock held
-            handled = _compact_window_unlocked(conn, closed_before, config, activity)
+            handled = _compact_window_unlocked(conn, now_ns, config, activity)
         elif staged[1] != "delete":
             handled = staging.step_unlocked(conn, staged, config)
         else:
@@ -190,7 +193,7 @@ def _compact_head(
 
 def _compact_window_unlocked(
     conn: sqlite3.Connection,
-    closed_before: int,
+    now_ns: int,
     config: CompactionConfig,
     activity: Activity | None,
 ) -> int | None:
@@ -203,11 +206,23 @@ def _compact_window_unlocked(
     compactor touched its blocks): the caller then does it under the lock.
     """
     w = config.window_ns
+    closed_before = config.closed_before(now_ns)
     conn.execute("BEGIN")  # deferred: a snapshot for the reads, no write lock
     try:
         start = _oldest_settled_window(conn, closed_before, w, activity)
         if start is None:
             return 0
+        hour = _direct_hour(conn, start, now_ns, config, activity)
+        if hour is not None:
+            if hour < 0:
+                return 0  # the rest of its merge window is still settling: wait for it
+            conn.execute("COMMIT")
+            if activity is not None:
+                for key in range(hour, hour + config.merge_ns, w):
+                    activity.compacted(key)
+            return directmerge.step(
+                conn, directmerge.begin(conn, hour, hour + config.merge_ns), config
+            )
         end = _run_end(conn, start, closed_before, config, activity)
         if end is None:
             return 0  # the rest of its slot is still settling: wait for it
@@ -221,7 +236,8 @@ def _compact_window_unlocked(
         rows.sort(key=itemgetter(0))  # stable: each series keeps its ts order
         existing = covering_blocks(conn, start, rows, config)
     finally:
-        conn.execute("COMMIT")
+        if conn.in_transaction:
+            conn.execute("COMMIT")
     if activity is not None:
         for key in range(start, end, w):
             activity.compacted(key)
@@ -250,6 +266,38 @@ def _compact_window_unlocked(
 
 class _HeadChanged(Exception):
     """A window's head rows are not the ones read before the write transaction."""
+
+
+def _direct_hour(
+    conn: sqlite3.Connection,
+    start: int,
+    now_ns: int,
+    config: CompactionConfig,
+    activity: Activity | None,
+) -> int | None:
+    """Start of the merge window holding `start` (the oldest settled window) when it goes
+    straight into its final blocks (collector.storage.sqlite.directmerge): closed the way a
+    merge closes, no block in it yet, not given up on before, readings stored past its end
+    (the backlog has moved on); -1 to wait while its windows settle; None when it takes the
+    two levels."""
+    m = config.merge_ns
+    if not config.direct_merge or not m:
+        return None
+    hour = start - start % m
+    if hour + m > now_ns - config.merge_grace_ns or directmerge.skipped(conn, hour):
+        return None
+    if _blocks_start_within(conn, hour, hour + m):
+        return None  # compacted window by window already (live, a restart, late readings)
+    if conn.execute(f"SELECT 1 FROM {HEAD} WHERE ts >= ? LIMIT 1", (hour + m,)).fetchone() is None:
+        # Nothing stored past the hour: the replay may not have reached its later windows
+        # yet (a window nobody wrote to counts as settled), whose readings would then all
+        # arrive late and each re-encode its hour's block. The two levels take it.
+        return None
+    if activity is not None and not all(
+        activity.window_settled(k) for k in range(hour, hour + m, config.window_ns)
+    ):
+        return -1
+    return hour
 
 
 def _run_end(

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from typing import Final
 
-from collector.storage.sqlite import staging
+from collector.storage.sqlite import directmerge, staging
 from collector.storage.sqlite.blockwrites import transaction
 from collector.storage.sqlite.store import BLOCKS, HEAD
 
@@ -52,6 +52,7 @@ def apply_retention(
             ).rowcount
             if n:
                 staging.forget_staged_window(conn)
+                directmerge.forget(conn)
         head_deleted += n
         if n < batch_rows:
             break
