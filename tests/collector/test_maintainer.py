@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.storage.sqlite import compactor, maintainer, store
+from collector.storage.sqlite import compactor, maintainer, scan, store
 from schemas import wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import wait_for
@@ -272,3 +272,55 @@ def test_the_writer_reports_a_filling_window_at_most_once_per_interval(tmp_path:
     assert len(sent) == 3
     m.flush()  # nothing noted since: nothing sent
     assert len(sent) == 3
+
+
+def test_a_replayed_backlog_hour_goes_straight_into_its_final_blocks(tmp_path: Path) -> None:
+    # A device replays an hour that ended over an hour ago, then readings past it: once its
+    # windows settle, the maintenance process writes the hour's final blocks straight from
+    # the head (no window of it compacted into small blocks), every reading exactly once.
+    db = tmp_path / "t.db"
+    m = compactor.MERGE_NS
+    hour = (time.time_ns() - 3 * m) // m * m
+    sensors = ("a", "b", "c")
+    with CollectorProcess(db, "--log-level", "DEBUG") as daemon:
+        token = daemon.add_device("dev")
+        sent: set[tuple[str, int]] = set()
+        with WireClient(*daemon.ingest) as c:
+            assert isinstance(c.hello("dev", token), wire.Welcome)
+            seq = 0
+            for t in range(hour + 7 * S, hour + m + 20 * 60 * S, 60 * S):  # past the hour too
+                seq += 1
+                readings: list[object] = [
+                    [s, "gauge", t, float(t % 997), None, None] for s in sensors
+                ]
+                ack = c.batch(seq, readings)
+                assert isinstance(ack, wire.Ack) and ack.accepted == len(sensors), ack
+                sent.update((s, t) for s in sensors)
+        in_hour = sum(1 for _s, t in sent if t < hour + m)
+
+        def hour_blocks() -> list[tuple[int, int]]:
+            conn = store.connect(db, readonly=True)
+            try:
+                return conn.execute(
+                    "SELECT end_ns - start_ns, count FROM blocks WHERE start_ns >= ? "
+                    "AND start_ns < ?",
+                    (hour, hour + m),
+                ).fetchall()
+            finally:
+                conn.close()
+
+        wait_for(lambda: len(hour_blocks()) == len(sensors), "the hour's final blocks", 60)
+        assert hour_blocks() == [(m, in_hour // len(sensors))] * len(sensors)
+        line = f"compacted a merge window directly start_ns={hour} "
+        wait_for(lambda: line in daemon.log, "the direct compaction to end", 30)
+        windows = [int(x) for x in re.findall(r"compacted start_ns=(\d+) windows=", daemon.log)]
+        assert not [w for w in windows if hour <= w < hour + m]  # no small block in it
+        conn = store.connect(db, readonly=True)
+        try:
+            names = dict(conn.execute(f"SELECT id, sensor FROM {store.SERIES}").fetchall())
+            stored = [
+                (names[sid], ts) for sid, ts, _v in scan.read_range(conn, list(names), None, None)
+            ]
+        finally:
+            conn.close()
+        assert sorted(stored) == sorted(sent)  # head and blocks together: each reading once
