@@ -135,6 +135,22 @@ def covering_blocks(
     }
 
 
+def series_runs(
+    rows: list[tuple[int, int, codec.Value]],
+) -> Iterator[tuple[int, list[int], list[codec.Value]]]:
+    """(series_id, timestamps, values) per series of `rows` (sorted by series_id, each
+    series' rows in ts order), in row order."""
+    if not rows:
+        return
+    # Cut the columns into per-series runs without a Python step per row (map, Counter and
+    # slicing run in C; zip(*rows) would make an iterator object per row: 2x slower).
+    sids, tss, vals = (list(map(itemgetter(i), rows)) for i in range(3))
+    pos = 0
+    for sid, count in Counter(sids).items():  # in row order: by series_id
+        yield sid, tss[pos : pos + count], vals[pos : pos + count]
+        pos += count
+
+
 def head_block_rows(
     start: int,
     end: int,
@@ -143,16 +159,8 @@ def head_block_rows(
     existing: Covering,
 ) -> list[tuple[object, ...]]:
     """The block rows for `rows` (sorted by series_id, ts), merged into `existing`."""
-    if not rows:
-        return []
-    # Cut the columns into per-series runs without a Python step per row (map, Counter and
-    # slicing run in C; zip(*rows) would make an iterator object per row: 2x slower).
-    sids, tss, vals = (list(map(itemgetter(i), rows)) for i in range(3))
     out = []
-    pos = 0
-    for sid, count in Counter(sids).items():  # in row order: by series_id
-        ts, values = tss[pos : pos + count], vals[pos : pos + count]
-        pos += count
+    for sid, ts, values in series_runs(rows):
         bstart, bend = start, end
         old = existing.get(sid)
         if old is not None:

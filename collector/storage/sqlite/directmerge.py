@@ -40,14 +40,13 @@ import os
 import sqlite3
 from array import array
 from bisect import bisect_left
-from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final, cast
 
 from collector.storage.sqlite import blocks as codec
 from collector.storage.sqlite import staging
-from collector.storage.sqlite.blockwrites import block_row, insert_blocks, transaction
+from collector.storage.sqlite.blockwrites import block_row, insert_blocks, series_runs, transaction
 from collector.storage.sqlite.pagefill import page_order
 from collector.storage.sqlite.store import BLOCKS, HEAD
 
@@ -179,15 +178,12 @@ def _read(conn: sqlite3.Connection, hour: Hour, config: CompactionConfig) -> int
         _drop(conn, hour, "more readings than direct_max_rows")
         return max(len(rows), 1)
     rows.sort(key=_SID)  # stable: each series keeps its timestamp order
-    sids, tss, vals = (list(map(itemgetter(i), rows)) for i in range(3))
-    pos = 0
     series = hour.series
-    for sid, count in Counter(sids).items():  # in row order: by series id
+    for sid, ts, values in series_runs(rows):
         col = series.get(sid)
         if col is None:
             col = series[sid] = _Column()
-        col.extend(tss[pos : pos + count], vals[pos : pos + count])
-        pos += count
+        col.extend(ts, values)
     if bound >= hour.end:
         hour.to_write = sorted(series, reverse=True)  # popped from the end: ascending
     return max(len(rows), 1)
