@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from operator import itemgetter
+from typing import Literal
 
 from collector.storage.sqlite import directmerge, staging, store
 from collector.storage.sqlite.activity import MAX_WINDOWS_SKIPPED, Activity
@@ -213,9 +214,9 @@ def _compact_window_unlocked(
         if start is None:
             return 0
         hour = _direct_hour(conn, start, now_ns, config, activity)
+        if hour == "wait":
+            return 0  # the rest of its merge window is still settling: wait for it
         if hour is not None:
-            if hour < 0:
-                return 0  # the rest of its merge window is still settling: wait for it
             conn.execute("COMMIT")
             if activity is not None:
                 for key in range(hour, hour + config.merge_ns, w):
@@ -274,12 +275,12 @@ def _direct_hour(
     now_ns: int,
     config: CompactionConfig,
     activity: Activity | None,
-) -> int | None:
+) -> int | Literal["wait"] | None:
     """Start of the merge window holding `start` (the oldest settled window) when it goes
     straight into its final blocks (collector.storage.sqlite.directmerge): closed the way a
     merge closes, no block in it yet, not given up on before, readings stored past its end
-    (the backlog has moved on); -1 to wait while its windows settle; None when it takes the
-    two levels."""
+    (the backlog has moved on); "wait" while its windows settle; None when it takes the two
+    levels."""
     m = config.merge_ns
     if not config.direct_merge or not m:
         return None
@@ -296,7 +297,7 @@ def _direct_hour(
     if activity is not None and not all(
         activity.window_settled(k) for k in range(hour, hour + m, config.window_ns)
     ):
-        return -1
+        return "wait"
     return hour
 
 
