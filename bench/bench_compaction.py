@@ -135,6 +135,9 @@ def main() -> None:
     if args.codec == "v1":
         # The version-1 encoder in place of `encode`, for before/after figures.
         blocks.encode = blocks.encode_deflate
+        blocks.encode_column = lambda ts, column: blocks.encode_deflate(
+            ts.tolist(), column.tolist()
+        )
     with tempfile.TemporaryDirectory(prefix="bench-compaction-") as tmp:
         path = Path(tmp) / "compaction.db"
         store.migrate(path)

@@ -278,6 +278,18 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes:
     return packed if packed is not None else encode_deflate(ts, values)
 
 
+def encode_column(
+    ts: numeric_blocks.Int64s, column: numeric_blocks.Int64s | numeric_blocks.Float64s
+) -> bytes:
+    """`encode` for readings already in numpy columns (int64 timestamps; int64 ints or
+    float64 floats): the same bytes, without a Python object per reading.
+
+    Raises ValueError like `encode`.
+    """
+    packed = numeric_blocks.encode_column(ts, column)
+    return packed if packed is not None else encode_deflate(ts.tolist(), column.tolist())
+
+
 def encode_deflate(ts: Sequence[int], values: Sequence[Value]) -> bytes:
     """Pack readings as a version-1 block (any values; what `encode` wrote before
     version 3, kept for the columns pcodec cannot take).

@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, cast
 
 from collector.storage.sqlite import blocks as codec
+from collector.storage.sqlite.numeric_blocks import Float64s, Int64s
 from collector.storage.sqlite.store import BLOCKS, HORIZON, write_turn
 
 if TYPE_CHECKING:
@@ -63,6 +64,18 @@ def block_row(
     return (
         *(sid, start, end, s.count, s.first_ts, s.last_ts, s.first_value),
         *(s.last_value, s.min, s.max, s.sum, data),
+    )
+
+
+def column_block_row(
+    sid: int, start: int, end: int, ts: Int64s, column: Int64s | Float64s
+) -> tuple[object, ...]:
+    """`block_row` for readings already in numpy columns (int64 timestamps; int64 ints or
+    float64 floats): the same row."""
+    s = codec.summarize(ts.tolist(), column.tolist())
+    return (
+        *(sid, start, end, s.count, s.first_ts, s.last_ts, s.first_value),
+        *(s.last_value, s.min, s.max, s.sum, codec.encode_column(ts, column)),
     )
 
 

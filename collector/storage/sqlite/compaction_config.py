@@ -57,8 +57,8 @@ MERGE_STEP_ROWS: Final = 100_000
 # A backlog's closed merge window with no blocks yet goes from the head straight into its
 # final blocks (CompactionConfig.direct_merge, collector.storage.sqlite.directmerge) when it
 # holds at most this many readings: they wait in the maintenance process's memory between
-# reading and writing (16 bytes per numeric reading; ~64 MB here); a larger one takes the
-# two levels.
+# reading and writing (~17 bytes per numeric reading: collector.storage.sqlite.slicecolumns;
+# ~68 MB here); a larger one takes the two levels.
 DIRECT_MAX_ROWS: Final = 4_000_000
 
 

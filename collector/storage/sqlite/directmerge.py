@@ -14,8 +14,9 @@ read once and encoded once (bench.bench_compaction, docs/benchmarks-history.md).
 
 How, one bounded step per call:
     read    the next slice of the hour's head rows (at most run_rows, in a read
-            transaction, no write lock), each series' timestamps and values appended to
-            compact arrays in this process's memory (16 bytes per reading of numbers);
+            transaction, no write lock), kept in this process's memory as columns
+            sorted by series (collector.storage.sqlite.slicecolumns; ~17 bytes per
+            reading of numbers);
     write   one final block per series for a slice of series (about merge_step
             readings), encoded before its write turn, which checks that no other block
             starts in the hour for those series;
@@ -38,16 +39,19 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from array import array
-from bisect import bisect_left
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from collector.storage.sqlite import blocks as codec
 from collector.storage.sqlite import staging
-from collector.storage.sqlite.blockwrites import block_row, insert_blocks, series_runs, transaction
+from collector.storage.sqlite.blockwrites import (
+    block_row,
+    column_block_row,
+    insert_blocks,
+    transaction,
+)
 from collector.storage.sqlite.pagefill import page_order
+from collector.storage.sqlite.slicecolumns import SeriesReadings, SliceColumns
 from collector.storage.sqlite.store import BLOCKS, HEAD
 
 if TYPE_CHECKING:
@@ -60,41 +64,6 @@ _FLOATS: Final = {float}
 _SKIP: Final = "temp.direct_merge_skip"
 
 
-class _Column:
-    """One series' readings of the hour, in timestamp order: int64 timestamps, and values as
-    a float64 or int64 array while they are all floats or all ints that fit (8 bytes each),
-    as a list once they are not."""
-
-    __slots__ = ("ts", "values")
-
-    def __init__(self) -> None:
-        self.ts = array("q")
-        self.values: array[float] | array[int] | list[codec.Value] | None = None
-
-    def extend(self, ts: list[int], values: list[codec.Value]) -> None:
-        self.ts.extend(ts)
-        held = self.values
-        if not isinstance(held, list):
-            kinds = set(map(type, values))  # no Python step per value
-            code = _ARRAYS.get(kinds.pop()) if len(kinds) == 1 else None
-            if code is not None and (held is None or held.typecode == code):
-                if held is None:
-                    held = self.values = array(code)
-                try:
-                    held.extend(values)  # type: ignore[arg-type]  # one number type, checked
-                    return
-                except OverflowError:  # an int beyond int64; extend stops at it
-                    pass
-            kept: list[codec.Value] = [] if held is None else list(held)
-            if held is not None and len(kept) > len(self.ts) - len(ts):
-                del kept[len(self.ts) - len(ts) :]  # what the failed extend added
-            held = self.values = kept
-        held.extend(values)
-
-
-_ARRAYS: Final[dict[type, str]] = {float: "d", int: "q"}
-
-
 @dataclass
 class Hour:
     """A merge window in progress: what was read, what is written, what is deleted."""
@@ -104,9 +73,11 @@ class Hour:
     end: int
     cursor: int  # next timestamp to read
     parts: list[tuple[int, int, int]] = field(default_factory=list)  # (lo, hi, rows read)
-    series: dict[int, _Column] = field(default_factory=dict)
+    slices: list[SliceColumns | None] = field(default_factory=list)  # what each part read
+    series: dict[int, SeriesReadings] = field(default_factory=dict)
     total: int = 0
     to_write: list[int] | None = None  # series ids left to write, once all is read
+    written: int = 0  # series written
     deleted_parts: int = 0
 
 
@@ -171,22 +142,26 @@ def _read(conn: sqlite3.Connection, hour: Hour, config: CompactionConfig) -> int
     finally:
         if own:
             conn.execute("COMMIT")
-    hour.parts.append((hour.cursor, bound, len(rows)))
-    hour.total += len(rows)
+    n = len(rows)
+    hour.parts.append((hour.cursor, bound, n))
+    hour.total += n
     hour.cursor = bound
     if hour.total > config.direct_max_rows:
         _drop(conn, hour, "more readings than direct_max_rows")
-        return max(len(rows), 1)
-    rows.sort(key=_SID)  # stable: each series keeps its timestamp order
-    series = hour.series
-    for sid, ts, values in series_runs(rows):
-        col = series.get(sid)
-        if col is None:
-            col = series[sid] = _Column()
-        col.extend(ts, values)
+        return max(n, 1)
+    part = SliceColumns(rows) if rows else None
+    del rows  # the tuples go before the next slice is read
+    hour.slices.append(part)
+    if part is not None:
+        series = hour.series
+        for k, sid in enumerate(part.sids):
+            held = series.get(sid)
+            if held is None:
+                held = series[sid] = SeriesReadings()
+            held.add(part, k)
     if bound >= hour.end:
-        hour.to_write = sorted(series, reverse=True)  # popped from the end: ascending
-    return max(len(rows), 1)
+        hour.to_write = sorted(hour.series, reverse=True)  # popped from the end: ascending
+    return max(n, 1)
 
 
 def _write(conn: sqlite3.Connection, hour: Hour, config: CompactionConfig) -> int:
@@ -197,22 +172,17 @@ def _write(conn: sqlite3.Connection, hour: Hour, config: CompactionConfig) -> in
     while todo and n < config.merge_step:
         sid = todo.pop()
         sids.append(sid)
-        n += len(hour.series[sid].ts)
+        n += len(hour.series[sid])
     out = []
     for sid in sids:
-        col = hour.series[sid]
-        values = col.values
-        assert values is not None, "a series read with no readings"
-        out.append(
-            block_row(
-                sid,
-                hour.start,
-                hour.end,
-                col.ts.tolist(),
-                cast("list[codec.Value]", values.tolist() if isinstance(values, array) else values),
-            )
-        )
-        col.values = None  # the timestamps stay for an exact delete
+        held = hour.series.pop(sid)
+        hour.written += 1
+        ts = held.timestamps()
+        column = held.column()
+        if column is not None:
+            out.append(column_block_row(sid, hour.start, hour.end, ts, column))
+        else:
+            out.append(block_row(sid, hour.start, hour.end, ts.tolist(), held.values()))
     out = page_order(out, conn.execute("PRAGMA page_size").fetchone()[0])
     with transaction(conn):
         found = conn.execute(
@@ -237,9 +207,12 @@ def _delete(conn: sqlite3.Connection, hour: Hour) -> int:
     except _HeadChanged:
         # Late readings arrived for this slice after it was read: delete the rows read.
         with transaction(conn):
+            part = hour.slices[hour.deleted_parts]
             conn.executemany(
-                f"DELETE FROM {HEAD} WHERE ts = ? AND series_id = ?", _rows_in(hour, lo, hi)
+                f"DELETE FROM {HEAD} WHERE ts = ? AND series_id = ?",
+                part.rows() if part is not None else [],
             )
+    hour.slices[hour.deleted_parts] = None  # its memory goes
     hour.deleted_parts += 1
     if hour.deleted_parts == len(hour.parts):
         _HOURS.pop(id(conn), None)
@@ -247,23 +220,13 @@ def _delete(conn: sqlite3.Connection, hour: Hour) -> int:
             "compacted a merge window directly start_ns=%d readings=%d series=%d",
             hour.start,
             hour.total,
-            len(hour.series),
+            hour.written,
         )
     return max(read, 1)
 
 
 class _HeadChanged(Exception):
     """A slice's head rows are not the ones read."""
-
-
-def _rows_in(hour: Hour, lo: int, hi: int) -> list[tuple[int, int]]:
-    """(ts, series_id) of the readings read with lo <= ts < hi."""
-    out: list[tuple[int, int]] = []
-    for sid, col in hour.series.items():
-        ts = col.ts
-        a, b = bisect_left(ts, lo), bisect_left(ts, hi)
-        out += ((t, sid) for t in ts[a:b])
-    return out
 
 
 def _drop(conn: sqlite3.Connection, hour: Hour, why: str) -> None:
@@ -284,6 +247,3 @@ def _token(conn: sqlite3.Connection) -> int | None:
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM temp.sqlite_master WHERE name = ?", (name,)).fetchone()
     return row is not None
-
-
-_SID: Final = itemgetter(0)

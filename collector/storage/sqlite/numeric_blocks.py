@@ -247,30 +247,58 @@ def encode(ts: Sequence[int], values: Sequence[Value]) -> bytes | None:
         ints = np.array(values, dtype=np.int64) if types == {int} else None
     except OverflowError:
         return None
-    is_int = None  # where a mixed column holds ints
-    wrong = None  # where the decoder's rule would get a mixed column's type wrong
-    scale = 0
-    column: Int64s | Float64s
     if ints is not None:
-        kind, column = INT, ints
-    else:
-        if int in types:
-            is_int = _int_positions(values)
-            if is_int is None:
-                return None
-        floats = np.array(values, dtype=np.float64)
-        scaled = _scaled(floats)
-        if scaled is None:
-            kind, column = (FLOAT if is_int is None else NUMBER), floats
-            if is_int is not None:
-                wrong = _integral(floats) != is_int  # the rule: ints where integral
-        else:
-            scale, column = scaled
-            kind = FLOAT_DECIMAL if is_int is None else NUMBER_DECIMAL
-            if is_int is not None:
-                wrong = (column % 10**scale == 0) != is_int  # ints where 10**k divides s
+        return _pack(tcol, INT, 0, ints, None)
+    is_int = None  # where a mixed column holds ints
+    if int in types:
+        is_int = _int_positions(values)
+        if is_int is None:
+            return None
+    return _pack_floats(tcol, np.array(values, dtype=np.float64), is_int)
+
+
+def encode_column(tcol: Int64s, column: Int64s | Float64s) -> bytes | None:
+    """`encode` for a column already in one numpy array: int64 (the values are ints) or
+    float64 (floats); the same bytes `encode` gives for those readings as lists.
+
+    Raises ValueError like `encode`.
+    """
+    n = len(tcol)
+    if n == 0 or n != len(column):
+        raise ValueError(f"need as many values as timestamps, at least one: {n} != {len(column)}")
+    if n > 1 and not (tcol[1:] > tcol[:-1]).all():
+        raise ValueError("timestamps must be strictly increasing")
+    if n > MAX_READINGS or int(tcol[-1]) - int(tcol[0]) >= 2**63:
+        return None
+    if column.dtype == np.int64:
+        return _pack(tcol, INT, 0, column, None)
+    return _pack_floats(tcol, column.astype(np.float64, copy=False), None)
+
+
+def _pack_floats(tcol: Int64s, floats: Float64s, is_int: npt.NDArray[np.bool_] | None) -> bytes:
+    """A float column (FLOAT or FLOAT_DECIMAL), or with `is_int` a mixed one (NUMBER or
+    NUMBER_DECIMAL, the ints' positions given)."""
+    wrong = None  # where the decoder's rule would get a mixed column's type wrong
+    scaled = _scaled(floats)
+    if scaled is None:
+        if is_int is not None:
+            wrong = _integral(floats) != is_int  # the rule: ints where integral
+        return _pack(tcol, FLOAT if is_int is None else NUMBER, 0, floats, wrong)
+    scale, column = scaled
+    if is_int is not None:
+        wrong = (column % 10**scale == 0) != is_int  # ints where 10**k divides s
+    return _pack(tcol, FLOAT_DECIMAL if is_int is None else NUMBER_DECIMAL, scale, column, wrong)
+
+
+def _pack(
+    tcol: Int64s,
+    kind: int,
+    scale: int,
+    column: Int64s | Float64s,
+    wrong: npt.NDArray[np.bool_] | None,
+) -> bytes:
     out = bytearray((VERSION, kind, scale))
-    _varint(n, out)
+    _varint(len(tcol), out)
     _timestamps(tcol, out)
     if wrong is not None:
         _marks(out, wrong)
