@@ -667,6 +667,86 @@ def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
     assert not store.reclaim_space(conn)  # below the default bounds: nothing to do
 
 
+def test_free_pages_go_back_in_one_pass_at_once(tmp_path: Path) -> None:
+    # All at once: one commit in full auto-vacuum mode gives every free page back, and the
+    # file is left in incremental mode, whole.
+    path = tmp_path / "t.db"
+    conn = open_db(path, 40)
+    insert(conn, population(40, 120, seed=30))
+    drain(conn, 1000 * WINDOW, TWO_LEVEL)
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert free > 0.3 * pages
+    assert store.reclaim_space(conn, min_free_pages=8, at_once=True)
+    assert not conn.in_transaction
+    assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
+    assert conn.execute("PRAGMA page_count").fetchone()[0] == pages - free
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert conn.execute("SELECT sum(count) FROM blocks").fetchone() == (40 * 720,)
+    assert not store.reclaim_space(conn, min_free_pages=8, at_once=True)  # nothing left
+    other = store.connect(path)  # another connection sees incremental mode too
+    assert other.execute("PRAGMA auto_vacuum").fetchone() == (2,)
+    other.close()
+
+
+def test_a_file_left_in_full_auto_vacuum_mode_is_incremental_again_on_connect(
+    tmp_path: Path,
+) -> None:
+    # A process killed between the one-pass reclaim's two commits leaves the header in
+    # full mode; the next connection puts it back.
+    path = tmp_path / "t.db"
+    conn = open_db(path, 4)
+    conn.executescript("BEGIN IMMEDIATE; PRAGMA auto_vacuum = FULL; COMMIT;")
+    conn.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA auto_vacuum").fetchone() == (1,)
+    raw.close()
+    conn = store.connect(path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
+    conn.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # on disk, not just here
+    raw.close()
+
+
+@pytest.mark.parametrize("arriving", [False, True], ids=["quiet", "readings-arriving"])
+def test_free_pages_go_back_at_once_only_while_no_readings_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arriving: bool
+) -> None:
+    # Giving every page back at once holds the write lock for all of it: only when the
+    # writer has stored nothing for a while; otherwise in steps that keep the lock short.
+    calls: list[bool] = []
+    real = store.reclaim_space
+
+    def reclaim(conn: sqlite3.Connection, *, at_once: bool = False) -> bool:
+        calls.append(at_once)
+        return real(conn, min_free_pages=8, step_pages=16, at_once=at_once)
+
+    monkeypatch.setattr(store, "reclaim_space", reclaim)
+    conn = open_db(tmp_path / "t.db", 40)
+    insert(conn, population(40, 120, seed=33))
+    drain(conn, 1000 * WINDOW, compactor.DEFAULT_CONFIG)
+    clock = [100.0]
+    activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
+    if arriving:
+        activity.note([5000 * WINDOW])  # a live window just received readings
+    else:
+        activity.note([5000 * WINDOW])
+        clock[0] += 60.0  # nothing since
+    calls.clear()
+    steps = 0
+    while compactor.maintenance(conn, 10_000 * WINDOW, activity):
+        steps += 1
+        assert steps < 10_000
+    assert calls and set(calls) == {not arriving}
+    assert (len(calls) == 2) is (not arriving)  # one pass, then nothing left to give back
+    assert (
+        conn.execute("PRAGMA freelist_count").fetchone()[0]
+        < 0.1 * conn.execute("PRAGMA page_count").fetchone()[0]
+    )
+
+
 def test_a_reading_that_lands_while_a_window_is_encoded_is_compacted_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

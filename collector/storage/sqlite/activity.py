@@ -66,6 +66,7 @@ class Activity:
         # start ns -> [first, last] monotonic seconds
         self._windows: dict[int, list[float]] = {}
         self._merges: dict[int, list[float]] = {}
+        self._last: float | None = None  # when readings were last stored
 
     def note(self, timestamps: Sequence[int]) -> None:
         """Readings with these timestamps were just stored (called by the writer)."""
@@ -76,10 +77,15 @@ class Activity:
         """Readings were just stored in the windows starting at `keys` (see window_keys)."""
         keys = set(keys)
         now = self._clock()
+        self._last = now
         _touch(self._windows, keys, now)
         if self.merge_ns:
             m = self.merge_ns
             _touch(self._merges, {k - k % m for k in keys}, now)
+
+    def quiet(self) -> bool:
+        """True when no readings were stored for quiet_s (or none since the start)."""
+        return self._last is None or self._clock() - self._last >= self.quiet_s
 
     def window_settled(self, start_ns: int) -> bool:
         """True once the window starting at `start_ns` may be compacted."""

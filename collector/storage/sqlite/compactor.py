@@ -34,7 +34,8 @@ which die with the connection; a new connection starts the window (or the merge)
 every step is idempotent, so a crash at any point leaves each reading readable exactly once.
 
 Retention (collector.storage.sqlite.retention) and giving free pages back (store.reclaim_space) live
-beside it; `maintenance` runs the latter once compaction has nothing to do.
+beside it; `maintenance` runs the latter once compaction has nothing to do: all at once
+while no readings are arriving, else in bounded steps.
 
 This module only moves stored readings; it never inserts new ones and opens no connection.
 """
@@ -98,7 +99,9 @@ def maintenance(conn: sqlite3.Connection, now_ns: int, activity: Activity | None
     """
     if compact_once(conn, now_ns, DEFAULT_CONFIG, activity):
         return True
-    if not _closed_rows_waiting(conn, now_ns, DEFAULT_CONFIG) and store.reclaim_space(conn):
+    if not _closed_rows_waiting(conn, now_ns, DEFAULT_CONFIG) and store.reclaim_space(
+        conn, at_once=activity is None or activity.quiet()
+    ):
         return True
     if activity is not None:
         activity.prune()

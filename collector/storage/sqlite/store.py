@@ -281,9 +281,11 @@ def connect(
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     if not readonly:
-        # Before anything creates the file: takes effect in a new, empty database only
-        # (a no-op otherwise). Lets the compactor give freed pages back to the file
-        # system (reclaim_space, below); must precede the WAL switch.
+        # Before anything creates the file: a new, empty database is created in
+        # incremental auto-vacuum mode, which lets the compactor give freed pages back to
+        # the file system (reclaim_space, below); must precede the WAL switch. A file
+        # created without auto-vacuum stays so; one left in full mode by a one-pass
+        # reclaim that was cut short is put back in incremental mode.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -311,6 +313,7 @@ def reclaim_space(
     min_free_pages: int = RECLAIM_MIN_FREE_PAGES,
     min_free_fraction: float = RECLAIM_MIN_FREE_FRACTION,
     step_pages: int = RECLAIM_STEP_PAGES,
+    at_once: bool = False,
 ) -> bool:
     """One step of giving free pages back to the file system; True if it did one.
 
@@ -319,6 +322,13 @@ def reclaim_space(
     Once free pages pass both bounds, `PRAGMA incremental_vacuum` moves up to `step_pages`
     pages from the end of the file into free slots and truncates it (at the next
     checkpoint, in WAL mode). A database created without auto_vacuum is left alone.
+
+    `at_once` gives every free page back in one transaction instead: a commit in full
+    auto-vacuum mode, then incremental mode again. It holds the write lock for the whole
+    of it (~1 s for 100,000 free pages), so the caller asks for it only while no readings
+    arrive; in exchange it costs a fraction of the steps' CPU, whose every page searches
+    the free-page list (measured 0.90 against 6.70 s for the 100,000 free pages a 20M
+    backlog leaves: docs/benchmarks-history.md, "Free pages back in one pass").
     Commits any open transaction (executescript): call it outside one.
     """
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _AUTO_VACUUM_INCREMENTAL:
@@ -333,9 +343,19 @@ def reclaim_space(
     # writer then waits on the turn, woken when this commits, not in SQLite's busy handler
     # (which sleeps up to 100 ms between tries).
     with write_turn(conn):
-        conn.executescript(
-            f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step_pages)}); COMMIT;"
-        )
+        if not at_once:
+            conn.executescript(
+                f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step_pages)}); COMMIT;"
+            )
+            return True
+        try:
+            # The mode is a header field, written by its own transaction; at the commit
+            # SQLite moves the pages in use below the free ones and truncates, one pass.
+            conn.executescript("BEGIN IMMEDIATE; PRAGMA auto_vacuum = FULL; COMMIT;")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.executescript("BEGIN IMMEDIATE; PRAGMA auto_vacuum = INCREMENTAL; COMMIT;")
     return True
 
 
