@@ -73,7 +73,7 @@ def _fill(
                 sid = d * len(DEVICE_SENSORS) + i % len(DEVICE_SENSORS) + 1
                 rows.append((ts, sid, int(value) if type(value) is bool else value))
         conn.execute("BEGIN")
-        conn.executemany(f"INSERT INTO {HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+        conn.executemany(f"INSERT INTO {HEAD} (ts, series_id, value) VALUES (?, ?, ?)",
                          rows)  # fmt: skip
         conn.execute("COMMIT")
         n += len(rows)

@@ -280,7 +280,7 @@ def prefill(db: Path, rows: int, closes_s: float | None = None) -> None:
     for start in range(0, rows, chunk):
         conn.execute("BEGIN")
         conn.executemany(
-            f"INSERT INTO {store.HEAD} (ts, series_id, value, lag_ms) VALUES (?, ?, ?, 0)",
+            f"INSERT INTO {store.HEAD} (ts, series_id, value) VALUES (?, ?, ?)",
             ((t0 + i * 1_000, i % n_series + 1, 20.5)
              for i in range(start, min(rows, start + chunk))),
         )  # fmt: skip

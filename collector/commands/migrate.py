@@ -118,7 +118,6 @@ def _copy(
                 batch.keys.append(keys[sid])
                 batch.ts.append(ts)
                 batch.values.append(value)
-                batch.lag_ms.append(0)
                 if len(batch.ts) >= batch_readings:
                     _store(dst, device.id, batch, counts)
                     batch = _batch()

@@ -40,7 +40,6 @@ from schemas.wire import Reject, expand_groups
 
 NO_TAGS: Final = "{}"
 _NOTHING: Final = BatchResult([], [], [])
-_NS_PER_MS: Final = 1_000_000
 # A composite reading held back until the scalar rows are in: (sensor, kind, ts, fields,
 # unit, tags).
 _Composite = tuple[str, str, int, dict[str, StoredValue], str, str]
@@ -80,7 +79,7 @@ class Ingest:
             return self._prepare_grouped(seq, readings, groups, received_ns)
         result = self.validator.validate_batch(readings)
         out = PreparedBatch(seq=seq, received_ns=received_ns, valid_count=len(result.valid))
-        keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
+        keys, tss, values = out.keys, out.ts, out.values
         default_unit = self._default_unit
         composites: list[_Composite] = []
         for sensor, kind, ts, value, unit, tags in result.valid:
@@ -92,9 +91,8 @@ class Ingest:
             keys.append((sensor, "", kind, unit_s, tags_s))
             tss.append(ts)
             values.append(value)  # type: ignore[arg-type]  # dict handled above
-            lags.append((received_ns - ts) // _NS_PER_MS)
         out.scalar_rows = len(tss)
-        _add_composites(out, composites, received_ns)
+        _add_composites(out, composites)
         if result.rejects:
             out.rejects = tuple(result.rejects)
             out.dead_letters = tuple(_dead_letter(r, readings[r.index]) for r in result.rejects)
@@ -119,7 +117,7 @@ class Ingest:
             index += n
         result = self.validator.validate_batch(rows) if rows else _NOTHING
         out = PreparedBatch(seq=seq, received_ns=received_ns)
-        keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
+        keys, tss, values = out.keys, out.ts, out.values
         default_unit = self._default_unit
         composites: list[_Composite] = []
         valid, valid_index = result.valid, result.valid_index
@@ -140,7 +138,6 @@ class Ingest:
                 keys.append((sensor, "", kind, unit_s, tags_s))
                 tss.append(ts)
                 values.append(value)  # type: ignore[arg-type]  # dict handled above
-                lags.append((received_ns - ts) // _NS_PER_MS)
 
         take_rows(len(readings))
         for g, end in zip(checked, ends, strict=True):
@@ -160,10 +157,9 @@ class Ingest:
             keys.extend([(sensor, "", kind, unit_s, tags_s)] * len(gts))
             tss.extend(gts)
             values.extend(gvalues)  # type: ignore[arg-type]  # scalars: not an object kind
-            lags.extend([(received_ns - ts) // _NS_PER_MS for ts in gts])
         out.valid_count = count + len(valid)
         out.scalar_rows = len(tss)
-        _add_composites(out, composites, received_ns)
+        _add_composites(out, composites)
         if result.rejects:
             starts = [pos for pos, _ in spans]
 
@@ -181,17 +177,15 @@ class Ingest:
         return out
 
 
-def _add_composites(out: PreparedBatch, composites: list[_Composite], received_ns: int) -> None:
+def _add_composites(out: PreparedBatch, composites: list[_Composite]) -> None:
     """A composite reading's fields as rows after the scalar rows, one per field in name
     order, and its row count in `composite_sizes`."""
-    keys, tss, values, lags = out.keys, out.ts, out.values, out.lag_ms
+    keys, tss, values = out.keys, out.ts, out.values
     for sensor, kind, ts, value, unit_s, tags_s in composites:
-        lag = (received_ns - ts) // _NS_PER_MS
         for fname in sorted(value):
             keys.append((sensor, fname, kind, unit_s, tags_s))
             tss.append(ts)
             values.append(value[fname])
-            lags.append(lag)
         out.composite_sizes.append(len(value))
 
 

@@ -66,7 +66,6 @@ class PreparedBatch:
     keys: list[SeriesKey] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     values: list[StoredValue] = field(default_factory=list)
-    lag_ms: list[int] = field(default_factory=list)
     scalar_rows: int = 0
     composite_sizes: list[int] = field(default_factory=list)
     valid_count: int = 0

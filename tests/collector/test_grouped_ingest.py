@@ -101,7 +101,7 @@ BATCHES = st.lists(wire_reading(), max_size=60)
 
 
 def _rows(b: PreparedBatch) -> Counter[tuple[object, ...]]:
-    return Counter(zip(b.keys, b.ts, b.values, b.lag_ms, strict=True))
+    return Counter(zip(b.keys, b.ts, b.values, strict=True))
 
 
 def _fates(b: PreparedBatch, order: list[int] | None = None) -> dict[int, tuple[object, ...]]:

@@ -32,7 +32,6 @@ def test_scalar_rows_keys_and_lag():
     ]
     assert b.ts == [9_000_000_000, 9_500_000_000, 9_000_000_000, 9_000_000_000]
     assert b.values == [21.5, 70.0, True, 12]
-    assert b.lag_ms == [1000, 500, 1000, 1000]
     assert b.scalar_rows == 4 and b.composite_sizes == []
 
 

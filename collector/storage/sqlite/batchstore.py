@@ -45,9 +45,7 @@ log = logging.getLogger(__name__)
 
 # A batch's head rows in a few multi-row statements, not one GIL handoff per row
 # (collector.storage.sqlite.bulkinsert).
-_insert_head: Final = BulkInsert(
-    f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value, lag_ms)", 4
-)
+_insert_head: Final = BulkInsert(f"INSERT OR IGNORE INTO {store.HEAD} (ts, series_id, value)", 3)
 _INSERT_REJECTED: Final = (
     f"INSERT INTO {store.REJECTED} (device_id, received_ns, seq, idx, raw, reading, code, "
     "path, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -194,7 +192,7 @@ class BatchStore:
         if not b.ts:
             return 0
         sids = self._series_ids(conn, dev, b.keys, new_series)
-        rows = list(zip(b.ts, sids, b.values, b.lag_ms, strict=True))
+        rows = list(zip(b.ts, sids, b.values, strict=True))
         mask: list[bool] | None = None
         # Late rows already moved into blocks are duplicates the head's key cannot see.
         found = self._in_blocks(conn, sids, b.ts) if min(b.ts) < self._horizon else set()
