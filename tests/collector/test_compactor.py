@@ -293,6 +293,57 @@ def test_a_backlog_hour_with_nothing_stored_past_it_takes_the_two_levels(
     ).fetchone() == (4, len(rows))  # small blocks, then merged
 
 
+def test_the_last_hour_of_a_backlog_goes_straight_into_its_blocks_once_quiet(
+    tmp_path: Path,
+) -> None:
+    # Nothing is stored past the hour, but the activity tells: readings arrived in it
+    # until a moment ago, so it waits; once none arrived for merge_quiet_s the replay is
+    # done with it, and it goes straight into its final blocks.
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 10, seed=26)  # merge window 0 exactly
+    insert(conn, rows)
+    clock = [0.0]
+    activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
+    activity.note([rows[-1][1]])  # the replay's last batch, just now
+    clock[0] += 10.0  # every window settled (5 s), the hour not quiet yet (30 s)
+    assert compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity) == 0
+    assert head_count(conn) == len(rows)
+    clock[0] += 30.0
+    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity):
+        pass
+    assert head_count(conn) == 0
+    assert conn.execute(
+        "SELECT max(id), count(*), sum(count) FROM blocks WHERE start_ns = 0 AND end_ns = ?",
+        (10 * WINDOW,),
+    ).fetchone() == (4, 4, len(rows))  # written once each: straight from the head
+
+
+def test_a_trickle_into_the_last_hour_holds_compaction_back_at_most_max_wait(
+    tmp_path: Path,
+) -> None:
+    # Readings keep arriving in the hour every few seconds: it never turns quiet, so the
+    # wait ends max_wait_s after its first reading, as a window's does.
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 10, seed=27)
+    insert(conn, rows)
+    clock = [0.0]
+    activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
+    activity.note([rows[-1][1]])  # the replay's batch that brought the hour
+    clock[0] += 8.0
+    waited = 8
+    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity) == 0:
+        activity.note([5 * S])  # a trickle into the hour's first window...
+        clock[0] += 4.0
+        activity.note([9 * WINDOW + S])  # ...and its last, every 4 s
+        clock[0] += 4.0
+        waited += 8
+        assert waited <= activity.max_wait_s + 8
+    assert waited >= activity.max_wait_s - 8
+    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity):
+        pass
+    assert head_count(conn) == 0
+
+
 def test_a_merge_window_over_direct_max_rows_takes_the_two_levels(tmp_path: Path) -> None:
     config = dataclasses.replace(DIRECT, direct_max_rows=100, run_rows=60)
     conn = open_db(tmp_path / "t.db", 4)

@@ -97,6 +97,14 @@ class Activity:
             self._merges.get(start_ns), self._clock(), self.merge_quiet_s, self.merge_max_wait_s
         )
 
+    def merge_quiet(self, start_ns: int) -> bool:
+        """True once no reading arrived in the merge window starting at `start_ns` for
+        merge_quiet_s, or max_wait_s after its first since it was last merged: a replay is
+        then done with it (or stopped in it), as far as waiting can tell."""
+        return _settled(
+            self._merges.get(start_ns), self._clock(), self.merge_quiet_s, self.max_wait_s
+        )
+
     def compacted(self, start_ns: int) -> None:
         """The window was compacted: its next reading starts a new wait."""
         self._windows.pop(start_ns, None)

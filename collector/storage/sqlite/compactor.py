@@ -282,8 +282,8 @@ def _direct_hour(
     """Start of the merge window holding `start` (the oldest settled window) when it goes
     straight into its final blocks (collector.storage.sqlite.directmerge): closed the way a
     merge closes, no block in it yet, not given up on before, readings stored past its end
-    (the backlog has moved on); "wait" while its windows settle; None when it takes the two
-    levels."""
+    (the backlog has moved on) or none arriving in it for a while; "wait" while its windows
+    settle or readings arrive in it; None when it takes the two levels."""
     m = config.merge_ns
     if not config.direct_merge or not m:
         return None
@@ -295,8 +295,13 @@ def _direct_hour(
     if conn.execute(f"SELECT 1 FROM {HEAD} WHERE ts >= ? LIMIT 1", (hour + m,)).fetchone() is None:
         # Nothing stored past the hour: the replay may not have reached its later windows
         # yet (a window nobody wrote to counts as settled), whose readings would then all
-        # arrive late and each re-encode its hour's block. The two levels take it.
-        return None
+        # arrive late and each re-encode its hour's block. Without activity to tell, the
+        # two levels take it; with it, the hour waits until no reading arrived in it for
+        # merge_quiet_s (at most max_wait_s, as a window's wait: the end of a backlog).
+        if activity is None:
+            return None
+        if not activity.merge_quiet(hour):
+            return "wait"
     if activity is not None and not all(
         activity.window_settled(k) for k in range(hour, hour + m, config.window_ns)
     ):
