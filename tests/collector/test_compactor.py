@@ -297,19 +297,21 @@ def test_the_last_hour_of_a_backlog_goes_straight_into_its_blocks_once_quiet(
     tmp_path: Path,
 ) -> None:
     # Nothing is stored past the hour, but the activity tells: readings arrived in it
-    # until a moment ago, so it waits; once none arrived for merge_quiet_s the replay is
-    # done with it, and it goes straight into its final blocks.
+    # until a moment ago, so it waits (it holds more than max_rows readings); once none
+    # arrived for merge_quiet_s the replay is done with it, and it goes straight into its
+    # final blocks.
     conn = open_db(tmp_path / "t.db", 4)
     rows = population(4, 10, seed=26)  # merge window 0 exactly
     insert(conn, rows)
+    config = dataclasses.replace(DIRECT, max_rows=len(rows) - 1)
     clock = [0.0]
     activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
     activity.note([rows[-1][1]])  # the replay's last batch, just now
     clock[0] += 10.0  # every window settled (5 s), the hour not quiet yet (30 s)
-    assert compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity) == 0
+    assert compactor.compact_once(conn, 40 * WINDOW, config, activity) == 0
     assert head_count(conn) == len(rows)
     clock[0] += 30.0
-    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity):
+    while compactor.compact_once(conn, 40 * WINDOW, config, activity):
         pass
     assert head_count(conn) == 0
     assert conn.execute(
@@ -326,12 +328,13 @@ def test_a_trickle_into_the_last_hour_holds_compaction_back_at_most_max_wait(
     conn = open_db(tmp_path / "t.db", 4)
     rows = population(4, 10, seed=27)
     insert(conn, rows)
+    config = dataclasses.replace(DIRECT, max_rows=len(rows) - 1)
     clock = [0.0]
     activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
     activity.note([rows[-1][1]])  # the replay's batch that brought the hour
     clock[0] += 8.0
     waited = 8
-    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity) == 0:
+    while compactor.compact_once(conn, 40 * WINDOW, config, activity) == 0:
         activity.note([5 * S])  # a trickle into the hour's first window...
         clock[0] += 4.0
         activity.note([9 * WINDOW + S])  # ...and its last, every 4 s
@@ -339,9 +342,26 @@ def test_a_trickle_into_the_last_hour_holds_compaction_back_at_most_max_wait(
         waited += 8
         assert waited <= activity.max_wait_s + 8
     assert waited >= activity.max_wait_s - 8
-    while compactor.compact_once(conn, 40 * WINDOW, DIRECT, activity):
+    while compactor.compact_once(conn, 40 * WINDOW, config, activity):
         pass
     assert head_count(conn) == 0
+
+
+def test_a_few_late_readings_in_an_old_hour_are_not_held_back(tmp_path: Path) -> None:
+    # An hour of fewer than max_rows readings (a device's spool, a late batch) with nothing
+    # stored past it and readings arriving: not worth waiting for, its settled windows
+    # are compacted at once, in two levels, as before.
+    conn = open_db(tmp_path / "t.db", 4)
+    rows = population(4, 10, seed=28)
+    insert(conn, rows)
+    config = dataclasses.replace(DIRECT, max_rows=len(rows) + 1)
+    clock = [0.0]
+    activity = Activity(WINDOW, 10 * WINDOW, clock=lambda: clock[0])
+    activity.note([rows[-1][1]])
+    clock[0] += 10.0  # every window settled, the hour not quiet
+    assert compactor.compact_once(conn, 40 * WINDOW, config, activity) > 0
+    assert conn.execute("SELECT count(*) FROM blocks WHERE end_ns - start_ns < ?",
+                        (10 * WINDOW,)).fetchone()[0] > 0  # fmt: skip
 
 
 def test_a_merge_window_over_direct_max_rows_takes_the_two_levels(tmp_path: Path) -> None:

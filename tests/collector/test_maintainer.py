@@ -66,10 +66,8 @@ def _blocks(db: Path) -> int:
 
 def _send_old_window(daemon: CollectorProcess, token: str, seq: int, sensor: str) -> None:
     # All five in one closed window (compacted once it settles, 5 s): one block per sensor.
-    # Minutes old, so its hour is not closed as a merge: a closed hour with no blocks and
-    # nothing stored past it would wait for the replay to go quiet, then skip small blocks.
     w = compactor.WINDOW_NS
-    ts = (time.time_ns() - 4 * 60 * S) // w * w + 10 * S
+    ts = (time.time_ns() - 3_600 * S) // w * w + 10 * S
     with WireClient(*daemon.ingest) as c:
         assert isinstance(c.hello("dev", token), wire.Welcome)
         ack = c.batch(seq, [[sensor, "gauge", ts + i * S, float(i), None, None] for i in range(5)])

@@ -296,12 +296,15 @@ def _direct_hour(
         # Nothing stored past the hour: the replay may not have reached its later windows
         # yet (a window nobody wrote to counts as settled), whose readings would then all
         # arrive late and each re-encode its hour's block. Without activity to tell, the
-        # two levels take it; with it, the hour waits until no reading arrived in it for
-        # merge_quiet_s (at most max_wait_s, as a window's wait: the end of a backlog).
+        # two levels take it; with it, an hour of at least max_rows readings (the end of a
+        # backlog, where the direct path saves most) waits until no reading arrived in it
+        # for merge_quiet_s (at most max_wait_s, as a window's wait); a smaller one (a
+        # device's spool, a few late batches) is not worth holding compaction back for.
         if activity is None:
             return None
         if not activity.merge_quiet(hour):
-            return "wait"
+            big = staging.chunk_end(conn, hour, hour + m, config.max_rows) < hour + m
+            return "wait" if big else None
     if activity is not None and not all(
         activity.window_settled(k) for k in range(hour, hour + m, config.window_ns)
     ):
