@@ -13,10 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from collector.durations import NS_PER_S
-from collector.storage.interface import DeviceRecord, Order, Row, SeriesInfo
+from collector.storage.interface import (
+    DeadLetter,
+    DeadLetterRecord,
+    DeviceRecord,
+    Order,
+    Row,
+    SeriesInfo,
+)
 from schemas.kinds import BUILTIN_KINDS, KindSpec
 
 
@@ -213,9 +220,9 @@ def rejected_query(
 
 @dataclass(frozen=True, slots=True)
 class ImportSql:
-    """The statements of `Storage.import_device` and `Storage.import_dead_letters`
-    (`telemetry migrate`) in one backend's dialect; the backend runs them in its own
-    transaction. Each comment names the parameters in order."""
+    """The statements of `Storage.import_device`, `Storage.import_dead_letters` and
+    `Storage.export_dead_letters` (`telemetry migrate`) in one backend's dialect; the
+    backend runs them in its own transaction. Each comment names the parameters in order."""
 
     # (name) -> id, token_hash; the row locked where the dialect locks rows.
     device: str
@@ -235,6 +242,8 @@ class ImportSql:
     dead_letter_seen: str
     # (device_id, received_ns, seq, idx, raw, reading, code, path, message, replayed_ns)
     insert_dead_letter: str
+    # () -> every dead letter by (received_ns, id) as `dead_letter_record` takes it
+    export_dead_letters: str
 
 
 def import_sql(d: Dialect) -> ImportSql:
@@ -266,4 +275,16 @@ def import_sql(d: Dialect) -> ImportSql:
             f"INSERT INTO {d.rejected} (device_id, received_ns, seq, idx, raw, reading, code, "
             f"path, message, replayed_ns) VALUES ({d.marks(10)})"
         ),
+        export_dead_letters=(
+            "SELECT d.name, r.received_ns, r.seq, r.idx, r.raw, r.reading, r.code, r.path, "
+            f"r.message, r.replayed_ns FROM {d.rejected} AS r "
+            f"JOIN {d.devices} AS d ON d.id = r.device_id ORDER BY r.received_ns, r.id"
+        ),
     )
+
+
+def dead_letter_record(row: Sequence[Any]) -> DeadLetterRecord:
+    """A row of `ImportSql.export_dead_letters` as the record `telemetry migrate` copies."""
+    name, received, seq, idx, raw, reading, code, path, message, replayed = row
+    letter = DeadLetter(int(idx), bytes(raw), str(reading), str(code), str(path), str(message))
+    return DeadLetterRecord(str(name), int(received), int(seq), letter, replayed)

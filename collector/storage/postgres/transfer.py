@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from collector.storage.interface import (
-    DeadLetter,
     DeadLetterRecord,
     Device,
     DeviceError,
@@ -20,8 +19,8 @@ from collector.storage.interface import (
 )
 from collector.storage.postgres import devices
 from collector.storage.postgres.ingest import clean_text
-from collector.storage.postgres.schema import DEVICES, DIALECT, REJECTED, STREAMS, Conn
-from collector.storage.rows import device_records, import_sql
+from collector.storage.postgres.schema import DEVICES, DIALECT, STREAMS, Conn
+from collector.storage.rows import dead_letter_record, device_records, import_sql
 
 # The import statements, written alike for both backends (collector.storage.rows).
 _SQL = import_sql(DIALECT)
@@ -79,16 +78,8 @@ def import_device(conn: Conn, record: DeviceRecord) -> Device:
 def export_dead_letters(conn: Conn) -> Iterator[DeadLetterRecord]:
     """Every dead letter by (receive time, id), streamed through a server-side cursor."""
     with conn.transaction(), conn.cursor(name="export_dead_letters") as cur:
-        cur.execute(
-            f"SELECT d.name, r.received_ns, r.seq, r.idx, r.raw, r.reading, r.code, r.path, "
-            f"r.message, r.replayed_ns FROM {REJECTED} AS r "
-            f"JOIN {DEVICES} AS d ON d.id = r.device_id ORDER BY r.received_ns, r.id"
-        )
-        for name, received, seq, idx, raw, reading, code, path, message, replayed in cur:
-            letter = DeadLetter(
-                int(idx), bytes(raw), str(reading), str(code), str(path), str(message)
-            )
-            yield DeadLetterRecord(str(name), int(received), int(seq), letter, replayed)
+        cur.execute(_SQL.export_dead_letters)
+        yield from map(dead_letter_record, cur)
 
 
 def import_dead_letters(conn: Conn, records: Sequence[DeadLetterRecord]) -> int:

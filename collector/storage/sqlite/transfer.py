@@ -14,14 +14,13 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 
 from collector.storage.interface import (
-    DeadLetter,
     DeadLetterRecord,
     Device,
     DeviceError,
     DeviceRecord,
     check_name,
 )
-from collector.storage.rows import device_records, import_sql
+from collector.storage.rows import dead_letter_record, device_records, import_sql
 from collector.storage.sqlite import devices, store
 from collector.storage.sqlite.dialect import DIALECT
 
@@ -83,13 +82,7 @@ def import_device(conn: sqlite3.Connection, record: DeviceRecord) -> Device:
 
 def export_dead_letters(conn: sqlite3.Connection) -> Iterator[DeadLetterRecord]:
     """Every dead letter by (receive time, id), streamed."""
-    for name, received, seq, idx, raw, reading, code, path, message, replayed in conn.execute(
-        f"SELECT d.name, r.received_ns, r.seq, r.idx, r.raw, r.reading, r.code, r.path, "
-        f"r.message, r.replayed_ns FROM {store.REJECTED} AS r "
-        f"JOIN {store.DEVICES} AS d ON d.id = r.device_id ORDER BY r.received_ns, r.id"
-    ):
-        letter = DeadLetter(int(idx), bytes(raw), str(reading), str(code), str(path), str(message))
-        yield DeadLetterRecord(str(name), int(received), int(seq), letter, replayed)
+    yield from map(dead_letter_record, conn.execute(_SQL.export_dead_letters))
 
 
 def import_dead_letters(conn: sqlite3.Connection, records: Sequence[DeadLetterRecord]) -> int:
