@@ -36,6 +36,7 @@ from collector.config import DbLocation
 from collector.errors import ConfigError
 from collector.query import formats
 from collector.query import readings as ql
+from collector.storage.interface import RejectedFilter
 
 # How often `tail` looks for new commits when reading the file (one PRAGMA when idle).
 TAIL_POLL_S: Final = 0.25
@@ -366,13 +367,15 @@ def rejected(
         formats.write_rows(
             ql.list_rejected(
                 storage,
-                devices=devices,
-                since_ns=r.since,
-                until_ns=r.until,
-                codes=codes,
-                pending_only=pending,
-                order=ordr,
-                limit=limit,
+                RejectedFilter(
+                    devices=tuple(devices),
+                    since_ns=r.since,
+                    until_ns=r.until,
+                    codes=tuple(codes),
+                    pending_only=pending,
+                    order=ordr,
+                    limit=limit,
+                ),
             ),
             ql.REJECTED_COLUMNS,
             fmt,

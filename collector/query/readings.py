@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 
 from collector.durations import NS_PER_S, duration_ns
 from collector.errors import ConfigError
-from collector.storage.interface import Agg, Storage
+from collector.storage.interface import Agg, RejectedFilter, Storage
 from collector.storage.interface import Filters as Filters
 from collector.storage.interface import SeriesInfo as SeriesInfo
 from collector.storage.rows import base as _base
@@ -384,32 +384,10 @@ def list_devices(storage: Storage, connected: Collection[str] | None = None) -> 
     return rows
 
 
-def list_rejected(
-    storage: Storage,
-    *,
-    devices: Sequence[str] = (),
-    since_ns: int | None = None,
-    until_ns: int | None = None,
-    codes: Sequence[str] = (),
-    pending_only: bool = False,
-    order: Order = "asc",
-    limit: int | None = None,
-    after: tuple[int, int] | None = None,
-) -> list[Row]:
-    """Rows of the dead-letter table, by (receive time, id) (`Storage.rejected`).
-
-    `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
-    """
-    return storage.rejected(
-        devices=devices,
-        since_ns=since_ns,
-        until_ns=until_ns,
-        codes=codes,
-        pending_only=pending_only,
-        order=order,
-        limit=limit,
-        after=after,
-    )
+def list_rejected(storage: Storage, which: RejectedFilter) -> list[Row]:
+    """Rows of the dead-letter table `which` selects, by (receive time, id)
+    (`Storage.rejected`)."""
+    return storage.rejected(which)
 
 
 def now_ns() -> int:

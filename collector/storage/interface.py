@@ -52,6 +52,26 @@ class DeadLetter:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedFilter:
+    """Which dead letters `Storage.rejected` lists and how: device globs (SQLite GLOB
+    syntax), a receive-time range [since_ns, until_ns), reject codes (empty: any), only the
+    ones not replayed yet; by (receive time, id) in `order`, at most `limit`; `after`: a
+    (received_ns, id) key, only rows after it in `order` (pagination)."""
+
+    devices: tuple[str, ...] = ()
+    since_ns: int | None = None
+    until_ns: int | None = None
+    codes: tuple[str, ...] = ()
+    pending_only: bool = False
+    order: Order = "asc"
+    limit: int | None = None
+    after: tuple[int, int] | None = None
+
+
+ALL_DEAD_LETTERS: Final = RejectedFilter()
+
+
 @dataclass(slots=True)
 class PreparedBatch:
     """A validated batch in storage shape.
@@ -401,22 +421,10 @@ class Storage(Protocol):
         """A cursor over readings committed from now on, for the matching series."""
         ...
 
-    def rejected(
-        self,
-        *,
-        devices: Sequence[str] = (),
-        since_ns: int | None = None,
-        until_ns: int | None = None,
-        codes: Sequence[str] = (),
-        pending_only: bool = False,
-        order: Order = "asc",
-        limit: int | None = None,
-        after: tuple[int, int] | None = None,
-    ) -> list[Row]:
-        """Dead letters by (receive time, id): id, received (RFC 3339) and received_ns,
-        device, seq, idx, code, path, message, the reading as JSON text, and when it was
-        replayed (RFC 3339, None while pending). `after`: a (received_ns, id) key; only rows
-        after it in `order` (pagination)."""
+    def rejected(self, which: RejectedFilter = ALL_DEAD_LETTERS) -> list[Row]:
+        """The dead letters `which` selects, by (receive time, id): id, received (RFC 3339)
+        and received_ns, device, seq, idx, code, path, message, the reading as JSON text,
+        and when it was replayed (RFC 3339, None while pending)."""
         ...
 
     def stats(self) -> StorageStats:

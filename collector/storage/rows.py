@@ -20,7 +20,7 @@ from collector.storage.interface import (
     DeadLetter,
     DeadLetterRecord,
     DeviceRecord,
-    Order,
+    RejectedFilter,
     Row,
     SeriesInfo,
 )
@@ -170,41 +170,32 @@ class Dialect:
 
 
 def rejected_query(
-    d: Dialect,
-    devices: tuple[str, Sequence[object]],
-    *,
-    since_ns: int | None = None,
-    until_ns: int | None = None,
-    codes: Sequence[str] = (),
-    pending_only: bool = False,
-    order: Order = "asc",
-    limit: int | None = None,
-    after: tuple[int, int] | None = None,
+    d: Dialect, devices: tuple[str, Sequence[object]], which: RejectedFilter
 ) -> tuple[str, list[object]]:
     """The dead-letter listing (`Storage.rejected`): its SELECT and parameters. Rows come by
-    (receive time, id) in `order`, their columns in `rejected_row`'s argument order.
+    (receive time, id) in `which.order`, their columns in `rejected_row`'s argument order.
 
-    `devices`: the backend's condition on `d.name` for the device globs and its parameters
-    (the backends match globs differently: SQLite GLOB, PostgreSQL regular expressions).
-    `after`: a (received_ns, id) key; only rows after it in `order` (pagination)."""
+    `devices`: the backend's condition on `d.name` for `which.devices` and its parameters
+    (the backends match globs differently: SQLite GLOB, PostgreSQL regular expressions)."""
     where, device_params = devices
     clauses = [where]
     params = list(device_params)
-    if since_ns is not None:
+    if which.since_ns is not None:
         clauses.append(f"r.received_ns >= {d.ph}")
-        params.append(since_ns)
-    if until_ns is not None:
+        params.append(which.since_ns)
+    if which.until_ns is not None:
         clauses.append(f"r.received_ns < {d.ph}")
-        params.append(until_ns)
-    if codes:
-        clause, values = d.one_of("r.code", codes)
+        params.append(which.until_ns)
+    if which.codes:
+        clause, values = d.one_of("r.code", which.codes)
         clauses.append(clause)
         params.extend(values)
-    if pending_only:
+    if which.pending_only:
         clauses.append("r.replayed_ns IS NULL")
-    if after is not None:
+    order = which.order
+    if which.after is not None:
         clauses.append(f"(r.received_ns, r.id) {'<' if order == 'desc' else '>'} ({d.marks(2)})")
-        params.extend(after)
+        params.extend(which.after)
     direction = "DESC" if order == "desc" else "ASC"
     query = (
         "SELECT r.id, r.received_ns, d.name, r.seq, r.idx, r.code, r.path, r.message, "
@@ -212,9 +203,9 @@ def rejected_query(
         f"JOIN {d.devices} AS d ON d.id = r.device_id WHERE {' AND '.join(clauses)} "
         f"ORDER BY r.received_ns {direction}, r.id {direction}"
     )
-    if limit is not None:
+    if which.limit is not None:
         query += f" LIMIT {d.ph}"
-        params.append(limit)
+        params.append(which.limit)
     return query, params
 
 

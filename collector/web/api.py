@@ -37,7 +37,7 @@ from collector.errors import ConfigError
 from collector.query import readings as query
 from collector.query.formats import dumps_json
 from collector.storage.factory import open_storage
-from collector.storage.interface import Storage
+from collector.storage.interface import RejectedFilter, Storage
 from collector.web import stream as http_stream
 
 log = logging.getLogger(__name__)
@@ -395,14 +395,16 @@ async def _rejected(request: web.Request) -> web.Response:
         rows = list(
             query.list_rejected(
                 c,
-                devices=devices,
-                since_ns=since,
-                until_ns=until,
-                codes=codes,
-                pending_only=pending in ("true", "1"),
-                order=order,
-                limit=limit + 1,
-                after=cursor,
+                RejectedFilter(
+                    devices=devices,
+                    since_ns=since,
+                    until_ns=until,
+                    codes=codes,
+                    pending_only=pending in ("true", "1"),
+                    order=order,
+                    limit=limit + 1,
+                    after=cursor,
+                ),
             )
         )
         if len(rows) <= limit:

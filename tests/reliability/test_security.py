@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from collector.storage.factory import open_storage
-from collector.storage.interface import Filters
+from collector.storage.interface import Filters, RejectedFilter
 from schemas import errors, wire
 from tests.collector.wireclient import CollectorProcess, WireClient
 from tests.reliability.harness import ENV, add_devices, stored
@@ -34,7 +34,7 @@ def rows(db: Path | str) -> dict[str, tuple[int, int, int]]:
         out = {}
         for dev in storage.list_devices():
             series = storage.resolve_series(Filters(devices=(dev.name,)))
-            dead = storage.rejected(devices=(dev.name,))
+            dead = storage.rejected(RejectedFilter(devices=(dev.name,)))
             out[dev.name] = (sum(x.count for x in series), len(series), len(dead))
         return out
     finally:

@@ -29,6 +29,7 @@ from collector.storage.interface import (
     Filters,
     Order,
     PreparedBatch,
+    RejectedFilter,
     Session,
     Storage,
 )
@@ -207,7 +208,7 @@ def test_invalid_readings_become_dead_letters_once(backend: Backend) -> None:
     assert len(rows) == 1
     assert rows[0]["device"] == "dev-1" and rows[0]["seq"] == 1 and rows[0]["idx"] == 1
     assert rows[0]["replayed"] is None
-    assert s.rejected(devices=["other"]) == []
+    assert s.rejected(RejectedFilter(devices=("other",))) == []
 
 
 def test_replay_stores_what_now_passes_exactly_once(backend: Backend) -> None:
@@ -215,14 +216,14 @@ def test_replay_stores_what_now_passes_exactly_once(backend: Backend) -> None:
     dev = device(s)
     unknown = [["w", "wind_gust", T0 + i * S, float(i), "m/s", None] for i in range(3)]
     s.store([(dev, INGEST.prepare(1, unknown, T0))])
-    assert len(s.rejected(pending_only=True)) == 3 and everything(s) == []
+    assert len(s.rejected(RejectedFilter(pending_only=True))) == 3 and everything(s) == []
     fixed = Ingest.from_kinds([KindSpec("wind_gust", "number", free_unit=True)])
     first = s.replay_rejected(fixed, now_ns=T0 + S)
     second = s.replay_rejected(fixed, now_ns=T0 + 2 * S)
     assert (first.checked, first.replayed, first.still_rejected) == (3, 3, 0)
     assert second.checked == 0
     assert everything(s) == [("w", T0 + i * S, float(i)) for i in range(3)]
-    assert s.rejected(pending_only=True) == []
+    assert s.rejected(RejectedFilter(pending_only=True)) == []
 
 
 # ---------------------------------------------------------------- latest, aggregates, tail
@@ -550,8 +551,8 @@ def test_rejected_pages_after_a_key(backend: Backend) -> None:
     rows = s.rejected()
     assert len(rows) == 5
     key = (int(str(rows[1]["received_ns"])), int(str(rows[1]["id"])))
-    assert [r["id"] for r in s.rejected(after=key)] == [r["id"] for r in rows[2:]]
-    assert [r["id"] for r in s.rejected(after=key, order="desc")] == [rows[0]["id"]]
+    assert [r["id"] for r in s.rejected(RejectedFilter(after=key))] == [r["id"] for r in rows[2:]]
+    assert [r["id"] for r in s.rejected(RejectedFilter(after=key, order="desc"))] == [rows[0]["id"]]
 
 
 def test_rejected_filters_combine(backend: Backend) -> None:
@@ -571,16 +572,28 @@ def test_rejected_filters_combine(backend: Backend) -> None:
     humid, wind = str(rows[0]["code"]), str(rows[1]["code"])
     assert humid != wind
 
-    def listed(**kw: object) -> list[tuple[object, object]]:
-        return [(r["device"], r["idx"]) for r in s.rejected(**kw)]  # type: ignore[arg-type]
+    def listed(which: RejectedFilter) -> list[tuple[object, object]]:
+        return [(r["device"], r["idx"]) for r in s.rejected(which)]
 
-    assert listed(codes=[wind]) == [("dev-1", 1), ("dev-2", 1)]
-    assert listed(codes=[humid, wind], devices=["dev-2"]) == [("dev-2", 0), ("dev-2", 1)]
-    assert listed(devices=["dev-?", "none"], since_ns=T0 + S) == [("dev-2", 0), ("dev-2", 1)]
-    assert listed(devices=["*-[1]"], until_ns=T0 + S) == [("dev-1", 0), ("dev-1", 1)]
-    assert listed(since_ns=T0 + 10 * S, until_ns=T0 + 10 * S) == []
-    assert listed(order="desc", limit=3, codes=[humid]) == [("dev-2", 0), ("dev-1", 0)]
-    assert listed(pending_only=True, limit=1) == [("dev-1", 0)]
+    assert listed(RejectedFilter(codes=(wind,))) == [("dev-1", 1), ("dev-2", 1)]
+    assert listed(RejectedFilter(codes=(humid, wind), devices=("dev-2",))) == [
+        ("dev-2", 0),
+        ("dev-2", 1),
+    ]
+    assert listed(RejectedFilter(devices=("dev-?", "none"), since_ns=T0 + S)) == [
+        ("dev-2", 0),
+        ("dev-2", 1),
+    ]
+    assert listed(RejectedFilter(devices=("*-[1]",), until_ns=T0 + S)) == [
+        ("dev-1", 0),
+        ("dev-1", 1),
+    ]
+    assert listed(RejectedFilter(since_ns=T0 + 10 * S, until_ns=T0 + 10 * S)) == []
+    assert listed(RejectedFilter(order="desc", limit=3, codes=(humid,))) == [
+        ("dev-2", 0),
+        ("dev-1", 0),
+    ]
+    assert listed(RejectedFilter(pending_only=True, limit=1)) == [("dev-1", 0)]
 
 
 def test_a_rewound_tail_shows_stored_readings_after_the_key(backend: Backend) -> None:

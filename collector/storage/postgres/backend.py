@@ -26,6 +26,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
 from collector.storage.interface import (
+    ALL_DEAD_LETTERS,
     Agg,
     AuthResult,
     DeadLetterRecord,
@@ -36,6 +37,7 @@ from collector.storage.interface import (
     Order,
     PreparedBatch,
     Preparer,
+    RejectedFilter,
     ReplayResult,
     Row,
     SeriesInfo,
@@ -207,29 +209,8 @@ class PostgresStorage:
     def tail(self, filters: Filters) -> PostgresTail:
         return PostgresTail(self._pool, filters)
 
-    def rejected(
-        self,
-        *,
-        devices: Sequence[str] = (),
-        since_ns: int | None = None,
-        until_ns: int | None = None,
-        codes: Sequence[str] = (),
-        pending_only: bool = False,
-        order: Order = "asc",
-        limit: int | None = None,
-        after: tuple[int, int] | None = None,
-    ) -> list[Row]:
-        return self._read(
-            reads.rejected,
-            after=after,
-            devices=devices,
-            since_ns=since_ns,
-            until_ns=until_ns,
-            codes=codes,
-            pending_only=pending_only,
-            order=order,
-            limit=limit,
-        )
+    def rejected(self, which: RejectedFilter = ALL_DEAD_LETTERS) -> list[Row]:
+        return self._read(reads.rejected, which)
 
     def stats(self) -> StorageStats:
         """PostgreSQL has no head/blocks split: `blocks` counts the readings' partitions and

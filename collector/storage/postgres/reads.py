@@ -19,7 +19,7 @@ from typing import Final
 
 from psycopg import sql
 
-from collector.storage.interface import Agg, Filters, Order, Row, SeriesInfo, Value
+from collector.storage.interface import Agg, Filters, Order, RejectedFilter, Row, SeriesInfo, Value
 from collector.storage.postgres.schema import DEVICES, DIALECT, LATEST, READINGS, SERIES, Conn
 from collector.storage.rows import rejected_query, rejected_row, value_type
 
@@ -324,34 +324,14 @@ def latest(conn: Conn, series_ids: Sequence[int] | None = None) -> list[tuple[in
 # ---------------------------------------------------------------- dead letters
 
 
-def rejected(
-    conn: Conn,
-    *,
-    devices: Sequence[str] = (),
-    since_ns: int | None = None,
-    until_ns: int | None = None,
-    codes: Sequence[str] = (),
-    pending_only: bool = False,
-    order: Order = "asc",
-    limit: int | None = None,
-    after: tuple[int, int] | None = None,
-) -> list[Row]:
-    """Dead letters by (receive time, id), as the SQLite listing shows them. `after`: a
-    (received_ns, id) key; only rows after it in `order` (pagination)."""
+def rejected(conn: Conn, which: RejectedFilter) -> list[Row]:
+    """The dead letters `which` selects, by (receive time, id), as the SQLite listing
+    shows them."""
+    devices = which.devices
     where: tuple[str, list[object]] = (
         ("d.name ~ ANY(%s)", [[glob_regex(g) for g in devices]]) if devices else ("true", [])
     )
-    query, params = rejected_query(
-        DIALECT,
-        where,
-        since_ns=since_ns,
-        until_ns=until_ns,
-        codes=codes,
-        pending_only=pending_only,
-        order=order,
-        limit=limit,
-        after=after,
-    )
+    query, params = rejected_query(DIALECT, where, which)
     return [
         rejected_row(rid, received, dev, seq, idx, code, path, msg, reading, replayed)
         for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(

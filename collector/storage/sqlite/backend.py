@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from collector.storage.interface import (
+    ALL_DEAD_LETTERS,
     Agg,
     AuthResult,
     DeadLetterRecord,
@@ -30,6 +31,7 @@ from collector.storage.interface import (
     Order,
     PreparedBatch,
     Preparer,
+    RejectedFilter,
     ReplayResult,
     Row,
     SeriesInfo,
@@ -179,33 +181,10 @@ class SQLiteStorage:
             conn.close()
             raise
 
-    def rejected(
-        self,
-        *,
-        devices: Sequence[str] = (),
-        since_ns: int | None = None,
-        until_ns: int | None = None,
-        codes: Sequence[str] = (),
-        pending_only: bool = False,
-        order: Order = "asc",
-        limit: int | None = None,
-        after: tuple[int, int] | None = None,
-    ) -> list[Row]:
+    def rejected(self, which: RejectedFilter = ALL_DEAD_LETTERS) -> list[Row]:
         conn = self._read()
         try:
-            return list(
-                series.list_rejected(
-                    conn,
-                    devices=devices,
-                    since_ns=since_ns,
-                    until_ns=until_ns,
-                    codes=codes,
-                    pending_only=pending_only,
-                    order=order,
-                    limit=limit,
-                    after=after,
-                )
-            )
+            return list(series.list_rejected(conn, which))
         finally:
             conn.close()
 

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 
-from collector.storage.interface import Filters, Order, Row, SeriesInfo
+from collector.storage.interface import Filters, RejectedFilter, Row, SeriesInfo
 from collector.storage.rows import rejected_query, rejected_row, value_type
 from collector.storage.sqlite import store
 from collector.storage.sqlite.dialect import DIALECT
@@ -62,33 +62,9 @@ def resolve_series(conn: sqlite3.Connection, f: Filters, *, after_id: int = 0) -
     return out
 
 
-def list_rejected(
-    conn: sqlite3.Connection,
-    *,
-    devices: Sequence[str] = (),
-    since_ns: int | None = None,
-    until_ns: int | None = None,
-    codes: Sequence[str] = (),
-    pending_only: bool = False,
-    order: Order = "asc",
-    limit: int | None = None,
-    after: tuple[int, int] | None = None,
-) -> Iterator[Row]:
-    """Rows of the dead-letter table, by (receive time, id); streamed.
-
-    `after`: a (received_ns, id) key; only rows after it in `order` (for pagination).
-    """
-    sql, params = rejected_query(
-        DIALECT,
-        series_where(Filters(devices=tuple(devices))),
-        since_ns=since_ns,
-        until_ns=until_ns,
-        codes=codes,
-        pending_only=pending_only,
-        order=order,
-        limit=limit,
-        after=after,
-    )
+def list_rejected(conn: sqlite3.Connection, which: RejectedFilter) -> Iterator[Row]:
+    """The dead letters `which` selects, by (receive time, id); streamed."""
+    sql, params = rejected_query(DIALECT, series_where(Filters(devices=which.devices)), which)
     for rid, received, dev, seq, idx, code, path, msg, reading, replayed in conn.execute(
         sql, params
     ):
